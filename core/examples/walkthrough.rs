@@ -51,12 +51,18 @@ fn main() {
             // The server drops the connection after a minute.
             dropped = true;
             now = now + Duration::from_secs(60);
-            println!("{:>9.3}s  -- server drops the connection --", now.since_origin().as_secs_f64());
+            println!(
+                "{:>9.3}s  -- server drops the connection --",
+                now.since_origin().as_secs_f64()
+            );
             m.handle(now, Input::Closed { conn });
         } else if !closing {
             closing = true;
             now = now + Duration::from_secs(5);
-            println!("{:>9.3}s  -- user calls close() --", now.since_origin().as_secs_f64());
+            println!(
+                "{:>9.3}s  -- user calls close() --",
+                now.since_origin().as_secs_f64()
+            );
             m.handle(now, Input::CloseRequested);
         } else {
             break;

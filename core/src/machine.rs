@@ -414,7 +414,6 @@ where
         }
         self.check_timer(now);
     }
-
 }
 
 impl<A, C, E> Machine<A, C, E> {
@@ -478,7 +477,6 @@ impl<A, C, E> Machine<A, C, E> {
             Phase::Closed => State::Closed,
         }
     }
-
 }
 
 impl<A, C, E> Machine<A, C, E>
@@ -557,7 +555,9 @@ where
     fn on_failure(&mut self, now: Instant, error: E) {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         self.effects
-            .push_back(Effect::AttemptOutcome(Err(AttemptError::Failed(error.clone()))));
+            .push_back(Effect::AttemptOutcome(Err(AttemptError::Failed(
+                error.clone(),
+            ))));
         if self.last_failure.as_ref() == Some(&error) {
             self.wait_for_timer(now, Phase::WaitingToRetry);
         } else {
@@ -690,7 +690,9 @@ where
     }
 
     fn check_finished(&mut self) {
-        if matches!(self.phase, Phase::Closing) && self.current.is_none() && self.lingering.is_empty()
+        if matches!(self.phase, Phase::Closing)
+            && self.current.is_none()
+            && self.lingering.is_empty()
         {
             self.phase = Phase::Closed;
             self.effects.push_back(Effect::CloseFinished);
