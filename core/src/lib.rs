@@ -77,6 +77,10 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 extern crate alloc;
+// `#[derive(arbitrary::Arbitrary)]` expands to `::std::` paths; `arbitrary` needs `std`
+// anyway, so the fuzzing feature (off by default) links it.
+#[cfg(feature = "arbitrary")]
+extern crate std;
 
 mod machine;
 mod retry;
