@@ -1,0 +1,1163 @@
+//! The invariant checker: SPEC §5's I1–I8 judged from the trace alone.
+//!
+//! [`Checker`] watches what a driver feeds a machine ([`Checker::on_input`]) and what the
+//! machine answers ([`Checker::on_effect`]), then looks at the machine's queries once the
+//! step's effects are drained ([`Checker::after_step`]). It needs no world: it keeps a
+//! shadow of what SPEC requires given the inputs actually received — which requests are
+//! outstanding, which event handler runs, which connections are open, what the round has
+//! already reported — and fails on the first effect SPEC forbids or the first step that
+//! leaves out an effect SPEC requires. It is correct for *arbitrary* input sequences
+//! (stale, duplicate and never-issued ids, results after close, `Closed` for any
+//! connection, time steps of any size), so fuzz targets can use it as well as the
+//! simulator. I9 (determinism) needs two runs; see [`crate::trace`].
+//!
+//! After the first [`Violation`] the checker's shadow is no longer meaningful: stop there.
+//!
+//! ```
+//! use core::time::Duration;
+//! use persistent_connection_core::{Config, Input, Instant, Machine, RetryPolicy};
+//! use persistent_connection_sim::checker::{Checker, CheckerSettings};
+//!
+//! let policy = RetryPolicy::constant(Duration::from_secs(1));
+//! let mut checker: Checker<u16, u32, &str> = Checker::new(CheckerSettings::for_policy(&policy));
+//! let mut m: Machine<u16, u32, &str> = Machine::new(Config { seed: 3, retry: policy });
+//! // The construction step: `AttemptingToConnect` is due (R1).
+//! let mut ids = Vec::new();
+//! while let Some(effect) = m.poll_effect() {
+//!     if let persistent_connection_core::Effect::Emit { id, .. } = &effect {
+//!         ids.push(*id);
+//!     }
+//!     checker.on_effect(Instant::ZERO, &effect).unwrap();
+//! }
+//! checker.after_step(Instant::ZERO, &m).unwrap();
+//! // Every later step: input, effects, queries.
+//! let input = Input::EventHandled { event: ids[0] };
+//! checker.on_input(Instant::ZERO, &input).unwrap();
+//! m.handle(Instant::ZERO, input);
+//! while let Some(effect) = m.poll_effect() {
+//!     checker.on_effect(Instant::ZERO, &effect).unwrap();
+//! }
+//! checker.after_step(Instant::ZERO, &m).unwrap();
+//! ```
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use persistent_connection_core::{
+    AttemptError, AttemptId, ConnId, Effect, Event, EventId, EventKind, Input, Instant, Jitter,
+    Machine, RetryDelay, RetryPolicy, State,
+};
+
+/// The invariants of SPEC §5.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Invariant {
+    /// Event grammar; at most one `Connected` per round.
+    I1,
+    /// De-duplication, both ways: no repeat, nothing different suppressed.
+    I2,
+    /// One event at a time.
+    I3,
+    /// Throttle: attempt starts a jittered delay apart, delays within bounds.
+    I4,
+    /// Immediacy: an attempt begins as soon as the rules allow.
+    I5,
+    /// No leaks: every connection closed exactly once or still current.
+    I6,
+    /// Close: finishes exactly once, promptly, nothing emitted after.
+    I7,
+    /// Waiters: `connected()`, `connected_or_failed_to_connect()`, the current connection.
+    I8,
+    /// Determinism: a replayed seed reproduces its trace. Also used for liveness failures
+    /// of the simulated world (a step cap breached, a close that never finishes).
+    I9,
+}
+
+impl Invariant {
+    /// A short description, as in SPEC §5.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Invariant::I1 => "event grammar",
+            Invariant::I2 => "de-duplication",
+            Invariant::I3 => "one event at a time",
+            Invariant::I4 => "throttle",
+            Invariant::I5 => "immediacy",
+            Invariant::I6 => "no leaks",
+            Invariant::I7 => "close",
+            Invariant::I8 => "waiters",
+            Invariant::I9 => "determinism and liveness",
+        }
+    }
+}
+
+impl fmt::Display for Invariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} ({})", self, self.describe())
+    }
+}
+
+/// A broken invariant: which one, at which step and time, and what happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The invariant broken.
+    pub invariant: Invariant,
+    /// The step it broke at: 0 is the machine's construction, then one per input.
+    pub step: u64,
+    /// The time of that step.
+    pub now: Instant,
+    /// What happened, with the rule it breaks.
+    pub message: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} violated at step {} (t={:?}): {}",
+            self.invariant,
+            self.step,
+            self.now.since_origin(),
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for Violation {}
+
+/// The machine's queries that the checker compares with its shadow after every step.
+/// Implemented by [`Machine`]; wrappers (the simulator's mutants) implement it too.
+pub trait MachineView {
+    /// [`Machine::is_closed`].
+    fn is_closed(&self) -> bool;
+    /// [`Machine::is_close_finished`].
+    fn is_close_finished(&self) -> bool;
+    /// [`Machine::current_conn_id`].
+    fn current_conn_id(&self) -> Option<ConnId>;
+    /// [`Machine::poll_timeout`].
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// [`Machine::state`], for messages.
+    fn state(&self) -> State;
+}
+
+impl<A, C, E> MachineView for Machine<A, C, E> {
+    fn is_closed(&self) -> bool {
+        Machine::is_closed(self)
+    }
+    fn is_close_finished(&self) -> bool {
+        Machine::is_close_finished(self)
+    }
+    fn current_conn_id(&self) -> Option<ConnId> {
+        Machine::current_conn_id(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Machine::poll_timeout(self)
+    }
+    fn state(&self) -> State {
+        Machine::state(self)
+    }
+}
+
+/// What the checker knows of the machine's retry policy (I4).
+#[derive(Debug)]
+pub struct CheckerSettings {
+    /// The machine's jitter: every delay must lie within `base ± percent·base`
+    /// (`NonRandom`: exactly `base`).
+    pub jitter: Jitter,
+    /// A twin of the machine's base-delay policy, asked once per attempt start with the
+    /// number of consecutive unsuccessful attempts: each `StartTimer`'s `base` must equal
+    /// its answer. `None` checks only the jitter bounds around the reported base.
+    pub delay: Option<RetryDelay>,
+}
+
+impl CheckerSettings {
+    /// Settings for a machine built with `policy`. `Constant` and `Exponential` delays are
+    /// twinned exactly; a `Custom` delay (a closure) cannot be copied, so only the jitter
+    /// bounds are checked — use [`CheckerSettings::with_delay`] to pass a twin closure.
+    pub fn for_policy(policy: &RetryPolicy) -> CheckerSettings {
+        let delay = match &policy.delay {
+            RetryDelay::Constant(d) => Some(RetryDelay::Constant(*d)),
+            RetryDelay::Exponential {
+                initial,
+                multiplier,
+                max,
+            } => Some(RetryDelay::Exponential {
+                initial: *initial,
+                multiplier: *multiplier,
+                max: *max,
+            }),
+            RetryDelay::Custom(_) => None,
+        };
+        CheckerSettings {
+            jitter: policy.jitter,
+            delay,
+        }
+    }
+
+    /// Only the jitter bounds are checked, around whatever base the machine reports.
+    pub fn jitter_only(jitter: Jitter) -> CheckerSettings {
+        CheckerSettings {
+            jitter,
+            delay: None,
+        }
+    }
+
+    /// Check every base delay against `twin`, which must answer as the machine's policy
+    /// does when asked the same questions in the same order.
+    pub fn with_delay(mut self, twin: RetryDelay) -> CheckerSettings {
+        self.delay = Some(twin);
+        self
+    }
+}
+
+/// An effect the current step owes, derived from the input and the rules.
+#[derive(Debug)]
+enum Expect<A, E> {
+    EmitAttempting,
+    EmitObtained(A),
+    EmitFailed(E),
+    EmitConnected,
+    EmitDisconnected,
+    StartTimer,
+    GetAddress(AttemptId),
+    Connect(AttemptId, A),
+    Cancel(AttemptId),
+    CloseCurrent(ConnId),
+    CloseStray,
+    BecameCurrent,
+    NoLongerCurrent(ConnId),
+    OutcomeOk,
+    OutcomeFailed(E),
+    OutcomeAborted(E),
+    OutcomeClosed,
+}
+
+impl<A, E> Expect<A, E> {
+    /// The invariant broken when this effect is missing at the end of its step.
+    fn invariant_if_missing(&self) -> Invariant {
+        match self {
+            Expect::EmitAttempting
+            | Expect::StartTimer
+            | Expect::GetAddress(_)
+            | Expect::Connect(..) => Invariant::I5,
+            Expect::EmitObtained(_) | Expect::EmitFailed(_) => Invariant::I2,
+            Expect::EmitConnected | Expect::EmitDisconnected => Invariant::I1,
+            Expect::Cancel(_) | Expect::CloseCurrent(_) => Invariant::I7,
+            Expect::CloseStray => Invariant::I6,
+            Expect::BecameCurrent
+            | Expect::NoLongerCurrent(_)
+            | Expect::OutcomeOk
+            | Expect::OutcomeFailed(_)
+            | Expect::OutcomeAborted(_)
+            | Expect::OutcomeClosed => Invariant::I8,
+        }
+    }
+
+    fn why(&self) -> &'static str {
+        match self {
+            Expect::EmitAttempting => "a new round must begin once the retry timer allows (R1, R6)",
+            Expect::EmitObtained(_) => "a new address must be reported (R3)",
+            Expect::EmitFailed(_) => "a new failure must be reported (R4)",
+            Expect::EmitConnected => "a connection must be reported (R5)",
+            Expect::EmitDisconnected => "the current connection's end must be reported (R6)",
+            Expect::StartTimer => "an attempt must begin as soon as the rules allow (R2, R4)",
+            Expect::GetAddress(_) => "an attempt asks for the address right after its timer (R2)",
+            Expect::Connect(..) => "an obtained address must be connected to (R3)",
+            Expect::Cancel(_) => "close cancels the attempt in flight (R8)",
+            Expect::CloseCurrent(_) => "close closes the current connection (R8)",
+            Expect::CloseStray => "a connection outside its attempt must be closed at once (R8)",
+            Expect::BecameCurrent => "a connection becomes current at once (R5, R9)",
+            Expect::NoLongerCurrent(_) => "a closed connection stops being current (R6)",
+            Expect::OutcomeOk => "R10 waiters get the connection",
+            Expect::OutcomeFailed(_) => "R10 waiters get the failure",
+            Expect::OutcomeAborted(_) => "R10 waiters get the abort error (R12)",
+            Expect::OutcomeClosed => "R10 waiters get Closed once closed",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Lookup,
+    Connect,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    Retry,
+    Reconnect,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct AttemptInfo {
+    id: AttemptId,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+struct Round<A, E> {
+    last_address: Option<A>,
+    last_failure: Option<E>,
+    connected: bool,
+    disconnected: bool,
+}
+
+/// Checks a machine's trace against SPEC's invariants I1–I8, step by step.
+///
+/// Call [`on_effect`](Checker::on_effect) for each effect of the construction step and
+/// then [`after_step`](Checker::after_step); for every later step call
+/// [`on_input`](Checker::on_input) with the input (before or after feeding it — the
+/// checker only reads it), [`on_effect`](Checker::on_effect) for each effect drained, then
+/// [`after_step`](Checker::after_step) with the machine. Each returns the first violation.
+pub struct Checker<A, C, E> {
+    jitter: Jitter,
+    twin: Option<RetryDelay>,
+    step: u64,
+    now: Instant,
+    expects: Vec<Expect<A, E>>,
+    handler: Option<(EventId, EventKind)>,
+    round: Option<Round<A, E>>,
+    inflight: Option<(AttemptId, Op)>,
+    waiting: Option<Wait>,
+    last_attempt: Option<AttemptInfo>,
+    pending_connect: Option<(AttemptId, A)>,
+    failures: u32,
+    current: Option<ConnId>,
+    disconnect_pending: bool,
+    stop_after_current: bool,
+    closed: bool,
+    finished: bool,
+    strays: BTreeSet<ConnId>,
+    close_requested: BTreeSet<ConnId>,
+    conns_issued: BTreeSet<ConnId>,
+    attempts_issued: BTreeSet<AttemptId>,
+    events_issued: BTreeSet<EventId>,
+    _conn: PhantomData<fn() -> C>,
+}
+
+impl<A, C, E> fmt::Debug for Checker<A, C, E>
+where
+    A: fmt::Debug,
+    E: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Checker")
+            .field("step", &self.step)
+            .field("handler", &self.handler)
+            .field("inflight", &self.inflight)
+            .field("waiting", &self.waiting)
+            .field("current", &self.current)
+            .field("closed", &self.closed)
+            .field("finished", &self.finished)
+            .field("strays", &self.strays)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A, C, E> Checker<A, C, E>
+where
+    A: Clone + PartialEq + fmt::Debug,
+    C: Clone + fmt::Debug,
+    E: Clone + PartialEq + fmt::Debug,
+{
+    /// A checker for a machine that has just been built (step 0 owes
+    /// `AttemptingToConnect`, R1).
+    pub fn new(settings: CheckerSettings) -> Self {
+        Checker {
+            jitter: settings.jitter,
+            twin: settings.delay,
+            step: 0,
+            now: Instant::ZERO,
+            expects: vec![Expect::EmitAttempting],
+            handler: None,
+            round: None,
+            inflight: None,
+            waiting: None,
+            last_attempt: None,
+            pending_connect: None,
+            failures: 0,
+            current: None,
+            disconnect_pending: false,
+            stop_after_current: false,
+            closed: false,
+            finished: false,
+            strays: BTreeSet::new(),
+            close_requested: BTreeSet::new(),
+            conns_issued: BTreeSet::new(),
+            attempts_issued: BTreeSet::new(),
+            events_issued: BTreeSet::new(),
+            _conn: PhantomData,
+        }
+    }
+
+    /// The number of the step being checked (0 is the construction).
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// True once the checker has seen `CloseFinished`.
+    pub fn is_close_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// True once the checker expects the machine to count as closed (R8, R11).
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Connections the machine has been asked to close (or that are current) and whose
+    /// `Closed` input has not arrived: what a world still owes the machine.
+    pub fn open_connections(&self) -> usize {
+        self.strays.len() + usize::from(self.current.is_some())
+    }
+
+    fn fail(&self, invariant: Invariant, message: String) -> Result<(), Violation> {
+        Err(Violation {
+            invariant,
+            step: self.step,
+            now: self.now,
+            message,
+        })
+    }
+
+    fn take_expect(&mut self, matches: impl Fn(&Expect<A, E>) -> bool) -> bool {
+        if let Some(i) = self.expects.iter().position(matches) {
+            self.expects.remove(i);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A new input, at `now`, starts a step. Call it once per input, before its effects.
+    pub fn on_input(&mut self, now: Instant, input: &Input<A, C, E>) -> Result<(), Violation> {
+        self.step += 1;
+        self.now = now;
+        self.expects.clear();
+        match input {
+            Input::AddressResult { attempt, result } => {
+                if self.inflight == Some((*attempt, Op::Lookup)) {
+                    self.inflight = None;
+                    match result {
+                        Ok(address) => {
+                            let repeat = self.round.as_ref().and_then(|r| r.last_address.as_ref())
+                                == Some(address);
+                            if repeat {
+                                self.expects
+                                    .push(Expect::Connect(*attempt, address.clone()));
+                            } else {
+                                self.pending_connect = Some((*attempt, address.clone()));
+                                self.expects.push(Expect::EmitObtained(address.clone()));
+                            }
+                        }
+                        Err(e) => self.on_failure(e),
+                    }
+                }
+            }
+            Input::ConnectResult { attempt, result } => {
+                let ours = self.inflight == Some((*attempt, Op::Connect));
+                match result {
+                    Ok(_) if ours => {
+                        self.inflight = None;
+                        self.failures = 0;
+                        self.expects.push(Expect::BecameCurrent);
+                        self.expects.push(Expect::OutcomeOk);
+                        self.expects.push(Expect::EmitConnected);
+                    }
+                    Ok(_) => self.expects.push(Expect::CloseStray),
+                    Err(e) if ours => {
+                        self.inflight = None;
+                        self.on_failure(e);
+                    }
+                    Err(_) => {}
+                }
+            }
+            Input::Closed { conn } => {
+                if self.current == Some(*conn) {
+                    self.current = None;
+                    self.expects.push(Expect::NoLongerCurrent(*conn));
+                    if self.stop_after_current && !self.closed {
+                        self.closed = true;
+                        self.expects.push(Expect::OutcomeClosed);
+                    }
+                    match self.handler {
+                        Some((_, EventKind::Connected)) => self.disconnect_pending = true,
+                        Some((_, kind)) => {
+                            // No other handler runs while a connection is current; the
+                            // machine's own effects said otherwise.
+                            return self.fail(
+                                Invariant::I1,
+                                format!("{kind:?} handler running while {conn} was current"),
+                            );
+                        }
+                        None => self.expects.push(Expect::EmitDisconnected),
+                    }
+                } else if self.strays.remove(conn) {
+                    // One of ours finished closing; close may now finish (checked later).
+                }
+            }
+            Input::TimerFired => {}
+            Input::CloseRequested => self.close(),
+            Input::CloseWhenCurrentConnectionIsClosed => self.close_when_current_closed(),
+            Input::Abort { error } => {
+                if !self.closed {
+                    self.expects.push(Expect::OutcomeAborted(error.clone()));
+                    self.close_when_current_closed();
+                }
+            }
+            Input::EventHandled { event } => {
+                if let Some((id, kind)) = self.handler
+                    && id == *event
+                {
+                    self.handler = None;
+                    self.after_handler(kind);
+                }
+            }
+        }
+        self.settle(now);
+        Ok(())
+    }
+
+    fn on_failure(&mut self, e: &E) {
+        self.failures = self.failures.saturating_add(1);
+        self.expects.push(Expect::OutcomeFailed(e.clone()));
+        let repeat = self.round.as_ref().and_then(|r| r.last_failure.as_ref()) == Some(e);
+        if repeat {
+            self.waiting = Some(Wait::Retry);
+        } else {
+            self.expects.push(Expect::EmitFailed(e.clone()));
+        }
+    }
+
+    fn after_handler(&mut self, kind: EventKind) {
+        match kind {
+            EventKind::Connected => {
+                if self.disconnect_pending {
+                    self.disconnect_pending = false;
+                    self.expects.push(Expect::EmitDisconnected);
+                }
+            }
+            _ if self.closed => {}
+            EventKind::AttemptingToConnect => self.expects.push(Expect::StartTimer),
+            EventKind::ObtainedAddress => {
+                if let Some((attempt, address)) = self.pending_connect.take() {
+                    self.expects.push(Expect::Connect(attempt, address));
+                }
+            }
+            EventKind::FailedToConnect => self.waiting = Some(Wait::Retry),
+            EventKind::Disconnected => self.waiting = Some(Wait::Reconnect),
+        }
+    }
+
+    /// R4, R6, I5: once waiting and the timer has fired, the next step is due now.
+    fn settle(&mut self, now: Instant) {
+        if self.closed {
+            self.waiting = None;
+            return;
+        }
+        let deadline = self.last_attempt.map_or(Instant::ZERO, |a| a.deadline);
+        if let Some(wait) = self.waiting
+            && now >= deadline
+        {
+            self.waiting = None;
+            self.expects.push(match wait {
+                Wait::Retry => Expect::StartTimer,
+                Wait::Reconnect => Expect::EmitAttempting,
+            });
+        }
+    }
+
+    /// R8.
+    fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.expects.push(Expect::OutcomeClosed);
+        if let Some((attempt, _)) = self.inflight.take() {
+            self.expects.push(Expect::Cancel(attempt));
+        }
+        self.waiting = None;
+        if let Some(conn) = self.current
+            && !self.close_requested.contains(&conn)
+        {
+            self.expects.push(Expect::CloseCurrent(conn));
+        }
+    }
+
+    /// R11.
+    fn close_when_current_closed(&mut self) {
+        if self.closed {
+            return;
+        }
+        if self.current.is_some() {
+            self.stop_after_current = true;
+        } else {
+            self.close();
+        }
+    }
+
+    /// One effect the machine produced in the current step, in order.
+    pub fn on_effect(&mut self, now: Instant, effect: &Effect<A, C, E>) -> Result<(), Violation> {
+        self.now = now;
+        match effect {
+            Effect::Emit { id, event } => self.on_emit(*id, event),
+            Effect::StartTimer {
+                attempt,
+                base,
+                delay,
+                deadline,
+            } => self.on_start_timer(now, *attempt, *base, *delay, *deadline),
+            Effect::GetAddress { attempt } => {
+                if self.take_expect(|x| matches!(x, Expect::GetAddress(a) if a == attempt)) {
+                    self.inflight = Some((*attempt, Op::Lookup));
+                    Ok(())
+                } else {
+                    self.fail(
+                        Invariant::I4,
+                        format!(
+                            "GetAddress for {attempt} without its own StartTimer just before (R2)"
+                        ),
+                    )
+                }
+            }
+            Effect::Connect {
+                attempt,
+                address,
+                consecutive_unsuccessful_attempts,
+            } => {
+                if !self.take_expect(
+                    |x| matches!(x, Expect::Connect(a, addr) if a == attempt && addr == address),
+                ) {
+                    let invariant = if self.closed {
+                        Invariant::I7
+                    } else {
+                        Invariant::I5
+                    };
+                    return self.fail(
+                        invariant,
+                        format!(
+                            "Connect {{ {attempt}, {address:?} }} not called for: connect only to \
+                             the address just obtained for the attempt in flight, once its \
+                             event (if any) is handled (R3, R8)"
+                        ),
+                    );
+                }
+                if *consecutive_unsuccessful_attempts != self.failures {
+                    return self.fail(
+                        Invariant::I8,
+                        format!(
+                            "connect context says {consecutive_unsuccessful_attempts} consecutive \
+                             unsuccessful attempts, the trace shows {} (R12)",
+                            self.failures
+                        ),
+                    );
+                }
+                self.inflight = Some((*attempt, Op::Connect));
+                Ok(())
+            }
+            Effect::CancelAttempt { attempt } => {
+                if self.take_expect(|x| matches!(x, Expect::Cancel(a) if a == attempt)) {
+                    Ok(())
+                } else {
+                    self.fail(
+                        Invariant::I7,
+                        format!(
+                            "CancelAttempt for {attempt}, which is not in flight at a close (R8)"
+                        ),
+                    )
+                }
+            }
+            Effect::BecameCurrent { conn, .. } => {
+                if !self.take_expect(|x| matches!(x, Expect::BecameCurrent)) {
+                    return self.fail(
+                        Invariant::I8,
+                        format!("{conn} became current without a successful connect for the attempt in flight (R5)"),
+                    );
+                }
+                if !self.conns_issued.insert(*conn) {
+                    return self.fail(Invariant::I6, format!("{conn} issued twice"));
+                }
+                self.current = Some(*conn);
+                Ok(())
+            }
+            Effect::NoLongerCurrent { conn } => {
+                if self.take_expect(|x| matches!(x, Expect::NoLongerCurrent(c) if c == conn)) {
+                    Ok(())
+                } else {
+                    self.fail(
+                        Invariant::I8,
+                        format!("NoLongerCurrent for {conn}, which did not just finish closing as the current connection (R6)"),
+                    )
+                }
+            }
+            Effect::CloseConnection { conn, .. } => {
+                if self.close_requested.contains(conn) {
+                    return self.fail(Invariant::I6, format!("{conn} asked to close twice"));
+                }
+                if self.take_expect(|x| matches!(x, Expect::CloseCurrent(c) if c == conn)) {
+                    self.close_requested.insert(*conn);
+                    Ok(())
+                } else if self.take_expect(|x| matches!(x, Expect::CloseStray)) {
+                    if !self.conns_issued.insert(*conn) {
+                        return self.fail(
+                            Invariant::I6,
+                            format!("stray connection given the id {conn}, already issued"),
+                        );
+                    }
+                    self.close_requested.insert(*conn);
+                    self.strays.insert(*conn);
+                    Ok(())
+                } else {
+                    self.fail(
+                        Invariant::I6,
+                        format!("CloseConnection for {conn}, not called for: only close() closes the current connection, and only a connection outside its attempt is closed at once (R8)"),
+                    )
+                }
+            }
+            Effect::AttemptOutcome(outcome) => {
+                let ok = match outcome {
+                    Ok(_) => self.take_expect(|x| matches!(x, Expect::OutcomeOk)),
+                    Err(AttemptError::Failed(e)) => {
+                        self.take_expect(|x| matches!(x, Expect::OutcomeFailed(f) if f == e))
+                    }
+                    Err(AttemptError::Aborted(e)) => {
+                        self.take_expect(|x| matches!(x, Expect::OutcomeAborted(f) if f == e))
+                    }
+                    Err(AttemptError::Closed) => {
+                        self.take_expect(|x| matches!(x, Expect::OutcomeClosed))
+                    }
+                };
+                if ok {
+                    Ok(())
+                } else {
+                    self.fail(
+                        Invariant::I8,
+                        format!(
+                            "AttemptOutcome({outcome:?}) does not answer this step's input (R10)"
+                        ),
+                    )
+                }
+            }
+            Effect::CloseFinished => self.on_close_finished(),
+        }
+    }
+
+    fn on_emit(&mut self, id: EventId, event: &Event<A, C, E>) -> Result<(), Violation> {
+        let kind = event.kind();
+        if self.finished {
+            return self.fail(
+                Invariant::I7,
+                format!("{event:?} emitted after close finished (R8)"),
+            );
+        }
+        if let Some((other, other_kind)) = self.handler {
+            return self.fail(
+                Invariant::I3,
+                format!("{event:?} emitted while {other_kind:?} ({other}) is unhandled"),
+            );
+        }
+        if !self.events_issued.insert(id) {
+            return self.fail(Invariant::I3, format!("event id {id} issued twice"));
+        }
+        // I1: the grammar, judged on the events alone.
+        let grammatical = match (&self.round, kind) {
+            (None, k) => k == EventKind::AttemptingToConnect,
+            (Some(r), EventKind::AttemptingToConnect) => !r.connected || r.disconnected,
+            (Some(r), EventKind::ObtainedAddress | EventKind::FailedToConnect) => !r.connected,
+            (Some(r), EventKind::Connected) => !r.connected,
+            (Some(r), EventKind::Disconnected) => r.connected && !r.disconnected,
+        };
+        if !grammatical {
+            return self.fail(
+                Invariant::I1,
+                format!("{event:?} breaks the grammar AttemptingToConnect (ObtainedAddress | FailedToConnect)* [Connected Disconnected]"),
+            );
+        }
+        // Was it called for?
+        let expected = match event {
+            Event::AttemptingToConnect => self.take_expect(|x| matches!(x, Expect::EmitAttempting)),
+            Event::ObtainedAddress(a) => {
+                self.take_expect(|x| matches!(x, Expect::EmitObtained(b) if b == a))
+            }
+            Event::FailedToConnect(e) => {
+                self.take_expect(|x| matches!(x, Expect::EmitFailed(f) if f == e))
+            }
+            Event::Connected(_) => self.take_expect(|x| matches!(x, Expect::EmitConnected)),
+            Event::Disconnected => self.take_expect(|x| matches!(x, Expect::EmitDisconnected)),
+        };
+        if !expected {
+            let round = self.round.as_ref();
+            let (invariant, why) = match event {
+                Event::ObtainedAddress(a)
+                    if round.and_then(|r| r.last_address.as_ref()) == Some(a) =>
+                {
+                    (Invariant::I2, "repeats the round's previous address (R3)")
+                }
+                Event::FailedToConnect(e)
+                    if round.and_then(|r| r.last_failure.as_ref()) == Some(e) =>
+                {
+                    (Invariant::I2, "repeats the round's previous failure (R4)")
+                }
+                Event::AttemptingToConnect if self.closed => {
+                    (Invariant::I7, "a round begins after close (R8)")
+                }
+                Event::AttemptingToConnect => (
+                    Invariant::I4,
+                    "a new round begins before the rules allow: after Disconnected is handled and the retry timer has fired (R6)",
+                ),
+                Event::Disconnected => (
+                    Invariant::I1,
+                    "Disconnected without the current connection having finished closing, or before its Connected handler finished (R6)",
+                ),
+                _ => (
+                    Invariant::I1,
+                    "not called for by this step's input (R3, R4, R5)",
+                ),
+            };
+            return self.fail(invariant, format!("{event:?} {why}"));
+        }
+        if kind == EventKind::Connected && self.current.is_none() {
+            return self.fail(
+                Invariant::I8,
+                "Connected emitted before the connection became current (R5)".to_string(),
+            );
+        }
+        match event {
+            Event::AttemptingToConnect => {
+                self.round = Some(Round {
+                    last_address: None,
+                    last_failure: None,
+                    connected: false,
+                    disconnected: false,
+                })
+            }
+            Event::ObtainedAddress(a) => {
+                if let Some(r) = &mut self.round {
+                    r.last_address = Some(a.clone());
+                }
+            }
+            Event::FailedToConnect(e) => {
+                if let Some(r) = &mut self.round {
+                    r.last_failure = Some(e.clone());
+                }
+            }
+            Event::Connected(_) => {
+                if let Some(r) = &mut self.round {
+                    r.connected = true;
+                }
+            }
+            Event::Disconnected => {
+                if let Some(r) = &mut self.round {
+                    r.disconnected = true;
+                }
+            }
+        }
+        self.handler = Some((id, kind));
+        Ok(())
+    }
+
+    fn on_start_timer(
+        &mut self,
+        now: Instant,
+        attempt: AttemptId,
+        base: Duration,
+        delay: Duration,
+        deadline: Instant,
+    ) -> Result<(), Violation> {
+        if self.closed {
+            return self.fail(
+                Invariant::I7,
+                format!("attempt {attempt} began after close (R8)"),
+            );
+        }
+        if let Some(prev) = self.last_attempt
+            && now < prev.deadline
+        {
+            return self.fail(
+                Invariant::I4,
+                format!(
+                    "attempt {attempt} began at {:?}, before the previous attempt {}'s retry timer fires at {:?} (R2, R4)",
+                    now.since_origin(),
+                    prev.id,
+                    prev.deadline.since_origin()
+                ),
+            );
+        }
+        if !self.take_expect(|x| matches!(x, Expect::StartTimer)) {
+            return self.fail(
+                Invariant::I4,
+                format!("attempt {attempt} began when no attempt may: mid-round only after a failure is handled, first of a round only after AttemptingToConnect is handled (R1, R2, R4)"),
+            );
+        }
+        if !self.attempts_issued.insert(attempt) {
+            return self.fail(Invariant::I4, format!("attempt id {attempt} issued twice"));
+        }
+        if let Some(twin) = &mut self.twin {
+            let want = twin.base_delay(self.failures);
+            if want != base {
+                return self.fail(
+                    Invariant::I4,
+                    format!(
+                        "base delay {base:?} for attempt {attempt}, the policy gives {want:?} after {} consecutive failures (R2)",
+                        self.failures
+                    ),
+                );
+            }
+        }
+        if !within_jitter(self.jitter, base, delay) {
+            return self.fail(
+                Invariant::I4,
+                format!(
+                    "delay {delay:?} is outside {:?} of base {base:?} (R7)",
+                    self.jitter
+                ),
+            );
+        }
+        if deadline != now.saturating_add(delay) {
+            return self.fail(
+                Invariant::I4,
+                format!(
+                    "deadline {:?} is not the attempt's start {:?} plus its delay {delay:?} (R2)",
+                    deadline.since_origin(),
+                    now.since_origin()
+                ),
+            );
+        }
+        self.last_attempt = Some(AttemptInfo {
+            id: attempt,
+            deadline,
+        });
+        self.expects.push(Expect::GetAddress(attempt));
+        Ok(())
+    }
+
+    fn on_close_finished(&mut self) -> Result<(), Violation> {
+        if self.finished {
+            return self.fail(Invariant::I7, "CloseFinished emitted twice".to_string());
+        }
+        let why = if !self.closed {
+            Some("close was not requested (R8, R11)".to_string())
+        } else if let Some((id, kind)) = self.handler {
+            Some(format!("the {kind:?} handler ({id}) is still running (R8)"))
+        } else if let Some((attempt, _)) = self.inflight {
+            Some(format!("attempt {attempt} is in flight (R8)"))
+        } else if let Some(conn) = self.current {
+            Some(format!("{conn} is current and open (R8)"))
+        } else if let Some(conn) = self.strays.iter().next() {
+            Some(format!("{conn} has not finished closing (R8)"))
+        } else if self.expects.iter().any(|x| {
+            matches!(
+                x,
+                Expect::EmitDisconnected | Expect::EmitConnected | Expect::EmitAttempting
+            )
+        }) {
+            Some("an event is still owed (R8)".to_string())
+        } else {
+            None
+        };
+        match why {
+            Some(why) => self.fail(Invariant::I7, format!("CloseFinished while {why}")),
+            None => {
+                self.finished = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// The step's effects are drained: check what is owed and the machine's queries.
+    pub fn after_step(&mut self, now: Instant, view: &impl MachineView) -> Result<(), Violation> {
+        self.now = now;
+        if let Some(missing) = self.expects.first() {
+            let message = format!("missing effect: {}: {missing:?}", missing.why());
+            return self.fail(missing.invariant_if_missing(), message);
+        }
+        if self.closed
+            && !self.finished
+            && self.handler.is_none()
+            && self.inflight.is_none()
+            && self.current.is_none()
+            && self.strays.is_empty()
+        {
+            return self.fail(
+                Invariant::I7,
+                "close did not finish though nothing is open, in flight or running (R8)"
+                    .to_string(),
+            );
+        }
+        if view.is_closed() != self.closed {
+            return self.fail(
+                Invariant::I7,
+                format!(
+                    "is_closed() is {}, SPEC says {} (R8, R11)",
+                    view.is_closed(),
+                    self.closed
+                ),
+            );
+        }
+        if view.is_close_finished() != self.finished {
+            return self.fail(
+                Invariant::I7,
+                format!(
+                    "is_close_finished() is {}, the trace says {}",
+                    view.is_close_finished(),
+                    self.finished
+                ),
+            );
+        }
+        if view.current_conn_id() != self.current {
+            return self.fail(
+                Invariant::I8,
+                format!(
+                    "current connection is {:?}, the trace says {:?} (R5, R6, R9)",
+                    view.current_conn_id(),
+                    self.current
+                ),
+            );
+        }
+        if self.waiting.is_some() {
+            let deadline = self.last_attempt.map_or(Instant::ZERO, |a| a.deadline);
+            match view.poll_timeout() {
+                Some(t) if t <= deadline => {}
+                other => {
+                    return self.fail(
+                        Invariant::I5,
+                        format!(
+                            "waiting for the retry timer at {:?} but poll_timeout() is {other:?} (state {:?}): a driver sleeping on it would idle past the deadline",
+                            deadline.since_origin(),
+                            view.state()
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A [`Machine`] driven under a [`Checker`]: every step is checked as it happens.
+///
+/// The simplest way to check arbitrary input sequences (fuzz targets, property tests).
+///
+/// ```
+/// use core::time::Duration;
+/// use persistent_connection_core::{Config, Effect, Input, Instant, RetryPolicy};
+/// use persistent_connection_sim::checker::CheckedMachine;
+///
+/// let config = Config { seed: 1, retry: RetryPolicy::constant(Duration::from_secs(1)) };
+/// let mut m: CheckedMachine<u16, u32, &str> = CheckedMachine::new(config).unwrap();
+/// let Some(Effect::Emit { id, .. }) = m.effects().first().cloned() else { panic!() };
+/// // Never-issued ids and stray results are fine: the machine ignores them.
+/// m.handle(Instant::ZERO, Input::Closed { conn: persistent_connection_core::ConnId::from_raw(9) }).unwrap();
+/// m.handle(Instant::ZERO, Input::EventHandled { event: id }).unwrap();
+/// assert!(matches!(m.effects()[1], Effect::GetAddress { .. }));
+/// ```
+pub struct CheckedMachine<A, C, E> {
+    machine: Machine<A, C, E>,
+    checker: Checker<A, C, E>,
+    effects: Vec<Effect<A, C, E>>,
+    now: Instant,
+}
+
+impl<A, C, E> fmt::Debug for CheckedMachine<A, C, E>
+where
+    A: fmt::Debug,
+    E: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckedMachine")
+            .field("machine", &self.machine)
+            .field("checker", &self.checker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A, C, E> CheckedMachine<A, C, E>
+where
+    A: Clone + PartialEq + fmt::Debug,
+    C: Clone + fmt::Debug,
+    E: Clone + PartialEq + fmt::Debug,
+{
+    /// Builds the machine at time zero and checks its construction step. The checker's
+    /// settings come from `config.retry` ([`CheckerSettings::for_policy`]).
+    pub fn new(config: persistent_connection_core::Config) -> Result<Self, Violation> {
+        let settings = CheckerSettings::for_policy(&config.retry);
+        let machine = Machine::new(config);
+        let mut m = CheckedMachine {
+            machine,
+            checker: Checker::new(settings),
+            effects: Vec::new(),
+            now: Instant::ZERO,
+        };
+        m.drain()?;
+        Ok(m)
+    }
+
+    fn drain(&mut self) -> Result<(), Violation> {
+        self.effects.clear();
+        while let Some(effect) = self.machine.poll_effect() {
+            self.checker.on_effect(self.now, &effect)?;
+            self.effects.push(effect);
+        }
+        self.checker.after_step(self.now, &self.machine)
+    }
+
+    /// Feeds `input` at `now` and checks the step. On success, [`effects`](Self::effects)
+    /// holds the step's effects.
+    pub fn handle(&mut self, now: Instant, input: Input<A, C, E>) -> Result<(), Violation> {
+        self.now = now;
+        self.checker.on_input(now, &input)?;
+        self.machine.handle(now, input);
+        self.drain()
+    }
+
+    /// The effects of the last step, in order.
+    pub fn effects(&self) -> &[Effect<A, C, E>] {
+        &self.effects
+    }
+
+    /// The machine, for its queries.
+    pub fn machine(&self) -> &Machine<A, C, E> {
+        &self.machine
+    }
+
+    /// The checker.
+    pub fn checker(&self) -> &Checker<A, C, E> {
+        &self.checker
+    }
+}
+
+/// R7: is `delay` within `jitter` of `base`? Bounds rounded outwards to the nanosecond.
+fn within_jitter(jitter: Jitter, base: Duration, delay: Duration) -> bool {
+    let percent = match jitter {
+        Jitter::NonRandom => return delay == base,
+        Jitter::Percent(p) => u128::from(p.min(100)),
+    };
+    let b = base.as_nanos();
+    let span = (b * percent).div_ceil(100);
+    let d = delay.as_nanos();
+    let hi = b + span;
+    d >= b - span && (d <= hi || delay == Duration::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_bounds_are_inclusive_and_saturate() {
+        let b = Duration::from_secs(10);
+        let j = Jitter::Percent(30);
+        assert!(within_jitter(j, b, Duration::from_secs(7)));
+        assert!(within_jitter(j, b, Duration::from_secs(13)));
+        assert!(!within_jitter(j, b, Duration::from_millis(6999)));
+        assert!(!within_jitter(j, b, Duration::from_millis(13001)));
+        assert!(within_jitter(j, Duration::MAX, Duration::MAX));
+        assert!(within_jitter(Jitter::NonRandom, b, b));
+        assert!(!within_jitter(
+            Jitter::NonRandom,
+            b,
+            Duration::from_secs(11)
+        ));
+    }
+}
