@@ -1,4 +1,131 @@
-//! The Tokio driver of [`persistent_connection_core`]. Work in progress (issue 3).
+//! Keeps a connection to a service alive, on Tokio: looks the address up before every
+//! attempt (so it fails over between redundant servers listed in a catalog), connects,
+//! tells you what happens through events it *awaits*, retries on a jittered schedule
+//! counted from each attempt's start, and closes promptly. It follows Jane Street's OCaml
+//! `Persistent_connection_kernel`; the contract is the project's SPEC (rules R1–R14).
+//!
+//! This crate is the thin Tokio driver and public API; every decision lives in the sans-IO
+//! machine of [`persistent_connection_core`] (re-exported as [`core`]).
+//!
+//! # API at a glance
+//!
+//! - [`PersistentConnection::builder`]`(server_name, get_address, connect)` →
+//!   [`Builder`]: `.on_event(f)` (async, awaited), `.retry_delay(d)` (default 10 s,
+//!   jittered ±30%), `.retry_delay_fn(f)`, `.retry_delay_policy(RetryDelay)`,
+//!   `.jitter(Jitter::NonRandom)`, `.retry_policy(RetryPolicy::grpc())`, `.seed(u64)`,
+//!   `.connect_timeout(d)`, `.event_capacity(n)`, then `.build()` (spawns one driver
+//!   task on the current runtime) or `.build_on(&handle)`.
+//!   `get_address: Fn() -> impl Future<Output = Result<A, E>>`,
+//!   `connect: Fn(A, ConnectContext<E>) -> impl Future<Output = Result<C, E>>`.
+//! - Handle [`PersistentConnection<A, C, E>`] (cheap `Clone`; the last drop closes, R14):
+//!   [`connected()`](PersistentConnection::connected) (R9),
+//!   [`connected_or_failed_to_connect()`](PersistentConnection::connected_or_failed_to_connect)
+//!   (R10, `Result<C, AttemptError<Error<E>>>`),
+//!   [`current_connection()`](PersistentConnection::current_connection),
+//!   [`close()`](PersistentConnection::close), [`is_closed()`](PersistentConnection::is_closed),
+//!   [`close_finished()`](PersistentConnection::close_finished),
+//!   [`close_when_current_connection_is_closed()`](PersistentConnection::close_when_current_connection_is_closed)
+//!   (R11), [`events()`](PersistentConnection::events) (a `tokio::sync::broadcast`
+//!   receiver of every [`Event`]), [`downgrade()`](PersistentConnection::downgrade).
+//!   The waiters' futures are `'static` and register when called.
+//! - [`ConnectContext`] (R12): `consecutive_unsuccessful_attempts()`, `abort(error)`.
+//! - [`Closable`] (`close`, `is_closed`, `close_finished`) with ready impls
+//!   [`TcpConnection`] (notices the peer closing), [`CloseSignal`] and
+//!   [`WithCloseSignal<T>`] (any handle plus a close signal).
+//! - Errors: [`Error<E>`] = `User(E) | Panicked { callback, message } | TimedOut(d)` is
+//!   the machine's error type; [`IoError`] is a comparable `io::Error`.
+//! - Events: [`Event<A, C, E>`] = core's `Event<A, C, Error<E>>`: `AttemptingToConnect`,
+//!   `ObtainedAddress(A)`, `FailedToConnect(Error<E>)`, `Connected(C)`, `Disconnected`.
+//! - Logs: a `tracing` event for every state change, failures at warn.
+//!
+//! # Example
+//!
+//! Two echo servers on loopback, a catalog that names one of them, and a persistent
+//! connection that fails over when its server goes away:
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use std::sync::{Arc, Mutex};
+//! use std::time::Duration;
+//! use persistent_connection::{Closable, Event, IoError, PersistentConnection, TcpConnection};
+//! use tokio::net::TcpListener;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // Servers that accept and read until end of file.
+//! let mut servers = Vec::new();
+//! for _ in 0..2 {
+//!     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+//!     let addr = listener.local_addr().unwrap();
+//!     let task = tokio::spawn(async move {
+//!         let (stream, _) = listener.accept().await.unwrap();
+//!         let mut buf = [0u8; 64];
+//!         while stream.readable().await.is_ok() {
+//!             match stream.try_read(&mut buf) {
+//!                 Ok(0) => break,
+//!                 Ok(_) => {}
+//!                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+//!                 Err(_) => break,
+//!             }
+//!         }
+//!     });
+//!     servers.push((addr, task));
+//! }
+//! // The catalog: where the service is published now.
+//! let catalog: Arc<Mutex<SocketAddr>> = Arc::new(Mutex::new(servers[0].0));
+//!
+//! let lookup = catalog.clone();
+//! let pc = PersistentConnection::builder(
+//!     "echo",
+//!     move || {
+//!         let addr = *lookup.lock().unwrap();
+//!         async move { Ok::<_, IoError>(addr) }
+//!     },
+//!     |addr: SocketAddr, _cx| TcpConnection::connect(addr),
+//! )
+//! .retry_delay(Duration::from_millis(20))
+//! .on_event(|event| async move {
+//!     if let Event::Connected(c) = &event {
+//!         println!("connected to {}", c.peer_addr());
+//!     } else {
+//!         println!("{event:?}");
+//!     }
+//! })
+//! .build();
+//!
+//! let first = pc.connected().await;
+//! assert_eq!(first.peer_addr(), servers[0].0);
+//!
+//! // The first server dies; the catalog now names the second.
+//! *catalog.lock().unwrap() = servers[1].0;
+//! servers[0].1.abort();
+//! first.close_finished().await; // noticed by the connection itself
+//! let second = pc.connected().await;
+//! assert_eq!(second.peer_addr(), servers[1].0);
+//!
+//! pc.close().await;
+//! assert!(second.is_closed());
+//! # }
+//! ```
 #![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod builder;
+mod closable;
+mod driver;
+mod error;
+mod handle;
+mod tcp;
 
 pub use persistent_connection_core as core;
+pub use persistent_connection_core::{AttemptError, EventKind, Jitter, RetryDelay, RetryPolicy};
+
+pub use builder::{Builder, DEFAULT_EVENT_CAPACITY};
+pub use closable::{Closable, CloseSignal, WithCloseSignal};
+pub use error::{Callback, Error, IoError};
+pub use handle::{AttemptOutcome, ConnectContext, PersistentConnection, WeakPersistentConnection};
+pub use tcp::TcpConnection;
+
+/// An event as `on_event` and [`PersistentConnection::events`] see it: the core's event
+/// with the shell's [`Error`] around the user's error.
+pub type Event<A, C, E> = persistent_connection_core::Event<A, C, Error<E>>;
