@@ -1,0 +1,901 @@
+//! The `machine_inputs` target's model: an arbitrary configuration, an arbitrary sequence
+//! of timed inputs, a driver that feeds them to the machine, and an oracle that checks
+//! every step against SPEC.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use arbitrary::{Arbitrary, Unstructured};
+use persistent_connection_core::{
+    AttemptError, AttemptId, Config, ConnId, Effect, Event, EventId, Input, Instant, Jitter,
+    Machine, RetryDelay, RetryPolicy, State,
+};
+
+/// Address, connection and error are all small numbers: few values, so equal ones (the
+/// interesting case for de-duplication, R3 and R4) come up often.
+pub type M = Machine<u8, u8, u8>;
+/// An input of [`M`].
+pub type In = Input<u8, u8, u8>;
+/// An effect of [`M`].
+pub type Eff = Effect<u8, u8, u8>;
+
+/// Longest input sequence fed in one run: bounds the time of one execution.
+pub const MAX_STEPS: usize = 2_000;
+
+/// A duration, biased towards the edges: zero, tiny, ordinary, huge, `Duration::MAX`.
+#[derive(Arbitrary, Clone, Copy, Debug)]
+pub enum Span {
+    /// No time at all (back-to-back attempts, R7).
+    Zero,
+    /// Up to 65 µs.
+    Nanos(u16),
+    /// Up to 65 s, in milliseconds.
+    Millis(u16),
+    /// Up to 136 years, in seconds.
+    Secs(u32),
+    /// Any duration at all.
+    Any(Duration),
+    /// `Duration::MAX`: arithmetic must saturate (R7).
+    Max,
+}
+
+impl Span {
+    /// The duration.
+    pub fn get(self) -> Duration {
+        match self {
+            Span::Zero => Duration::ZERO,
+            Span::Nanos(n) => Duration::from_nanos(n.into()),
+            Span::Millis(ms) => Duration::from_millis(ms.into()),
+            Span::Secs(s) => Duration::from_secs(s.into()),
+            Span::Any(d) => d,
+            Span::Max => Duration::MAX,
+        }
+    }
+}
+
+/// The retry policy's base delay (R2).
+#[derive(Arbitrary, Clone, Debug)]
+pub enum DelaySpec {
+    /// [`RetryDelay::Constant`].
+    Constant(Span),
+    /// [`RetryDelay::Exponential`], with any multiplier (NaN, negative and infinite too).
+    Exponential {
+        /// Delay after zero failures.
+        initial: Span,
+        /// Growth per failure.
+        multiplier: f64,
+        /// The cap.
+        max: Span,
+    },
+    /// [`RetryDelay::Custom`]: walks `spans` in order, one per call (R2: one call per
+    /// attempt), or indexes them by the number of consecutive failures (R12).
+    Custom {
+        /// The delays (an empty list means zero).
+        spans: Vec<Span>,
+        /// Index by failures instead of by call.
+        by_failures: bool,
+    },
+}
+
+/// Everything a machine is configured with.
+#[derive(Arbitrary, Clone, Debug)]
+pub struct ConfigSpec {
+    /// The jitter generator's seed.
+    pub seed: u64,
+    /// The base delay.
+    pub delay: DelaySpec,
+    /// Its jitter (percentages above 100 included).
+    pub jitter: Jitter,
+}
+
+impl ConfigSpec {
+    /// The machine's configuration.
+    pub fn config(&self) -> Config {
+        let delay = match &self.delay {
+            DelaySpec::Constant(s) => RetryDelay::Constant(s.get()),
+            DelaySpec::Exponential {
+                initial,
+                multiplier,
+                max,
+            } => RetryDelay::exponential(initial.get(), *multiplier, max.get()),
+            DelaySpec::Custom { spans, by_failures } => {
+                let spans: Vec<Duration> = spans.iter().map(|s| s.get()).collect();
+                let by_failures = *by_failures;
+                let mut calls = 0usize;
+                RetryDelay::from_fn(move |failures| {
+                    let i = if by_failures {
+                        failures as usize
+                    } else {
+                        calls
+                    };
+                    calls += 1;
+                    custom_at(&spans, i)
+                })
+            }
+        };
+        Config {
+            seed: self.seed,
+            retry: RetryPolicy {
+                delay,
+                jitter: self.jitter,
+            },
+        }
+    }
+}
+
+fn custom_at(spans: &[Duration], i: usize) -> Duration {
+    if spans.is_empty() {
+        Duration::ZERO
+    } else {
+        spans[i % spans.len()]
+    }
+}
+
+/// An id chosen among those the machine has issued (so the fuzzer reaches deep states), or
+/// any number at all (stale, future, never issued).
+#[derive(Clone, Copy, Debug)]
+pub enum Pick {
+    /// The latest issued (three times in four).
+    Latest,
+    /// The `n`-th before the latest (wrapping over those issued).
+    Back(u8),
+    /// This raw number.
+    Raw(u64),
+}
+
+impl<'a> Arbitrary<'a> for Pick {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        Ok(match u8::arbitrary(u)? {
+            0..=191 => Pick::Latest,
+            192..=239 => Pick::Back(u8::arbitrary(u)?),
+            _ => Pick::Raw(u64::arbitrary(u)?),
+        })
+    }
+}
+
+impl Pick {
+    /// The raw id, given that ids `0..issued` were issued.
+    pub fn resolve(self, issued: u64) -> u64 {
+        let latest = issued.saturating_sub(1);
+        match self {
+            Pick::Latest => latest,
+            Pick::Back(n) => latest - u64::from(n) % issued.max(1),
+            Pick::Raw(raw) => raw,
+        }
+    }
+}
+
+/// How far the clock moves before the next input. Time never goes back: a driver's clock
+/// is monotonic.
+#[derive(Clone, Copy, Debug)]
+pub enum Advance {
+    /// Not at all (half the time).
+    None,
+    /// By this much (saturating).
+    By(Span),
+    /// To the machine's timeout, if it has one and it is later than now.
+    ToTimeout,
+    /// To the end of time.
+    ToEnd,
+}
+
+impl<'a> Arbitrary<'a> for Advance {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        Ok(match u8::arbitrary(u)? {
+            0..=127 => Advance::None,
+            128..=191 => Advance::By(Span::arbitrary(u)?),
+            192..=253 => Advance::ToTimeout,
+            _ => Advance::ToEnd,
+        })
+    }
+}
+
+/// One input, with its id chosen by [`Pick`] where it has one. Values are small (`0..4`
+/// for addresses and errors) so that equal ones, which de-duplication (R3, R4) is about,
+/// come up often; [`Op::Raw`] covers the rest.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// What a well-behaved world would feed next given the machine's state: handle the
+    /// pending event, answer the lookup or connect in flight (with `result`), close the
+    /// current connection, or fire the timer once its deadline is reached.
+    Progress {
+        /// The answer to a lookup or a connect.
+        result: Result<u8, u8>,
+    },
+    /// [`Input::AddressResult`].
+    Address {
+        /// Which attempt.
+        attempt: Pick,
+        /// The address or the error.
+        result: Result<u8, u8>,
+    },
+    /// [`Input::ConnectResult`].
+    Connect {
+        /// Which attempt.
+        attempt: Pick,
+        /// The connection or the error.
+        result: Result<u8, u8>,
+    },
+    /// [`Input::Closed`].
+    Closed {
+        /// Which connection.
+        conn: Pick,
+    },
+    /// [`Input::EventHandled`].
+    Handled {
+        /// Which event.
+        event: Pick,
+    },
+    /// [`Input::TimerFired`].
+    Timer,
+    /// [`Input::CloseRequested`].
+    Close,
+    /// [`Input::CloseWhenCurrentConnectionIsClosed`].
+    CloseWhenCurrent,
+    /// [`Input::Abort`].
+    Abort(u8),
+    /// Any input at all, ids and all, from the core's own `Arbitrary` derive.
+    Raw(In),
+}
+
+fn small_result(u: &mut Unstructured<'_>) -> arbitrary::Result<Result<u8, u8>> {
+    let b = u8::arbitrary(u)?;
+    Ok(if b & 0x80 == 0 { Ok(b & 3) } else { Err(b & 3) })
+}
+
+impl<'a> Arbitrary<'a> for Op {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        // Weighted so that closing (which ends the interesting part of a run) is rare.
+        Ok(match u8::arbitrary(u)? {
+            0..=99 => Op::Progress {
+                result: small_result(u)?,
+            },
+            100..=129 => Op::Address {
+                attempt: Pick::arbitrary(u)?,
+                result: small_result(u)?,
+            },
+            130..=159 => Op::Connect {
+                attempt: Pick::arbitrary(u)?,
+                result: small_result(u)?,
+            },
+            160..=189 => Op::Closed {
+                conn: Pick::arbitrary(u)?,
+            },
+            190..=219 => Op::Handled {
+                event: Pick::arbitrary(u)?,
+            },
+            220..=234 => Op::Timer,
+            235..=237 => Op::Close,
+            238..=240 => Op::CloseWhenCurrent,
+            241..=243 => Op::Abort(u8::arbitrary(u)? & 3),
+            _ => Op::Raw(In::arbitrary(u)?),
+        })
+    }
+}
+
+/// One step: move the clock, then feed an input.
+#[derive(Arbitrary, Clone, Debug)]
+pub struct Step {
+    /// How the clock moves first.
+    pub advance: Advance,
+    /// What is fed.
+    pub op: Op,
+}
+
+/// A whole fuzz case: a configuration, then steps for as long as the bytes last (each
+/// byte counts, no length prefix or continuation flags).
+#[derive(Clone, Debug)]
+pub struct Case {
+    /// The machine's configuration.
+    pub config: ConfigSpec,
+    /// The inputs, in order (at most [`MAX_STEPS`]).
+    pub steps: Vec<Step>,
+}
+
+impl<'a> Arbitrary<'a> for Case {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        let config = ConfigSpec::arbitrary(u)?;
+        let mut steps = Vec::new();
+        while !u.is_empty() && steps.len() < MAX_STEPS {
+            steps.push(Step::arbitrary(u)?);
+        }
+        Ok(Case { config, steps })
+    }
+
+    fn arbitrary_take_rest(mut u: Unstructured<'a>) -> arbitrary::Result<Self> {
+        Self::arbitrary(&mut u)
+    }
+}
+
+/// Something that watches a run: the [`Oracle`] here, the simulator's checker.
+pub trait Observer {
+    /// `input` is about to be fed at `now` to `m` (in the state before it).
+    fn on_input(&mut self, now: Instant, input: &In, m: &M);
+    /// `m` produced `effect` at `now`.
+    fn on_effect(&mut self, now: Instant, effect: &Eff);
+    /// All effects of the step at `now` are drained.
+    fn after_step(&mut self, now: Instant, m: &M);
+}
+
+/// Runs `case` on a fresh machine, telling `observer` everything, and returns every effect
+/// with its time (for the determinism check, I9).
+pub fn run(case: &Case, observer: &mut impl Observer) -> Vec<(Instant, Eff)> {
+    let mut m = M::new(case.config.config());
+    let mut now = Instant::ZERO;
+    let mut trace = Vec::new();
+    let mut issued = Issued::default();
+    drain(&mut m, now, observer, &mut trace, &mut issued);
+    observer.after_step(now, &m);
+    for step in &case.steps {
+        now = match step.advance {
+            Advance::None => now,
+            Advance::By(span) => now.saturating_add(span.get()),
+            Advance::ToTimeout => m.poll_timeout().map_or(now, |t| t.max(now)),
+            Advance::ToEnd => Instant::MAX,
+        };
+        let input = match &step.op {
+            Op::Progress { result } => match m.state() {
+                State::HandlingEvent(_) => Input::EventHandled {
+                    event: EventId::from_raw(issued.events.saturating_sub(1)),
+                },
+                State::Resolving(attempt) => Input::AddressResult {
+                    attempt,
+                    result: *result,
+                },
+                State::Connecting(attempt) => Input::ConnectResult {
+                    attempt,
+                    result: *result,
+                },
+                State::Connected => match m.current_conn_id() {
+                    Some(conn) => Input::Closed { conn },
+                    None => Input::TimerFired,
+                },
+                State::Closing => match m.lingering_connections().first() {
+                    Some(conn) => Input::Closed { conn: *conn },
+                    None => match m.current_conn_id() {
+                        Some(conn) => Input::Closed { conn },
+                        None => Input::TimerFired,
+                    },
+                },
+                State::WaitingToRetry | State::WaitingToReconnect => {
+                    now = m.poll_timeout().map_or(now, |t| t.max(now));
+                    Input::TimerFired
+                }
+                State::Closed => Input::TimerFired,
+            },
+            Op::Address { attempt, result } => Input::AddressResult {
+                attempt: AttemptId::from_raw(attempt.resolve(issued.attempts)),
+                result: *result,
+            },
+            Op::Connect { attempt, result } => Input::ConnectResult {
+                attempt: AttemptId::from_raw(attempt.resolve(issued.attempts)),
+                result: *result,
+            },
+            Op::Closed { conn } => Input::Closed {
+                conn: ConnId::from_raw(conn.resolve(issued.conns)),
+            },
+            Op::Handled { event } => Input::EventHandled {
+                event: EventId::from_raw(event.resolve(issued.events)),
+            },
+            Op::Timer => Input::TimerFired,
+            Op::Close => Input::CloseRequested,
+            Op::CloseWhenCurrent => Input::CloseWhenCurrentConnectionIsClosed,
+            Op::Abort(e) => Input::Abort { error: *e },
+            Op::Raw(input) => input.clone(),
+        };
+        observer.on_input(now, &input, &m);
+        m.handle(now, input);
+        drain(&mut m, now, observer, &mut trace, &mut issued);
+        observer.after_step(now, &m);
+    }
+    trace
+}
+
+/// How many ids of each kind the machine has issued (they are sequential from 0).
+#[derive(Default)]
+struct Issued {
+    attempts: u64,
+    conns: u64,
+    events: u64,
+}
+
+fn drain(
+    m: &mut M,
+    now: Instant,
+    observer: &mut impl Observer,
+    trace: &mut Vec<(Instant, Eff)>,
+    issued: &mut Issued,
+) {
+    while let Some(e) = m.poll_effect() {
+        match &e {
+            Effect::GetAddress { attempt } => {
+                issued.attempts = issued.attempts.max(attempt.raw() + 1)
+            }
+            Effect::BecameCurrent { conn, .. } | Effect::CloseConnection { conn, .. } => {
+                issued.conns = issued.conns.max(conn.raw() + 1)
+            }
+            Effect::Emit { id, .. } => issued.events = issued.events.max(id.raw() + 1),
+            _ => {}
+        }
+        observer.on_effect(now, &e);
+        trace.push((now, e));
+    }
+}
+
+/// Where the event grammar (I1) stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Grammar {
+    /// Next: `AttemptingToConnect`.
+    RoundStart,
+    /// In a round: `ObtainedAddress`, `FailedToConnect` or `Connected` may come.
+    InRound,
+    /// After `Connected`: only `Disconnected` may come.
+    Connected,
+}
+
+/// What the step being checked was fed, as far as the oracle cares.
+#[derive(Debug, Default)]
+struct StepInput {
+    /// A connection was handed in (`ConnectResult` with `Ok`).
+    connection: Option<u8>,
+    /// An address result for the attempt being resolved: `Ok(a)` or `Err(e)`.
+    accepted_address: Option<Result<u8, u8>>,
+    /// A connect failure for the attempt being connected.
+    accepted_connect_error: Option<u8>,
+    /// The current connection finished closing.
+    current_closed: bool,
+    /// `close()` was asked.
+    close_requested: bool,
+}
+
+/// What the step being checked produced.
+#[derive(Debug, Default)]
+struct StepOutput {
+    new_conns: usize,
+    emitted: Vec<Event<u8, u8, u8>>,
+    no_longer_current: bool,
+}
+
+/// The harness's own checker: the rules that can be checked from inputs and effects alone,
+/// independently of the simulator.
+#[derive(Debug)]
+pub struct Oracle {
+    delay: DelaySpec,
+    jitter: Jitter,
+    grammar: Grammar,
+    last_address: Option<u8>,
+    last_failure: Option<u8>,
+    unhandled: Option<EventId>,
+    next_event: u64,
+    next_attempt: u64,
+    next_conn: u64,
+    /// Consecutive failed attempts since the last success (R12).
+    failures: u32,
+    /// Start and deadline of the latest attempt's retry timer (I4).
+    last_timer: Option<(Instant, Instant)>,
+    /// The address fed for the attempt being resolved, awaiting its `Connect`.
+    address_for: Option<(AttemptId, u8)>,
+    current: Option<(ConnId, u8)>,
+    /// Connections announced and not yet finished closing (current or not) (I6).
+    open: BTreeSet<ConnId>,
+    /// Connections the machine asked to close (at most once each, I6).
+    close_asked: BTreeSet<ConnId>,
+    /// `is_closed()` after the previous step (R8).
+    was_closed: bool,
+    close_finished: bool,
+    step_in: StepInput,
+    step_out: StepOutput,
+}
+
+impl Oracle {
+    /// An oracle for a machine configured by `config`.
+    pub fn new(config: &ConfigSpec) -> Oracle {
+        Oracle {
+            delay: config.delay.clone(),
+            jitter: config.jitter,
+            grammar: Grammar::RoundStart,
+            last_address: None,
+            last_failure: None,
+            unhandled: None,
+            next_event: 0,
+            next_attempt: 0,
+            next_conn: 0,
+            failures: 0,
+            last_timer: None,
+            address_for: None,
+            current: None,
+            open: BTreeSet::new(),
+            close_asked: BTreeSet::new(),
+            was_closed: false,
+            close_finished: false,
+            step_in: StepInput::default(),
+            step_out: StepOutput::default(),
+        }
+    }
+
+    fn on_emit(&mut self, id: EventId, event: &Event<u8, u8, u8>) {
+        assert!(
+            !self.close_finished,
+            "R8/I7: {event:?} emitted after CloseFinished"
+        );
+        assert!(
+            self.unhandled.is_none(),
+            "I3: {event:?} emitted while {:?} is unhandled",
+            self.unhandled
+        );
+        assert_eq!(id.raw(), self.next_event, "event ids are sequential");
+        self.next_event += 1;
+        self.unhandled = Some(id);
+        self.step_out.emitted.push(event.clone());
+        if self.was_closed {
+            assert!(
+                matches!(event, Event::Disconnected),
+                "R8: only Disconnected may follow close(), got {event:?}"
+            );
+        }
+        match (self.grammar, event) {
+            (Grammar::RoundStart, Event::AttemptingToConnect) => {
+                self.grammar = Grammar::InRound;
+                self.last_address = None;
+                self.last_failure = None;
+            }
+            (Grammar::InRound, Event::ObtainedAddress(a)) => {
+                assert_ne!(self.last_address, Some(*a), "I2: ObtainedAddress repeated");
+                self.last_address = Some(*a);
+            }
+            (Grammar::InRound, Event::FailedToConnect(e)) => {
+                assert_ne!(self.last_failure, Some(*e), "I2: FailedToConnect repeated");
+                self.last_failure = Some(*e);
+            }
+            (Grammar::InRound, Event::Connected(c)) => {
+                assert_eq!(
+                    self.current.map(|(_, c)| c),
+                    Some(*c),
+                    "R5: Connected(c) before c became current"
+                );
+                self.grammar = Grammar::Connected;
+            }
+            (Grammar::Connected, Event::Disconnected) => self.grammar = Grammar::RoundStart,
+            (g, e) => panic!("I1: {e:?} out of grammar at {g:?}"),
+        }
+    }
+
+    fn check_timer(&mut self, now: Instant, attempt: AttemptId, base: Duration, delay: Duration) {
+        // R2: the policy is asked once per attempt, with the failure count (R12).
+        match &self.delay {
+            DelaySpec::Constant(s) => assert_eq!(base, s.get(), "R2: constant base delay"),
+            DelaySpec::Exponential { max, .. } => {
+                assert!(base <= max.get(), "R2: exponential base above its cap")
+            }
+            DelaySpec::Custom { spans, by_failures } => {
+                let spans: Vec<Duration> = spans.iter().map(|s| s.get()).collect();
+                let i = if *by_failures {
+                    self.failures as usize
+                } else {
+                    attempt.raw() as usize
+                };
+                assert_eq!(base, custom_at(&spans, i), "R2/R12: custom base delay");
+            }
+        }
+        // R7, I4: the jittered delay lies within `b ± p·b`.
+        let b = base.as_nanos();
+        let d = delay.as_nanos();
+        match self.jitter {
+            Jitter::NonRandom => assert_eq!(delay, base, "R7: NonRandom changed the delay"),
+            Jitter::Percent(p) => {
+                let span = b * u128::from(p.min(100)) / 100;
+                assert!(
+                    d >= b - span,
+                    "R7: delay {delay:?} below base {base:?} - {p}%"
+                );
+                assert!(
+                    d <= b + span || delay == Duration::MAX,
+                    "R7: delay {delay:?} above base {base:?} + {p}%"
+                );
+            }
+        }
+        // I4: an attempt starts no earlier than the previous attempt's deadline.
+        if let Some((start, deadline)) = self.last_timer {
+            assert!(
+                now >= deadline,
+                "I4: attempt at {now:?} before the previous deadline {deadline:?} (started {start:?})"
+            );
+        }
+        self.last_timer = Some((now, now.saturating_add(delay)));
+    }
+}
+
+impl Observer for Oracle {
+    fn on_input(&mut self, _now: Instant, input: &In, m: &M) {
+        self.step_in = StepInput::default();
+        self.step_out = StepOutput::default();
+        let state = m.state();
+        match input {
+            Input::AddressResult { attempt, result } => {
+                if state == State::Resolving(*attempt) {
+                    self.step_in.accepted_address = Some(*result);
+                    if let Ok(a) = result {
+                        self.address_for = Some((*attempt, *a));
+                    }
+                }
+            }
+            Input::ConnectResult { attempt, result } => match result {
+                Ok(c) => self.step_in.connection = Some(*c),
+                Err(e) => {
+                    if state == State::Connecting(*attempt) {
+                        self.step_in.accepted_connect_error = Some(*e);
+                    }
+                }
+            },
+            Input::Closed { conn } => {
+                if self.current.is_some_and(|(id, _)| id == *conn) {
+                    self.step_in.current_closed = true;
+                }
+                self.open.remove(conn);
+            }
+            Input::EventHandled { event } => {
+                if self.unhandled == Some(*event) {
+                    self.unhandled = None;
+                }
+            }
+            Input::CloseRequested => self.step_in.close_requested = true,
+            Input::TimerFired | Input::CloseWhenCurrentConnectionIsClosed | Input::Abort { .. } => {
+            }
+        }
+    }
+
+    fn on_effect(&mut self, now: Instant, effect: &Eff) {
+        if self.close_finished {
+            assert!(
+                matches!(
+                    effect,
+                    Effect::CloseConnection { .. } | Effect::CloseFinished
+                ),
+                "R8: {effect:?} after CloseFinished"
+            );
+        }
+        match effect {
+            Effect::Emit { id, event } => self.on_emit(*id, event),
+            Effect::StartTimer {
+                attempt,
+                base,
+                delay,
+                deadline,
+            } => {
+                assert!(
+                    !self.was_closed,
+                    "R8: attempt {attempt} began after close()"
+                );
+                assert_eq!(
+                    attempt.raw(),
+                    self.next_attempt,
+                    "attempt ids are sequential"
+                );
+                assert_eq!(
+                    *deadline,
+                    now.saturating_add(*delay),
+                    "R2: deadline = now + delay"
+                );
+                self.check_timer(now, *attempt, *base, *delay);
+            }
+            Effect::GetAddress { attempt } => {
+                assert!(!self.was_closed, "R8: lookup after close()");
+                assert_eq!(
+                    attempt.raw(),
+                    self.next_attempt,
+                    "R2: lookup after its timer"
+                );
+                self.next_attempt += 1;
+            }
+            Effect::Connect {
+                attempt,
+                address,
+                consecutive_unsuccessful_attempts,
+            } => {
+                assert!(!self.was_closed, "R8: connect after close()");
+                assert_eq!(
+                    self.address_for.take(),
+                    Some((*attempt, *address)),
+                    "R3: connect to the address obtained by its attempt"
+                );
+                assert_eq!(
+                    *consecutive_unsuccessful_attempts, self.failures,
+                    "R12: consecutive_unsuccessful_attempts"
+                );
+            }
+            Effect::CancelAttempt { attempt } => {
+                assert!(
+                    attempt.raw() < self.next_attempt,
+                    "cancel of an unknown attempt"
+                )
+            }
+            Effect::BecameCurrent { conn, connection } => {
+                assert!(self.current.is_none(), "R5: two current connections");
+                assert_eq!(conn.raw(), self.next_conn, "connection ids are sequential");
+                assert_eq!(
+                    self.step_in.connection,
+                    Some(*connection),
+                    "R5: current connection not the one handed in"
+                );
+                self.next_conn += 1;
+                self.step_out.new_conns += 1;
+                self.current = Some((*conn, *connection));
+                self.open.insert(*conn);
+            }
+            Effect::NoLongerCurrent { conn } => {
+                assert!(
+                    self.step_in.current_closed,
+                    "R6: NoLongerCurrent without its close"
+                );
+                assert_eq!(
+                    self.current.map(|(id, _)| id),
+                    Some(*conn),
+                    "R6: wrong conn"
+                );
+                self.current = None;
+                self.step_out.no_longer_current = true;
+            }
+            Effect::CloseConnection { conn, .. } => {
+                if conn.raw() == self.next_conn {
+                    // A stray connection, closed at once (R8, SPEC §3).
+                    assert!(
+                        self.step_in.connection.is_some(),
+                        "stray close without a connection"
+                    );
+                    self.next_conn += 1;
+                    self.step_out.new_conns += 1;
+                    self.open.insert(*conn);
+                } else {
+                    assert!(
+                        self.current.is_some_and(|(id, _)| id == *conn),
+                        "R8: close asked for {conn}, which is not current"
+                    );
+                }
+                assert!(self.close_asked.insert(*conn), "I6: {conn} closed twice");
+            }
+            Effect::AttemptOutcome(outcome) => match outcome {
+                Ok(_) => self.failures = 0,
+                Err(AttemptError::Failed(_)) => self.failures = self.failures.saturating_add(1),
+                Err(AttemptError::Aborted(_) | AttemptError::Closed) => {}
+            },
+            Effect::CloseFinished => {
+                assert!(!self.close_finished, "I7: CloseFinished twice");
+                assert!(
+                    self.unhandled.is_none(),
+                    "R8: close finished during a handler"
+                );
+                assert!(
+                    self.open.is_empty(),
+                    "I6: close finished with {:?} open",
+                    self.open
+                );
+                self.close_finished = true;
+            }
+        }
+    }
+
+    fn after_step(&mut self, now: Instant, m: &M) {
+        let inp = std::mem::take(&mut self.step_in);
+        let out = std::mem::take(&mut self.step_out);
+        // I6: every connection handed in is either current or asked to close, at once.
+        let expected_new = usize::from(inp.connection.is_some());
+        assert_eq!(
+            out.new_conns, expected_new,
+            "I6: connection neither current nor closed"
+        );
+        // R6: the current connection's close is acknowledged in the same step.
+        assert_eq!(
+            inp.current_closed, out.no_longer_current,
+            "R6: NoLongerCurrent"
+        );
+        // I2, second half: nothing that differs from the previous one is suppressed.
+        if let Some(Ok(a)) = inp.accepted_address
+            && out.emitted.first() != Some(&Event::ObtainedAddress(a))
+        {
+            assert_eq!(
+                self.last_address,
+                Some(a),
+                "I2: new address {a} not announced"
+            );
+        }
+        if let Some(e) = inp
+            .accepted_connect_error
+            .or(inp.accepted_address.and_then(Result::err))
+            && out.emitted.first() != Some(&Event::FailedToConnect(e))
+        {
+            assert_eq!(
+                self.last_failure,
+                Some(e),
+                "I2: new failure {e} not announced"
+            );
+        }
+        // R8: close is sticky.
+        if inp.close_requested {
+            assert!(m.is_closed(), "R8: is_closed() false after close()");
+        }
+        assert!(
+            !self.was_closed || m.is_closed(),
+            "R8: is_closed() went back to false"
+        );
+        self.was_closed = m.is_closed();
+        // The machine's queries agree with what it said.
+        assert_eq!(
+            m.current_conn_id(),
+            self.current.map(|(id, _)| id),
+            "current_conn_id"
+        );
+        assert_eq!(
+            m.current_connection(),
+            self.current.map(|(_, c)| c).as_ref()
+        );
+        assert_eq!(
+            m.consecutive_unsuccessful_attempts(),
+            self.failures,
+            "R12 query"
+        );
+        assert_eq!(
+            m.is_close_finished(),
+            self.close_finished,
+            "is_close_finished"
+        );
+        let state = m.state();
+        assert_eq!(
+            matches!(state, State::HandlingEvent(_)),
+            self.unhandled.is_some(),
+            "state {state:?} vs unhandled event {:?}",
+            self.unhandled
+        );
+        // I5: nothing waits on a deadline that has already passed.
+        if let Some(t) = m.poll_timeout() {
+            assert!(
+                t > now,
+                "I5: timeout {t:?} not after now {now:?} in {state:?}"
+            );
+            assert!(
+                matches!(state, State::WaitingToRetry | State::WaitingToReconnect),
+                "poll_timeout in {state:?}"
+            );
+        }
+        match state {
+            State::WaitingToRetry | State::WaitingToReconnect => {
+                assert!(m.poll_timeout().is_some(), "{state:?} without a timeout")
+            }
+            State::Resolving(a) | State::Connecting(a) => {
+                assert_eq!(
+                    a.raw() + 1,
+                    self.next_attempt,
+                    "{state:?} not the latest attempt"
+                )
+            }
+            State::Connected => assert!(self.current.is_some(), "Connected without current"),
+            _ => {}
+        }
+        // R8, I7: close finishes as soon as nothing holds it up.
+        if m.is_closed() && self.unhandled.is_none() && self.open.is_empty() {
+            assert!(
+                self.close_finished,
+                "I7: close not finished though nothing is pending"
+            );
+        }
+        // Nothing wedges: an open machine is always waiting on something.
+        if !m.is_closed() {
+            assert!(
+                self.unhandled.is_some()
+                    || m.poll_timeout().is_some()
+                    || matches!(state, State::Resolving(_) | State::Connecting(_))
+                    || self.current.is_some(),
+                "wedged in {state:?}"
+            );
+        }
+    }
+}
+
+/// Runs `case` with the [`Oracle`], twice, and checks that both runs agree (I9).
+pub fn check(case: &Case) {
+    let first = run(case, &mut Oracle::new(&case.config));
+    let second = run(case, &mut Oracle::new(&case.config));
+    assert!(
+        first == second,
+        "I9: same seed and inputs gave different effects"
+    );
+}
