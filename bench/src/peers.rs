@@ -1,0 +1,397 @@
+//! The clients: this project and the crates users would pick instead, each driven the way
+//! its documentation suggests, all connecting through [`tcp_connect`] (so attempts are
+//! counted alike) and all looking the address up in the same [`Catalog`] per attempt.
+//!
+//! | library | retry delay given | what it does between attempts |
+//! | --- | --- | --- |
+//! | this project | `RetryDelay::constant(base)`, default ±30 % jitter | timer counted from each attempt's start (R2); after a long-lived connection, reconnects at once (R6) |
+//! | `stubborn-io` 0.3 | `ExpBackoffStrategy::new(base, 2.0, 0.05)` (its own defaults but the base) | sleeps the next delay *before* every reconnect, including the first after a drop; the schedule restarts after each success |
+//! | `tower` 0.5 `Reconnect` | none built in: the caller sleeps `base` after a failed connect | reconnects lazily on the next `poll_ready` after the service fails; no delay after a connection that succeeded then dropped |
+//! | hand-rolled loop (baseline) | sleeps `base` after a failed connect | `loop { connect; wait until closed }` |
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use stubborn_io::ReconnectOptions;
+use stubborn_io::strategies::ExpBackoffStrategy;
+use stubborn_io::tokio::{StubbornIo, UnderlyingIo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+use tower::{Service, ServiceExt};
+
+use crate::common::{Catalog, EchoConn, ReplySink, tcp_connect};
+use crate::server::{REPLY_LEN, REQUEST_LEN};
+
+/// Which client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lib {
+    /// `persistent-connection` (this project).
+    Ours,
+    /// `stubborn-io`.
+    Stubborn,
+    /// `tower::reconnect::Reconnect`.
+    Tower,
+    /// A hand-rolled `loop { connect; wait until closed; on error sleep }`.
+    Hand,
+}
+
+impl Lib {
+    /// All of them, in table order.
+    pub const ALL: [Lib; 4] = [Lib::Ours, Lib::Stubborn, Lib::Tower, Lib::Hand];
+
+    /// The name used in tables and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lib::Ours => "persistent-connection",
+            Lib::Stubborn => "stubborn-io",
+            Lib::Tower => "tower reconnect",
+            Lib::Hand => "hand-rolled loop",
+        }
+    }
+
+    /// Parses a command-line name.
+    pub fn parse(s: &str) -> Option<Lib> {
+        match s {
+            "ours" | "persistent-connection" => Some(Lib::Ours),
+            "stubborn" | "stubborn-io" => Some(Lib::Stubborn),
+            "tower" => Some(Lib::Tower),
+            "hand" => Some(Lib::Hand),
+            _ => None,
+        }
+    }
+}
+
+/// What a client does once connected.
+#[derive(Clone)]
+pub enum Mode {
+    /// One request every `every`, each waiting at most `timeout` for its reply; successful
+    /// replies go to `sink`.
+    Requests {
+        /// Request period.
+        every: Duration,
+        /// Reply timeout.
+        timeout: Duration,
+        /// Where replies go.
+        sink: ReplySink,
+    },
+    /// Nothing: hold the connection and notice when it goes away.
+    Idle,
+}
+
+/// Everything a client is given.
+#[derive(Clone)]
+pub struct Setup {
+    /// Where to look the address up, before every attempt.
+    pub catalog: Catalog,
+    /// The base retry delay.
+    pub delay: Duration,
+    /// Becomes true when the client must stop.
+    pub stop: watch::Receiver<bool>,
+    /// Seed for this project's jitter.
+    pub seed: u64,
+}
+
+/// Starts one client of `lib` on the current runtime.
+pub fn spawn(lib: Lib, setup: Setup, mode: Mode) -> JoinHandle<()> {
+    match lib {
+        Lib::Ours => tokio::spawn(crate::ours::run(setup, mode)),
+        Lib::Stubborn => tokio::spawn(stubborn(setup, mode)),
+        Lib::Tower => tokio::spawn(tower_client(setup, mode)),
+        Lib::Hand => tokio::spawn(hand(setup, mode)),
+    }
+}
+
+/// Resolves when `stop` becomes true (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Sleeps `d` unless stopped first; true if stopped.
+async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = stopped(stop) => true,
+    }
+}
+
+fn interval(every: Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval(every);
+    i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    i
+}
+
+// ---- stubborn-io ----
+
+/// A TCP stream whose every (re)connect looks the address up in the catalog.
+struct CatalogStream(TcpStream);
+
+impl UnderlyingIo<Catalog> for CatalogStream {
+    fn establish(catalog: Catalog) -> Pin<Box<dyn Future<Output = io::Result<Self>> + Send>> {
+        Box::pin(async move {
+            let addr = catalog.lookup()?;
+            tcp_connect(addr).await.map(CatalogStream)
+        })
+    }
+}
+
+impl AsyncRead for CatalogStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CatalogStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+async fn stubborn(mut setup: Setup, mode: Mode) {
+    let delay = setup.delay;
+    let options = ReconnectOptions::new()
+        .with_exit_if_first_connect_fails(false)
+        .with_retries_generator(move || ExpBackoffStrategy::new(delay, 2.0, 0.05));
+    let connect =
+        StubbornIo::<CatalogStream, Catalog>::connect_with_options(setup.catalog.clone(), options);
+    let mut s = tokio::select! {
+        r = connect => match r { Ok(s) => s, Err(_) => return },
+        _ = stopped(&mut setup.stop) => return,
+    };
+    let mut buf = [0u8; REPLY_LEN];
+    match mode {
+        Mode::Idle => loop {
+            // A read drives stubborn-io's reconnects; an idle server sends nothing.
+            tokio::select! {
+                r = s.read(&mut buf) => if r.is_err() { return },
+                _ = stopped(&mut setup.stop) => return,
+            }
+        },
+        Mode::Requests {
+            every,
+            timeout,
+            sink,
+        } => {
+            let mut tick = interval(every);
+            let mut seq = 0u64;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped(&mut setup.stop) => return,
+                }
+                seq += 1;
+                let request = seq.to_le_bytes();
+                // While disconnected, the write waits for stubborn-io's reconnect.
+                tokio::select! {
+                    r = s.write_all(&request) => if r.is_err() { continue },
+                    _ = stopped(&mut setup.stop) => return,
+                }
+                let deadline = tokio::time::Instant::now() + timeout;
+                // Skip late replies to earlier requests.
+                for _ in 0..64 {
+                    match tokio::time::timeout_at(deadline, s.read_exact(&mut buf)).await {
+                        Ok(Ok(_)) => {
+                            let got = u64::from_le_bytes(buf[..REQUEST_LEN].try_into().expect("8"));
+                            if got == seq {
+                                let server =
+                                    u64::from_le_bytes(buf[REQUEST_LEN..].try_into().expect("8"));
+                                let _ = sink.send((Instant::now(), server));
+                                break;
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---- tower ----
+
+/// A connect (lookup or TCP) failure, told apart from request failures so the caller knows
+/// when to back off.
+#[derive(Debug)]
+struct ConnectFailed(io::Error);
+
+impl std::fmt::Display for ConnectFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "connect failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConnectFailed {}
+
+enum Req {
+    Request(u64),
+    WaitClosed,
+}
+
+/// The service over one connection: not ready once the connection is closed, which makes
+/// `Reconnect` reconnect.
+struct EchoSvc {
+    conn: EchoConn,
+    timeout: Duration,
+}
+
+impl Service<Req> for EchoSvc {
+    type Response = u64;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<u64>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.conn.is_closed() {
+            Poll::Ready(Err(io::ErrorKind::NotConnected.into()))
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let conn = self.conn.clone();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match req {
+                Req::Request(seq) => conn.request(seq, timeout).await,
+                Req::WaitClosed => {
+                    conn.closed().await;
+                    Ok(0)
+                }
+            }
+        })
+    }
+}
+
+type MakeFuture = Pin<Box<dyn Future<Output = Result<EchoSvc, ConnectFailed>> + Send>>;
+
+async fn tower_client(mut setup: Setup, mode: Mode) {
+    let timeout = match &mode {
+        Mode::Requests { timeout, .. } => *timeout,
+        Mode::Idle => Duration::from_secs(1),
+    };
+    let make = tower::service_fn(move |catalog: Catalog| -> MakeFuture {
+        Box::pin(async move {
+            let addr = catalog.lookup().map_err(ConnectFailed)?;
+            let conn = EchoConn::connect(addr).await.map_err(ConnectFailed)?;
+            Ok(EchoSvc { conn, timeout })
+        })
+    });
+    let mut svc = tower::reconnect::Reconnect::new(make, setup.catalog.clone());
+    let mut tick = match &mode {
+        Mode::Requests { every, .. } => Some(interval(*every)),
+        Mode::Idle => None,
+    };
+    let mut seq = 0u64;
+    // Bounded by `stop`: every iteration awaits a connect, a request or a tick.
+    loop {
+        if let Some(t) = tick.as_mut() {
+            tokio::select! {
+                _ = t.tick() => {}
+                _ = stopped(&mut setup.stop) => return,
+            }
+        }
+        seq += 1;
+        let req = match mode {
+            Mode::Requests { .. } => Req::Request(seq),
+            Mode::Idle => Req::WaitClosed,
+        };
+        let call = async {
+            match svc.ready().await {
+                Ok(s) => s.call(req).await,
+                Err(e) => Err(e),
+            }
+        };
+        let result = tokio::select! {
+            r = call => r,
+            _ = stopped(&mut setup.stop) => return,
+        };
+        match result {
+            Ok(server) => {
+                if let Mode::Requests { sink, .. } = &mode {
+                    let _ = sink.send((Instant::now(), server));
+                }
+            }
+            Err(e) if e.is::<ConnectFailed>() => {
+                if sleep_or_stop(setup.delay, &mut setup.stop).await {
+                    return;
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+// ---- hand-rolled baseline ----
+
+async fn hand(mut setup: Setup, mode: Mode) {
+    let mut conn: Option<EchoConn> = None;
+    let mut tick = match &mode {
+        Mode::Requests { every, .. } => Some(interval(*every)),
+        Mode::Idle => None,
+    };
+    let mut seq = 0u64;
+    loop {
+        if let Some(t) = tick.as_mut() {
+            tokio::select! {
+                _ = t.tick() => {}
+                _ = stopped(&mut setup.stop) => break,
+            }
+        }
+        if conn.as_ref().is_none_or(EchoConn::is_closed) {
+            let attempt = async {
+                let addr = setup.catalog.lookup()?;
+                EchoConn::connect(addr).await
+            };
+            let r = tokio::select! {
+                r = attempt => r,
+                _ = stopped(&mut setup.stop) => break,
+            };
+            match r {
+                Ok(c) => conn = Some(c),
+                Err(_) => {
+                    if sleep_or_stop(setup.delay, &mut setup.stop).await {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_ref() else { continue };
+        match &mode {
+            Mode::Idle => {
+                tokio::select! {
+                    _ = c.closed() => {}
+                    _ = stopped(&mut setup.stop) => break,
+                }
+            }
+            Mode::Requests { timeout, sink, .. } => {
+                seq += 1;
+                if let Ok(server) = c.request(seq, *timeout).await {
+                    let _ = sink.send((Instant::now(), server));
+                }
+            }
+        }
+    }
+    if let Some(c) = conn {
+        c.close().await;
+    }
+}
