@@ -112,7 +112,10 @@ where
         let sleep = tokio::time::sleep_until(self.base);
         tokio::pin!(sleep);
         let mut armed: Option<Instant> = None;
-        while !self.finished {
+        // After close finished, the machine may still ask to close a connection that
+        // arrived for a cancelled attempt (an `abort` from `connect` that then returned one):
+        // the task stays until that close is done, so no socket outlives it (R14).
+        while !(self.finished && self.closing.is_empty()) {
             let deadline = self.machine.poll_timeout();
             if deadline != armed {
                 if let Some(d) = deadline {
