@@ -966,7 +966,11 @@ where
     }
 
     /// The step's effects are drained: check what is owed and the machine's queries.
-    pub fn after_step(&mut self, now: Instant, view: &impl MachineView) -> Result<(), Violation> {
+    pub fn after_step(
+        &mut self,
+        now: Instant,
+        view: &(impl MachineView + ?Sized),
+    ) -> Result<(), Violation> {
         self.now = now;
         if let Some(missing) = self.expects.first() {
             let message = format!("missing effect: {}: {missing:?}", missing.why());

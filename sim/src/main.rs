@@ -17,14 +17,14 @@ use std::process::ExitCode;
 use std::time::Instant as WallClock;
 
 use persistent_connection_sim::mutants::Mutant;
-use persistent_connection_sim::world::{Failure, RunOptions, Settings, Totals, run_seed, shrink};
+use persistent_connection_sim::world::{
+    DEFAULT_SEEDS, Failure, RunOptions, Settings, Totals, run_seed, shrink,
+};
 
 const USAGE: &str = "usage: persistent-connection-sim [--seeds N] [--first-seed F] [--mutant NAME]
        persistent-connection-sim --seed S [--trace] [--mutant NAME]
 mutants: skip-dedup, delay-from-failure, early-disconnected, forget-late-close";
 
-/// Seeds run by default.
-const DEFAULT_SEEDS: u64 = 2000;
 /// Every this many seeds is run twice to compare trace hashes (I9).
 const DETERMINISM_EVERY: u64 = 64;
 

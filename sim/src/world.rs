@@ -365,6 +365,9 @@ pub struct Failure {
     pub trace: Option<String>,
 }
 
+/// Seeds the binary runs by default; every mutant must be caught within them.
+pub const DEFAULT_SEEDS: u64 = 2000;
+
 /// Steps allowed between the user's final `close()` and `CloseFinished`.
 pub const CLOSE_STEP_CAP: u64 = 5_000;
 

@@ -1,0 +1,58 @@
+//! Prove the checker bites: each planted bug is caught within the binary's default seed
+//! budget, by the invariant it breaks, and its failure shrinks to a short input sequence.
+
+use persistent_connection_sim::checker::Invariant;
+use persistent_connection_sim::mutants::Mutant;
+use persistent_connection_sim::world::{DEFAULT_SEEDS, RunOptions, replay, run_seed, shrink};
+
+/// Runs seeds 0.. until the mutant is caught; returns the seed and its failure.
+fn first_catch(mutant: Mutant) -> (u64, Box<persistent_connection_sim::world::Failure>) {
+    let options = RunOptions {
+        keep_trace: false,
+        mutant: Some(mutant),
+    };
+    for seed in 0..DEFAULT_SEEDS {
+        if let Err(failure) = run_seed(seed, &options) {
+            return (seed, failure);
+        }
+    }
+    panic!("{mutant} survived {DEFAULT_SEEDS} seeds: the checker does not bite");
+}
+
+fn caught_by(mutant: Mutant, invariant: Invariant) {
+    let (seed, failure) = first_catch(mutant);
+    assert_eq!(
+        failure.violation.invariant, invariant,
+        "{mutant} caught at seed {seed} by an unexpected invariant: {}",
+        failure.violation
+    );
+    // The failure replays from its recorded inputs alone, and shrinks.
+    let inputs = &failure.inputs;
+    assert!(replay(&failure.settings, Some(mutant), inputs).is_err());
+    let shrunk = shrink(&failure.settings, Some(mutant), inputs, invariant, 2000);
+    assert!(shrunk.len() <= inputs.len());
+    let v = replay(&failure.settings, Some(mutant), &shrunk).expect_err("shrunk still fails");
+    assert_eq!(v.invariant, invariant);
+    // The real machine, fed the same inputs, passes.
+    replay(&failure.settings, None, &shrunk).expect("the real machine passes the same inputs");
+}
+
+#[test]
+fn skipping_deduplication_is_caught_by_i2() {
+    caught_by(Mutant::SkipDedup, Invariant::I2);
+}
+
+#[test]
+fn waiting_the_delay_from_the_failure_is_caught_by_i5() {
+    caught_by(Mutant::DelayFromFailure, Invariant::I5);
+}
+
+#[test]
+fn disconnected_during_the_connected_handler_is_caught_by_i3() {
+    caught_by(Mutant::EarlyDisconnected, Invariant::I3);
+}
+
+#[test]
+fn forgetting_to_close_a_late_connection_is_caught_by_i6() {
+    caught_by(Mutant::ForgetLateClose, Invariant::I6);
+}
