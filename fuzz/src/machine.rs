@@ -10,6 +10,7 @@ use persistent_connection_core::{
     AttemptError, AttemptId, Config, ConnId, Effect, Event, EventId, Input, Instant, Jitter,
     Machine, RetryDelay, RetryPolicy, State,
 };
+use persistent_connection_sim::checker::{Checker, CheckerSettings, Violation};
 
 /// Address, connection and error are all small numbers: few values, so equal ones (the
 /// interesting case for de-duplication, R3 and R4) come up often.
@@ -890,10 +891,72 @@ impl Observer for Oracle {
     }
 }
 
-/// Runs `case` with the [`Oracle`], twice, and checks that both runs agree (I9).
+/// Two observers at once.
+impl<X: Observer, Y: Observer> Observer for (X, Y) {
+    fn on_input(&mut self, now: Instant, input: &In, m: &M) {
+        self.0.on_input(now, input, m);
+        self.1.on_input(now, input, m);
+    }
+    fn on_effect(&mut self, now: Instant, effect: &Eff) {
+        self.0.on_effect(now, effect);
+        self.1.on_effect(now, effect);
+    }
+    fn after_step(&mut self, now: Instant, m: &M) {
+        self.0.after_step(now, m);
+        self.1.after_step(now, m);
+    }
+}
+
+/// Watches nothing (for the determinism replay).
+#[derive(Debug)]
+pub struct Nothing;
+
+impl Observer for Nothing {
+    fn on_input(&mut self, _: Instant, _: &In, _: &M) {}
+    fn on_effect(&mut self, _: Instant, _: &Eff) {}
+    fn after_step(&mut self, _: Instant, _: &M) {}
+}
+
+/// The simulator's invariant checker (I1–I8), panicking on its first violation.
+#[derive(Debug)]
+pub struct SimChecker(pub Checker<u8, u8, u8>);
+
+impl SimChecker {
+    /// A checker for a machine configured by `config`, with an exact twin of its base-delay
+    /// policy (a fresh copy of the same closure for custom delays).
+    pub fn new(config: &ConfigSpec) -> SimChecker {
+        let settings =
+            CheckerSettings::jitter_only(config.jitter).with_delay(config.config().retry.delay);
+        SimChecker(Checker::new(settings))
+    }
+}
+
+fn or_panic(r: Result<(), Violation>) {
+    if let Err(v) = r {
+        panic!("checker: {v}");
+    }
+}
+
+impl Observer for SimChecker {
+    fn on_input(&mut self, now: Instant, input: &In, _: &M) {
+        or_panic(self.0.on_input(now, input));
+    }
+    fn on_effect(&mut self, now: Instant, effect: &Eff) {
+        or_panic(self.0.on_effect(now, effect));
+    }
+    fn after_step(&mut self, now: Instant, m: &M) {
+        or_panic(self.0.after_step(now, m));
+    }
+}
+
+/// Runs `case` under the simulator's [`Checker`] and the [`Oracle`], then once more, and
+/// checks that both runs gave the same effects at the same times (I9).
 pub fn check(case: &Case) {
-    let first = run(case, &mut Oracle::new(&case.config));
-    let second = run(case, &mut Oracle::new(&case.config));
+    let first = run(
+        case,
+        &mut (SimChecker::new(&case.config), Oracle::new(&case.config)),
+    );
+    let second = run(case, &mut Nothing);
     assert!(
         first == second,
         "I9: same seed and inputs gave different effects"
