@@ -5,7 +5,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,43 +30,47 @@ pub fn reset_counters() {
     CONNECTS.store(0, Ordering::SeqCst);
 }
 
-/// The service catalog: the addresses a lookup may return, in rotation (each lookup
-/// returns the next listed address).
-#[derive(Clone, Default, Debug)]
+/// The service catalog: the addresses a lookup may return. Each lookup returns one listed
+/// address picked at random (a fixed-seed xorshift, so runs are comparable), as a
+/// load-balancing catalog would.
+#[derive(Clone, Debug)]
 pub struct Catalog {
-    inner: Arc<(Mutex<Vec<SocketAddr>>, AtomicUsize)>,
+    inner: Arc<Mutex<(Vec<SocketAddr>, u64)>>,
 }
 
 impl Catalog {
     /// A catalog listing `addrs`.
     pub fn new(addrs: &[SocketAddr]) -> Catalog {
-        let c = Catalog::default();
-        c.set(addrs);
-        c
+        Catalog {
+            inner: Arc::new(Mutex::new((addrs.to_vec(), 0x9E37_79B9_7F4A_7C15))),
+        }
     }
 
     /// Replaces the listed addresses.
     pub fn set(&self, addrs: &[SocketAddr]) {
-        *self.inner.0.lock().expect("not poisoned") = addrs.to_vec();
+        self.inner.lock().expect("not poisoned").0 = addrs.to_vec();
     }
 
     /// Removes `addr` if listed.
     pub fn remove(&self, addr: SocketAddr) {
         self.inner
-            .0
             .lock()
             .expect("not poisoned")
+            .0
             .retain(|a| *a != addr);
     }
 
-    /// The next address in rotation, or an error when nothing is listed.
+    /// A listed address picked at random, or an error when nothing is listed.
     pub fn lookup(&self) -> io::Result<SocketAddr> {
-        let list = self.inner.0.lock().expect("not poisoned");
+        let mut inner = self.inner.lock().expect("not poisoned");
+        let (list, x) = &mut *inner;
         if list.is_empty() {
             return Err(io::Error::new(io::ErrorKind::NotFound, "catalog is empty"));
         }
-        let i = self.inner.1.fetch_add(1, Ordering::Relaxed) % list.len();
-        Ok(list[i])
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        Ok(list[(*x % list.len() as u64) as usize])
     }
 }
 

@@ -1,8 +1,76 @@
-//! This project's client. Filled in once the shell's public API has landed.
+//! This project's client: a [`PersistentConnection`] over [`EchoConn`], with the catalog
+//! looked up by `get_address` before every attempt and the base delay given as
+//! `retry_delay` (default jitter ±30 %, R7). No `on_event` handler (the default).
 
-use crate::peers::{Mode, Setup};
+use std::time::{Duration, Instant};
 
-/// Runs one persistent connection.
-pub async fn run(setup: Setup, _mode: Mode) {
-    eprintln!("persistent-connection client not wired yet (seed {})", setup.seed);
+use persistent_connection::{Closable, IoError, PersistentConnection};
+
+use crate::common::EchoConn;
+use crate::peers::{Mode, Setup, stopped};
+
+impl Closable for EchoConn {
+    async fn close(&self) {
+        EchoConn::close(self).await;
+    }
+
+    fn is_closed(&self) -> bool {
+        EchoConn::is_closed(self)
+    }
+
+    async fn close_finished(&self) {
+        self.closed().await;
+    }
+}
+
+/// The persistent connection the scenarios use.
+pub type Pc = PersistentConnection<std::net::SocketAddr, EchoConn, IoError>;
+
+/// Builds one on the current runtime.
+pub fn build(setup: &Setup) -> Pc {
+    let catalog = setup.catalog.clone();
+    PersistentConnection::builder(
+        "bench",
+        move || {
+            let r = catalog.lookup().map_err(IoError::from);
+            async move { r }
+        },
+        |addr, _cx| async move { EchoConn::connect(addr).await.map_err(IoError::from) },
+    )
+    .retry_delay(setup.delay)
+    .seed(setup.seed)
+    .build()
+}
+
+/// Runs one persistent connection until `stop`, then closes it.
+pub async fn run(mut setup: Setup, mode: Mode) {
+    let pc = build(&setup);
+    match mode {
+        Mode::Idle => stopped(&mut setup.stop).await,
+        Mode::Requests {
+            every,
+            timeout,
+            sink,
+        } => {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut seq = 0u64;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped(&mut setup.stop) => break,
+                }
+                // Waits while disconnected; at once when connected (R9).
+                let conn = tokio::select! {
+                    c = pc.connected() => c,
+                    _ = stopped(&mut setup.stop) => break,
+                };
+                seq += 1;
+                if let Ok(server) = conn.request(seq, timeout).await {
+                    let _ = sink.send((Instant::now(), server));
+                }
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), pc.close()).await;
 }
