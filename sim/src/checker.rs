@@ -302,6 +302,78 @@ struct Round<A, E> {
     disconnected: bool,
 }
 
+/// How often the checker saw the situations that make the rules interesting: a seed budget
+/// that never reaches one of them proves nothing about it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Coverage {
+    /// An address equal to the round's previous one, not reported (R3).
+    pub deduplicated_addresses: u64,
+    /// A failure equal to the round's previous one, not reported (R4).
+    pub deduplicated_failures: u64,
+    /// A failure handled after its attempt's retry timer fired: next attempt at once (R4).
+    pub immediate_retries: u64,
+    /// A wait for the retry timer, after a failure or a disconnection (R4, R6).
+    pub timer_waits: u64,
+    /// The current connection closed while its `Connected` handler ran (R6).
+    pub closed_during_connected_handler: u64,
+    /// `close()` with an attempt in flight (R8).
+    pub closes_cancelling_an_attempt: u64,
+    /// `close()` while an event handler ran (R8).
+    pub closes_during_a_handler: u64,
+    /// `close()` with a current connection (R8).
+    pub closes_while_connected: u64,
+    /// R11 while connected: the connection stays up, no new round follows.
+    pub stops_after_current: u64,
+    /// `abort` through the connect context (R12).
+    pub aborts: u64,
+    /// Connections arriving outside their attempt, closed at once (R8).
+    pub late_connections: u64,
+    /// Inputs answering nothing outstanding (stale, duplicate, never issued).
+    pub stale_inputs: u64,
+}
+
+impl Coverage {
+    /// Adds another run's counts.
+    pub fn add(&mut self, o: &Coverage) {
+        self.deduplicated_addresses += o.deduplicated_addresses;
+        self.deduplicated_failures += o.deduplicated_failures;
+        self.immediate_retries += o.immediate_retries;
+        self.timer_waits += o.timer_waits;
+        self.closed_during_connected_handler += o.closed_during_connected_handler;
+        self.closes_cancelling_an_attempt += o.closes_cancelling_an_attempt;
+        self.closes_during_a_handler += o.closes_during_a_handler;
+        self.closes_while_connected += o.closes_while_connected;
+        self.stops_after_current += o.stops_after_current;
+        self.aborts += o.aborts;
+        self.late_connections += o.late_connections;
+        self.stale_inputs += o.stale_inputs;
+    }
+
+    /// Each counter with its name.
+    pub fn counters(&self) -> [(&'static str, u64); 12] {
+        [
+            ("deduplicated addresses", self.deduplicated_addresses),
+            ("deduplicated failures", self.deduplicated_failures),
+            ("immediate retries", self.immediate_retries),
+            ("timer waits", self.timer_waits),
+            (
+                "closed during Connected handler",
+                self.closed_during_connected_handler,
+            ),
+            (
+                "closes cancelling an attempt",
+                self.closes_cancelling_an_attempt,
+            ),
+            ("closes during a handler", self.closes_during_a_handler),
+            ("closes while connected", self.closes_while_connected),
+            ("stops after current (R11)", self.stops_after_current),
+            ("aborts (R12)", self.aborts),
+            ("late connections", self.late_connections),
+            ("stale inputs", self.stale_inputs),
+        ]
+    }
+}
+
 /// Checks a machine's trace against SPEC's invariants I1–I8, step by step.
 ///
 /// Call [`on_effect`](Checker::on_effect) for each effect of the construction step and
@@ -332,6 +404,8 @@ pub struct Checker<A, C, E> {
     conns_issued: BTreeSet<ConnId>,
     attempts_issued: BTreeSet<AttemptId>,
     events_issued: BTreeSet<EventId>,
+    coverage: Coverage,
+    just_waiting: bool,
     _conn: PhantomData<fn() -> C>,
 }
 
@@ -386,8 +460,15 @@ where
             conns_issued: BTreeSet::new(),
             attempts_issued: BTreeSet::new(),
             events_issued: BTreeSet::new(),
+            coverage: Coverage::default(),
+            just_waiting: false,
             _conn: PhantomData,
         }
+    }
+
+    /// What the checked trace went through so far.
+    pub fn coverage(&self) -> &Coverage {
+        &self.coverage
     }
 
     /// The number of the step being checked (0 is the construction).
@@ -434,6 +515,28 @@ where
         self.step += 1;
         self.now = now;
         self.expects.clear();
+        self.just_waiting = false;
+        let stale = &mut self.coverage.stale_inputs;
+        match input {
+            Input::AddressResult { attempt, .. }
+                if self.inflight != Some((*attempt, Op::Lookup)) =>
+            {
+                *stale += 1
+            }
+            Input::ConnectResult {
+                attempt,
+                result: Err(_),
+            } if self.inflight != Some((*attempt, Op::Connect)) => *stale += 1,
+            Input::Closed { conn }
+                if self.current != Some(*conn) && !self.strays.contains(conn) =>
+            {
+                *stale += 1
+            }
+            Input::EventHandled { event } if self.handler.map(|h| h.0) != Some(*event) => {
+                *stale += 1
+            }
+            _ => {}
+        }
         match input {
             Input::AddressResult { attempt, result } => {
                 if self.inflight == Some((*attempt, Op::Lookup)) {
@@ -443,6 +546,7 @@ where
                             let repeat = self.round.as_ref().and_then(|r| r.last_address.as_ref())
                                 == Some(address);
                             if repeat {
+                                self.coverage.deduplicated_addresses += 1;
                                 self.expects
                                     .push(Expect::Connect(*attempt, address.clone()));
                             } else {
@@ -464,7 +568,10 @@ where
                         self.expects.push(Expect::OutcomeOk);
                         self.expects.push(Expect::EmitConnected);
                     }
-                    Ok(_) => self.expects.push(Expect::CloseStray),
+                    Ok(_) => {
+                        self.coverage.late_connections += 1;
+                        self.expects.push(Expect::CloseStray)
+                    }
                     Err(e) if ours => {
                         self.inflight = None;
                         self.on_failure(e);
@@ -481,7 +588,10 @@ where
                         self.expects.push(Expect::OutcomeClosed);
                     }
                     match self.handler {
-                        Some((_, EventKind::Connected)) => self.disconnect_pending = true,
+                        Some((_, EventKind::Connected)) => {
+                            self.coverage.closed_during_connected_handler += 1;
+                            self.disconnect_pending = true
+                        }
                         Some((_, kind)) => {
                             // No other handler runs while a connection is current; the
                             // machine's own effects said otherwise.
@@ -501,6 +611,7 @@ where
             Input::CloseWhenCurrentConnectionIsClosed => self.close_when_current_closed(),
             Input::Abort { error } => {
                 if !self.closed {
+                    self.coverage.aborts += 1;
                     self.expects.push(Expect::OutcomeAborted(error.clone()));
                     self.close_when_current_closed();
                 }
@@ -523,7 +634,9 @@ where
         self.expects.push(Expect::OutcomeFailed(e.clone()));
         let repeat = self.round.as_ref().and_then(|r| r.last_failure.as_ref()) == Some(e);
         if repeat {
+            self.coverage.deduplicated_failures += 1;
             self.waiting = Some(Wait::Retry);
+            self.just_waiting = true;
         } else {
             self.expects.push(Expect::EmitFailed(e.clone()));
         }
@@ -544,8 +657,14 @@ where
                     self.expects.push(Expect::Connect(attempt, address));
                 }
             }
-            EventKind::FailedToConnect => self.waiting = Some(Wait::Retry),
-            EventKind::Disconnected => self.waiting = Some(Wait::Reconnect),
+            EventKind::FailedToConnect => {
+                self.waiting = Some(Wait::Retry);
+                self.just_waiting = true;
+            }
+            EventKind::Disconnected => {
+                self.waiting = Some(Wait::Reconnect);
+                self.just_waiting = true;
+            }
         }
     }
 
@@ -556,6 +675,13 @@ where
             return;
         }
         let deadline = self.last_attempt.map_or(Instant::ZERO, |a| a.deadline);
+        if self.just_waiting {
+            if now < deadline {
+                self.coverage.timer_waits += 1;
+            } else if self.waiting == Some(Wait::Retry) {
+                self.coverage.immediate_retries += 1;
+            }
+        }
         if let Some(wait) = self.waiting
             && now >= deadline
         {
@@ -574,7 +700,14 @@ where
         }
         self.closed = true;
         self.expects.push(Expect::OutcomeClosed);
+        if self.handler.is_some() {
+            self.coverage.closes_during_a_handler += 1;
+        }
+        if self.current.is_some() {
+            self.coverage.closes_while_connected += 1;
+        }
         if let Some((attempt, _)) = self.inflight.take() {
+            self.coverage.closes_cancelling_an_attempt += 1;
             self.expects.push(Expect::Cancel(attempt));
         }
         self.waiting = None;
@@ -591,6 +724,9 @@ where
             return;
         }
         if self.current.is_some() {
+            if !self.stop_after_current {
+                self.coverage.stops_after_current += 1;
+            }
             self.stop_after_current = true;
         } else {
             self.close();

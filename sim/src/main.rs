@@ -130,6 +130,13 @@ fn print_totals(t: &Totals) {
         t.closes,
         t.sim_time.as_secs_f64()
     );
+    let coverage: Vec<String> = t
+        .coverage
+        .counters()
+        .iter()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    println!("coverage: {}", coverage.join(", "));
 }
 
 fn report_failure(seed: u64, mutant: Option<Mutant>, failure: &Failure) {

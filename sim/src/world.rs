@@ -29,7 +29,7 @@ use persistent_connection_core::{
     RetryPolicy,
 };
 
-use crate::checker::{Checker, CheckerSettings, Invariant, MachineView, Violation};
+use crate::checker::{Checker, CheckerSettings, Coverage, Invariant, MachineView, Violation};
 use crate::mutants::{Mutant, MutantMachine};
 use crate::trace::Trace;
 
@@ -272,7 +272,7 @@ impl Settings {
             close_at: chance(r, 40).then(|| upto(r, ms(60_000))),
             r11_at: chance(r, 25).then(|| upto(r, ms(60_000))),
             abort_pct: one_of(r, &[0, 0, 2, 10]),
-            noise_every: chance(r, 40).then(|| one_of(r, &[ms(100), ms(2000), ms(30_000)])),
+            noise_every: chance(r, 30).then(|| one_of(r, &[ms(300), ms(5000), ms(60_000)])),
             horizon: one_of(r, &[ms(5_000), ms(60_000), ms(600_000)]),
             active_steps: 50 + below(r, 1500),
         }
@@ -314,6 +314,8 @@ pub struct Totals {
     pub closes: u64,
     /// Simulated time covered.
     pub sim_time: Duration,
+    /// The situations the checker saw.
+    pub coverage: Coverage,
 }
 
 impl Totals {
@@ -327,6 +329,7 @@ impl Totals {
         self.conn_closes += other.conn_closes;
         self.closes += other.closes;
         self.sim_time = self.sim_time.saturating_add(other.sim_time);
+        self.coverage.add(&other.coverage);
     }
 }
 
@@ -699,6 +702,7 @@ impl<M: SimMachine<Addr, Conn, SimError>> World<M> {
             ));
         }
         self.totals.sim_time = self.now.since_origin();
+        self.totals.coverage = *self.checker.coverage();
         Ok(())
     }
 
