@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: what a newcomer runs to see the project work.
-# Until the Tokio shell's live failover demo (issue 3) and the simulator (issue 4) land,
-# it drives the core machine through a scripted failover history.
+# The live failover demo (about 25 s): three echo servers on 127.0.0.1, a catalog, a
+# persistent connection that fails over as servers are killed and restarted; it prints
+# every event with its time, each failover gap, and a summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo run --quiet --release -p persistent-connection-core --example walkthrough
+cargo run --quiet --release -p persistent-connection --example failover
