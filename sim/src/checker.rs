@@ -1021,6 +1021,16 @@ where
             );
         }
         if !self.take_expect(|x| matches!(x, Expect::StartTimer)) {
+            if let Some(Expect::EmitFailed(e)) = self
+                .expects
+                .iter()
+                .find(|x| matches!(x, Expect::EmitFailed(_)))
+            {
+                return self.fail(
+                    Invariant::I2,
+                    format!("FailedToConnect({e:?}) differs from the round's previous failure but was not reported before attempt {attempt} began (R4)"),
+                );
+            }
             return self.fail(
                 Invariant::I4,
                 format!("attempt {attempt} began when no attempt may: mid-round only after a failure is handled, first of a round only after AttemptingToConnect is handled (R1, R2, R4)"),

@@ -18,12 +18,13 @@ use std::time::Instant as WallClock;
 
 use persistent_connection_sim::mutants::Mutant;
 use persistent_connection_sim::world::{
-    DEFAULT_SEEDS, Failure, RunOptions, Settings, Totals, run_seed, shrink,
+    DEFAULT_SEEDS, Failure, RunOptions, Settings, Totals, replay, run_seed, shrink,
 };
 
 const USAGE: &str = "usage: persistent-connection-sim [--seeds N] [--first-seed F] [--mutant NAME]
        persistent-connection-sim --seed S [--trace] [--mutant NAME]
-mutants: skip-dedup, delay-from-failure, early-disconnected, forget-late-close";
+mutants: skip-dedup, delay-from-failure, early-disconnected, forget-late-close,
+         suppress-failure, early-retry, late-close-finished, drop-failure-outcome, busy-timer";
 
 /// Every this many seeds is run twice to compare trace hashes (I9).
 const DETERMINISM_EVERY: u64 = 64;
@@ -144,14 +145,14 @@ fn report_failure(seed: u64, mutant: Option<Mutant>, failure: &Failure) {
     println!("FAILED seed={seed}: {v}");
     print_settings(&failure.settings);
     // Replay with the trace kept (same seed, same trace) to show its tail.
-    let replay = run_seed(
+    let rerun = run_seed(
         seed,
         &RunOptions {
             keep_trace: true,
             mutant,
         },
     );
-    if let Err(f) = replay
+    if let Err(f) = rerun
         && let Some(text) = &f.trace
     {
         let lines: Vec<&str> = text.lines().collect();
@@ -165,24 +166,35 @@ fn report_failure(seed: u64, mutant: Option<Mutant>, failure: &Failure) {
             println!("  {l}");
         }
     }
-    let shrunk = shrink(
-        &failure.settings,
-        mutant,
-        &failure.inputs,
-        v.invariant,
-        4000,
-    );
-    println!(
-        "shrunk input sequence ({} of {} inputs; replayed on a fresh machine it still breaks {:?}):",
-        shrunk.len(),
-        failure.inputs.len(),
-        v.invariant
-    );
-    for (t, input) in &shrunk {
-        println!("  t={:?} {input:?}", t.since_origin());
-    }
-    if let Err(sv) = persistent_connection_sim::world::replay(&failure.settings, mutant, &shrunk) {
-        println!("  -> {sv}");
+    if replay(&failure.settings, mutant, &failure.inputs).is_err() {
+        let shrunk = shrink(
+            &failure.settings,
+            mutant,
+            &failure.inputs,
+            v.invariant,
+            4000,
+        );
+        println!(
+            "shrunk input sequence ({} of {} inputs; replayed on a fresh machine it still breaks {:?}):",
+            shrunk.len(),
+            failure.inputs.len(),
+            v.invariant
+        );
+        let from = shrunk.len().saturating_sub(60);
+        if from > 0 {
+            println!("  ... {from} earlier inputs left out");
+        }
+        for (t, input) in &shrunk[from..] {
+            println!("  t={:?} {input:?}", t.since_origin());
+        }
+        if let Err(sv) = replay(&failure.settings, mutant, &shrunk) {
+            println!("  -> {sv}");
+        }
+    } else {
+        println!(
+            "the {} inputs alone do not reproduce it: a liveness failure of the world (its clock, its step caps); replay the seed",
+            failure.inputs.len()
+        );
     }
     println!("reproduce: {}", reproduce(seed, mutant));
     println!("full trace: {} --trace", reproduce(seed, mutant));

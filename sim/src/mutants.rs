@@ -28,15 +28,31 @@ pub enum Mutant {
     EarlyDisconnected,
     /// Never closes a connection that arrives for a cancelled attempt (breaks R8).
     ForgetLateClose,
+    /// Leaves out a new failure's `FailedToConnect` (breaks R4 the other way).
+    SuppressFailure,
+    /// Begins each attempt half a delay early (breaks R2, R4).
+    EarlyRetry,
+    /// Reports `CloseFinished` one input late (breaks R8's promptness).
+    LateCloseFinished,
+    /// Forgets to tell R10 waiters about a failed attempt (breaks R10).
+    DropFailureOutcome,
+    /// Asks for a timer that is always due, so time never advances: no checker rule sees
+    /// it, the simulator's liveness cap must.
+    BusyTimer,
 }
 
 impl Mutant {
     /// Every mutant.
-    pub const ALL: [Mutant; 4] = [
+    pub const ALL: [Mutant; 9] = [
         Mutant::SkipDedup,
         Mutant::DelayFromFailure,
         Mutant::EarlyDisconnected,
         Mutant::ForgetLateClose,
+        Mutant::SuppressFailure,
+        Mutant::EarlyRetry,
+        Mutant::LateCloseFinished,
+        Mutant::DropFailureOutcome,
+        Mutant::BusyTimer,
     ];
 
     /// Its command-line name.
@@ -46,6 +62,11 @@ impl Mutant {
             Mutant::DelayFromFailure => "delay-from-failure",
             Mutant::EarlyDisconnected => "early-disconnected",
             Mutant::ForgetLateClose => "forget-late-close",
+            Mutant::SuppressFailure => "suppress-failure",
+            Mutant::EarlyRetry => "early-retry",
+            Mutant::LateCloseFinished => "late-close-finished",
+            Mutant::DropFailureOutcome => "drop-failure-outcome",
+            Mutant::BusyTimer => "busy-timer",
         }
     }
 }
@@ -91,6 +112,10 @@ pub struct MutantMachine {
     /// the latest attempt.
     lag: Duration,
     attempt_start: Instant,
+    /// EarlyRetry: how far the inner machine's clock runs ahead.
+    lead: Duration,
+    /// LateCloseFinished: a `CloseFinished` held back until the next input.
+    held_finish: bool,
 }
 
 impl fmt::Debug for MutantMachine {
@@ -117,13 +142,28 @@ impl MutantMachine {
             fake_disconnected_handled: false,
             lag: Duration::ZERO,
             attempt_start: Instant::ZERO,
+            lead: Duration::ZERO,
+            held_finish: false,
         };
         m.pump(Instant::ZERO, None);
         m
     }
 
     fn inner_now(&self, now: Instant) -> Instant {
-        Instant::from_since_origin(now.since_origin().saturating_sub(self.lag))
+        Instant::from_since_origin(
+            now.since_origin()
+                .saturating_sub(self.lag)
+                .saturating_add(self.lead),
+        )
+    }
+
+    /// An inner-clock instant on the outer clock.
+    fn outer(&self, t: Instant) -> Instant {
+        Instant::from_since_origin(
+            t.since_origin()
+                .saturating_add(self.lag)
+                .saturating_sub(self.lead),
+        )
     }
 
     fn fake_event(&mut self, event: Event<Addr, Conn, SimError>) -> SimEffect {
@@ -204,6 +244,61 @@ impl MutantMachine {
                     self.out.push_back(e.clone());
                 }
             }
+            Mutant::SuppressFailure => {
+                for e in &effects {
+                    if let Effect::Emit {
+                        id,
+                        event: Event::FailedToConnect(_),
+                    } = e
+                    {
+                        // Handled at once, never shown.
+                        self.inner
+                            .handle(self.inner_now(now), Input::EventHandled { event: *id });
+                        self.pump(now, None);
+                        continue;
+                    }
+                    self.out.push_back(e.clone());
+                }
+            }
+            Mutant::EarlyRetry => {
+                for e in &effects {
+                    if let Effect::StartTimer {
+                        attempt,
+                        base,
+                        delay,
+                        deadline,
+                    } = e
+                    {
+                        self.out.push_back(Effect::StartTimer {
+                            attempt: *attempt,
+                            base: *base,
+                            delay: *delay,
+                            deadline: self.outer(*deadline),
+                        });
+                        self.lead += *delay / 2;
+                        continue;
+                    }
+                    self.out.push_back(e.clone());
+                }
+            }
+            Mutant::LateCloseFinished => {
+                for e in &effects {
+                    if let Effect::CloseFinished = e {
+                        self.held_finish = true;
+                        continue;
+                    }
+                    self.out.push_back(e.clone());
+                }
+            }
+            Mutant::DropFailureOutcome => {
+                for e in &effects {
+                    if let Effect::AttemptOutcome(Err(AttemptError::Failed(_))) = e {
+                        continue;
+                    }
+                    self.out.push_back(e.clone());
+                }
+            }
+            Mutant::BusyTimer => self.out.extend(effects.iter().cloned()),
         }
         self.scratch = effects;
     }
@@ -252,15 +347,16 @@ impl MachineView for MutantMachine {
         self.inner.is_closed()
     }
     fn is_close_finished(&self) -> bool {
-        self.inner.is_close_finished()
+        self.inner.is_close_finished() && !self.held_finish
     }
     fn current_conn_id(&self) -> Option<ConnId> {
         self.inner.current_conn_id()
     }
     fn poll_timeout(&self) -> Option<Instant> {
-        self.inner
-            .poll_timeout()
-            .map(|t| t.saturating_add(self.lag))
+        if self.mutant == Mutant::BusyTimer {
+            return Some(Instant::ZERO);
+        }
+        self.inner.poll_timeout().map(|t| self.outer(t))
     }
     fn state(&self) -> State {
         match self.fake {
@@ -272,6 +368,10 @@ impl MachineView for MutantMachine {
 
 impl SimMachine<Addr, Conn, SimError> for MutantMachine {
     fn handle(&mut self, now: Instant, input: SimInput) {
+        if self.held_finish {
+            self.held_finish = false;
+            self.out.push_back(Effect::CloseFinished);
+        }
         if let Input::EventHandled { event } = &input
             && Some(*event) == self.fake
         {

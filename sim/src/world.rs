@@ -667,6 +667,17 @@ impl<M: SimMachine<Addr, Conn, SimError>> World<M> {
                 self.end_activity();
             }
             self.world_event(ev)?;
+            if self.checker.step() > self.s.active_steps + 2 * CLOSE_STEP_CAP {
+                return Err(self.fail(
+                    Invariant::I9,
+                    format!(
+                        "liveness: step cap {} breached (active phase {} steps, close {} steps)",
+                        self.s.active_steps + 2 * CLOSE_STEP_CAP,
+                        self.s.active_steps,
+                        CLOSE_STEP_CAP
+                    ),
+                ));
+            }
             if let Some(at) = self.close_step
                 && self.checker.step() > at + CLOSE_STEP_CAP
                 && !self.checker.is_close_finished()
