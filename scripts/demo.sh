@@ -6,3 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo run --quiet --release -p persistent-connection --example failover
+# Then the simulator: 2000 seeded worlds on a virtual clock, every invariant checked after every step.
+cargo run --quiet --release -p persistent-connection-sim -- --seeds 2000
