@@ -12,9 +12,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use persistent_connection::{
-    Closable, Error, Event, IoError, PersistentConnection, TcpConnection,
-};
+use persistent_connection::{Closable, Error, Event, IoError, PersistentConnection, TcpConnection};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
@@ -233,13 +231,11 @@ async fn client(pc: Pc, clock: Clock, stats: Arc<Mutex<Stats>>) {
     }
 }
 
-fn describe(event: &Event<SocketAddr, TcpConnection, String>, names: &[(SocketAddr, &str)]) -> String {
-    let name = |a: &SocketAddr| {
-        names
-            .iter()
-            .find(|(x, _)| x == a)
-            .map_or("?", |(_, n)| *n)
-    };
+fn describe(
+    event: &Event<SocketAddr, TcpConnection, String>,
+    names: &[(SocketAddr, &str)],
+) -> String {
+    let name = |a: &SocketAddr| names.iter().find(|(x, _)| x == a).map_or("?", |(_, n)| *n);
     match event {
         Event::AttemptingToConnect => "AttemptingToConnect".to_owned(),
         Event::ObtainedAddress(a) => format!("ObtainedAddress({a} = {})", name(a)),
@@ -266,12 +262,21 @@ async fn main() {
     let catalog = Catalog::default();
     let mut servers = Vec::new();
     for name in ["A", "B", "C"] {
-        servers.push(Server::start(name, 0, &catalog).await.expect("bind 127.0.0.1"));
+        servers.push(
+            Server::start(name, 0, &catalog)
+                .await
+                .expect("bind 127.0.0.1"),
+        );
     }
     let names: Arc<Vec<(SocketAddr, &str)>> =
         Arc::new(servers.iter().map(|s| (s.addr(), s.name)).collect());
     for s in &servers {
-        println!("{:>8.3}s  server {} listening on {}", clock.secs(), s.name, s.addr());
+        println!(
+            "{:>8.3}s  server {} listening on {}",
+            clock.secs(),
+            s.name,
+            s.addr()
+        );
     }
     let stats = Arc::new(Mutex::new(Stats::default()));
 
@@ -295,7 +300,12 @@ async fn main() {
         let (names, stats) = (ev_names.clone(), ev_stats.clone());
         async move {
             println!("{:>8.3}s  {}", clock.secs(), describe(&event, &names));
-            *stats.lock().unwrap().events.entry(kind_name(&event)).or_default() += 1;
+            *stats
+                .lock()
+                .unwrap()
+                .events
+                .entry(kind_name(&event))
+                .or_default() += 1;
         }
     })
     .build();
@@ -325,11 +335,17 @@ async fn main() {
             Step::KillCurrent => {
                 let current = pc.current_connection().map(|c| c.peer_addr());
                 let Some(server) = servers.iter_mut().find(|s| Some(s.addr()) == current) else {
-                    println!("{:>8.3}s  -- not connected; nothing to kill --", clock.secs());
+                    println!(
+                        "{:>8.3}s  -- not connected; nothing to kill --",
+                        clock.secs()
+                    );
                     continue;
                 };
                 let now = clock.secs();
-                println!("{now:>8.3}s  -- kill {} (the current server) --", server.name);
+                println!(
+                    "{now:>8.3}s  -- kill {} (the current server) --",
+                    server.name
+                );
                 server.kill(&catalog);
                 stats.lock().unwrap().pending_failover = Some((now, server.name));
             }
@@ -347,7 +363,12 @@ async fn main() {
                 for s in &mut servers {
                     if !s.is_up() {
                         s.restart(&catalog).await;
-                        println!("{:>8.3}s  -- restart {} on {} --", clock.secs(), s.name, s.addr());
+                        println!(
+                            "{:>8.3}s  -- restart {} on {} --",
+                            clock.secs(),
+                            s.name,
+                            s.addr()
+                        );
                     }
                 }
             }
@@ -385,7 +406,10 @@ async fn main() {
         );
     }
     for o in &s.outages {
-        println!("outage with every server down: {:.0} ms without service", o * 1000.0);
+        println!(
+            "outage with every server down: {:.0} ms without service",
+            o * 1000.0
+        );
     }
     println!(
         "(retry delay {} ms ±30%, catalog lag {} ms, one request every {} ms)",

@@ -1,0 +1,451 @@
+//! Integration over real TCP on 127.0.0.1: redundant echo servers published in a catalog,
+//! failover when the current one dies, everything restarted, close during connect, during
+//! backoff and while connected; and the ready `TcpConnection` on its own.
+//!
+//! Real sockets need the real clock, so these tests bound every wait with a generous guard
+//! (`GUARD`) instead of asserting on durations; they take milliseconds when all is well.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use persistent_connection::{
+    AttemptError, Closable, Error, Event, IoError, PersistentConnection, TcpConnection,
+};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+
+const GUARD: Duration = Duration::from_secs(10);
+
+async fn guard<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(GUARD, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {GUARD:?}"))
+}
+
+/// What a test server does with each connection.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// Answers each line `L` with `<name> L`.
+    Echo,
+    /// Reads and says nothing.
+    Silent,
+}
+
+/// A server on 127.0.0.1 that reports, for every accepted connection, when the client
+/// closed it.
+struct Server {
+    name: &'static str,
+    addr: SocketAddr,
+    task: Option<JoinHandle<()>>,
+    mode: Mode,
+    client_closed: mpsc::UnboundedSender<&'static str>,
+}
+
+impl Server {
+    async fn start(
+        name: &'static str,
+        port: u16,
+        mode: Mode,
+        client_closed: mpsc::UnboundedSender<&'static str>,
+    ) -> Server {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket
+            .bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+            .unwrap();
+        let listener = socket.listen(64).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tx = client_closed.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                tokio::select! {
+                    a = listener.accept() => {
+                        let Ok((stream, _)) = a else { break };
+                        let tx = tx.clone();
+                        conns.spawn(async move {
+                            serve(name, mode, stream).await;
+                            let _ = tx.send(name);
+                        });
+                    }
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+        });
+        Server {
+            name,
+            addr,
+            task: Some(task),
+            mode,
+            client_closed,
+        }
+    }
+
+    /// Kills it: the listener and every connection go at once.
+    async fn kill(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    async fn restart(&mut self) {
+        self.kill().await;
+        *self = Server::start(
+            self.name,
+            self.addr.port(),
+            self.mode,
+            self.client_closed.clone(),
+        )
+        .await;
+    }
+}
+
+async fn serve(name: &'static str, mode: Mode, stream: TcpStream) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if mode == Mode::Echo
+            && write
+                .write_all(format!("{name} {line}\n").as_bytes())
+                .await
+                .is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// The catalog: published servers by name; a lookup returns the first.
+#[derive(Clone, Default)]
+struct Catalog(Arc<Mutex<BTreeMap<&'static str, SocketAddr>>>);
+
+impl Catalog {
+    fn set(&self, name: &'static str, addr: Option<SocketAddr>) {
+        let mut m = self.0.lock().unwrap();
+        match addr {
+            Some(a) => m.insert(name, a),
+            None => m.remove(name),
+        };
+    }
+
+    fn lookup(&self) -> Result<SocketAddr, String> {
+        self.0
+            .lock()
+            .unwrap()
+            .values()
+            .next()
+            .copied()
+            .ok_or_else(|| "nothing published".to_owned())
+    }
+}
+
+type Pc = PersistentConnection<SocketAddr, TcpConnection, String>;
+
+fn persistent(catalog: &Catalog, retry: Duration, log: Arc<Mutex<Vec<String>>>) -> Pc {
+    let catalog = catalog.clone();
+    PersistentConnection::builder(
+        "tcp-test",
+        move || {
+            let r = catalog.lookup();
+            async move { r }
+        },
+        |addr: SocketAddr, _cx| async move {
+            TcpConnection::connect(addr)
+                .await
+                .map_err(|e: IoError| e.kind().to_string())
+        },
+    )
+    .retry_delay(retry)
+    .seed(3)
+    .on_event(move |e| {
+        let log = log.clone();
+        async move {
+            log.lock().unwrap().push(match e {
+                Event::AttemptingToConnect => "Attempting".into(),
+                Event::ObtainedAddress(a) => format!("Obtained({})", a.port()),
+                Event::FailedToConnect(e) => format!("Failed({e})"),
+                Event::Connected(c) => format!("Connected({})", c.peer_addr().port()),
+                Event::Disconnected => "Disconnected".into(),
+            })
+        }
+    })
+    .build()
+}
+
+/// One echo round trip; returns the name of the server that answered.
+async fn ask(conn: &TcpConnection, n: u32) -> String {
+    conn.send(format!("q{n}\n").as_bytes()).await.expect("send");
+    let mut buf = Vec::new();
+    while !buf.contains(&b'\n') {
+        buf.extend(guard("reply", conn.recv()).await.expect("reply"));
+    }
+    let line = String::from_utf8(buf).unwrap();
+    let (server, rest) = line.trim_end().split_once(' ').unwrap();
+    assert_eq!(rest, format!("q{n}"));
+    server.to_owned()
+}
+
+#[tokio::test]
+async fn failover_to_the_next_server_when_the_current_one_dies_then_restart_all() {
+    let (closed_tx, mut closed_rx) = mpsc::unbounded_channel();
+    let catalog = Catalog::default();
+    let mut servers = Vec::new();
+    for name in ["a", "b", "c"] {
+        let s = Server::start(name, 0, Mode::Echo, closed_tx.clone()).await;
+        catalog.set(name, Some(s.addr));
+        servers.push(s);
+    }
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let pc = persistent(&catalog, Duration::from_millis(20), log.clone());
+
+    let c1 = guard("first connection", pc.connected()).await;
+    assert_eq!(c1.peer_addr(), servers[0].addr);
+    assert_eq!(ask(&c1, 1).await, "a");
+
+    // Kill the current server; the catalog withdraws it.
+    catalog.set("a", None);
+    servers[0].kill().await;
+    guard("death noticed", c1.close_finished()).await;
+    assert!(c1.is_closed());
+    let c2 = guard("failover", pc.connected()).await;
+    assert_eq!(c2.peer_addr(), servers[1].addr, "failed over to the next");
+    assert_eq!(ask(&c2, 2).await, "b");
+
+    // And again.
+    catalog.set("b", None);
+    servers[1].kill().await;
+    guard("death noticed", c2.close_finished()).await;
+    let c3 = guard("second failover", pc.connected()).await;
+    assert_eq!(c3.peer_addr(), servers[2].addr);
+    assert_eq!(ask(&c3, 3).await, "c");
+
+    // Everything dies: attempts fail.
+    catalog.set("c", None);
+    servers[2].kill().await;
+    guard("death noticed", c3.close_finished()).await;
+    let outcome = guard("failure", pc.connected_or_failed_to_connect()).await;
+    assert_eq!(
+        outcome.unwrap_err(),
+        AttemptError::Failed(Error::User("nothing published".into()))
+    );
+
+    // Restart all, on their ports: service is back.
+    for s in &mut servers {
+        s.restart().await;
+        catalog.set(s.name, Some(s.addr));
+    }
+    let c4 = guard("after restart", pc.connected()).await;
+    assert_eq!(c4.peer_addr(), servers[0].addr);
+    assert_eq!(ask(&c4, 4).await, "a");
+
+    guard("close", pc.close()).await;
+    assert!(c4.is_closed());
+    // The server saw our close.
+    // (Killed servers report nothing: their connection tasks were aborted.)
+    assert_eq!(
+        guard("server sees client close", closed_rx.recv()).await,
+        Some("a")
+    );
+    let log = log.lock().unwrap().clone();
+    let (pa, pb, pc_) = (
+        servers[0].addr.port(),
+        servers[1].addr.port(),
+        servers[2].addr.port(),
+    );
+    let expected_prefix = vec![
+        "Attempting".to_string(),
+        format!("Obtained({pa})"),
+        format!("Connected({pa})"),
+        "Disconnected".into(),
+        "Attempting".into(),
+        format!("Obtained({pb})"),
+        format!("Connected({pb})"),
+        "Disconnected".into(),
+        "Attempting".into(),
+        format!("Obtained({pc_})"),
+        format!("Connected({pc_})"),
+        "Disconnected".into(),
+        "Attempting".into(),
+        "Failed(nothing published)".into(),
+    ];
+    assert_eq!(log[..expected_prefix.len()], expected_prefix[..], "{log:?}");
+    assert_eq!(log.last().map(String::as_str), Some("Disconnected"));
+    assert!(log.contains(&format!("Connected({pa})")));
+    for s in &mut servers {
+        s.kill().await;
+    }
+}
+
+#[tokio::test]
+async fn close_during_connect_is_prompt_and_drops_the_half_made_connection() {
+    let (closed_tx, mut closed_rx) = mpsc::unbounded_channel();
+    let mut silent = Server::start("silent", 0, Mode::Silent, closed_tx).await;
+    let addr = silent.addr;
+    let (connecting_tx, mut connecting_rx) = mpsc::unbounded_channel();
+    // `connect` waits for a greeting the silent server never sends.
+    let pc: PersistentConnection<SocketAddr, TcpConnection, String> =
+        PersistentConnection::builder(
+            "silent",
+            move || async move { Ok(addr) },
+            move |addr: SocketAddr, _cx| {
+                let connecting = connecting_tx.clone();
+                async move {
+                    let conn = TcpConnection::connect(addr)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let _ = connecting.send(());
+                    match conn.recv().await {
+                        Some(_) => Ok(conn),
+                        None => Err("no greeting".to_owned()),
+                    }
+                }
+            },
+        )
+        .build();
+    guard("connect in progress", connecting_rx.recv()).await;
+    guard("close during connect", pc.close()).await;
+    assert!(pc.is_closed());
+    // The cancelled connect's socket was dropped: the server sees end of file.
+    assert_eq!(
+        guard("server sees the close", closed_rx.recv()).await,
+        Some("silent")
+    );
+    assert!(pc.current_connection().is_none());
+    silent.kill().await;
+}
+
+#[tokio::test]
+async fn close_during_backoff_is_prompt() {
+    let refused = {
+        let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        l.local_addr().unwrap()
+    };
+    let catalog = Catalog::default();
+    catalog.set("gone", Some(refused));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    // An hour of backoff after the first refusal.
+    let pc = persistent(&catalog, Duration::from_secs(3600), log.clone());
+    let outcome = guard("refused", pc.connected_or_failed_to_connect()).await;
+    assert!(
+        matches!(outcome, Err(AttemptError::Failed(Error::User(_)))),
+        "{outcome:?}"
+    );
+    guard("close during backoff", pc.close()).await;
+    assert_eq!(
+        log.lock().unwrap()[..],
+        [
+            "Attempting".to_string(),
+            format!("Obtained({})", refused.port()),
+            "Failed(connection refused)".to_string()
+        ]
+    );
+}
+
+#[tokio::test]
+async fn close_while_connected_closes_the_socket_and_emits_disconnected() {
+    let (closed_tx, mut closed_rx) = mpsc::unbounded_channel();
+    let mut server = Server::start("echo", 0, Mode::Echo, closed_tx).await;
+    let catalog = Catalog::default();
+    catalog.set("echo", Some(server.addr));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let pc = persistent(&catalog, Duration::from_millis(20), log.clone());
+    let conn = guard("connected", pc.connected()).await;
+    assert_eq!(ask(&conn, 1).await, "echo");
+    guard("close", pc.close()).await;
+    assert!(conn.is_closed());
+    assert_eq!(
+        guard("server sees close", closed_rx.recv()).await,
+        Some("echo")
+    );
+    assert_eq!(
+        log.lock().unwrap().last().map(String::as_str),
+        Some("Disconnected")
+    );
+    assert!(
+        conn.send(b"late\n").await.is_err(),
+        "send after close fails"
+    );
+    server.kill().await;
+}
+
+#[tokio::test]
+async fn dropping_the_last_handle_closes_the_socket() {
+    let (closed_tx, mut closed_rx) = mpsc::unbounded_channel();
+    let mut server = Server::start("echo", 0, Mode::Echo, closed_tx).await;
+    let catalog = Catalog::default();
+    catalog.set("echo", Some(server.addr));
+    let pc = persistent(&catalog, Duration::from_millis(20), Default::default());
+    let conn = guard("connected", pc.connected()).await;
+    drop(pc);
+    assert_eq!(
+        guard("server sees close after drop (R14)", closed_rx.recv()).await,
+        Some("echo")
+    );
+    guard("closed", conn.close_finished()).await;
+    server.kill().await;
+}
+
+// ------------------------------------------------------------------ TcpConnection alone
+
+#[tokio::test]
+async fn tcp_connection_notices_a_reset() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conn = TcpConnection::connect(addr).await.unwrap();
+    let (stream, _) = listener.accept().await.unwrap();
+    let std_stream = stream.into_std().unwrap();
+    socket2::SockRef::from(&std_stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(std_stream); // RST
+    guard("reset noticed", conn.close_finished()).await;
+    assert!(conn.is_closed());
+    assert_eq!(conn.recv().await, None);
+}
+
+#[tokio::test]
+async fn tcp_connection_close_sends_fin_and_is_idempotent() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conn = TcpConnection::connect(addr).await.unwrap();
+    assert_eq!(conn.peer_addr(), addr);
+    assert_eq!(conn.local_addr().ip(), Ipv4Addr::LOCALHOST);
+    let (mut stream, _) = listener.accept().await.unwrap();
+    conn.send(b"hi").await.unwrap();
+    let other = conn.clone();
+    guard("close", conn.close()).await;
+    guard("close again", other.close()).await;
+    assert!(other.is_closed());
+    let mut got = Vec::new();
+    guard("server reads to EOF", stream.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(got, b"hi");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn dropping_every_tcp_connection_clone_stops_its_reader_task() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let baseline = metrics.num_alive_tasks();
+    let conn = TcpConnection::connect(addr).await.unwrap();
+    let (mut stream, _) = listener.accept().await.unwrap();
+    assert_eq!(metrics.num_alive_tasks(), baseline + 1, "the reader runs");
+    drop(conn);
+    let mut buf = Vec::new();
+    guard("server sees EOF", stream.read_to_end(&mut buf))
+        .await
+        .unwrap();
+    guard("reader ends", async {
+        while metrics.num_alive_tasks() != baseline {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
