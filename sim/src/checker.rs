@@ -406,6 +406,10 @@ pub struct Checker<A, C, E> {
     events_issued: BTreeSet<EventId>,
     coverage: Coverage,
     just_waiting: bool,
+    /// The `Debug` hash of the connection this step's input delivered: what
+    /// `BecameCurrent`, `AttemptOutcome(Ok)`, `Connected` or a stray's `CloseConnection`
+    /// must carry. Compared within the step only (a connection's `Debug` may change later).
+    step_conn: Option<u64>,
     _conn: PhantomData<fn() -> C>,
 }
 
@@ -462,6 +466,7 @@ where
             events_issued: BTreeSet::new(),
             coverage: Coverage::default(),
             just_waiting: false,
+            step_conn: None,
             _conn: PhantomData,
         }
     }
@@ -516,6 +521,10 @@ where
         self.now = now;
         self.expects.clear();
         self.just_waiting = false;
+        self.step_conn = match input {
+            Input::ConnectResult { result: Ok(c), .. } => Some(debug_hash(c)),
+            _ => None,
+        };
         let stale = &mut self.coverage.stale_inputs;
         match input {
             Input::AddressResult { attempt, .. }
@@ -693,6 +702,17 @@ where
         }
     }
 
+    /// The connection an effect carries is the one this step's input delivered.
+    fn check_conn(&self, c: &C, what: &str) -> Result<(), Violation> {
+        match self.step_conn {
+            Some(h) if h != debug_hash(c) => self.fail(
+                Invariant::I8,
+                format!("{what} carries {c:?}, not the connection connect just returned"),
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// R8.
     fn close(&mut self) {
         if self.closed {
@@ -804,7 +824,7 @@ where
                     )
                 }
             }
-            Effect::BecameCurrent { conn, .. } => {
+            Effect::BecameCurrent { conn, connection } => {
                 if !self.take_expect(|x| matches!(x, Expect::BecameCurrent)) {
                     return self.fail(
                         Invariant::I8,
@@ -814,6 +834,7 @@ where
                 if !self.conns_issued.insert(*conn) {
                     return self.fail(Invariant::I6, format!("{conn} issued twice"));
                 }
+                self.check_conn(connection, "BecameCurrent (R5)")?;
                 self.current = Some(*conn);
                 Ok(())
             }
@@ -827,7 +848,7 @@ where
                     )
                 }
             }
-            Effect::CloseConnection { conn, .. } => {
+            Effect::CloseConnection { conn, connection } => {
                 if self.close_requested.contains(conn) {
                     return self.fail(Invariant::I6, format!("{conn} asked to close twice"));
                 }
@@ -835,6 +856,7 @@ where
                     self.close_requested.insert(*conn);
                     Ok(())
                 } else if self.take_expect(|x| matches!(x, Expect::CloseStray)) {
+                    self.check_conn(connection, "the late connection's CloseConnection (R8)")?;
                     if !self.conns_issued.insert(*conn) {
                         return self.fail(
                             Invariant::I6,
@@ -853,7 +875,10 @@ where
             }
             Effect::AttemptOutcome(outcome) => {
                 let ok = match outcome {
-                    Ok(_) => self.take_expect(|x| matches!(x, Expect::OutcomeOk)),
+                    Ok(c) => {
+                        self.check_conn(c, "AttemptOutcome(Ok) (R10)")?;
+                        self.take_expect(|x| matches!(x, Expect::OutcomeOk))
+                    }
                     Err(AttemptError::Failed(e)) => {
                         self.take_expect(|x| matches!(x, Expect::OutcomeFailed(f) if f == e))
                     }
@@ -919,7 +944,10 @@ where
             Event::FailedToConnect(e) => {
                 self.take_expect(|x| matches!(x, Expect::EmitFailed(f) if f == e))
             }
-            Event::Connected(_) => self.take_expect(|x| matches!(x, Expect::EmitConnected)),
+            Event::Connected(c) => {
+                self.check_conn(c, "Connected (R5)")?;
+                self.take_expect(|x| matches!(x, Expect::EmitConnected))
+            }
             Event::Disconnected => self.take_expect(|x| matches!(x, Expect::EmitDisconnected)),
         };
         if !expected {
@@ -1165,6 +1193,14 @@ where
                 ),
             );
         }
+        if self.finished
+            && let Some(t) = view.poll_timeout()
+        {
+            return self.fail(
+                Invariant::I6,
+                format!("close finished but poll_timeout() still asks for a timer at {t:?}"),
+            );
+        }
         if self.waiting.is_some() {
             let deadline = self.last_attempt.map_or(Instant::ZERO, |a| a.deadline);
             match view.poll_timeout() {
@@ -1277,6 +1313,14 @@ where
     }
 }
 
+/// FNV-1a of `x`'s `Debug` text, without allocating.
+fn debug_hash(x: &impl fmt::Debug) -> u64 {
+    use fmt::Write;
+    let mut h = crate::trace::Fnv1a::new();
+    let _ = write!(h, "{x:?}");
+    h.finish()
+}
+
 /// R7: is `delay` within `jitter` of `base`? Bounds rounded outwards to the nanosecond.
 fn within_jitter(jitter: Jitter, base: Duration, delay: Duration) -> bool {
     let percent = match jitter {
@@ -1293,6 +1337,261 @@ fn within_jitter(jitter: Jitter, base: Duration, delay: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use persistent_connection_core::Event;
+
+    /// A hand-written trace, no machine: the checker judges what it is shown.
+    struct View {
+        closed: bool,
+        finished: bool,
+        current: Option<ConnId>,
+        timeout: Option<Instant>,
+    }
+
+    impl MachineView for View {
+        fn is_closed(&self) -> bool {
+            self.closed
+        }
+        fn is_close_finished(&self) -> bool {
+            self.finished
+        }
+        fn current_conn_id(&self) -> Option<ConnId> {
+            self.current
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            self.timeout
+        }
+        fn state(&self) -> State {
+            State::Connected
+        }
+    }
+
+    type C = Checker<u8, u8, u8>;
+    type Fx = Effect<u8, u8, u8>;
+    const T0: Instant = Instant::ZERO;
+    const IDLE: View = View {
+        closed: false,
+        finished: false,
+        current: None,
+        timeout: None,
+    };
+
+    fn checker() -> C {
+        Checker::new(CheckerSettings::for_policy(&RetryPolicy::constant(
+            Duration::from_secs(10),
+        )))
+    }
+
+    fn emit(id: u64, event: Event<u8, u8, u8>) -> Fx {
+        Effect::Emit {
+            id: EventId::from_raw(id),
+            event,
+        }
+    }
+
+    fn timer(attempt: u64, delay_ms: u64, now: Instant) -> Fx {
+        let delay = Duration::from_millis(delay_ms);
+        Effect::StartTimer {
+            attempt: AttemptId::from_raw(attempt),
+            base: Duration::from_secs(10),
+            delay,
+            deadline: now + delay,
+        }
+    }
+
+    /// Construction, then `AttemptingToConnect` handled and attempt 0 begun.
+    fn started() -> C {
+        let mut c = checker();
+        c.on_effect(T0, &emit(0, Event::AttemptingToConnect))
+            .unwrap();
+        c.after_step(T0, &IDLE).unwrap();
+        c.on_input(
+            T0,
+            &Input::EventHandled {
+                event: EventId::from_raw(0),
+            },
+        )
+        .unwrap();
+        c.on_effect(T0, &timer(0, 10_000, T0)).unwrap();
+        c.on_effect(
+            T0,
+            &Effect::GetAddress {
+                attempt: AttemptId::from_raw(0),
+            },
+        )
+        .unwrap();
+        c.after_step(T0, &IDLE).unwrap();
+        c
+    }
+
+    #[test]
+    fn a_missing_attempting_to_connect_breaks_i5_at_construction() {
+        let v = checker().after_step(T0, &IDLE).unwrap_err();
+        assert_eq!((v.invariant, v.step), (Invariant::I5, 0));
+    }
+
+    #[test]
+    fn an_event_while_another_is_unhandled_breaks_i3() {
+        let mut c = checker();
+        c.on_effect(T0, &emit(0, Event::AttemptingToConnect))
+            .unwrap();
+        let v = c
+            .on_effect(T0, &emit(1, Event::FailedToConnect(1)))
+            .unwrap_err();
+        assert_eq!(v.invariant, Invariant::I3);
+    }
+
+    #[test]
+    fn a_delay_outside_the_jitter_breaks_i4() {
+        let mut c = checker();
+        c.on_effect(T0, &emit(0, Event::AttemptingToConnect))
+            .unwrap();
+        c.after_step(T0, &IDLE).unwrap();
+        c.on_input(
+            T0,
+            &Input::EventHandled {
+                event: EventId::from_raw(0),
+            },
+        )
+        .unwrap();
+        let v = c.on_effect(T0, &timer(0, 13_001, T0)).unwrap_err();
+        assert_eq!(v.invariant, Invariant::I4);
+    }
+
+    #[test]
+    fn a_connection_other_than_the_one_delivered_breaks_i8() {
+        let mut c = started();
+        let attempt = AttemptId::from_raw(0);
+        c.on_input(
+            T0,
+            &Input::AddressResult {
+                attempt,
+                result: Ok(5),
+            },
+        )
+        .unwrap();
+        c.on_effect(T0, &emit(1, Event::ObtainedAddress(5)))
+            .unwrap();
+        c.after_step(T0, &IDLE).unwrap();
+        c.on_input(
+            T0,
+            &Input::EventHandled {
+                event: EventId::from_raw(1),
+            },
+        )
+        .unwrap();
+        c.on_effect(
+            T0,
+            &Effect::Connect {
+                attempt,
+                address: 5,
+                consecutive_unsuccessful_attempts: 0,
+            },
+        )
+        .unwrap();
+        c.after_step(T0, &IDLE).unwrap();
+        c.on_input(
+            T0,
+            &Input::ConnectResult {
+                attempt,
+                result: Ok(7),
+            },
+        )
+        .unwrap();
+        let v = c
+            .on_effect(
+                T0,
+                &Effect::BecameCurrent {
+                    conn: ConnId::from_raw(0),
+                    connection: 8,
+                },
+            )
+            .unwrap_err();
+        assert_eq!(v.invariant, Invariant::I8);
+    }
+
+    #[test]
+    fn stale_and_never_issued_inputs_owe_nothing() {
+        let mut c = started();
+        for input in [
+            Input::EventHandled {
+                event: EventId::from_raw(99),
+            },
+            Input::Closed {
+                conn: ConnId::from_raw(3),
+            },
+            Input::AddressResult {
+                attempt: AttemptId::from_raw(4),
+                result: Ok(1),
+            },
+            Input::ConnectResult {
+                attempt: AttemptId::from_raw(0),
+                result: Err(2),
+            },
+            Input::TimerFired,
+        ] {
+            c.on_input(T0, &input).unwrap();
+            c.after_step(T0, &IDLE).unwrap();
+        }
+        assert_eq!(c.coverage().stale_inputs, 4);
+    }
+
+    #[test]
+    fn a_stray_connection_left_open_breaks_i6() {
+        let mut c = started();
+        c.on_input(
+            T0,
+            &Input::ConnectResult {
+                attempt: AttemptId::from_raw(9),
+                result: Ok(1),
+            },
+        )
+        .unwrap();
+        let v = c.after_step(T0, &IDLE).unwrap_err();
+        assert_eq!(v.invariant, Invariant::I6);
+    }
+
+    #[test]
+    fn close_must_cancel_the_attempt_and_finish_at_once() {
+        let mut c = started();
+        c.on_input(T0, &Input::CloseRequested).unwrap();
+        c.on_effect(T0, &Effect::AttemptOutcome(Err(AttemptError::Closed)))
+            .unwrap();
+        let closed = View {
+            closed: true,
+            ..IDLE
+        };
+        // Neither the cancel nor CloseFinished: the cancel is owed first.
+        let v = c.after_step(T0, &closed).unwrap_err();
+        assert_eq!(v.invariant, Invariant::I7);
+        assert!(v.message.contains("Cancel"), "{v}");
+    }
+
+    #[test]
+    fn a_timer_asked_for_after_close_finished_breaks_i6() {
+        let mut c = started();
+        c.on_input(T0, &Input::CloseRequested).unwrap();
+        for e in [
+            Effect::AttemptOutcome(Err(AttemptError::Closed)),
+            Effect::CancelAttempt {
+                attempt: AttemptId::from_raw(0),
+            },
+            Effect::CloseFinished,
+        ] {
+            c.on_effect(T0, &e).unwrap();
+        }
+        let v = c
+            .after_step(
+                T0,
+                &View {
+                    closed: true,
+                    finished: true,
+                    current: None,
+                    timeout: Some(T0),
+                },
+            )
+            .unwrap_err();
+        assert_eq!(v.invariant, Invariant::I6);
+    }
 
     #[test]
     fn jitter_bounds_are_inclusive_and_saturate() {

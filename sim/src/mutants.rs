@@ -353,7 +353,7 @@ impl MachineView for MutantMachine {
         self.inner.current_conn_id()
     }
     fn poll_timeout(&self) -> Option<Instant> {
-        if self.mutant == Mutant::BusyTimer {
+        if self.mutant == Mutant::BusyTimer && !self.inner.is_close_finished() {
             return Some(Instant::ZERO);
         }
         self.inner.poll_timeout().map(|t| self.outer(t))
