@@ -26,10 +26,11 @@ impl Closable for EchoConn {
 /// The persistent connection the scenarios use.
 pub type Pc = PersistentConnection<std::net::SocketAddr, EchoConn, IoError>;
 
-/// Builds one on the current runtime.
-pub fn build(setup: &Setup) -> Pc {
+/// Builds one on the current runtime, with `event_capacity` if given (the `events()`
+/// broadcast buffer; the default otherwise).
+pub fn build_with(setup: &Setup, event_capacity: Option<usize>) -> Pc {
     let catalog = setup.catalog.clone();
-    PersistentConnection::builder(
+    let builder = PersistentConnection::builder(
         "bench",
         move || {
             let r = catalog.lookup().map_err(IoError::from);
@@ -38,13 +39,21 @@ pub fn build(setup: &Setup) -> Pc {
         |addr, _cx| async move { EchoConn::connect(addr).await.map_err(IoError::from) },
     )
     .retry_delay(setup.delay)
-    .seed(setup.seed)
-    .build()
+    .seed(setup.seed);
+    match event_capacity {
+        Some(n) => builder.event_capacity(n).build(),
+        None => builder.build(),
+    }
 }
 
 /// Runs one persistent connection until `stop`, then closes it.
-pub async fn run(mut setup: Setup, mode: Mode) {
-    let pc = build(&setup);
+pub async fn run(setup: Setup, mode: Mode) {
+    run_with(setup, mode, None).await;
+}
+
+/// [`run`] with an explicit `event_capacity`.
+pub async fn run_with(mut setup: Setup, mode: Mode, event_capacity: Option<usize>) {
+    let pc = build_with(&setup, event_capacity);
     match mode {
         Mode::Idle => stopped(&mut setup.stop).await,
         Mode::Requests {

@@ -474,6 +474,8 @@ pub enum Holder {
     Conn,
     /// A persistent client of this library.
     Lib(Lib),
+    /// This project with `event_capacity(1)`: shows what the `events()` buffer costs.
+    OursSmallEvents,
 }
 
 impl Holder {
@@ -485,6 +487,7 @@ impl Holder {
             Holder::Lib(Lib::Stubborn) => "stubborn",
             Holder::Lib(Lib::Tower) => "tower",
             Holder::Lib(Lib::Hand) => "hand",
+            Holder::OursSmallEvents => "ours-cap1",
         }
     }
 
@@ -493,6 +496,7 @@ impl Holder {
         match s {
             "bare" => Some(Holder::Bare),
             "conn" => Some(Holder::Conn),
+            "ours-cap1" => Some(Holder::OursSmallEvents),
             other => Lib::parse(other).map(Holder::Lib),
         }
     }
@@ -502,6 +506,7 @@ impl Holder {
             Holder::Bare => "bare `TcpStream` in a `Vec` (baseline)",
             Holder::Conn => "socket + reader task, no reconnection",
             Holder::Lib(l) => l.name(),
+            Holder::OursSmallEvents => "persistent-connection, `event_capacity(1)`",
         }
     }
 }
@@ -513,6 +518,9 @@ pub async fn memory(opts: &Opts) -> io::Result<()> {
     let (addr, _) = servers.start("m", "echo", 0).await?;
     let mut holders = vec![Holder::Bare, Holder::Conn];
     holders.extend(opts.libs.iter().map(|l| Holder::Lib(*l)));
+    if opts.libs.contains(&Lib::Ours) {
+        holders.push(Holder::OursSmallEvents);
+    }
     let mut rows = Vec::new();
     for h in holders {
         eprintln!("memory {}…", h.name());
@@ -592,18 +600,18 @@ pub async fn memory_child(holder: Holder, conns: usize, addr: SocketAddr) -> io:
                 echo.push(EchoConn::connect(addr).await?);
             }
         }
-        Holder::Lib(lib) => {
+        Holder::Lib(_) | Holder::OursSmallEvents => {
             for i in 0..conns as u64 {
-                clients.push(peers::spawn(
-                    lib,
-                    Setup {
-                        catalog: catalog.clone(),
-                        delay: Duration::from_secs(1),
-                        stop: stop_rx.clone(),
-                        seed: i,
-                    },
-                    Mode::Idle,
-                ));
+                let setup = Setup {
+                    catalog: catalog.clone(),
+                    delay: Duration::from_secs(1),
+                    stop: stop_rx.clone(),
+                    seed: i,
+                };
+                clients.push(match holder {
+                    Holder::Lib(lib) => peers::spawn(lib, setup, Mode::Idle),
+                    _ => tokio::spawn(crate::ours::run_with(setup, Mode::Idle, Some(1))),
+                });
             }
         }
     }
