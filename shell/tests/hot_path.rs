@@ -1,0 +1,59 @@
+//! The hot paths allocate nothing when connected: `current_connection()` and a ready
+//! `connected()` / `connected_or_failed_to_connect()` read the current connection through
+//! `arc-swap` (no lock shared with the driver, no allocation). Checked with a counting
+//! global allocator; this binary holds a single test so nothing else allocates meanwhile.
+
+use std::alloc::System;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use persistent_connection::{CloseSignal, PersistentConnection, WithCloseSignal};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+#[test]
+fn current_connection_and_ready_waiters_do_not_allocate_when_connected() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pc: PersistentConnection<u16, WithCloseSignal<u32>, String> =
+            PersistentConnection::builder(
+                "hot",
+                || async { Ok(1u16) },
+                |_addr, _cx| async { Ok(WithCloseSignal::new(7u32, CloseSignal::new())) },
+            )
+            .retry_delay(Duration::from_secs(1))
+            .build();
+        let conn = pc.connected().await;
+        assert_eq!(*conn, 7);
+        // Warm up (arc-swap registers this thread on first use).
+        for _ in 0..10 {
+            let _ = pc.current_connection();
+            let _ = pc.connected().now_or_never();
+        }
+        let region = Region::new(GLOBAL);
+        let mut hits = 0u32;
+        for _ in 0..1000 {
+            hits += u32::from(pc.current_connection().is_some());
+            hits += u32::from(pc.connected().now_or_never().is_some());
+            hits += u32::from(
+                pc.connected_or_failed_to_connect()
+                    .now_or_never()
+                    .is_some_and(|r| r.is_ok()),
+            );
+        }
+        let stats = region.change();
+        assert_eq!(hits, 3000, "every call saw the connection at once");
+        assert_eq!(
+            (stats.allocations, stats.reallocations),
+            (0, 0),
+            "hot paths allocated: {stats:?}"
+        );
+        pc.close().await;
+    });
+}

@@ -1,0 +1,122 @@
+//! `tracing` events for every state change, failures at warn level (issue 3), checked with
+//! a minimal capturing subscriber on the paused clock.
+
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use persistent_connection::{CloseSignal, PersistentConnection, WithCloseSignal};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Metadata, Subscriber};
+
+/// Keeps `(level, message and fields)` of every event.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<(Level, String)>>>);
+
+struct Text(String);
+impl Visit for Text {
+    fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
+        self.0.push_str(&format!(" {}={:?}", field.name(), value));
+    }
+}
+
+impl Subscriber for Capture {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut text = Text(String::new());
+        event.record(&mut text);
+        self.0
+            .lock()
+            .unwrap()
+            .push((*event.metadata().level(), text.0));
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+impl Capture {
+    fn at(&self, level: Level) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(l, _)| *l == level)
+            .map(|(_, t)| t.clone())
+            .collect()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn state_changes_are_traced_and_failures_are_warnings() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+    let attempts = Arc::new(Mutex::new(0));
+    let signal = CloseSignal::new();
+    let s2 = signal.clone();
+    let pc: PersistentConnection<u16, WithCloseSignal<u8>, String> = PersistentConnection::builder(
+        "logged",
+        move || {
+            let attempts = attempts.clone();
+            async move {
+                let mut n = attempts.lock().unwrap();
+                *n += 1;
+                if *n == 1 {
+                    Err("catalog down".to_owned())
+                } else {
+                    Ok(9)
+                }
+            }
+        },
+        move |_addr, _cx| {
+            let s = s2.clone();
+            async move { Ok(WithCloseSignal::new(1, s)) }
+        },
+    )
+    .on_event(|e| async move {
+        if matches!(e, persistent_connection::Event::Connected(_)) {
+            panic!("handler bug");
+        }
+    })
+    .retry_delay(Duration::from_millis(10))
+    .build();
+    pc.connected().await;
+    signal.mark_closed(); // the peer goes away
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    pc.close().await;
+
+    let info = capture.at(Level::INFO).join("\n");
+    let warn = capture.at(Level::WARN).join("\n");
+    for what in [
+        "AttemptingToConnect",
+        "ObtainedAddress(9)",
+        "Connected",
+        "close finished",
+    ] {
+        assert!(info.contains(what), "no info event with {what}:\n{info}");
+    }
+    assert!(
+        info.contains("server=logged"),
+        "events name the server:\n{info}"
+    );
+    for what in [
+        "failed to connect",
+        "catalog down",
+        "disconnected",
+        "on_event panicked",
+        "handler bug",
+    ] {
+        assert!(warn.contains(what), "no warning with {what}:\n{warn}");
+    }
+    assert!(
+        !info.contains("catalog down"),
+        "failures are not at info:\n{info}"
+    );
+}
