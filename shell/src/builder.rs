@@ -168,7 +168,7 @@ where
     }
 
     /// Fail an attempt whose `connect` has not finished within `timeout`
-    /// ([`Error::TimedOut`]); its future is dropped. Default: none.
+    /// ([`Error::TimedOut`](crate::Error::TimedOut)); its future is dropped. Default: none.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.callbacks.connect_timeout = Some(timeout);
         self

@@ -53,6 +53,12 @@ pub(crate) struct Shared<A, C, E> {
 /// Type parameters: `A` the address, `C` the connection ([`Closable`]), `E` the user's
 /// error; events and failures carry [`Error<E>`].
 ///
+/// Two things to avoid inside `on_event`, `get_address` and `connect`: holding a strong
+/// handle (it would keep the persistent connection alive forever; capture a
+/// [`downgrade`](PersistentConnection::downgrade)d one), and *awaiting* `close()` from
+/// `on_event` (close waits for the running handler; calling it without awaiting is fine,
+/// as the call alone starts closing).
+///
 /// ```
 /// use std::time::Duration;
 /// use persistent_connection::{CloseSignal, Event, PersistentConnection};
