@@ -6,6 +6,7 @@
 //! - [`world`]: a world on a virtual clock, all of it derived from one `u64` seed.
 //! - [`trace`]: the trace and its FNV-1a hash (I9: a seed replayed gives the same hash).
 //! - [`mutants`]: deliberately wrong machines that the checker must catch.
+//! - [`report`]: failure reports with the seed, the shrunk inputs and the command.
 //!
 //! The binary runs many seeds, replays one, prints its trace and shrinks failures:
 //! `cargo run --release -p persistent-connection-sim -- --seeds 2000`.
@@ -23,6 +24,7 @@
 
 pub mod checker;
 pub mod mutants;
+pub mod report;
 pub mod trace;
 pub mod world;
 

@@ -17,9 +17,8 @@ use std::process::ExitCode;
 use std::time::Instant as WallClock;
 
 use persistent_connection_sim::mutants::Mutant;
-use persistent_connection_sim::world::{
-    DEFAULT_SEEDS, Failure, RunOptions, Settings, Totals, replay, run_seed, shrink,
-};
+use persistent_connection_sim::report::{failure_report, reproduce_command, settings_text};
+use persistent_connection_sim::world::{DEFAULT_SEEDS, RunOptions, Totals, run_seed};
 
 const USAGE: &str = "usage: persistent-connection-sim [--seeds N] [--first-seed F] [--mutant NAME]
        persistent-connection-sim --seed S [--trace] [--mutant NAME]
@@ -88,37 +87,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn reproduce(seed: u64, mutant: Option<Mutant>) -> String {
-    let m = mutant.map_or(String::new(), |m| format!(" --mutant {m}"));
-    format!("cargo run --release -p persistent-connection-sim -- --seed {seed}{m}")
-}
-
-fn print_settings(s: &Settings) {
-    println!("SEED={} world settings:", s.seed);
-    println!("  retry policy: {:?}, jitter {:?}", s.policy, s.jitter);
-    println!(
-        "  servers: {}, catalog changes every ~{:?}, server up/down ~{:?}",
-        s.servers, s.catalog_change_every, s.server_flaps
-    );
-    println!("  lookup: {:?}", s.lookup);
-    println!(
-        "  connect: {:?}, late connections {}%",
-        s.connect, s.late_conn_pct
-    );
-    println!(
-        "  connections: {}% short (<= {:?}), else <= {:?}; close takes <= {:?}",
-        s.short_conn_pct, s.short_life_max, s.long_life_max, s.close_max
-    );
-    println!(
-        "  handlers take <= {:?}; close() at {:?}, R11 at {:?}, abort {}% of connects, stale inputs every ~{:?}",
-        s.handler_max, s.close_at, s.r11_at, s.abort_pct, s.noise_every
-    );
-    println!(
-        "  active phase: {:?} or {} steps, then close()",
-        s.horizon, s.active_steps
-    );
-}
-
 fn print_totals(t: &Totals) {
     println!(
         "totals: steps {}, events {}, attempts {}, connections {}, late connections {}, connection closes {}, closes {}, simulated time {:.1} s",
@@ -140,66 +108,6 @@ fn print_totals(t: &Totals) {
     println!("coverage: {}", coverage.join(", "));
 }
 
-fn report_failure(seed: u64, mutant: Option<Mutant>, failure: &Failure) {
-    let v = &failure.violation;
-    println!("FAILED seed={seed}: {v}");
-    print_settings(&failure.settings);
-    // Replay with the trace kept (same seed, same trace) to show its tail.
-    let rerun = run_seed(
-        seed,
-        &RunOptions {
-            keep_trace: true,
-            mutant,
-        },
-    );
-    if let Err(f) = rerun
-        && let Some(text) = &f.trace
-    {
-        let lines: Vec<&str> = text.lines().collect();
-        let from = lines.len().saturating_sub(40);
-        println!(
-            "trace, last {} of {} lines:",
-            lines.len() - from,
-            lines.len()
-        );
-        for l in &lines[from..] {
-            println!("  {l}");
-        }
-    }
-    if replay(&failure.settings, mutant, &failure.inputs).is_err() {
-        let shrunk = shrink(
-            &failure.settings,
-            mutant,
-            &failure.inputs,
-            v.invariant,
-            4000,
-        );
-        println!(
-            "shrunk input sequence ({} of {} inputs; replayed on a fresh machine it still breaks {:?}):",
-            shrunk.len(),
-            failure.inputs.len(),
-            v.invariant
-        );
-        let from = shrunk.len().saturating_sub(60);
-        if from > 0 {
-            println!("  ... {from} earlier inputs left out");
-        }
-        for (t, input) in &shrunk[from..] {
-            println!("  t={:?} {input:?}", t.since_origin());
-        }
-        if let Err(sv) = replay(&failure.settings, mutant, &shrunk) {
-            println!("  -> {sv}");
-        }
-    } else {
-        println!(
-            "the {} inputs alone do not reproduce it: a liveness failure of the world (its clock, its step caps); replay the seed",
-            failure.inputs.len()
-        );
-    }
-    println!("reproduce: {}", reproduce(seed, mutant));
-    println!("full trace: {} --trace", reproduce(seed, mutant));
-}
-
 fn one_seed(seed: u64, args: &Args) -> ExitCode {
     let options = RunOptions {
         keep_trace: args.trace,
@@ -214,7 +122,7 @@ fn one_seed(seed: u64, args: &Args) -> ExitCode {
                 print!("{text}");
             }
             let again = run_seed(seed, &options);
-            print_settings(&report.settings);
+            print!("{}", settings_text(&report.settings));
             print_totals(&report.totals);
             println!("trace hash: {:016x}", report.trace_hash);
             match again {
@@ -247,7 +155,7 @@ fn one_seed(seed: u64, args: &Args) -> ExitCode {
             if let Some(text) = &failure.trace {
                 print!("{text}");
             }
-            report_failure(seed, args.mutant, &failure);
+            print!("{}", failure_report(seed, args.mutant, &failure));
             ExitCode::FAILURE
         }
     }
@@ -279,14 +187,14 @@ fn many_seeds(args: &Args) -> ExitCode {
                             println!(
                                 "FAILED seed={seed}: I9 (determinism): a replay's trace differs"
                             );
-                            println!("reproduce: {}", reproduce(seed, args.mutant));
+                            println!("reproduce: {}", reproduce_command(seed, args.mutant));
                             return ExitCode::FAILURE;
                         }
                     }
                 }
             }
             Err(failure) => {
-                report_failure(seed, args.mutant, &failure);
+                print!("{}", failure_report(seed, args.mutant, &failure));
                 return ExitCode::FAILURE;
             }
         }

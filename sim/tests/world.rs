@@ -1,5 +1,6 @@
 //! The world passes with the real machine, and is deterministic (I9).
 
+use persistent_connection_sim::report::failure_report;
 use persistent_connection_sim::world::{RunOptions, Settings, Totals, run_seed};
 
 #[test]
@@ -7,7 +8,7 @@ fn real_machine_passes_the_first_300_seeds() {
     let mut totals = Totals::default();
     for seed in 0..300 {
         let report = run_seed(seed, &RunOptions::default())
-            .unwrap_or_else(|f| panic!("seed {seed}: {}", f.violation));
+            .unwrap_or_else(|f| panic!("{}", failure_report(seed, None, &f)));
         assert_eq!(
             report.totals.closes, 1,
             "seed {seed}: close finishes once (I7)"
