@@ -3,7 +3,13 @@
 //! [`machine`] turns fuzz bytes into an arbitrary machine configuration and an arbitrary
 //! sequence of timed inputs (any kind, any id, stale and never-issued ones included, time
 //! steps of any size), feeds them to the core [`Machine`](persistent_connection_core::Machine)
-//! and checks every step with an [`Oracle`](machine::Oracle) of its own.
+//! and checks every step with the simulator's invariant checker and an
+//! [`Oracle`](machine::Oracle) of its own.
+//!
+//! [`world`] drives the machine through a small simulated world by an arbitrary sequence
+//! of world operations (handlers finish, lookups and connects answer or fail, servers go
+//! down, connections drop, the user closes), so the fuzzer explores realistic histories,
+//! and ends each run with liveness checks (close finishes, nothing leaks).
 //!
 //! Every check panics with the rule it enforces (SPEC R1–R14, I1–I9), so libFuzzer reports
 //! a broken rule as a crash and keeps the input that shows it.
@@ -12,3 +18,4 @@
 #![warn(missing_docs)]
 
 pub mod machine;
+pub mod world;

@@ -891,6 +891,19 @@ impl Observer for Oracle {
     }
 }
 
+/// An observer borrowed.
+impl<T: Observer + ?Sized> Observer for &mut T {
+    fn on_input(&mut self, now: Instant, input: &In, m: &M) {
+        (**self).on_input(now, input, m);
+    }
+    fn on_effect(&mut self, now: Instant, effect: &Eff) {
+        (**self).on_effect(now, effect);
+    }
+    fn after_step(&mut self, now: Instant, m: &M) {
+        (**self).after_step(now, m);
+    }
+}
+
 /// Two observers at once.
 impl<X: Observer, Y: Observer> Observer for (X, Y) {
     fn on_input(&mut self, now: Instant, input: &In, m: &M) {

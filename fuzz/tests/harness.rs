@@ -119,3 +119,23 @@ fn oracle_rejects_close_finishing_twice() {
     o.on_effect(Instant::ZERO, &Effect::CloseFinished);
     o.on_effect(Instant::ZERO, &Effect::CloseFinished);
 }
+
+#[test]
+fn random_world_cases_pass_every_check_and_reach_connections_and_close() {
+    use persistent_connection_fuzz::world::{WorldCase, check_world, run_world};
+    let mut reach = Reach::default();
+    let mut connections = 0;
+    for seed in 0..300 {
+        let data = bytes(seed ^ 0xABCD, 2048);
+        let case = WorldCase::arbitrary_take_rest(Unstructured::new(&data)).unwrap();
+        check_world(&case);
+        connections += run_world(&case, &mut reach).connections;
+    }
+    assert!(connections > 0, "no connection handed in");
+    assert!(reach.connected > 0, "no run connected");
+    assert!(reach.disconnected > 0, "no run disconnected");
+    assert_eq!(
+        reach.close_finished, 300,
+        "every run ends with close finished"
+    );
+}
