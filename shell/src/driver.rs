@@ -114,8 +114,10 @@ where
         let mut armed: Option<Instant> = None;
         // After close finished, the machine may still ask to close a connection that
         // arrived for a cancelled attempt (an `abort` from `connect` that then returned one):
-        // the task stays until that close is done, so no socket outlives it (R14).
-        while !(self.finished && self.closing.is_empty()) {
+        // the task stays until the machine has seen that close finish, so no socket outlives
+        // it (R14). Other watchers still pending then (say a `close_finished` that a
+        // `Closable` impl never resolves after a local close) are dropped with the task.
+        while !(self.finished && self.machine.lingering_connections().is_empty()) {
             let deadline = self.machine.poll_timeout();
             if deadline != armed {
                 if let Some(d) = deadline {

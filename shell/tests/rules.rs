@@ -1186,3 +1186,36 @@ async fn a_handle_is_debug_and_names_its_server() {
     );
     within(pc.close()).await;
 }
+
+/// A connection whose `close_finished` only reports the peer closing, never a local close
+/// (a sloppy `Closable`): the driver must still end once `close()` is done.
+#[derive(Clone, Debug)]
+struct Sloppy(CloseSignal);
+
+impl Closable for Sloppy {
+    async fn close(&self) {
+        self.0.begin_close();
+    }
+    fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+    async fn close_finished(&self) {
+        std::future::pending::<()>().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn r14_a_close_finished_that_never_resolves_does_not_keep_the_driver_alive() {
+    let baseline = alive_tasks();
+    let pc: PersistentConnection<u16, Sloppy, String> = PersistentConnection::builder(
+        "sloppy",
+        || async { Ok(1u16) },
+        |_addr, _cx| async { Ok(Sloppy(CloseSignal::owned())) },
+    )
+    .build();
+    let conn = within(pc.connected()).await;
+    within(pc.close()).await;
+    assert!(conn.is_closed());
+    tokio::task::yield_now().await;
+    assert_eq!(alive_tasks(), baseline, "the driver task ended");
+}
