@@ -1219,3 +1219,61 @@ async fn r14_a_close_finished_that_never_resolves_does_not_keep_the_driver_alive
     tokio::task::yield_now().await;
     assert_eq!(alive_tasks(), baseline, "the driver task ended");
 }
+
+#[tokio::test(start_paused = true)]
+async fn retry_policy_sets_base_delay_and_jitter_at_once() {
+    let w = World::new();
+    w.lookups([], Act::Err("down"));
+    let pc = w
+        .builder(1)
+        .jitter(Jitter::default())
+        .retry_policy(
+            persistent_connection::RetryPolicy::constant(Duration::from_millis(250)).non_random(),
+        )
+        .build();
+    until(&w, 800).await;
+    assert_eq!(w.lookup_times(), vec![0, 250, 500, 750]);
+    within(pc.close()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_event_observer_lags_without_holding_up_the_connection() {
+    let w = World::new();
+    w.lookups(
+        [Act::Err("a"), Act::Err("b"), Act::Err("c"), Act::Err("d")],
+        Act::Ok(1),
+    );
+    let pc = w.builder(10).event_capacity(2).build();
+    let mut rx = pc.events();
+    within(pc.connected()).await; // never blocked by the unread receiver
+    match rx.try_recv() {
+        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => assert!(n > 0),
+        other => panic!("expected a lag, got {other:?}"),
+    }
+    // After the lag it reads the newest events.
+    let rest: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+        .map(|e| describe(&e))
+        .collect();
+    assert_eq!(rest, vec!["Obtained(1)", "Connected(1)"]);
+    within(pc.close()).await;
+}
+
+#[test]
+fn build_on_names_a_runtime_from_outside_it() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let w = rt.block_on(async { World::new() });
+    // Built on a plain thread, outside any runtime.
+    let pc = std::thread::scope(|s| {
+        s.spawn(|| w.builder(100).build_on(rt.handle()))
+            .join()
+            .unwrap()
+    });
+    rt.block_on(async {
+        assert_eq!(*within(pc.connected()).await, 1);
+        within(pc.close()).await;
+    });
+}
