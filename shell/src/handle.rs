@@ -273,6 +273,25 @@ where
     /// this call are received. A receiver that falls behind by more than the builder's
     /// [`event_capacity`](Builder::event_capacity) gets `RecvError::Lagged` and skips
     /// ahead; observers never hold up the persistent connection.
+    ///
+    /// ```
+    /// use persistent_connection::{CloseSignal, Event, PersistentConnection};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let pc = PersistentConnection::builder(
+    ///     "observed",
+    ///     || async { Ok::<_, String>(80u16) },
+    ///     |_port, _cx| async { Ok(CloseSignal::new()) },
+    /// )
+    /// .build();
+    /// let mut events = pc.events();
+    /// pc.connected().await;
+    /// assert!(matches!(events.recv().await.unwrap(), Event::AttemptingToConnect));
+    /// assert!(matches!(events.recv().await.unwrap(), Event::ObtainedAddress(80)));
+    /// assert!(matches!(events.recv().await.unwrap(), Event::Connected(_)));
+    /// # }
+    /// ```
     pub fn events(&self) -> broadcast::Receiver<Event<A, C, E>> {
         self.shared.events.subscribe()
     }
@@ -327,6 +346,42 @@ impl<A, C, E> WeakPersistentConnection<A, C, E> {
 }
 
 /// What `connect` is told about its attempt (R12).
+///
+/// ```
+/// use persistent_connection::{AttemptError, CloseSignal, Error, PersistentConnection};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let pc = PersistentConnection::builder(
+///     "picky",
+///     || async { Ok::<_, String>("10.0.0.1:1") },
+///     |_addr, cx| async move {
+///         if cx.consecutive_unsuccessful_attempts() >= 2 {
+///             cx.abort("giving up".to_owned()); // stop for good (R12)
+///         }
+///         Err::<CloseSignal, _>("refused".to_owned())
+///     },
+/// )
+/// .retry_delay(std::time::Duration::from_millis(10))
+/// .build();
+/// let mut outcomes = Vec::new();
+/// loop {
+///     match pc.connected_or_failed_to_connect().await {
+///         Err(AttemptError::Closed) => break,
+///         other => outcomes.push(other.map(|_| ())),
+///     }
+/// }
+/// assert_eq!(
+///     outcomes,
+///     [
+///         Err(AttemptError::Failed(Error::User("refused".to_owned()))),
+///         Err(AttemptError::Failed(Error::User("refused".to_owned()))),
+///         Err(AttemptError::Aborted(Error::User("giving up".to_owned()))),
+///     ]
+/// );
+/// assert!(pc.is_closed());
+/// # }
+/// ```
 pub struct ConnectContext<E> {
     pub(crate) consecutive_unsuccessful_attempts: u32,
     pub(crate) commands: mpsc::WeakUnboundedSender<Command<E>>,
