@@ -170,7 +170,10 @@ where
 
     fn on_command(&mut self, cmd: Option<Command<E>>) {
         let input = match cmd {
-            Some(Command::Close) => Input::CloseRequested,
+            Some(Command::Close) => {
+                tracing::debug!(server = %self.shared.server_name, "close requested");
+                Input::CloseRequested
+            }
             Some(Command::CloseWhenCurrentConnectionIsClosed) => {
                 Input::CloseWhenCurrentConnectionIsClosed
             }

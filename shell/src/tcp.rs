@@ -52,6 +52,11 @@ struct Inner {
 /// Cheap to clone (an `Arc`); all clones are the same connection. Dropping the last clone
 /// stops the reader and closes the socket.
 ///
+/// Back-pressure: the reader buffers up to 16 chunks (8 KiB each) that nobody has taken
+/// with [`recv`](TcpConnection::recv), then stops reading the socket until someone does.
+/// A peer that closes behind that much unread data is noticed only once it is read, so
+/// read what the peer sends.
+///
 /// ```
 /// use persistent_connection::{Closable, TcpConnection};
 /// use tokio::io::{AsyncReadExt, AsyncWriteExt};

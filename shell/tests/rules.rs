@@ -1277,3 +1277,16 @@ fn build_on_names_a_runtime_from_outside_it() {
         within(pc.close()).await;
     });
 }
+
+#[test]
+fn handles_and_connections_can_be_shared_between_tasks_and_threads() {
+    fn shareable<T: Send + Sync + Clone + 'static>() {}
+    shareable::<Pc>();
+    shareable::<persistent_connection::WeakPersistentConnection<u16, Conn, String>>();
+    shareable::<ConnectContext<String>>();
+    shareable::<persistent_connection::TcpConnection>();
+    shareable::<CloseSignal>();
+    shareable::<Error<String>>();
+    fn sendable<T: Send>() {}
+    sendable::<Builder<u16, Conn, String>>();
+}
