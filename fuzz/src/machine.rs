@@ -321,11 +321,22 @@ pub trait Observer {
 /// Runs `case` on a fresh machine, telling `observer` everything, and returns every effect
 /// with its time (for the determinism check, I9).
 pub fn run(case: &Case, observer: &mut impl Observer) -> Vec<(Instant, Eff)> {
+    run_mutated(case, observer, Some)
+}
+
+/// [`run`], with every effect passed through `mutate` before the observer sees it: a
+/// deliberately wrong machine, to show that the checks catch it (`tests/harness.rs`).
+/// `None` drops the effect.
+pub fn run_mutated(
+    case: &Case,
+    observer: &mut impl Observer,
+    mut mutate: impl FnMut(Eff) -> Option<Eff>,
+) -> Vec<(Instant, Eff)> {
     let mut m = M::new(case.config.config());
     let mut now = Instant::ZERO;
     let mut trace = Vec::new();
     let mut issued = Issued::default();
-    drain(&mut m, now, observer, &mut trace, &mut issued);
+    drain(&mut m, now, observer, &mut trace, &mut issued, &mut mutate);
     observer.after_step(now, &m);
     for step in &case.steps {
         now = match step.advance {
@@ -386,7 +397,7 @@ pub fn run(case: &Case, observer: &mut impl Observer) -> Vec<(Instant, Eff)> {
         };
         observer.on_input(now, &input, &m);
         m.handle(now, input);
-        drain(&mut m, now, observer, &mut trace, &mut issued);
+        drain(&mut m, now, observer, &mut trace, &mut issued, &mut mutate);
         observer.after_step(now, &m);
     }
     trace
@@ -406,8 +417,10 @@ fn drain(
     observer: &mut impl Observer,
     trace: &mut Vec<(Instant, Eff)>,
     issued: &mut Issued,
+    mutate: &mut impl FnMut(Eff) -> Option<Eff>,
 ) {
     while let Some(e) = m.poll_effect() {
+        let Some(e) = mutate(e) else { continue };
         match &e {
             Effect::GetAddress { attempt } => {
                 issued.attempts = issued.attempts.max(attempt.raw() + 1)

@@ -139,3 +139,57 @@ fn random_world_cases_pass_every_check_and_reach_connections_and_close() {
         "every run ends with close finished"
     );
 }
+
+/// Random cases run against a machine whose effects `mutate` tampers with; true if the
+/// simulator's checker flagged one of them (its panic message is printed).
+fn checker_catches(mutate: impl Fn(Eff) -> Option<Eff>) -> bool {
+    use persistent_connection_fuzz::machine::{SimChecker, run_mutated};
+    (0..300).any(|seed| {
+        let data = bytes(seed, 4096);
+        let case = Case::arbitrary_take_rest(Unstructured::new(&data)).unwrap();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_mutated(&case, &mut SimChecker::new(&case.config), &mutate)
+        }))
+        .is_err()
+    })
+}
+
+#[test]
+fn the_checker_catches_a_machine_that_forgets_to_close_stray_connections() {
+    let caught = checker_catches(|e| match e {
+        Effect::CloseConnection { .. } => None,
+        e => Some(e),
+    });
+    assert!(caught);
+}
+
+#[test]
+fn the_checker_catches_a_machine_that_loses_disconnected() {
+    let caught = checker_catches(|e| match e {
+        Effect::Emit {
+            event: Event::Disconnected,
+            ..
+        } => None,
+        e => Some(e),
+    });
+    assert!(caught);
+}
+
+#[test]
+fn the_checker_catches_a_machine_that_shortens_its_retry_delay() {
+    let caught = checker_catches(|e| match e {
+        Effect::StartTimer {
+            attempt,
+            base,
+            delay,
+            deadline,
+        } if delay > Duration::ZERO => Some(Effect::StartTimer {
+            attempt,
+            base,
+            delay: delay / 2,
+            deadline,
+        }),
+        e => Some(e),
+    });
+    assert!(caught);
+}
