@@ -115,8 +115,9 @@ where
         // After close finished, the machine may still ask to close a connection that
         // arrived for a cancelled attempt (an `abort` from `connect` that then returned one):
         // the task stays until the machine has seen that close finish, so no socket outlives
-        // it (R14). Other watchers still pending then (say a `close_finished` that a
-        // `Closable` impl never resolves after a local close) are dropped with the task.
+        // it (R14), and `close()` resolves only then (R8). Other watchers still pending then
+        // (say a `close_finished` that a `Closable` impl never resolves after a local close)
+        // are dropped with the task.
         while !(self.finished && self.machine.lingering_connections().is_empty()) {
             let deadline = self.machine.poll_timeout();
             if deadline != armed {
@@ -165,7 +166,9 @@ where
                 }
             }
         }
-        tracing::debug!(server = %self.shared.server_name, "driver task ends");
+        // R8: no connection of ours is open, no attempt is in flight, no handler runs.
+        tracing::info!(server = %self.shared.server_name, "close finished");
+        self.shared.close_finished.send_replace(true);
     }
 
     fn on_command(&mut self, cmd: Option<Command<E>>) {
@@ -305,10 +308,10 @@ where
                     let _ = self.shared.outcomes.send(outcome);
                 }
                 Effect::CloseFinished => {
-                    tracing::info!(server = %server, "close finished");
+                    // `close()` resolves when the loop ends: at once, unless a stray
+                    // connection is still being closed (see `run`).
                     self.finished = true;
                     self.shared.closed.store(true, Ordering::Release);
-                    self.shared.close_finished.send_replace(true);
                 }
             }
         }

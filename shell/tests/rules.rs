@@ -1290,3 +1290,38 @@ fn handles_and_connections_can_be_shared_between_tasks_and_threads() {
     fn sendable<T: Send>() {}
     sendable::<Builder<u16, Conn, String>>();
 }
+
+#[tokio::test(start_paused = true)]
+async fn r8_close_finishes_only_after_a_connection_returned_after_abort_is_closed() {
+    let baseline = alive_tasks();
+    let signal = CloseSignal::owned();
+    let owner = signal.clone();
+    // The connection takes 500 ms to close once asked.
+    let closer = tokio::spawn(async move {
+        owner.closing().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        owner.mark_closed();
+    });
+    let pc: Pc = PersistentConnection::builder(
+        "abort-slow-close",
+        || async { Ok(1u16) },
+        move |_addr, cx: ConnectContext<String>| {
+            let signal = signal.clone();
+            async move {
+                cx.abort("enough".to_owned());
+                Ok(WithCloseSignal::new(9, signal))
+            }
+        },
+    )
+    .build();
+    let start = Instant::now();
+    within(pc.close_finished()).await;
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(500),
+        "R8: after the stray closed"
+    );
+    within(closer).await.unwrap();
+    tokio::task::yield_now().await;
+    assert_eq!(alive_tasks(), baseline);
+}
