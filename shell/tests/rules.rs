@@ -1325,3 +1325,44 @@ async fn r8_close_finishes_only_after_a_connection_returned_after_abort_is_close
     tokio::task::yield_now().await;
     assert_eq!(alive_tasks(), baseline);
 }
+
+// ------------------------------------------------------------------ waiters, polled by hand
+
+#[tokio::test(start_paused = true)]
+async fn r9_r10_waiters_stay_pending_and_are_woken_when_the_connection_comes() {
+    use tokio_test::{assert_pending, assert_ready};
+    let w = World::new();
+    w.connects([after(1000, Act::Ok(()))], Act::Ok(()));
+    let pc = w.build(100);
+    let mut connected = tokio_test::task::spawn(pc.connected());
+    let mut outcome = tokio_test::task::spawn(pc.connected_or_failed_to_connect());
+    assert_pending!(connected.poll());
+    assert_pending!(outcome.poll());
+    until(&w, 999).await;
+    assert!(!connected.is_woken() && !outcome.is_woken());
+    assert_pending!(connected.poll());
+    until(&w, 1001).await;
+    assert!(connected.is_woken() && outcome.is_woken());
+    assert_eq!(*assert_ready!(connected.poll()), 1);
+    assert_eq!(*assert_ready!(outcome.poll()).unwrap(), 1);
+    within(pc.close()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn r8_close_and_close_finished_futures_resolve_together() {
+    use tokio_test::{assert_pending, assert_ready};
+    let w = World::new();
+    w.handler(EventKind::Disconnected, 300);
+    let pc = w.build(100);
+    within(pc.connected()).await;
+    let mut finished = tokio_test::task::spawn(pc.close_finished());
+    let mut close = tokio_test::task::spawn(pc.close());
+    assert_pending!(finished.poll());
+    assert_pending!(close.poll());
+    until(&w, 299).await;
+    assert_pending!(finished.poll());
+    assert_pending!(close.poll());
+    until(&w, 301).await;
+    assert_ready!(finished.poll());
+    assert_ready!(close.poll());
+}
