@@ -1366,3 +1366,49 @@ async fn r8_close_and_close_finished_futures_resolve_together() {
     assert_ready!(finished.poll());
     assert_ready!(close.poll());
 }
+
+// ------------------------------------------------------------------ defaults
+
+/// Attempt times of a persistent connection built with the defaults (only `jitter` set
+/// when given) whose lookups always fail.
+async fn default_schedule(jitter: Option<Jitter>) -> Vec<u64> {
+    let start = Instant::now();
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let t2 = times.clone();
+    let mut b = PersistentConnection::builder(
+        "defaults",
+        move || {
+            t2.lock().unwrap().push(start.elapsed().as_millis() as u64);
+            async { Err::<u16, String>("down".into()) }
+        },
+        |_addr, _cx| async { Ok(WithCloseSignal::new(0u32, CloseSignal::new())) },
+    );
+    if let Some(j) = jitter {
+        b = b.jitter(j);
+    }
+    let pc = b.build();
+    tokio::time::sleep(Duration::from_secs(65)).await;
+    within(pc.close()).await;
+    times.lock().unwrap().clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn r7_default_retry_delay_is_ten_seconds() {
+    assert_eq!(
+        default_schedule(Some(Jitter::NonRandom)).await,
+        vec![0, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn r7_default_jitter_is_30_percent_with_a_seed_from_the_os() {
+    let a = default_schedule(None).await;
+    let b = default_schedule(None).await;
+    for s in [&a, &b] {
+        let gaps: Vec<u64> = s.windows(2).map(|p| p[1] - p[0]).collect();
+        assert!(gaps.len() >= 4, "{s:?}");
+        assert!(gaps.iter().all(|g| (7000..=13_001).contains(g)), "{gaps:?}");
+    }
+    // Two unseeded connections do not retry in lockstep (equal by chance: < 1e-15).
+    assert_ne!(a, b);
+}
