@@ -36,6 +36,9 @@ pub(crate) struct Callbacks<A, C, E> {
 /// fall behind before it lags.
 pub const DEFAULT_EVENT_CAPACITY: usize = 64;
 
+/// The largest [`Builder::event_capacity`].
+pub const MAX_EVENT_CAPACITY: usize = 1 << 16;
+
 /// Sets up a [`PersistentConnection`]; made by [`PersistentConnection::builder`].
 ///
 /// ```
@@ -175,9 +178,10 @@ where
     }
 
     /// How far an [`events`](PersistentConnection::events) receiver may fall behind before
-    /// it lags (at least 1; default [`DEFAULT_EVENT_CAPACITY`]).
+    /// it lags: default [`DEFAULT_EVENT_CAPACITY`], clamped to `1..=`[`MAX_EVENT_CAPACITY`]
+    /// (the buffer is allocated up front).
     pub fn event_capacity(mut self, capacity: usize) -> Self {
-        self.event_capacity = capacity.max(1);
+        self.event_capacity = capacity.clamp(1, MAX_EVENT_CAPACITY);
         self
     }
 

@@ -120,7 +120,7 @@ mod tcp;
 pub use persistent_connection_core as core;
 pub use persistent_connection_core::{AttemptError, EventKind, Jitter, RetryDelay, RetryPolicy};
 
-pub use builder::{Builder, DEFAULT_EVENT_CAPACITY};
+pub use builder::{Builder, DEFAULT_EVENT_CAPACITY, MAX_EVENT_CAPACITY};
 pub use closable::{Closable, CloseSignal, WithCloseSignal};
 pub use error::{Callback, Error, IoError};
 pub use handle::{AttemptOutcome, ConnectContext, PersistentConnection, WeakPersistentConnection};

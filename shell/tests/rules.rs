@@ -1412,3 +1412,22 @@ async fn r7_default_jitter_is_30_percent_with_a_seed_from_the_os() {
     // Two unseeded connections do not retry in lockstep (equal by chance: < 1e-15).
     assert_ne!(a, b);
 }
+
+#[tokio::test(start_paused = true)]
+async fn extreme_settings_are_accepted_without_panic() {
+    let w = World::new();
+    w.connects([Act::Hang], Act::Ok(()));
+    let pc = w
+        .builder(1)
+        .connect_timeout(Duration::MAX) // never fires; must not overflow
+        .event_capacity(usize::MAX) // clamped
+        .retry_delay(Duration::ZERO)
+        .build();
+    let mut rx = pc.events();
+    until(&w, 5000).await;
+    assert_eq!(w.event_names(), vec!["Attempting", "Obtained(1)"]);
+    within(pc.close()).await;
+    let _ = rx.try_recv();
+    let pc2 = w.builder(1).event_capacity(0).build(); // clamped to 1
+    within(pc2.close()).await;
+}
