@@ -13,6 +13,9 @@
 //! `arc_swap_borrow` is not this crate's API: it loads an `ArcSwapOption<C>` (what the
 //! handle reads) and only borrows the connection, to show what a lending API would cost
 //! without the clone of `C`, whose reference count both threads write.
+//! `clone_unshared_handle` is the control: each thread clones its own handle, so nothing is
+//! shared; if its two-thread time matches its one-thread time, the machine did give the
+//! bench two cores, and any slowdown elsewhere is contention on shared cache lines.
 #![forbid(unsafe_code)]
 
 use std::future::Future;
@@ -80,6 +83,10 @@ fn on_threads<F: Fn() + Sync>(threads: usize, iters: u64, op: F) -> Duration {
     })
 }
 
+thread_local! {
+    static UNSHARED: CloseSignal = CloseSignal::new();
+}
+
 fn hotpath(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -129,6 +136,13 @@ fn hotpath(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 on_threads(threads, iters, || {
                     black_box(handle.clone());
+                })
+            })
+        });
+        g.bench_function("clone_unshared_handle", |b| {
+            b.iter_custom(|iters| {
+                on_threads(threads, iters, || {
+                    UNSHARED.with(|h| black_box(h.clone()));
                 })
             })
         });
