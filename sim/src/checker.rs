@@ -138,9 +138,25 @@ pub trait MachineView {
     fn poll_timeout(&self) -> Option<Instant>;
     /// [`Machine::state`], for messages.
     fn state(&self) -> State;
+    /// [`Machine::consecutive_unsuccessful_attempts`] (R12). `None`, the default, skips the
+    /// check.
+    fn consecutive_unsuccessful_attempts(&self) -> Option<u32> {
+        None
+    }
+    /// [`Machine::lingering_connections`]: the connections asked to close, besides the
+    /// current one, whose close has not finished. `None`, the default, skips the check.
+    fn lingering_connections(&self) -> Option<&[ConnId]> {
+        None
+    }
+    /// [`Machine::current_connection`], as `Some(None)` when there is none and
+    /// `Some(Some(h))` with `h` the FNV-1a hash of its `Debug` text. `None`, the default,
+    /// skips the check.
+    fn current_connection_hash(&self) -> Option<Option<u64>> {
+        None
+    }
 }
 
-impl<A, C, E> MachineView for Machine<A, C, E> {
+impl<A, C: fmt::Debug, E> MachineView for Machine<A, C, E> {
     fn is_closed(&self) -> bool {
         Machine::is_closed(self)
     }
@@ -155,6 +171,15 @@ impl<A, C, E> MachineView for Machine<A, C, E> {
     }
     fn state(&self) -> State {
         Machine::state(self)
+    }
+    fn consecutive_unsuccessful_attempts(&self) -> Option<u32> {
+        Some(Machine::consecutive_unsuccessful_attempts(self))
+    }
+    fn lingering_connections(&self) -> Option<&[ConnId]> {
+        Some(Machine::lingering_connections(self))
+    }
+    fn current_connection_hash(&self) -> Option<Option<u64>> {
+        Some(Machine::current_connection(self).map(debug_hash))
     }
 }
 
@@ -410,6 +435,8 @@ pub struct Checker<A, C, E> {
     /// `BecameCurrent`, `AttemptOutcome(Ok)`, `Connected` or a stray's `CloseConnection`
     /// must carry. Compared within the step only (a connection's `Debug` may change later).
     step_conn: Option<u64>,
+    /// The `Debug` hash of the connection that became current in this step.
+    became_current: Option<u64>,
     _conn: PhantomData<fn() -> C>,
 }
 
@@ -467,6 +494,7 @@ where
             coverage: Coverage::default(),
             just_waiting: false,
             step_conn: None,
+            became_current: None,
             _conn: PhantomData,
         }
     }
@@ -521,6 +549,7 @@ where
         self.now = now;
         self.expects.clear();
         self.just_waiting = false;
+        self.became_current = None;
         self.step_conn = match input {
             Input::ConnectResult { result: Ok(c), .. } => Some(debug_hash(c)),
             _ => None,
@@ -835,6 +864,7 @@ where
                     return self.fail(Invariant::I6, format!("{conn} issued twice"));
                 }
                 self.check_conn(connection, "BecameCurrent (R5)")?;
+                self.became_current = Some(debug_hash(connection));
                 self.current = Some(*conn);
                 Ok(())
             }
@@ -1192,6 +1222,44 @@ where
                     self.current
                 ),
             );
+        }
+        if let Some(n) = view.consecutive_unsuccessful_attempts()
+            && n != self.failures
+        {
+            return self.fail(
+                Invariant::I8,
+                format!(
+                    "consecutive_unsuccessful_attempts() is {n}, the trace shows {} (R12)",
+                    self.failures
+                ),
+            );
+        }
+        if let Some(lingering) = view.lingering_connections()
+            && (lingering.len() != self.strays.len()
+                || lingering.iter().any(|c| !self.strays.contains(c)))
+        {
+            return self.fail(
+                Invariant::I6,
+                format!(
+                    "lingering_connections() is {lingering:?}, the trace shows {:?} still closing",
+                    self.strays
+                ),
+            );
+        }
+        if let Some(hash) = view.current_connection_hash() {
+            let ok = match (hash, self.became_current) {
+                (Some(h), Some(want)) => h == want,
+                (h, _) => h.is_some() == self.current.is_some(),
+            };
+            if !ok {
+                return self.fail(
+                    Invariant::I8,
+                    format!(
+                        "current_connection() disagrees with the trace's current connection {:?} (R5, R6, R9)",
+                        self.current
+                    ),
+                );
+            }
         }
         if self.finished
             && let Some(t) = view.poll_timeout()

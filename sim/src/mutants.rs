@@ -358,6 +358,15 @@ impl MachineView for MutantMachine {
         }
         self.inner.poll_timeout().map(|t| self.outer(t))
     }
+    fn consecutive_unsuccessful_attempts(&self) -> Option<u32> {
+        MachineView::consecutive_unsuccessful_attempts(&self.inner)
+    }
+    fn lingering_connections(&self) -> Option<&[ConnId]> {
+        MachineView::lingering_connections(&self.inner)
+    }
+    fn current_connection_hash(&self) -> Option<Option<u64>> {
+        self.inner.current_connection_hash()
+    }
     fn state(&self) -> State {
         match self.fake {
             Some(_) => State::HandlingEvent(EventKind::FailedToConnect),

@@ -91,7 +91,7 @@ pub trait SimMachine<A, C, E>: MachineView {
 impl<A, C, E> SimMachine<A, C, E> for Machine<A, C, E>
 where
     A: Clone + PartialEq,
-    C: Clone,
+    C: Clone + fmt::Debug,
     E: Clone + PartialEq,
 {
     fn handle(&mut self, now: Instant, input: Input<A, C, E>) {
