@@ -164,6 +164,13 @@ where
                     armed = None;
                     self.feed(Input::TimerFired);
                 }
+                // Every handle is gone and the machine waits for nothing we can deliver.
+                // The machine never gets here (closing always waits on a watcher); should it
+                // ever, end rather than panic or hang.
+                else => {
+                    tracing::error!(server = %self.shared.server_name, state = ?self.machine.state(), "driver has nothing left to wait for; ending");
+                    break;
+                }
             }
         }
         // R8: no connection of ours is open, no attempt is in flight, no handler runs.
