@@ -119,6 +119,10 @@ where
         // (say a `close_finished` that a `Closable` impl never resolves after a local close)
         // are dropped with the task.
         while !(self.finished && self.machine.lingering_connections().is_empty()) {
+            // Cooperate with Tokio's budget: with a zero retry delay (R7 allows it) and
+            // callbacks that finish at once, a branch below is ready on every turn and the
+            // task would never yield to the other tasks of its thread.
+            tokio::task::coop::consume_budget().await;
             let deadline = self.machine.poll_timeout();
             if deadline != armed {
                 if let Some(d) = deadline {
