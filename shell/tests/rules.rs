@@ -1431,3 +1431,52 @@ async fn extreme_settings_are_accepted_without_panic() {
     let pc2 = w.builder(1).event_capacity(0).build(); // clamped to 1
     within(pc2.close()).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn r8_close_during_the_obtained_address_handler_waits_for_it_and_never_connects() {
+    let w = World::new();
+    w.handler(EventKind::ObtainedAddress, 5000);
+    let pc = w.build(100);
+    close_at(&w, &pc, 1000, 5000).await;
+    assert_eq!(w.event_names(), vec!["Attempting", "Obtained(1)"]);
+    assert!(!w.log().iter().any(|(_, s)| s.starts_with("call connect")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn r8_close_during_the_failed_to_connect_handler_waits_for_it_and_never_retries() {
+    let w = World::new();
+    w.lookups([], Act::Err("down"));
+    w.handler(EventKind::FailedToConnect, 5000);
+    let pc = w.build(100);
+    close_at(&w, &pc, 1000, 5000).await;
+    assert_eq!(w.lookup_times(), vec![0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn r13_a_callback_that_panics_before_returning_its_future_is_caught_too() {
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let c = calls.clone();
+    let pc: PersistentConnection<u16, Conn, String> = PersistentConnection::builder(
+        "sync-panic",
+        || async { Ok(1u16) },
+        move |_addr, _cx| {
+            if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("panics while making the future");
+            }
+            async { Ok(WithCloseSignal::new(5, CloseSignal::new())) }
+        },
+    )
+    .retry_delay(Duration::from_millis(100))
+    .build();
+    assert_eq!(
+        within(pc.connected_or_failed_to_connect())
+            .await
+            .unwrap_err(),
+        AttemptError::Failed(Error::Panicked {
+            callback: Callback::Connect,
+            message: "panics while making the future".into()
+        })
+    );
+    assert_eq!(*within(pc.connected()).await, 5);
+    within(pc.close()).await;
+}
