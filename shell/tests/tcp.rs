@@ -346,7 +346,7 @@ async fn close_during_backoff_is_prompt() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_while_connected_closes_the_socket_and_emits_disconnected() {
     let (closed_tx, mut closed_rx) = mpsc::unbounded_channel();
     let mut server = Server::start("echo", 0, Mode::Echo, closed_tx).await;
@@ -373,7 +373,7 @@ async fn close_while_connected_closes_the_socket_and_emits_disconnected() {
     server.kill().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_last_handle_closes_the_socket() {
     let (closed_tx, mut closed_rx) = mpsc::unbounded_channel();
     let mut server = Server::start("echo", 0, Mode::Echo, closed_tx).await;
