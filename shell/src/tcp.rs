@@ -206,8 +206,8 @@ async fn reader(
     shared.mark_closing();
     drop(read);
     drop(data);
-    // Release the write half unless `close()` already took it. A writer blocked on a dead
-    // peer fails promptly once the peer's reset or FIN arrives.
+    // Release the write half unless `close()` already took it. A `send` blocked on it gives
+    // up as soon as closing is marked (just above), so this lock is not held for long.
     drop(shared.writer.lock().await.take());
     shared.finished.send_replace(true);
 }
