@@ -7,7 +7,7 @@
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -143,6 +143,8 @@ struct Shared {
     ledger: Arc<Ledger>,
     closed: AtomicBool,
     shutdown: Notify,
+    /// For socketless connections: the simulated peer goes away.
+    peer_gone: Notify,
     released: watch::Sender<bool>,
 }
 
@@ -184,7 +186,18 @@ impl PartialEq for Conn {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, ledger: &Arc<Ledger>) -> Conn {
+    /// A connection without a socket, for tests on the paused clock (where waiting on real
+    /// I/O would let virtual time run away). [`Conn::simulate_peer_close`] plays the peer.
+    pub fn socketless(ledger: &Arc<Ledger>) -> Conn {
+        Conn::new(None, ledger)
+    }
+
+    /// For a socketless connection: the peer goes away.
+    pub fn simulate_peer_close(&self) {
+        self.guard.shared.peer_gone.notify_one();
+    }
+
+    fn new(stream: Option<TcpStream>, ledger: &Arc<Ledger>) -> Conn {
         let id = {
             let mut records = ledger.records.lock().unwrap();
             records.push(Record::default());
@@ -196,6 +209,7 @@ impl Conn {
             ledger: ledger.clone(),
             closed: AtomicBool::new(false),
             shutdown: Notify::new(),
+            peer_gone: Notify::new(),
             released: watch::channel(false).0,
         });
         tokio::spawn(watch_socket(stream, shared.clone()));
@@ -244,19 +258,32 @@ impl Closable for Conn {
     }
 }
 
-async fn watch_socket(mut stream: TcpStream, shared: Arc<Shared>) {
-    let mut buf = [0u8; 512];
-    let peer_closed = loop {
-        tokio::select! {
-            read = stream.read(&mut buf) => match read {
-                Ok(0) | Err(_) => break true,
-                Ok(_) => {}
-            },
-            () = shared.shutdown.notified() => break false,
+async fn watch_socket(stream: Option<TcpStream>, shared: Arc<Shared>) {
+    let peer_closed = match stream {
+        Some(mut stream) => {
+            let mut buf = [0u8; 512];
+            let peer_closed = loop {
+                tokio::select! {
+                    read = stream.read(&mut buf) => match read {
+                        Ok(0) | Err(_) => break true,
+                        Ok(_) => {}
+                    },
+                    () = shared.shutdown.notified() => break false,
+                }
+            };
+            shared.closed.store(true, Ordering::SeqCst);
+            drop(stream);
+            peer_closed
+        }
+        None => {
+            let peer_closed = tokio::select! {
+                () = shared.peer_gone.notified() => true,
+                () = shared.shutdown.notified() => false,
+            };
+            shared.closed.store(true, Ordering::SeqCst);
+            peer_closed
         }
     };
-    shared.closed.store(true, Ordering::SeqCst);
-    drop(stream);
     shared.ledger.update(shared.id, |r| {
         r.released += 1;
         r.peer_closed |= peer_closed;
@@ -284,7 +311,9 @@ pub struct Connector {
     /// The connect function's own deadline.
     pub timeout: Duration,
     /// Connects begun.
-    pub started: Arc<AtomicUsize>,
+    pub started: Counter,
+    /// Connects whose TCP connection is established and that now wait for the greeting.
+    pub handshaking: Counter,
 }
 
 impl Connector {
@@ -294,18 +323,21 @@ impl Connector {
             ledger: Ledger::new(),
             handshake,
             timeout,
-            started: Arc::new(AtomicUsize::new(0)),
+            started: Counter::default(),
+            handshaking: Counter::default(),
         }
     }
 
     /// Connect to `addr` (which must be on 127.0.0.1).
     pub async fn connect(&self, addr: SocketAddr) -> Result<Conn, Fail> {
         assert!(addr.ip().is_loopback(), "tests connect to 127.0.0.1 only");
-        self.started.fetch_add(1, Ordering::SeqCst);
+        self.started.bump();
         let handshake = self.handshake;
+        let handshaking = self.handshaking.clone();
         let attempt = async move {
             let stream = TcpStream::connect(addr).await?;
             if handshake == Handshake::Hello {
+                handshaking.bump();
                 let mut reader = BufReader::new(stream);
                 let mut line = String::new();
                 if reader.read_line(&mut line).await? == 0 {
@@ -321,7 +353,7 @@ impl Connector {
             }
         };
         match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(Ok(stream)) => Ok(Conn::new(stream, &self.ledger)),
+            Ok(Ok(stream)) => Ok(Conn::new(Some(stream), &self.ledger)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Fail::Timeout),
         }
@@ -345,7 +377,7 @@ pub enum Lookup {
 #[derive(Clone, Debug)]
 pub struct Catalog {
     answer: Arc<Mutex<Lookup>>,
-    lookups: Arc<watch::Sender<usize>>,
+    lookups: Counter,
 }
 
 impl Catalog {
@@ -353,7 +385,7 @@ impl Catalog {
     pub fn new(answer: Lookup) -> Catalog {
         Catalog {
             answer: Arc::new(Mutex::new(answer)),
-            lookups: Arc::new(watch::channel(0).0),
+            lookups: Counter::default(),
         }
     }
 
@@ -364,32 +396,59 @@ impl Catalog {
 
     /// Lookups begun so far.
     pub fn lookups(&self) -> usize {
-        *self.lookups.borrow()
+        self.lookups.get()
     }
 
     /// Wait (bounded by `guard`) until at least `n` lookups have begun.
     pub async fn wait_lookups(&self, n: usize, guard: Duration) {
-        let mut rx = self.lookups.subscribe();
-        if tokio::time::timeout(guard, rx.wait_for(|k| *k >= n))
-            .await
-            .is_err()
-        {
-            panic!(
-                "hang guard ({guard:?}) passed waiting for {n} lookups; saw {}",
-                self.lookups()
-            );
-        }
+        self.lookups.wait_at_least(n, guard, "lookups").await;
     }
 
     /// Look the address up.
     pub async fn lookup(&self) -> Result<SocketAddr, Fail> {
-        self.lookups.send_modify(|k| *k += 1);
+        self.lookups.bump();
         let answer = self.answer.lock().unwrap().clone();
         match answer {
             Lookup::Addr(a) => Ok(a),
             Lookup::Fail(e) => Err(Fail::Lookup(e)),
             Lookup::Hang => std::future::pending().await,
             Lookup::Panic => panic!("catalog lookup panics (deliberately, R13)"),
+        }
+    }
+}
+
+/// A shared counter that can be awaited.
+#[derive(Clone, Debug)]
+pub struct Counter(Arc<watch::Sender<usize>>);
+
+impl Default for Counter {
+    fn default() -> Counter {
+        Counter(Arc::new(watch::channel(0).0))
+    }
+}
+
+impl Counter {
+    /// Add one.
+    pub fn bump(&self) {
+        self.0.send_modify(|k| *k += 1);
+    }
+
+    /// The count.
+    pub fn get(&self) -> usize {
+        *self.0.borrow()
+    }
+
+    /// Wait (bounded by `guard`) until the count is at least `n`.
+    pub async fn wait_at_least(&self, n: usize, guard: Duration, what: &str) {
+        let mut rx = self.0.subscribe();
+        if tokio::time::timeout(guard, rx.wait_for(|k| *k >= n))
+            .await
+            .is_err()
+        {
+            panic!(
+                "hang guard ({guard:?}) passed waiting for {n} {what}; saw {}",
+                self.get()
+            );
         }
     }
 }

@@ -60,12 +60,55 @@ pub enum Clock {
 /// dropped.
 pub fn run<F, Fut>(clock: Clock, body: F)
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
     let _serial = SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // The test runs on its own thread so that a runtime that stops making progress (a task
+    // that never yields) is reported instead of hanging the suite.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let test = std::thread::spawn(move || {
+        let _done = DropSignal(done_tx);
+        run_here(clock, body);
+    });
+    match done_rx.recv_timeout(TEST_GUARD) {
+        Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            if let Err(panic) = test.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            // Its runtime is wedged; nothing sound can run in this process after it.
+            // Straight to the process's stderr: the test harness captures `eprintln!`.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "a fault test made no progress for {TEST_GUARD:?}: its runtime is wedged \
+                 (a task that never yields?); aborting the test process"
+            );
+            std::process::exit(101);
+        }
+    }
+}
+
+/// The wall-clock guard on one whole test (a hang guard, not a timed assertion).
+pub const TEST_GUARD: Duration = Duration::from_secs(40);
+
+struct DropSignal(std::sync::mpsc::Sender<()>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+fn run_here<F, Fut>(clock: Clock, body: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ()>,
+{
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(clock == Clock::Paused)

@@ -5,5 +5,6 @@
 
 pub mod child;
 pub mod conn;
+pub mod events;
 pub mod leaks;
 pub mod servers;
