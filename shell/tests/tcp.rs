@@ -449,3 +449,22 @@ async fn dropping_every_tcp_connection_clone_stops_its_reader_task() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_send_blocked_on_a_peer_that_does_not_read_gives_up_when_close_begins() {
+    use tokio_test::{assert_pending, assert_ready};
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conn = TcpConnection::connect(addr).await.unwrap();
+    let (_never_reads, _) = listener.accept().await.unwrap();
+    // Far more than the socket buffers hold: the first poll writes what fits and blocks.
+    let big = vec![7u8; 32 << 20];
+    let mut send = tokio_test::task::spawn(conn.send(&big));
+    assert_pending!(send.poll());
+    let close = conn.close(); // begins closing at once
+    assert!(send.is_woken(), "closing wakes the blocked send");
+    let err = assert_ready!(send.poll()).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotConnected);
+    drop(send);
+    guard("close", close).await;
+}
