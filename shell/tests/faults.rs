@@ -94,6 +94,49 @@ fn support_child_server_can_be_killed_and_restarted_on_its_port() {
 }
 
 #[test]
+fn support_leak_checks_can_fail() {
+    // A leaked descriptor, a task left running and a connection dropped while open are
+    // each caught.
+    // (On the paused clock, so that the checks' hang guards pass in virtual time.)
+    let leaked_fd = std::panic::catch_unwind(|| {
+        run(Clock::Paused, || async {
+            std::mem::forget(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+        })
+    });
+    let message = panic_text(leaked_fd.expect_err("a leaked socket must fail the test"));
+    assert!(message.contains("descriptors leaked"), "{message}");
+
+    let leaked_task = std::panic::catch_unwind(|| {
+        run(Clock::Paused, || async {
+            tokio::spawn(std::future::pending::<()>());
+        })
+    });
+    let message = panic_text(leaked_task.expect_err("a live task must fail the test"));
+    assert!(message.contains("tasks left alive"), "{message}");
+
+    let dropped = std::panic::catch_unwind(|| {
+        run(Clock::Paused, || async {
+            let ledger = common::conn::Ledger::new();
+            drop(Conn::socketless(&ledger));
+            ledger
+                .wait_until("released", GUARD, |r| r[0].released == 1)
+                .await;
+            ledger.assert_all_closed_exactly_once();
+        })
+    });
+    let message = panic_text(dropped.expect_err("a connection dropped open must fail"));
+    assert!(message.contains("dropped while open"), "{message}");
+}
+
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+#[test]
 fn support_misbehaving_servers_behave_as_advertised() {
     run(Clock::Real, || async {
         let connector = Connector::new(Handshake::Hello, Duration::from_millis(300));
@@ -612,13 +655,20 @@ fn close_at_every_phase_is_prompt_and_final() {
         );
 
         // While waiting to retry, with an hour to wait.
+        let closer = ThreadServer::start(Behaviour::AcceptAndClose);
         let rec = Recorder::new();
-        let pc = builder(&Catalog::new(Lookup::Addr(refused_addr())), &connector)
+        let pc = builder(&Catalog::new(Lookup::Addr(closer.addr())), &connector)
             .retry_delay(Duration::from_secs(3600))
             .on_event(rec.handler())
             .build();
-        rec.wait_prefix("FailedToConnect(", GUARD).await;
+        rec.wait_count("FailedToConnect(Eof)", 1, GUARD).await;
         within("close while waiting to retry", pc.close()).await;
+        assert_eq!(
+            closer.accepted(),
+            1,
+            "one attempt, then the hour's wait (R4)"
+        );
+        drop(closer);
 
         // Connected: the connection is closed and `Disconnected` emitted (R8).
         let rec = Recorder::new();
@@ -1022,6 +1072,107 @@ fn retry_delay_of_duration_max_neither_panics_nor_delays_close() {
                 strs(&["AttemptingToConnect", "FailedToConnect(Lookup(\"down\"))"])
             );
         }
+    });
+}
+
+// ---- stopping for good on real sockets (R11, R12) ----
+
+#[test]
+fn close_when_current_connection_is_closed_stops_after_the_server_dies() {
+    run(Clock::Real, || async {
+        let mut server = ChildServer::start(Mode::Greet);
+        let catalog = Catalog::new(Lookup::Addr(server.addr()));
+        let connector = Connector::new(Handshake::Hello, GUARD);
+        let rec = Recorder::new();
+        let pc = builder(&catalog, &connector)
+            .retry_delay(ms(1))
+            .on_event(rec.handler())
+            .build();
+        let c = within("connected", pc.connected()).await;
+        pc.close_when_current_connection_is_closed();
+        // R11: the connection stays up...
+        assert!(!c.is_closed());
+        assert!(pc.current_connection().is_some());
+        // ...until the server dies; then no new round, and close has finished by itself.
+        server.kill9();
+        within("close finished by itself", pc.close_finished()).await;
+        assert!(pc.is_closed());
+        assert_eq!(catalog.lookups(), 1);
+        assert_eq!(
+            rec.events(),
+            strs(&[
+                "AttemptingToConnect",
+                "ObtainedAddress",
+                "Connected(#0)",
+                "Disconnected"
+            ])
+        );
+        within("close after that", pc.close()).await;
+        drop((server, pc, c));
+        connector.ledger.assert_all_closed_exactly_once();
+    });
+}
+
+#[test]
+fn abort_from_connect_after_repeated_rejections_stops_for_good() {
+    run(Clock::Real, || async {
+        let server = ChildServer::start(Mode::Reject);
+        let addr = server.addr();
+        let connector = Connector::new(Handshake::Hello, GUARD);
+        let rec = Recorder::new();
+        let k = connector.clone();
+        let pc: Pc = PersistentConnection::builder(
+            "abort",
+            move || async move { Ok::<SocketAddr, Fail>(addr) },
+            move |addr: SocketAddr, cx| {
+                let k = k.clone();
+                async move {
+                    // R12: the context counts the failures; give up at the third attempt.
+                    if cx.consecutive_unsuccessful_attempts() == 2 {
+                        cx.abort(Fail::Other("gave up".into()));
+                    }
+                    k.connect(addr).await
+                }
+            },
+        )
+        .jitter(Jitter::NonRandom)
+        .retry_delay(ms(2))
+        .on_event(rec.handler())
+        .build();
+        let mut outcomes = Vec::new();
+        loop {
+            match within("outcome", pc.connected_or_failed_to_connect()).await {
+                Err(AttemptError::Closed) => break,
+                other => outcomes.push(other.map(|c| c.id())),
+            }
+            assert!(outcomes.len() <= 3, "{outcomes:?}");
+        }
+        let rejected = Err(AttemptError::Failed(Error::User(Fail::Rejected(
+            "NO".into(),
+        ))));
+        assert_eq!(
+            outcomes,
+            [
+                rejected.clone(),
+                rejected,
+                Err(AttemptError::Aborted(Error::User(Fail::Other(
+                    "gave up".into()
+                ))))
+            ]
+        );
+        within("close finished by itself", pc.close_finished()).await;
+        assert!(pc.is_closed());
+        assert_eq!(connector.started.get(), 3);
+        assert_eq!(
+            rec.events(),
+            strs(&[
+                "AttemptingToConnect",
+                "ObtainedAddress",
+                "FailedToConnect(Rejected(\"NO\"))"
+            ])
+        );
+        drop((server, pc));
+        assert_eq!(connector.ledger.made(), 0);
     });
 }
 
