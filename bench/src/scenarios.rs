@@ -244,7 +244,9 @@ async fn failover_one(
             }
         };
         let Some(dead) = ids.iter().position(|id| *id == current) else {
-            continue; // a reply from a server generation already replaced
+            // A reply from a server generation already replaced: not a trial.
+            eprintln!("  trial skipped: reply from a replaced server");
+            continue;
         };
         let other = ids[1 - dead];
         let t0 = Instant::now();
