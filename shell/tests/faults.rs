@@ -1176,6 +1176,81 @@ fn abort_from_connect_after_repeated_rejections_stops_for_good() {
     });
 }
 
+// ---- in parallel ----
+
+#[test]
+fn six_persistent_connections_on_two_threads_survive_kills_and_racing_closes() {
+    run(Clock::MultiThread, || async {
+        let mut server = ChildServer::start(Mode::Greet);
+        let catalog = Catalog::new(Lookup::Addr(server.addr()));
+        let connector = Connector::new(Handshake::Hello, GUARD);
+        let recs: Vec<Recorder> = (0..6).map(|_| Recorder::new()).collect();
+        let pcs: Vec<Pc> = recs
+            .iter()
+            .map(|rec| {
+                builder(&catalog, &connector)
+                    .retry_delay(ms(5))
+                    .on_event(rec.handler())
+                    .build()
+            })
+            .collect();
+        for round in 0..3 {
+            for pc in &pcs {
+                within("connected", pc.connected()).await;
+            }
+            server.kill9();
+            for rec in &recs {
+                rec.wait_count("Disconnected", round + 1, GUARD).await;
+            }
+            server.restart(Mode::Greet);
+        }
+        for pc in &pcs {
+            within("connected", pc.connected()).await;
+        }
+        // The server dies while four tasks per persistent connection close it: the
+        // connection's close races its peer's.
+        server.kill9();
+        let closers: Vec<_> = pcs
+            .iter()
+            .flat_map(|pc| {
+                (0..4).map(move |_| {
+                    let pc = pc.clone();
+                    tokio::spawn(async move { pc.close().await })
+                })
+            })
+            .collect();
+        for t in closers {
+            within("closing task", t).await.expect("closing task");
+        }
+        for rec in &recs {
+            rec.assert_grammar();
+            // One `Disconnected` per connection (R6, R8): three kills and the last one,
+            // whether the peer's close or ours got there first. (If the peer's did, a new
+            // round may have begun before close cancelled it.)
+            assert_eq!(rec.count("Disconnected"), 4, "{:?}", rec.events());
+            let events = rec.events();
+            assert_eq!(
+                events
+                    .iter()
+                    .filter(|e| e.starts_with("Connected("))
+                    .count(),
+                4,
+                "{events:?}"
+            );
+        }
+        drop((server, pcs));
+        let records = connector.ledger.records();
+        assert_eq!(records.len(), 6 * 4);
+        for r in &records {
+            assert!(
+                r.close_calls <= 1,
+                "closed twice by the library: {records:?}"
+            );
+        }
+        connector.ledger.assert_all_closed_exactly_once();
+    });
+}
+
 // ---- nothing leaked over many cycles ----
 
 #[test]

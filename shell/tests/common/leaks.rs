@@ -52,6 +52,8 @@ pub enum Clock {
     Real,
     /// Tokio's paused clock: time jumps when every task is idle.
     Paused,
+    /// Real time on a multi-thread runtime with two workers: tasks run in parallel.
+    MultiThread,
 }
 
 /// Run one test body on a fresh current-thread runtime, alone in the process, and check
@@ -109,11 +111,17 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = ()>,
 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(clock == Clock::Paused)
-        .build()
-        .expect("runtime");
+    let rt = match clock {
+        Clock::MultiThread => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(clock == Clock::Paused)
+            .build(),
+    }
+    .expect("runtime");
     let fds_before = open_fds();
     let described_before = describe_fds();
     rt.block_on(async {

@@ -50,8 +50,9 @@ impl ThreadServer {
                             .set_linger(Some(Duration::ZERO))
                             .expect("SO_LINGER 0");
                     }
-                    drop(stream);
+                    // Counted before the close, so a client that saw the close sees the count.
                     accepted.fetch_add(1, Ordering::SeqCst);
+                    drop(stream);
                 }
             })
         };
