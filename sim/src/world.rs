@@ -140,6 +140,50 @@ impl PolicyChoice {
             }
         }
     }
+
+    /// The checker's twin: the same policy written out here, independently of the core's
+    /// `RetryDelay` code (a bug there must not hide by answering both sides).
+    fn twin(&self) -> RetryDelay {
+        let choice = self.clone();
+        let mut calls = 0usize;
+        RetryDelay::Custom(Box::new(move |failures| match &choice {
+            PolicyChoice::Constant(d) => *d,
+            PolicyChoice::Exponential {
+                initial,
+                multiplier,
+                max,
+            } => twin_exponential(*initial, *multiplier, *max, failures),
+            PolicyChoice::Custom(table) => {
+                calls += 1;
+                table[(calls + failures as usize) % table.len()]
+            }
+        }))
+    }
+}
+
+/// `initial · multiplier^failures` capped at `max`, multipliers below 1 taken as 1, in the
+/// floating-point steps the core documents (exponentiation by squaring, then seconds).
+fn twin_exponential(initial: Duration, multiplier: f64, max: Duration, failures: u32) -> Duration {
+    let m = if multiplier.is_nan() || multiplier < 1.0 {
+        1.0
+    } else {
+        multiplier
+    };
+    let (mut factor, mut power, mut n) = (1.0f64, m, failures);
+    while n != 0 {
+        if n % 2 == 1 {
+            factor *= power;
+        }
+        power *= power;
+        n /= 2;
+    }
+    let secs = initial.as_secs_f64() * factor;
+    let d = if secs.is_nan() {
+        initial
+    } else {
+        Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
+    };
+    if d < max { d } else { max }
 }
 
 /// Latency and fault rates of one kind of operation. Percentages are of operations.
@@ -289,9 +333,10 @@ impl Settings {
         }
     }
 
-    /// The checker's settings, with an exact twin of the base-delay policy.
+    /// The checker's settings, with an exact, independently written twin of the
+    /// base-delay policy.
     pub fn checker_settings(&self) -> CheckerSettings {
-        CheckerSettings::jitter_only(self.jitter).with_delay(self.policy.delay())
+        CheckerSettings::jitter_only(self.jitter).with_delay(self.policy.twin())
     }
 }
 
