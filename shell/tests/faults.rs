@@ -8,6 +8,10 @@
 //! Tests on real sockets run on the real clock and wait for conditions (events, counters)
 //! under hang guards, never for time. Tests without sockets run on Tokio's paused clock,
 //! where times are virtual and exact.
+//!
+//! Linux only: the leak checks read `/proc/self/fd`, and the full-accept-queue server relies
+//! on Linux dropping SYNs to a listener whose queue is full.
+#![cfg(target_os = "linux")]
 
 mod common;
 
