@@ -1135,12 +1135,21 @@ fn abort_from_connect_after_repeated_rejections_stops_for_good() {
         let connector = Connector::new(Handshake::Hello, GUARD);
         let rec = Recorder::new();
         let k = connector.clone();
+        // R10 waiters see the *next* outcome from the moment they are called, so each attempt
+        // after the first waits until the test has registered its next waiter: otherwise a
+        // slow test task on a loaded machine misses an outcome, as SPEC allows.
+        let registered = Arc::new(tokio::sync::Notify::new());
+        let gate = registered.clone();
         let pc: Pc = PersistentConnection::builder(
             "abort",
             move || async move { Ok::<SocketAddr, Fail>(addr) },
             move |addr: SocketAddr, cx| {
                 let k = k.clone();
+                let gate = gate.clone();
                 async move {
+                    if cx.consecutive_unsuccessful_attempts() >= 1 {
+                        gate.notified().await;
+                    }
                     // R12: the context counts the failures; give up at the third attempt.
                     if cx.consecutive_unsuccessful_attempts() == 2 {
                         cx.abort(Fail::Other("gave up".into()));
@@ -1155,7 +1164,11 @@ fn abort_from_connect_after_repeated_rejections_stops_for_good() {
         .build();
         let mut outcomes = Vec::new();
         loop {
-            match within("outcome", pc.connected_or_failed_to_connect()).await {
+            let waiter = pc.connected_or_failed_to_connect(); // registers now
+            if !outcomes.is_empty() {
+                registered.notify_one();
+            }
+            match within("outcome", waiter).await {
                 Err(AttemptError::Closed) => break,
                 other => outcomes.push(other.map(|c| c.id())),
             }
