@@ -218,7 +218,8 @@ where
             close_finished: watch::Sender::new(false),
             became_current: broadcast::Sender::new(16),
             outcomes: broadcast::Sender::new(16),
-            events: broadcast::Sender::new(event_capacity),
+            events: std::sync::OnceLock::new(),
+            event_capacity,
         });
         let driver = Driver::new(
             machine,

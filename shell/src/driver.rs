@@ -226,7 +226,9 @@ where
                         }
                         other => tracing::info!(server = %server, event = ?other, "event"),
                     }
-                    let _ = self.shared.events.send(event.clone());
+                    if let Some(observers) = self.shared.events.get() {
+                        let _ = observers.send(event.clone());
+                    }
                     let on_event = self.callbacks.on_event.clone();
                     let fut = AssertUnwindSafe(async move { on_event(event).await })
                         .catch_unwind()

@@ -2,8 +2,8 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -38,8 +38,12 @@ pub(crate) struct Shared<A, C, E> {
     pub(crate) became_current: broadcast::Sender<C>,
     /// Every attempt outcome, for `connected_or_failed_to_connect()` waiters (R10).
     pub(crate) outcomes: broadcast::Sender<AttemptOutcome<C, E>>,
-    /// Every event, for observers.
-    pub(crate) events: broadcast::Sender<Event<A, C, E>>,
+    /// Every event, for observers. Created by the first `events()` call, so a connection
+    /// nobody observes does not pay for the channel's buffer (about 4 KiB at the default
+    /// capacity) nor for cloning each event into it.
+    pub(crate) events: OnceLock<broadcast::Sender<Event<A, C, E>>>,
+    /// The capacity of `events` once created.
+    pub(crate) event_capacity: usize,
 }
 
 /// A persistent connection: a handle on the driver task that keeps a connection to a
@@ -293,7 +297,10 @@ where
     /// # }
     /// ```
     pub fn events(&self) -> broadcast::Receiver<Event<A, C, E>> {
-        self.shared.events.subscribe()
+        self.shared
+            .events
+            .get_or_init(|| broadcast::Sender::new(self.shared.event_capacity))
+            .subscribe()
     }
 
     /// The name given at creation (used in logs).
