@@ -10,7 +10,7 @@ use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestE
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 
 use persistent_connection_core::{
-    AttemptId, ConnId, Effect, EventId, Input, Instant, Jitter, Machine, RetryPolicy,
+    AttemptId, ConnId, Effect, EventId, Input, Instant, Jitter, Machine, RetryDelay, RetryPolicy,
 };
 use persistent_connection_sim::checker::{Checker, CheckerSettings, Violation};
 use persistent_connection_sim::mutants::{Mutant, MutantMachine};
@@ -98,9 +98,33 @@ fn policy(p: u8) -> RetryPolicy {
         1 => RetryPolicy::constant(ms(200)).non_random(),
         2 => RetryPolicy::grpc(),
         _ => RetryPolicy {
-            delay: persistent_connection_core::RetryDelay::constant(Duration::ZERO),
+            delay: RetryDelay::constant(Duration::ZERO),
             jitter: Jitter::Percent(30),
         },
+    }
+}
+
+/// What SPEC and the docs say each policy above is, written out without the core's
+/// constructors, so a bug in those cannot answer for both the machine and its checker.
+fn expected(p: u8) -> CheckerSettings {
+    let ms = Duration::from_millis;
+    let (jitter, delay) = match p {
+        0 => (Jitter::Percent(30), RetryDelay::Constant(ms(200))),
+        1 => (Jitter::NonRandom, RetryDelay::Constant(ms(200))),
+        // gRPC's connection backoff: 1 s initial, x1.6, 120 s max, +-20%.
+        2 => (
+            Jitter::Percent(20),
+            RetryDelay::Exponential {
+                initial: ms(1000),
+                multiplier: 1.6,
+                max: ms(120_000),
+            },
+        ),
+        _ => (Jitter::Percent(30), RetryDelay::Constant(Duration::ZERO)),
+    };
+    CheckerSettings {
+        jitter,
+        delay: Some(delay),
     }
 }
 
@@ -124,7 +148,7 @@ impl Driver {
             seed: setup.seed,
             retry: policy(setup.policy),
         };
-        let settings = CheckerSettings::for_policy(&config.retry);
+        let settings = expected(setup.policy);
         let machine = Machine::new(config);
         let machine: Box<dyn SimMachine<Addr, Conn, SimError>> = match mutant {
             None => Box::new(machine),
