@@ -180,7 +180,7 @@ fn many_seeds(args: &Args) -> ExitCode {
         match run_seed(seed, &options) {
             Ok(report) => {
                 totals.add(&report.totals);
-                if (seed - args.first_seed) % DETERMINISM_EVERY == 0 {
+                if (seed - args.first_seed).is_multiple_of(DETERMINISM_EVERY) {
                     match run_seed(seed, &options) {
                         Ok(again) if again.trace_hash == report.trace_hash => {}
                         _ => {
