@@ -10,9 +10,9 @@
 //! operations at once; the reported time is wall time divided by `iters`, i.e. the time
 //! per operation *per thread*, directly comparable with the one-thread figure.
 //!
-//! `arc_swap_borrow` is not this crate's API: it loads an `ArcSwapOption<C>` (what the
-//! handle reads) and only borrows the connection, to show what a lending API would cost
-//! without the clone of `C`, whose reference count both threads write.
+//! `with_current_connection` is the lending accessor: it only borrows the connection, so
+//! it avoids the clone of `C`, whose reference count both threads write. `arc_swap_borrow`
+//! is the bare `ArcSwapOption<C>` load it is built on, for comparison.
 //! `clone_unshared_handle` is the control: each thread clones its own handle, so nothing is
 //! shared; if its two-thread time matches its one-thread time, the machine did give the
 //! bench two cores, and any slowdown elsewhere is contention on shared cache lines.
@@ -121,6 +121,13 @@ fn hotpath(c: &mut Criterion) {
                 on_threads(threads, iters, || {
                     let guard = mutex.lock().expect("not poisoned");
                     black_box(guard.clone());
+                })
+            })
+        });
+        g.bench_function("with_current_connection", |b| {
+            b.iter_custom(|iters| {
+                on_threads(threads, iters, || {
+                    black_box(pc.with_current_connection(|c| c.map(|c| c.is_closed())));
                 })
             })
         });

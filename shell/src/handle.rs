@@ -158,6 +158,33 @@ where
         self.shared.current.load().as_deref().cloned()
     }
 
+    /// Calls `f` with the current connection, if any, without cloning it: the hottest
+    /// path. Lock-free, allocation-free, and free of shared writes (an `arc-swap` load
+    /// only), so readers on many threads do not slow each other down, where
+    /// [`current_connection`](Self::current_connection)'s clone of `C` writes `C`'s shared
+    /// reference count (see `BENCHMARKS.md`, hot paths). `f` should be short: the
+    /// connection it sees stays alive until `f` returns, even if it is replaced meanwhile.
+    ///
+    /// ```
+    /// use persistent_connection::{Closable, CloseSignal, PersistentConnection};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let pc = PersistentConnection::builder(
+    ///     "lend",
+    ///     || async { Ok::<_, String>(80u16) },
+    ///     |_port, _cx| async { Ok(CloseSignal::new()) },
+    /// )
+    /// .build();
+    /// assert!(!pc.with_current_connection(|c| c.is_some()) || pc.current_connection().is_some());
+    /// pc.connected().await;
+    /// assert_eq!(pc.with_current_connection(|c| c.map(|c| c.is_closed())), Some(false));
+    /// # }
+    /// ```
+    pub fn with_current_connection<R>(&self, f: impl FnOnce(Option<&C>) -> R) -> R {
+        f(self.shared.current.load().as_deref())
+    }
+
     /// R9: resolves at once with the current connection if there is one and it is not
     /// `is_closed()`; otherwise with the next connection to become current. After close it
     /// never resolves (as in the original); use

@@ -42,12 +42,14 @@ fn current_connection_and_ready_waiters_do_not_allocate_when_connected() {
         // Warm up (arc-swap registers this thread on first use).
         for _ in 0..10 {
             let _ = pc.current_connection();
+            pc.with_current_connection(|_| ());
             let _ = pc.connected().now_or_never();
         }
         let region = Region::new(GLOBAL);
         let mut hits = 0u32;
         for _ in 0..1000 {
             hits += u32::from(pc.current_connection().is_some());
+            hits += u32::from(pc.with_current_connection(|c| c.is_some_and(|c| **c == 7)));
             hits += u32::from(pc.connected().now_or_never().is_some());
             hits += u32::from(
                 pc.connected_or_failed_to_connect()
@@ -56,7 +58,7 @@ fn current_connection_and_ready_waiters_do_not_allocate_when_connected() {
             );
         }
         let stats = region.change();
-        assert_eq!(hits, 3000, "every call saw the connection at once");
+        assert_eq!(hits, 4000, "every call saw the connection at once");
         assert_eq!(
             (stats.allocations, stats.reallocations),
             (0, 0),
