@@ -22,6 +22,8 @@
 //!   [`connected_or_failed_to_connect()`](PersistentConnection::connected_or_failed_to_connect)
 //!   (R10, `Result<C, AttemptError<Error<E>>>`),
 //!   [`current_connection()`](PersistentConnection::current_connection),
+//!   [`with_current_connection(f)`](PersistentConnection::with_current_connection) (borrows:
+//!   the accessor that scales across threads),
 //!   [`close()`](PersistentConnection::close), [`is_closed()`](PersistentConnection::is_closed),
 //!   [`close_finished()`](PersistentConnection::close_finished),
 //!   [`close_when_current_connection_is_closed()`](PersistentConnection::close_when_current_connection_is_closed)
