@@ -1,4 +1,4 @@
-//! The persistent-connection state machine (SPEC §3).
+//! The persistent-connection state machine (docs/behaviour.md §3).
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -54,7 +54,7 @@ id_type!(
     EventId
 );
 
-/// What the user's `on_event` is told (SPEC §1).
+/// What the user's `on_event` is told (docs/behaviour.md §1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event<A, C, E> {
     /// A new round of attempts begins (R1).
@@ -290,7 +290,7 @@ struct Current<C> {
     close_requested: bool,
 }
 
-/// The sans-IO persistent connection: every rule of SPEC R1–R14 that is a decision.
+/// The sans-IO persistent connection: every rule of docs/behaviour.md R1–R14 that is a decision.
 ///
 /// Feed inputs with [`handle`](Machine::handle); after each one, drain
 /// [`poll_effect`](Machine::poll_effect) until it returns `None` and re-read

@@ -1,4 +1,4 @@
-//! One or more named tests per rule of SPEC §2 (R1–R12), driving the machine by hand with
+//! One or more named tests per rule of docs/behaviour.md §2 (R1–R12), driving the machine by hand with
 //! explicit times.
 
 mod common;

@@ -885,7 +885,7 @@ impl<M: SimMachine<Addr, Conn, SimError>> World<M> {
         }
     }
 
-    /// A stale, duplicate or never-issued input: the machine must ignore it (SPEC §3),
+    /// A stale, duplicate or never-issued input: the machine must ignore it (docs/behaviour.md §3),
     /// except that a connection outside its attempt is closed.
     fn stale_input(&mut self) -> SimInput {
         let r = &mut self.rng;
