@@ -579,6 +579,10 @@ where
             Input::AddressResult { attempt, result } => {
                 if self.inflight == Some((*attempt, Op::Lookup)) {
                     self.inflight = None;
+                    if self.closed {
+                        // The attempt that aborted (R12) ended: nothing follows it.
+                        return self.settled(now);
+                    }
                     match result {
                         Ok(address) => {
                             let repeat = self.round.as_ref().and_then(|r| r.last_address.as_ref())
@@ -599,6 +603,14 @@ where
             Input::ConnectResult { attempt, result } => {
                 let ours = self.inflight == Some((*attempt, Op::Connect));
                 match result {
+                    // The attempt that aborted (R12) ended; a connection it made is a stray
+                    // to close before close finishes (I6).
+                    Ok(_) if ours && self.closed => {
+                        self.inflight = None;
+                        self.coverage.late_connections += 1;
+                        self.expects.push(Expect::CloseStray)
+                    }
+                    Err(_) if ours && self.closed => self.inflight = None,
                     Ok(_) if ours => {
                         self.inflight = None;
                         self.failures = 0;
@@ -651,7 +663,15 @@ where
                 if !self.closed {
                     self.coverage.aborts += 1;
                     self.expects.push(Expect::OutcomeAborted(error.clone()));
-                    self.close_when_current_closed();
+                    if self.current.is_none() && self.inflight.is_some() {
+                        // R12: `abort` comes from inside the attempt, which is awaited,
+                        // not cancelled; the persistent connection is closed at once.
+                        self.closed = true;
+                        self.expects.push(Expect::OutcomeClosed);
+                        self.waiting = None;
+                    } else {
+                        self.close_when_current_closed();
+                    }
                 }
             }
             Input::EventHandled { event } => {
@@ -663,6 +683,10 @@ where
                 }
             }
         }
+        self.settled(now)
+    }
+
+    fn settled(&mut self, now: Instant) -> Result<(), Violation> {
         self.settle(now);
         Ok(())
     }
@@ -745,6 +769,11 @@ where
     /// R8.
     fn close(&mut self) {
         if self.closed {
+            // Only an attempt that aborted (R12) can still be in flight: close cancels it.
+            if let Some((attempt, _)) = self.inflight.take() {
+                self.coverage.closes_cancelling_an_attempt += 1;
+                self.expects.push(Expect::Cancel(attempt));
+            }
             return;
         }
         self.closed = true;
