@@ -12,7 +12,7 @@
 //! histories, and ends each run with the world's liveness checks (close finishes, nothing
 //! leaks).
 //!
-//! Every check panics with the rule it enforces (SPEC R1–R14, I1–I9), so libFuzzer reports
+//! Every check panics with the rule it enforces (docs/behaviour.md R1–R14, I1–I9), so libFuzzer reports
 //! a broken rule as a crash and keeps the input that shows it.
 
 #![forbid(unsafe_code)]

@@ -1,6 +1,6 @@
 //! The `machine_inputs` target's model: an arbitrary configuration, an arbitrary sequence
 //! of timed inputs, a driver that feeds them to the machine, and an oracle that checks
-//! every step against SPEC.
+//! every step against docs/behaviour.md.
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
@@ -669,7 +669,8 @@ where
         let state = m.state();
         match input {
             Input::AddressResult { attempt, result } => {
-                if state == State::Resolving(*attempt) {
+                // After close (an aborted attempt finishing, R12) nothing is announced.
+                if state == State::Resolving(*attempt) && !self.was_closed {
                     self.step_in.accepted_address = Some(result.clone());
                     if let Ok(a) = result {
                         self.address_for = Some((*attempt, a.clone()));
@@ -679,7 +680,7 @@ where
             Input::ConnectResult { attempt, result } => match result {
                 Ok(c) => self.step_in.connection = Some(c.clone()),
                 Err(e) => {
-                    if state == State::Connecting(*attempt) {
+                    if state == State::Connecting(*attempt) && !self.was_closed {
                         self.step_in.accepted_connect_error = Some(e.clone());
                     }
                 }
@@ -794,7 +795,7 @@ where
             }
             Effect::CloseConnection { conn, .. } => {
                 if conn.raw() == self.next_conn {
-                    // A stray connection, closed at once (R8, SPEC §3).
+                    // A stray connection, closed at once (R8, docs/behaviour.md §3).
                     assert!(
                         self.step_in.connection.is_some(),
                         "stray close without a connection"
@@ -927,8 +928,13 @@ where
             State::Connected => assert!(self.current.is_some(), "Connected without current"),
             _ => {}
         }
-        // R8, I7: close finishes as soon as nothing holds it up.
-        if m.is_closed() && self.unhandled.is_none() && self.open.is_empty() {
+        // R8, I7: close finishes as soon as nothing holds it up (an attempt that aborted,
+        // R12, is awaited: it is about to return).
+        if m.is_closed()
+            && self.unhandled.is_none()
+            && self.open.is_empty()
+            && !matches!(state, State::Resolving(_) | State::Connecting(_))
+        {
             assert!(
                 self.close_finished,
                 "I7: close not finished though nothing is pending"

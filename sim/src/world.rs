@@ -975,7 +975,7 @@ impl<M: SimMachine<Addr, Conn, SimError>, W: Watch<M>> World<M, W> {
         self.catalog = Addr(server % self.up.len() as u8);
     }
 
-    /// The retry timer fires now (stale or early fires change nothing, SPEC §3).
+    /// The retry timer fires now (stale or early fires change nothing, docs/behaviour.md §3).
     pub fn timer_fired(&mut self) -> Result<(), Violation> {
         self.feed(Input::TimerFired)
     }
@@ -1081,7 +1081,7 @@ impl<M: SimMachine<Addr, Conn, SimError>, W: Watch<M>> World<M, W> {
     pub fn wind_down(&mut self) -> Result<(), Violation> {
         self.close()?;
         // Not "until close finished": a connection that arrived late may still be closing
-        // after it (SPEC §3), and the world owes that close too.
+        // after it (docs/behaviour.md §3), and the world owes that close too.
         for _ in 0..WIND_DOWN_CAP {
             if let Some(event) = self.handler {
                 self.handler_done(event)?;
@@ -1278,15 +1278,20 @@ impl<M: SimMachine<Addr, Conn, SimError>> Seeded<M> {
                 }
                 Owed::Connect(attempt, _) => {
                     let f = &s.connect;
-                    if chance(r, s.abort_pct) {
-                        plan.push((upto(r, f.latency_max), Ev::UserAbort));
+                    // R12: `abort` is called from inside `connect`, which then returns: an
+                    // aborting connect answers after the abort and never hangs.
+                    let abort_at = chance(r, s.abort_pct).then(|| upto(r, f.latency_max));
+                    if let Some(d) = abort_at {
+                        plan.push((d, Ev::UserAbort));
                     }
-                    if chance(r, f.hang_pct) {
+                    if abort_at.is_none() && chance(r, f.hang_pct) {
                         continue;
                     }
                     let fail = chance(r, f.fail_pct)
                         .then(|| one_of(r, &[SimError::ConnectTimedOut, SimError::Reset]));
-                    plan.push((upto(r, f.latency_max), Ev::ConnectDone { attempt, fail }));
+                    let d = upto(r, f.latency_max);
+                    let d = abort_at.map_or(d, |a| a.saturating_add(d));
+                    plan.push((d, Ev::ConnectDone { attempt, fail }));
                 }
                 Owed::Cancelled(_) => {}
                 Owed::Connected(conn) => {
@@ -1472,7 +1477,7 @@ impl<M: SimMachine<Addr, Conn, SimError>> Seeded<M> {
         self.s.noise_every.is_some() && chance(&mut self.rng, 20)
     }
 
-    /// A stale, duplicate or never-issued input: the machine must ignore it (SPEC §3),
+    /// A stale, duplicate or never-issued input: the machine must ignore it (docs/behaviour.md §3),
     /// except that a connection outside its attempt is closed.
     fn stale_input(&mut self) -> SimInput {
         let r = &mut self.rng;
