@@ -40,6 +40,32 @@
 //!   `ObtainedAddress(A)`, `FailedToConnect(Error<E>)`, `Connected(C)`, `Disconnected`.
 //! - Logs: a `tracing` event for every state change, failures at warn.
 //!
+//! # Defaults and what they mean
+//!
+//! | setting | default | what you will see |
+//! | --- | --- | --- |
+//! | retry delay ([`Builder::retry_delay`]) | constant 10 s | attempts *start* at least the jittered delay apart; a server that keeps failing is retried every 7–13 s until close |
+//! | jitter ([`Builder::jitter`]) | ±30%, uniform | clients that lost the same server do not retry in lockstep; the delay lies in `[0.7·d, 1.3·d]` |
+//! | seed ([`Builder::seed`]) | from OS randomness | set one to make every delay reproducible |
+//! | connect timeout ([`Builder::connect_timeout`]) | none | a `connect` that hangs (a host that drops packets, a full accept queue) holds the loop until the OS gives up — about two minutes for TCP on Linux — or until `close()`, which cancels it |
+//! | lookup timeout | none | a `get_address` that hangs holds the loop the same way; put a timeout inside it |
+//! | event capacity ([`Builder::event_capacity`]) | [`DEFAULT_EVENT_CAPACITY`] (64) | an [`events()`](PersistentConnection::events) observer further behind is told how many it missed |
+//!
+//! **The delay is counted from the start of the attempt that made the connection** (R6 in
+//! the project's behaviour document, docs/behaviour.md). A connection that lived longer
+//! than the delay is replaced at once when it dies; one that dies young — a server that
+//! accepts and then resets, a handshake that fails after connect — waits for the rest of
+//! the delay. With the default 10 s, a server that accepts and drops every connection is
+//! tried about every 10 s, not in a busy loop; but a short-lived connection also means up
+//! to 13 s without service. Choose the delay for the outage you can afford:
+//!
+//! - [`RetryPolicy::constant`]`(d)`: the original's policy, `d` ±30% (what
+//!   [`Builder::retry_delay`] sets);
+//! - [`RetryPolicy::grpc`]: 1 s, ×1.6 per consecutive failure, capped at 120 s, ±20% —
+//!   fast first retries, gentle on a long outage;
+//! - [`RetryDelay::exponential`] or [`Builder::retry_delay_fn`] for your own curve, and
+//!   [`RetryPolicy::non_random`] / [`Jitter::NonRandom`] to drop the jitter.
+//!
 //! # Example
 //!
 //! Two echo servers on loopback, a catalog that names one of them, and a persistent
