@@ -563,13 +563,12 @@ async fn s5_the_lookup_timeout_is_configurable_and_max_means_none() {
     .build();
     assert_eq!(*within(pc.connected()).await, 3);
     within(pc.close()).await;
-    let pc: Pc = PersistentConnection::builder(
-        "short-lookup",
-        std::future::pending,
-        |_addr, _cx| async { Ok(WithCloseSignal::new(3u32, CloseSignal::new())) },
-    )
-    .lookup_timeout(Duration::from_millis(5))
-    .build();
+    let pc: Pc =
+        PersistentConnection::builder("short-lookup", std::future::pending, |_addr, _cx| async {
+            Ok(WithCloseSignal::new(3u32, CloseSignal::new()))
+        })
+        .lookup_timeout(Duration::from_millis(5))
+        .build();
     assert_eq!(
         within(pc.connected_or_failed_to_connect())
             .await
