@@ -146,7 +146,7 @@ async fn run_seed(seed: u64) {
                 // connection closes.
             }
             _ => {
-                let _ = pc.close();
+                drop(pc.close()); // closing begins at the call
                 assert!(pc.is_closed(), "seed {seed}: is_closed() after close()");
             }
         }
