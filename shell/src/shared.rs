@@ -378,13 +378,13 @@ impl<A, C, E> Shared<A, C, E> {
         let c = &self.counters;
         let failures = c.failures.load(Ordering::Relaxed);
         let reported = c.reported_failures.load(Ordering::Relaxed);
-        let mut stats = Stats::default();
-        stats.attempts = c.attempts.load(Ordering::Relaxed);
-        stats.failures = failures;
-        stats.deduplicated_failures = failures.saturating_sub(reported);
-        stats.connections = c.connections.load(Ordering::Relaxed);
-        stats.disconnections = c.disconnections.load(Ordering::Relaxed);
-        stats
+        Stats {
+            attempts: c.attempts.load(Ordering::Relaxed),
+            failures,
+            deduplicated_failures: failures.saturating_sub(reported),
+            connections: c.connections.load(Ordering::Relaxed),
+            disconnections: c.disconnections.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether a connection is current (for `Debug`).
