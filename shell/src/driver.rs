@@ -23,12 +23,6 @@ use crate::error::{Callback, Error, panic_message};
 use crate::handle::ConnectContext;
 use crate::shared::{CoreEffect, CoreInput, Shared};
 
-/// Where machine deadlines that do not fit in a Tokio `Instant` go: about 30 years from
-/// now. It must be far enough that no real retry delay is cut short (a deadline that does
-/// not fit is at least `Instant::MAX - base` away, i.e. centuries), yet fit in a Tokio
-/// `Instant` from any `now`, which 30 years always does.
-const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
-
 enum AttemptOutput<A, C, E> {
     Address(Result<A, Error<E>>),
     Connect(Result<C, Error<E>>),
@@ -118,13 +112,8 @@ where
         Instant::from_since_origin(tokio::time::Instant::now().saturating_duration_since(self.base))
     }
 
-    /// The Tokio instant of a machine deadline; far-future deadlines are clamped (R7:
-    /// `Duration::MAX` must not panic).
     fn to_tokio(&self, deadline: Instant) -> tokio::time::Instant {
-        self.base
-            .checked_add(deadline.since_origin())
-            .or_else(|| tokio::time::Instant::now().checked_add(FAR_FUTURE))
-            .unwrap_or(self.base)
+        crate::shared::to_tokio(self.base, deadline)
     }
 
     /// The loop: one `select!` over effects queued by handles, the running event handler,
@@ -133,6 +122,7 @@ where
     pub(crate) async fn run(mut self) {
         let _guard = DriverGuard(self.shared.clone());
         self.base = tokio::time::Instant::now();
+        self.shared.set_base(self.base);
         tracing::debug!(server = %self.shared.server_name, seed = self.seed, "persistent connection started");
         let sleep = tokio::time::sleep_until(self.base);
         tokio::pin!(sleep);
@@ -187,6 +177,13 @@ where
         tracing::debug!(server = %self.shared.server_name, "driver task ends");
     }
 
+    /// How long until the next attempt may begin (R4, R6), for the log lines.
+    fn next_attempt_in(&self) -> Duration {
+        self.shared.next_attempt_at().map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(tokio::time::Instant::now())
+        })
+    }
+
     fn feed(&mut self, input: CoreInput<A, C, E>) {
         let now = self.now();
         self.shared.feed(now, input);
@@ -210,13 +207,21 @@ where
         match effect {
             Effect::Emit { id, event } => {
                 match &event {
-                    CoreEvent::FailedToConnect(e) => match &self.address {
-                        Some(a) => {
-                            tracing::warn!(server = %server, address = ?a, error = ?e, "failed to connect")
+                    CoreEvent::FailedToConnect(e) => {
+                        let next = self.next_attempt_in();
+                        match &self.address {
+                            Some(a) => {
+                                tracing::warn!(server = %server, address = ?a, error = ?e, next_attempt_in = ?next, "failed to connect")
+                            }
+                            None => {
+                                tracing::warn!(server = %server, error = ?e, next_attempt_in = ?next, "failed to connect")
+                            }
                         }
-                        None => tracing::warn!(server = %server, error = ?e, "failed to connect"),
-                    },
-                    CoreEvent::Disconnected => tracing::warn!(server = %server, "disconnected"),
+                    }
+                    CoreEvent::Disconnected => {
+                        let next = self.next_attempt_in();
+                        tracing::warn!(server = %server, next_attempt_in = ?next, "disconnected")
+                    }
                     other => tracing::info!(server = %server, event = ?other, "event"),
                 }
                 let on_event = self.callbacks.on_event.clone();

@@ -149,6 +149,7 @@ mod error;
 mod events;
 mod handle;
 mod shared;
+mod status;
 mod sync;
 mod tcp;
 mod waiters;
@@ -164,6 +165,7 @@ pub use closable::{Closable, CloseSignal, WithCloseSignal};
 pub use error::{Callback, Error, IoError};
 pub use events::{EventStream, Lagged};
 pub use handle::{AttemptOutcome, ConnectContext, PersistentConnection, WeakPersistentConnection};
+pub use status::{State, Stats};
 pub use tcp::TcpConnection;
 
 /// An event as `on_event` and [`PersistentConnection::events`] see it: the core's event
