@@ -124,9 +124,9 @@ pub use persistent_connection_core::{AttemptError, EventKind, Jitter, RetryDelay
 
 pub use builder::{Builder, DEFAULT_EVENT_CAPACITY, MAX_EVENT_CAPACITY};
 pub use closable::{Closable, CloseSignal, WithCloseSignal};
-pub use error::{Callback, Error, IoError};
+pub use error::{Callback, Error, IoError, Keyed};
 pub use handle::{AttemptOutcome, ConnectContext, PersistentConnection, WeakPersistentConnection};
-pub use tcp::TcpConnection;
+pub use tcp::{Keepalive, TcpConnection, TcpOptions};
 
 /// An event as `on_event` and [`PersistentConnection::events`] see it: the core's event
 /// with the shell's [`Error`] around the user's error.
