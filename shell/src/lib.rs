@@ -114,9 +114,11 @@
 
 mod builder;
 mod closable;
+mod driven;
 mod driver;
 mod error;
 mod handle;
+mod health;
 mod tcp;
 
 pub use persistent_connection_core as core;
@@ -124,8 +126,10 @@ pub use persistent_connection_core::{AttemptError, EventKind, Jitter, RetryDelay
 
 pub use builder::{Builder, DEFAULT_EVENT_CAPACITY, MAX_EVENT_CAPACITY};
 pub use closable::{Closable, CloseSignal, WithCloseSignal};
+pub use driven::Driven;
 pub use error::{Callback, Error, IoError, Keyed};
 pub use handle::{AttemptOutcome, ConnectContext, PersistentConnection, WeakPersistentConnection};
+pub use health::{HealthCheck, HealthChecked};
 pub use tcp::{Keepalive, TcpConnection, TcpOptions};
 
 /// An event as `on_event` and [`PersistentConnection::events`] see it: the core's event
