@@ -85,6 +85,11 @@ impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
 /// An [`io::Error`] reduced to what identifies it, its kind and message, so that it is
 /// `Clone + PartialEq` as the machine needs (docs/behaviour.md §1: equality compares the error itself).
 ///
+/// Its key for de-duplication (R4) is therefore kind and message: the same refusal from the
+/// same address (a [`TcpConnection`](crate::TcpConnection) error names it) is one
+/// `FailedToConnect` event per round. For a coarser key, say any refusal from any address,
+/// wrap it in [`Keyed`]: `Keyed::new(e, IoError::kind)`.
+///
 /// ```
 /// use std::io;
 /// use persistent_connection::IoError;

@@ -34,6 +34,13 @@
 //! - [`Closable`] (`close`, `is_closed`, `close_finished`) with ready impls
 //!   [`TcpConnection`] (notices the peer closing), [`CloseSignal`] and
 //!   [`WithCloseSignal<T>`] (any handle plus a close signal).
+//! - Real connections: [`TcpConnection`] is `AsyncRead + AsyncWrite` (works under
+//!   `tokio_util::codec::Framed` and clients that take a stream), with [`TcpOptions`]
+//!   (`TCP_NODELAY`, [`Keepalive`], local address); [`HealthChecked<C>`] runs a
+//!   [`HealthCheck`] on any connection and closes it when the checks keep failing (S7);
+//!   [`Driven<C>`] closes a client's connection when its background driver future ends;
+//!   [`Keyed<E, K>`] compares failures by a key of your choice (de-duplication, R4).
+//!   `examples/redis_failover.rs` keeps a real Redis client alive with them.
 //! - Errors: [`Error<E>`] = `User(E) | Panicked { callback, message } | TimedOut(d)` is
 //!   the machine's error type; [`IoError`] is a comparable `io::Error`.
 //! - Events: [`Event<A, C, E>`] = core's `Event<A, C, Error<E>>`: `AttemptingToConnect`,
