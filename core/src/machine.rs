@@ -460,6 +460,12 @@ impl<A, C, E> Machine<A, C, E> {
         self.current.as_ref().map(|c| c.id)
     }
 
+    /// The deadline of the latest attempt's retry timer (R2): the next attempt begins no
+    /// earlier. `None` before the first attempt.
+    pub fn retry_deadline(&self) -> Option<Instant> {
+        (self.next_attempt > 0).then_some(self.retry_deadline)
+    }
+
     /// Unsuccessful attempts since the last successful connect (R12).
     pub fn consecutive_unsuccessful_attempts(&self) -> u32 {
         self.consecutive_failures

@@ -124,19 +124,29 @@ mod closable;
 mod driven;
 mod driver;
 mod error;
+mod events;
 mod handle;
 mod health;
+mod shared;
+mod status;
+mod sync;
 mod tcp;
+mod waiters;
 
 pub use persistent_connection_core as core;
 pub use persistent_connection_core::{AttemptError, EventKind, Jitter, RetryDelay, RetryPolicy};
 
-pub use builder::{Builder, DEFAULT_EVENT_CAPACITY, MAX_EVENT_CAPACITY};
+pub use builder::{
+    Builder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_CAPACITY, DEFAULT_LOOKUP_TIMEOUT,
+    MAX_EVENT_CAPACITY,
+};
 pub use closable::{Closable, CloseSignal, WithCloseSignal};
 pub use driven::Driven;
 pub use error::{Callback, Error, IoError, Keyed};
+pub use events::{EventStream, Lagged};
 pub use handle::{AttemptOutcome, ConnectContext, PersistentConnection, WeakPersistentConnection};
 pub use health::{HealthCheck, HealthChecked};
+pub use status::{State, Stats};
 pub use tcp::{Keepalive, TcpConnection, TcpOptions};
 
 /// An event as `on_event` and [`PersistentConnection::events`] see it: the core's event

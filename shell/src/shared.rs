@@ -1,0 +1,750 @@
+//! The state shared by the handles and the driver task, and the protocol between them.
+//!
+//! The machine itself lives here, behind one lock. Whoever has something to tell it — the
+//! driver (a result, a timer, a handled event) or a handle (`close`, R11, `abort`) — feeds
+//! it under that lock and, before letting go, performs the effects that only touch shared
+//! state: publishing an attempt's outcome to the R10 waiters, a new current connection to
+//! the R9 waiters, the closed flags, close finished. Effects that need the runtime (run
+//! `on_event`, `get_address`, `connect`, close a connection) are queued for the driver,
+//! which is woken. So:
+//!
+//! - the shell decides nothing: `is_closed()` after R11 is the machine's own answer, read
+//!   before the call returns (S2);
+//! - a waiter registers under the lock that publishes, so it gets exactly the first
+//!   outcome or connection after its registration (S1) and cannot miss a close (S2);
+//! - if the driver task dies, its drop guard ends everything here (S3).
+//!
+//! `loom` model tests at the bottom drive this type from several threads.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+
+use arc_swap::ArcSwapOption;
+use persistent_connection_core::{AttemptError, Effect, Input, Instant, Machine};
+use tokio::sync::broadcast;
+
+use crate::closable::Closable;
+use crate::error::Error;
+use crate::status::{State, Stats};
+use crate::sync::{AtomicU8, AtomicUsize, Mutex, MutexGuard, lock};
+use crate::waiters::{Slot, Wait, fill_all, register};
+use crate::{AttemptOutcome, Event};
+
+/// The Tokio instant of a machine time; times too far to represent are clamped about 30
+/// years ahead (R7: `Duration::MAX` must not panic).
+pub(crate) fn to_tokio(base: tokio::time::Instant, t: Instant) -> tokio::time::Instant {
+    base.checked_add(t.since_origin())
+        .or_else(|| tokio::time::Instant::now().checked_add(FAR_FUTURE))
+        .unwrap_or(base)
+}
+
+/// Where machine deadlines that do not fit in a Tokio `Instant` go: about 30 years from
+/// now. Far enough that no real retry delay is cut short (a deadline that does not fit is
+/// at least `Instant::MAX - base` away, i.e. centuries), yet representable from any `now`.
+pub(crate) const FAR_FUTURE: std::time::Duration =
+    std::time::Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// `flags`: the machine counts as closed (R8, R11, R12).
+const CLOSED: u8 = 1;
+/// `flags`: `close()` was called (or the last handle dropped, or the driver died): the
+/// current connection is being torn down and must not be handed out (S1).
+const TEARING_DOWN: u8 = 2;
+/// `flags`: close finished (R8), or the driver is gone (S3).
+const FINISHED: u8 = 4;
+
+pub(crate) type CoreEffect<A, C, E> = Effect<A, C, Error<E>>;
+pub(crate) type CoreInput<A, C, E> = Input<A, C, Error<E>>;
+
+/// What only the lock holder may touch.
+pub(crate) struct Inner<A, C, E> {
+    machine: Machine<A, C, Error<E>>,
+    /// The driver's latest time; handles feed their inputs at it.
+    now: Instant,
+    /// Effects for the driver to perform, in order.
+    io: VecDeque<CoreEffect<A, C, E>>,
+    /// The driver task's waker, while it waits.
+    driver: Option<Waker>,
+    /// `connected()` waiters (R9).
+    connected: Vec<Arc<Slot<C>>>,
+    /// `connected_or_failed_to_connect()` waiters (R10).
+    outcomes: Vec<Arc<Slot<AttemptOutcome<C, E>>>>,
+    /// `close_finished()` waiters.
+    finish: Vec<Arc<Slot<()>>>,
+    /// The last strong handle is gone; the driver closes (R14) when it sees this.
+    orphaned: bool,
+    /// Observers' channel, created by the first subscriber; dropped when close finishes,
+    /// which ends every observer's stream (S4).
+    events: Option<broadcast::Sender<Event<A, C, E>>>,
+    event_capacity: u32,
+    /// Close finished or the driver is gone: nothing is fed any more.
+    ended: bool,
+    /// The Tokio instant of the machine's time zero, once the driver has started.
+    base: Option<tokio::time::Instant>,
+}
+
+/// See [`Stats`]. Plain std atomics: they are statistics, not part of the protocol.
+#[derive(Default)]
+struct Counters {
+    attempts: AtomicU64,
+    failures: AtomicU64,
+    reported_failures: AtomicU64,
+    connections: AtomicU64,
+    disconnections: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Shared by the handles (strong and weak), connect contexts and the driver task.
+pub(crate) struct Shared<A, C, E> {
+    pub(crate) server_name: Arc<str>,
+    /// The current connection (R5, R6), for lock-free reads on the hot path. Written under
+    /// the lock only.
+    current: ArcSwapOption<C>,
+    /// `CLOSED | TEARING_DOWN | FINISHED`, written under the lock only.
+    flags: AtomicU8,
+    /// Strong handles; the last one's drop closes (R14).
+    handles: AtomicUsize,
+    /// Counters since creation, written under the lock, read without it.
+    counters: Counters,
+    inner: Mutex<Inner<A, C, E>>,
+}
+
+impl<A, C, E> Shared<A, C, E>
+where
+    A: Clone + PartialEq,
+    C: Clone,
+    E: Clone + PartialEq,
+{
+    /// Shared state around a new machine (which has already emitted R1's event), with one
+    /// strong handle, and an observer channel if one is set up before the driver starts.
+    pub(crate) fn new(
+        server_name: Arc<str>,
+        machine: Machine<A, C, Error<E>>,
+        events: Option<broadcast::Sender<Event<A, C, E>>>,
+        event_capacity: usize,
+    ) -> Shared<A, C, E> {
+        let shared = Shared {
+            server_name,
+            current: ArcSwapOption::empty(),
+            flags: AtomicU8::new(0),
+            handles: AtomicUsize::new(1),
+            counters: Counters::default(),
+            inner: Mutex::new(Inner {
+                machine,
+                now: Instant::ZERO,
+                io: VecDeque::new(),
+                driver: None,
+                connected: Vec::new(),
+                outcomes: Vec::new(),
+                finish: Vec::new(),
+                orphaned: false,
+                events,
+                event_capacity: u32::try_from(event_capacity).unwrap_or(u32::MAX),
+                ended: false,
+                base: None,
+            }),
+        };
+        {
+            let mut inner = lock(&shared.inner);
+            shared.absorb(&mut inner);
+        }
+        shared
+    }
+
+    /// Feeds `input` to the machine at the driver's latest time, performs the shared-state
+    /// effects and wakes the driver for the rest. Used by handles and connect contexts.
+    pub(crate) fn feed_from_handle(&self, input: CoreInput<A, C, E>) {
+        let waker = {
+            let mut inner = lock(&self.inner);
+            if inner.ended {
+                return;
+            }
+            if matches!(input, Input::CloseRequested) {
+                self.flags.fetch_or(TEARING_DOWN, Ordering::AcqRel);
+            }
+            let now = inner.now;
+            inner.machine.handle(now, input);
+            self.absorb(&mut inner);
+            if inner.io.is_empty() {
+                None
+            } else {
+                inner.driver.take()
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Feeds `input` at `now` (the driver's clock). Used by the driver.
+    pub(crate) fn feed(&self, now: Instant, input: CoreInput<A, C, E>) {
+        let mut inner = lock(&self.inner);
+        if inner.ended {
+            return;
+        }
+        inner.now = now;
+        inner.machine.handle(now, input);
+        self.absorb(&mut inner);
+    }
+
+    /// Drains the machine's effects: shared-state ones are performed here, under the lock;
+    /// the others go to the driver's queue.
+    fn absorb(&self, inner: &mut MutexGuard<'_, Inner<A, C, E>>) {
+        let inner = &mut **inner;
+        while let Some(effect) = inner.machine.poll_effect() {
+            match effect {
+                Effect::AttemptOutcome(outcome) => {
+                    if matches!(outcome, Err(AttemptError::Failed(_))) {
+                        bump(&self.counters.failures);
+                    }
+                    fill_all(&mut inner.outcomes, &outcome);
+                }
+                Effect::BecameCurrent { conn, connection } => {
+                    bump(&self.counters.connections);
+                    self.current.store(Some(Arc::new(connection.clone())));
+                    fill_all(&mut inner.connected, &connection);
+                    // The driver watches it for its close (R6).
+                    inner
+                        .io
+                        .push_back(Effect::BecameCurrent { conn, connection });
+                }
+                Effect::NoLongerCurrent { .. } => self.current.store(None),
+                Effect::StartTimer {
+                    attempt,
+                    base,
+                    delay,
+                    ..
+                } => {
+                    bump(&self.counters.attempts);
+                    tracing::debug!(server = %self.server_name, %attempt, ?base, ?delay, "attempt begins; retry timer started");
+                }
+                Effect::Emit { id, event } => {
+                    match &event {
+                        persistent_connection_core::Event::FailedToConnect(_) => {
+                            bump(&self.counters.reported_failures)
+                        }
+                        persistent_connection_core::Event::Disconnected => {
+                            bump(&self.counters.disconnections)
+                        }
+                        _ => {}
+                    }
+                    inner.io.push_back(Effect::Emit { id, event });
+                }
+                Effect::CloseFinished => {
+                    // R8: no connection of ours is open, no attempt is in flight, no
+                    // handler runs.
+                    tracing::info!(server = %self.server_name, "close finished");
+                    self.end(inner);
+                    inner.io.push_back(Effect::CloseFinished);
+                }
+                other => inner.io.push_back(other),
+            }
+        }
+        let mut flags = self.flags() & !CLOSED;
+        if inner.machine.is_closed() || inner.ended {
+            flags |= CLOSED;
+        }
+        self.flags.store(flags, Ordering::Release);
+    }
+
+    /// Close finished (R8) or the driver died (S3): resolve `close()`/`close_finished()`
+    /// and R10 waiters, drop R9 waiters (they never resolve after close, R9) and end the
+    /// observers' streams (S4).
+    fn end(&self, inner: &mut Inner<A, C, E>) {
+        inner.ended = true;
+        fill_all(&mut inner.outcomes, &Err(AttemptError::Closed));
+        fill_all(&mut inner.finish, &());
+        inner.connected = Vec::new();
+        inner.events = None;
+        self.flags
+            .fetch_or(CLOSED | TEARING_DOWN | FINISHED, Ordering::AcqRel);
+    }
+
+    /// Called by the driver's drop guard: if close has not finished, the driver died
+    /// abnormally (its runtime shut down, or a drop panicked). Nothing may hang on it (S3).
+    pub(crate) fn driver_gone(&self) {
+        let mut inner = lock(&self.inner);
+        if !inner.ended {
+            tracing::error!(server = %self.server_name, "driver task ended before close finished; the persistent connection counts as closed");
+            self.end(&mut inner);
+            inner.io.clear();
+            self.current.store(None);
+        }
+    }
+
+    /// Moves the queued effects into `out` (empty on entry) and returns the machine's
+    /// retry deadline; if there are none, registers `waker` to be woken when some arrive.
+    pub(crate) fn take_io(&self, out: &mut VecDeque<CoreEffect<A, C, E>>) -> Option<Instant> {
+        let mut inner = lock(&self.inner);
+        if std::mem::take(&mut inner.orphaned) && !inner.ended {
+            tracing::debug!(server = %self.server_name, "last handle dropped; closing");
+            self.flags.fetch_or(TEARING_DOWN, Ordering::AcqRel);
+            let now = inner.now;
+            inner.machine.handle(now, Input::CloseRequested);
+            self.absorb(&mut inner);
+        }
+        std::mem::swap(&mut inner.io, out);
+        // Observers see each event as the driver hands it to `on_event`, in order (S4).
+        if let Some(observers) = &inner.events {
+            for effect in out.iter() {
+                if let Effect::Emit { event, .. } = effect {
+                    let _ = observers.send(event.clone());
+                }
+            }
+        }
+        inner.machine.poll_timeout()
+    }
+
+    /// Ready when effects are queued for the driver.
+    pub(crate) fn poll_io(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = lock(&self.inner);
+        if inner.io.is_empty() && !inner.orphaned {
+            match &inner.driver {
+                Some(old) if old.will_wake(cx.waker()) => {}
+                _ => inner.driver = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+}
+
+impl<A, C, E> Shared<A, C, E> {
+    fn flags(&self) -> u8 {
+        self.flags.load(Ordering::Acquire)
+    }
+
+    /// R8, R11, R12: the machine counts as closed, or the driver is gone.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.flags() & CLOSED != 0
+    }
+
+    /// Close finished, or the driver is gone.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.flags() & FINISHED != 0
+    }
+
+    /// The driver started at `base` (Tokio's clock at the machine's time zero).
+    pub(crate) fn set_base(&self, base: tokio::time::Instant) {
+        lock(&self.inner).base = Some(base);
+    }
+
+    /// The Tokio instant of the latest attempt's retry deadline, for logs.
+    pub(crate) fn next_attempt_at(&self) -> Option<tokio::time::Instant> {
+        let inner = lock(&self.inner);
+        Some(to_tokio(inner.base?, inner.machine.retry_deadline()?))
+    }
+
+    /// What the machine is doing, in the public vocabulary.
+    pub(crate) fn state(&self) -> State {
+        use persistent_connection_core::{EventKind, State as M};
+        let inner = lock(&self.inner);
+        if inner.ended {
+            return State::Closed;
+        }
+        let machine = &inner.machine;
+        let waiting = || State::WaitingToRetry {
+            next_attempt: match (inner.base, machine.retry_deadline()) {
+                (Some(base), Some(d)) => to_tokio(base, d),
+                _ => tokio::time::Instant::now(),
+            },
+        };
+        match machine.state() {
+            M::Closed => State::Closed,
+            _ if machine.is_closed() => State::Closing,
+            M::Connected | M::HandlingEvent(EventKind::Connected) => State::Connected,
+            M::WaitingToRetry
+            | M::WaitingToReconnect
+            | M::HandlingEvent(EventKind::FailedToConnect | EventKind::Disconnected) => waiting(),
+            M::HandlingEvent(_) | M::Resolving(_) | M::Connecting(_) => State::Connecting,
+            M::Closing => State::Closing,
+        }
+    }
+
+    /// Unsuccessful attempts since the last successful connect (R12).
+    pub(crate) fn consecutive_unsuccessful_attempts(&self) -> u32 {
+        lock(&self.inner)
+            .machine
+            .consecutive_unsuccessful_attempts()
+    }
+
+    /// A snapshot of the counters, without a lock.
+    pub(crate) fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let failures = c.failures.load(Ordering::Relaxed);
+        let reported = c.reported_failures.load(Ordering::Relaxed);
+        Stats {
+            attempts: c.attempts.load(Ordering::Relaxed),
+            failures,
+            deduplicated_failures: failures.saturating_sub(reported),
+            connections: c.connections.load(Ordering::Relaxed),
+            disconnections: c.disconnections.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether a connection is current (for `Debug`).
+    pub(crate) fn has_current(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    // ---- handles ----
+
+    /// One more strong handle.
+    pub(crate) fn add_handle(&self) {
+        self.handles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A strong handle from a weak one, if any strong one still exists.
+    pub(crate) fn try_add_handle(&self) -> bool {
+        let mut n = self.handles.load(Ordering::Acquire);
+        loop {
+            if n == 0 {
+                return false;
+            }
+            match self
+                .handles
+                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(actual) => n = actual,
+            }
+        }
+    }
+
+    /// A strong handle went away. The last one's drop closes in the background (R14): it
+    /// tells the driver, which feeds the close.
+    pub(crate) fn drop_handle(&self) {
+        if self.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let waker = {
+                let mut inner = lock(&self.inner);
+                inner.orphaned = true;
+                inner.driver.take()
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+}
+
+impl<A, C, E> Shared<A, C, E>
+where
+    A: Clone + PartialEq,
+    C: Closable + Clone,
+    E: Clone + PartialEq,
+{
+    /// The current connection if it may be handed out: not closed, and not being torn down
+    /// by `close()` (S1). Lock-free.
+    pub(crate) fn live_current(&self) -> Option<C> {
+        self.with_live_current(|c| c.cloned())
+    }
+
+    /// Calls `f` with the live current connection (see [`live_current`](Self::live_current)).
+    pub(crate) fn with_live_current<R>(&self, f: impl FnOnce(Option<&C>) -> R) -> R {
+        let guard = self.current.load();
+        let live = guard
+            .as_deref()
+            .filter(|c| self.flags() & TEARING_DOWN == 0 && !c.is_closed());
+        f(live)
+    }
+
+    /// R9: the live current connection now, or a slot for the next one to become current
+    /// (`None` after close: it never resolves).
+    pub(crate) fn wait_connected(&self) -> Result<C, Option<Wait<C>>> {
+        if let Some(c) = self.live_current() {
+            return Ok(c);
+        }
+        let mut inner = lock(&self.inner);
+        // Checked again under the lock that publishes: nothing can slip in between.
+        if let Some(c) = self.live_current() {
+            return Ok(c);
+        }
+        if inner.ended || self.flags() & TEARING_DOWN != 0 {
+            return Err(None);
+        }
+        Err(Some(Wait::new(register(&mut inner.connected))))
+    }
+
+    /// R10: the outcome now (connected, or closed), or a slot for the next one.
+    pub(crate) fn wait_outcome(&self) -> Wait<AttemptOutcome<C, E>> {
+        // Lock-free and allocation-free when the answer is already known.
+        if self.is_closed() {
+            return Wait::ready(Err(AttemptError::Closed));
+        }
+        if let Some(c) = self.live_current() {
+            return Wait::ready(Ok(c));
+        }
+        let mut inner = lock(&self.inner);
+        // Checked again under the lock that publishes (S1, S2).
+        if self.is_closed() || inner.ended {
+            return Wait::ready(Err(AttemptError::Closed));
+        }
+        if let Some(c) = self.live_current() {
+            return Wait::ready(Ok(c));
+        }
+        Wait::new(register(&mut inner.outcomes))
+    }
+
+    /// `close_finished()`: ready at once if finished, else a slot filled when it is.
+    pub(crate) fn wait_finished(&self) -> Option<Wait<()>> {
+        if self.is_finished() {
+            return None;
+        }
+        let mut inner = lock(&self.inner);
+        if inner.ended {
+            return None;
+        }
+        Some(Wait::new(register(&mut inner.finish)))
+    }
+
+    /// A receiver of every event from now on; an ended one after close finished (S4).
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event<A, C, E>> {
+        let mut inner = lock(&self.inner);
+        if inner.ended {
+            let (tx, rx) = broadcast::channel(1);
+            drop(tx);
+            return rx;
+        }
+        let capacity = inner.event_capacity as usize;
+        inner
+            .events
+            .get_or_insert_with(|| broadcast::Sender::new(capacity))
+            .subscribe()
+    }
+}
+
+/// Model tests of the handle/driver protocol under every interleaving, with `loom`:
+///
+/// ```sh
+/// RUSTFLAGS="--cfg pc_loom" CARGO_TARGET_DIR=target/loom \
+///     cargo test -p persistent-connection --lib --release loom
+/// ```
+#[cfg(all(test, pc_loom))]
+mod loom_tests {
+    use std::sync::Arc;
+
+    use loom::thread;
+    use persistent_connection_core::{Config, RetryPolicy};
+
+    use super::*;
+    use crate::{CloseSignal, WithCloseSignal};
+
+    type C = WithCloseSignal<u32>;
+    type S = Shared<u16, C, String>;
+
+    fn shared() -> Arc<S> {
+        let machine = Machine::new(Config {
+            seed: 1,
+            retry: RetryPolicy::constant(std::time::Duration::from_secs(1)),
+        });
+        Arc::new(Shared::new("model".into(), machine, None, 1))
+    }
+
+    /// Takes the queued effects, as the driver does.
+    fn take(s: &S) -> Vec<CoreEffect<u16, C, String>> {
+        let mut out = VecDeque::new();
+        s.take_io(&mut out);
+        out.into_iter().collect()
+    }
+
+    /// Drives a new persistent connection (single-threaded, before the model's threads
+    /// start) until its first `connect` is in flight; returns that attempt.
+    fn connecting(s: &S) -> persistent_connection_core::AttemptId {
+        let Some(Effect::Emit { id, .. }) = take(s).pop() else {
+            panic!("R1")
+        };
+        s.feed(Instant::ZERO, Input::EventHandled { event: id });
+        let attempt = take(s)
+            .iter()
+            .find_map(|e| match e {
+                Effect::GetAddress { attempt } => Some(*attempt),
+                _ => None,
+            })
+            .unwrap();
+        s.feed(
+            Instant::ZERO,
+            Input::AddressResult {
+                attempt,
+                result: Ok(1),
+            },
+        );
+        let Some(Effect::Emit { id, .. }) = take(s).pop() else {
+            panic!("R3")
+        };
+        s.feed(Instant::ZERO, Input::EventHandled { event: id });
+        assert!(matches!(take(s).as_slice(), [Effect::Connect { .. }]));
+        attempt
+    }
+
+    fn conn(n: u32) -> C {
+        WithCloseSignal::new(n, CloseSignal::new())
+    }
+
+    /// Bug 2 (S2): an R10 waiter created while a handle's R11 closes a persistent
+    /// connection that is not connected resolves, with `Err(Closed)`.
+    #[test]
+    fn loom_r10_waiter_concurrent_with_r11_resolves() {
+        loom::model(|| {
+            let s = shared();
+            connecting(&s);
+            let s2 = s.clone();
+            let handle = thread::spawn(move || {
+                s2.feed_from_handle(Input::CloseWhenCurrentConnectionIsClosed);
+                assert!(s2.is_closed(), "closed before R11 returns");
+            });
+            let w = s.wait_outcome();
+            let r = loom::future::block_on(w);
+            assert!(matches!(r, Err(AttemptError::Closed)));
+            handle.join().unwrap();
+        });
+    }
+
+    /// Bug 2 with abort from the attempt (the driver's side) and a waiter on another
+    /// thread: the waiter gets the abort error or `Closed`, never hangs.
+    #[test]
+    fn loom_r10_waiter_concurrent_with_abort_resolves() {
+        loom::model(|| {
+            let s = shared();
+            let attempt = connecting(&s);
+            let s2 = s.clone();
+            let driver = thread::spawn(move || {
+                s2.feed_from_handle(Input::Abort {
+                    error: Error::User("stop".into()),
+                });
+                s2.feed(
+                    Instant::ZERO,
+                    Input::ConnectResult {
+                        attempt,
+                        result: Err(Error::User("stopped".into())),
+                    },
+                );
+            });
+            let r = loom::future::block_on(s.wait_outcome());
+            assert!(
+                matches!(
+                    &r,
+                    Err(AttemptError::Aborted(Error::User(e))) if e == "stop"
+                ) || matches!(r, Err(AttemptError::Closed)),
+                "{r:?}"
+            );
+            driver.join().unwrap();
+            assert!(s.is_finished());
+        });
+    }
+
+    /// S1: a `connected()` waiter racing with the connection becoming current gets that
+    /// connection, whichever goes first; and a `close_finished()` waiter racing with close
+    /// resolves.
+    #[test]
+    fn loom_connected_and_close_finished_waiters_race_with_the_driver() {
+        loom::model(|| {
+            let s = shared();
+            let attempt = connecting(&s);
+            let s2 = s.clone();
+            let driver = thread::spawn(move || {
+                s2.feed(
+                    Instant::ZERO,
+                    Input::ConnectResult {
+                        attempt,
+                        result: Ok(conn(5)),
+                    },
+                );
+                s2.feed_from_handle(Input::CloseRequested);
+                // The driver closes the connection and reports it.
+                let id = take(&s2).iter().find_map(|e| match e {
+                    Effect::CloseConnection { conn, .. } => Some(*conn),
+                    _ => None,
+                });
+                if let Some(conn) = id {
+                    s2.feed(Instant::ZERO, Input::Closed { conn });
+                }
+            });
+            let c = match s.wait_connected() {
+                Ok(c) => Some(c),
+                Err(Some(w)) => Some(loom::future::block_on(w)),
+                // Close came first: `connected()` never resolves after close (R9).
+                Err(None) => None,
+            };
+            if let Some(c) = c {
+                assert_eq!(*c, 5);
+            }
+            if let Some(w) = s.wait_finished() {
+                // Finishes once the Connected handler is done; play the driver for it.
+                driver.join().unwrap();
+                for e in take(&s) {
+                    if let Effect::Emit { id, .. } = e {
+                        s.feed(Instant::ZERO, Input::EventHandled { event: id });
+                    }
+                }
+                for e in take(&s) {
+                    if let Effect::Emit { id, .. } = e {
+                        s.feed(Instant::ZERO, Input::EventHandled { event: id });
+                    }
+                }
+                loom::future::block_on(w);
+            } else {
+                driver.join().unwrap();
+            }
+            assert!(s.is_finished());
+        });
+    }
+
+    /// S3: the driver dies while a waiter registers: the waiter resolves.
+    #[test]
+    fn loom_waiters_resolve_when_the_driver_dies() {
+        loom::model(|| {
+            let s = shared();
+            connecting(&s);
+            let s2 = s.clone();
+            let dying = thread::spawn(move || s2.driver_gone());
+            let r = loom::future::block_on(s.wait_outcome());
+            assert!(matches!(r, Err(AttemptError::Closed)));
+            if let Some(w) = s.wait_finished() {
+                loom::future::block_on(w);
+            }
+            dying.join().unwrap();
+            assert!(s.is_closed());
+        });
+    }
+
+    /// The protocol before issue 10, reduced to its ordering: the driver published
+    /// `Err(Closed)` to the current subscribers, then stored the closed flag; a waiter
+    /// checked the flag, subscribed, checked again. The model finds the lost wake-up that
+    /// `loom_r10_waiter_concurrent_with_r11_resolves` rules out for today's protocol.
+    #[test]
+    #[should_panic]
+    fn loom_finds_the_lost_wakeup_of_the_old_protocol() {
+        use crate::sync::AtomicU8;
+        use crate::waiters::{Slot, Wait};
+        struct Old {
+            closed: AtomicU8,
+            subscribers: Mutex<Vec<Arc<Slot<()>>>>,
+        }
+        loom::model(|| {
+            let old = Arc::new(Old {
+                closed: AtomicU8::new(0),
+                subscribers: Mutex::new(Vec::new()),
+            });
+            let o2 = old.clone();
+            let driver = thread::spawn(move || {
+                for s in lock(&o2.subscribers).drain(..) {
+                    s.fill(());
+                }
+                o2.closed.store(1, Ordering::Release);
+            });
+            if old.closed.load(Ordering::Acquire) == 0 {
+                let slot = Slot::new();
+                lock(&old.subscribers).push(slot.clone());
+                if old.closed.load(Ordering::Acquire) == 0 {
+                    loom::future::block_on(Wait::new(slot));
+                }
+            }
+            driver.join().unwrap();
+        });
+    }
+}
