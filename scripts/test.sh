@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 # Debian packages the integration tests need, as `command:package` pairs.
-needs=()
+needs=(redis-server:redis-server)
 missing=()
 for pair in "${needs[@]}"; do
     cmd="${pair%%:*}"

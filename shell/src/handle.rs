@@ -9,7 +9,7 @@ use persistent_connection_core::Input;
 use crate::builder::Builder;
 use crate::closable::Closable;
 use crate::events::EventStream;
-use crate::shared::Shared;
+use crate::shared::{AbortTarget, Shared};
 use crate::status::{State, Stats};
 use crate::{AttemptError, Error};
 
@@ -389,13 +389,10 @@ impl<A, C, E> WeakPersistentConnection<A, C, E> {
 /// ```
 pub struct ConnectContext<E> {
     pub(crate) consecutive_unsuccessful_attempts: u32,
-    /// Feeds `Abort` to the machine; holds the shared state weakly, so a context kept
-    /// beyond its attempt keeps nothing alive (R14).
-    pub(crate) abort: AbortFn<E>,
+    /// The shared state, weakly (a context kept beyond its attempt keeps nothing alive,
+    /// R14), behind a trait so that the context needs only `E`.
+    pub(crate) abort: Weak<dyn AbortTarget<E>>,
 }
-
-/// What [`ConnectContext::abort`] calls.
-pub(crate) type AbortFn<E> = Arc<dyn Fn(E) + Send + Sync>;
 
 impl<E> Clone for ConnectContext<E> {
     fn clone(&self) -> Self {
@@ -431,6 +428,8 @@ impl<E> ConnectContext<E> {
     /// from inside it, so close finishes once it returns; a connection it still returns is
     /// closed first, never made current (R12).
     pub fn abort(&self, error: E) {
-        (self.abort)(error);
+        if let Some(target) = self.abort.upgrade() {
+            target.abort(error);
+        }
     }
 }

@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
 
 use arc_swap::ArcSwapOption;
 use persistent_connection_core::{AttemptError, Effect, Input, Instant, Machine};
@@ -31,6 +31,25 @@ use crate::status::{State, Stats};
 use crate::sync::{AtomicU8, AtomicUsize, Mutex, MutexGuard, lock};
 use crate::waiters::{Slot, Wait, fill_all, register};
 use crate::{AttemptOutcome, Event};
+
+/// What [`ConnectContext::abort`](crate::ConnectContext::abort) reaches: the shared state,
+/// seen through `E` only.
+pub(crate) trait AbortTarget<E>: Send + Sync {
+    fn abort(&self, error: E);
+}
+
+impl<A, C, E> AbortTarget<E> for Shared<A, C, E>
+where
+    A: Clone + PartialEq + Send + Sync,
+    C: Clone + Send + Sync,
+    E: Clone + PartialEq + Send + Sync,
+{
+    fn abort(&self, error: E) {
+        self.feed_from_handle(Input::Abort {
+            error: Error::User(error),
+        });
+    }
+}
 
 /// The Tokio instant of a machine time; times too far to represent are clamped about 30
 /// years ahead (R7: `Duration::MAX` must not panic).
@@ -276,9 +295,10 @@ where
         }
     }
 
-    /// Moves the queued effects into `out` (empty on entry) and returns the machine's
-    /// retry deadline; if there are none, registers `waker` to be woken when some arrive.
-    pub(crate) fn take_io(&self, out: &mut VecDeque<CoreEffect<A, C, E>>) -> Option<Instant> {
+    /// The next effect for the driver, if any. The close of a connection whose last
+    /// handle was dropped (R14) is fed first. Observers get each event here, as the driver
+    /// takes it to hand it to `on_event`, in order (S4).
+    pub(crate) fn pop_io(&self) -> Option<CoreEffect<A, C, E>> {
         let mut inner = lock(&self.inner);
         if std::mem::take(&mut inner.orphaned) && !inner.ended {
             tracing::debug!(server = %self.server_name, "last handle dropped; closing");
@@ -287,30 +307,31 @@ where
             inner.machine.handle(now, Input::CloseRequested);
             self.absorb(&mut inner);
         }
-        std::mem::swap(&mut inner.io, out);
-        // Observers see each event as the driver hands it to `on_event`, in order (S4).
-        if let Some(observers) = &inner.events {
-            for effect in out.iter() {
-                if let Effect::Emit { event, .. } = effect {
-                    let _ = observers.send(event.clone());
-                }
-            }
+        let effect = inner.io.pop_front()?;
+        if let (Effect::Emit { event, .. }, Some(observers)) = (&effect, &inner.events) {
+            let _ = observers.send(event.clone());
         }
-        inner.machine.poll_timeout()
+        Some(effect)
     }
 
-    /// Ready when effects are queued for the driver.
-    pub(crate) fn poll_io(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// The driver has nothing to do: unless an effect was queued meanwhile (`None`), store
+    /// its waker and return the machine's retry deadline. A connected machine waits for
+    /// nothing but its connection, so the effect buffers are released then: an idle
+    /// connection keeps none.
+    pub(crate) fn park(&self, waker: &Waker) -> Option<Option<Instant>> {
         let mut inner = lock(&self.inner);
-        if inner.io.is_empty() && !inner.orphaned {
-            match &inner.driver {
-                Some(old) if old.will_wake(cx.waker()) => {}
-                _ => inner.driver = Some(cx.waker().clone()),
-            }
-            Poll::Pending
-        } else {
-            Poll::Ready(())
+        if !inner.io.is_empty() || inner.orphaned {
+            return None;
         }
+        match &inner.driver {
+            Some(old) if old.will_wake(waker) => {}
+            _ => inner.driver = Some(waker.clone()),
+        }
+        if inner.machine.state() == persistent_connection_core::State::Connected {
+            inner.io = VecDeque::new();
+            inner.machine.release_buffers();
+        }
+        Some(inner.machine.poll_timeout())
     }
 }
 
