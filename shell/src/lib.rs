@@ -113,6 +113,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod builder;
+pub mod catalog;
 mod closable;
 mod driver;
 mod error;

@@ -1,0 +1,529 @@
+//! etcd as a catalog (cargo feature `etcd`): servers publish themselves under a key prefix,
+//! one key per copy, each held by a lease they keep alive; clients list the prefix before
+//! every attempt.
+//!
+//! - [`EtcdPublisher`] (server side): registers an address under a key with a lease and
+//!   keeps the lease alive. A copy that stops cleanly ([`EtcdPublisher::withdraw`] or
+//!   drop) revokes its lease and disappears from the catalog at once; a copy that dies
+//!   (`kill -9`, a crash, a lost network) stops renewing and disappears after its TTL.
+//! - [`EtcdCatalog`] (client side): a [`Catalog`] listing the values under the prefix.
+//!   Every lookup is one range read with a timeout; etcd being down is a failed attempt
+//!   ([`CatalogError::Lookup`] or [`CatalogError::TimedOut`]), logged, de-duplicated and
+//!   retried on the persistent connection's schedule, never a panic or a hang.
+//!
+//! ```no_run
+//! use std::net::SocketAddr;
+//! use std::time::Duration;
+//! use persistent_connection::catalog::etcd::{EtcdCatalog, EtcdPublisher};
+//! use persistent_connection::catalog::{Catalog, Pick};
+//! use persistent_connection::{IoError, PersistentConnection, TcpConnection};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let endpoints = ["http://127.0.0.1:2379"];
+//! // In each server process:
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let me = listener.local_addr()?;
+//! let publication =
+//!     EtcdPublisher::publish(&endpoints, "/services/echo/copy-1", me, Duration::from_secs(2))
+//!         .await?;
+//!
+//! // In the client:
+//! let catalog = EtcdCatalog::new(&endpoints, "/services/echo/");
+//! let pc = PersistentConnection::builder(
+//!     "echo",
+//!     catalog.get_address::<IoError>(Pick::Random { seed: 7 }),
+//!     |addr: SocketAddr, _cx| TcpConnection::connect(addr),
+//! )
+//! .build();
+//! let conn = pc.connected().await;
+//!
+//! // The server stops cleanly: its key is gone at once.
+//! publication.withdraw().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue, PutOptions};
+use tokio::task::JoinHandle;
+
+use super::{Catalog, CatalogError, with_timeout};
+
+/// The etcd client crate this module is built on, for direct use of etcd beside the
+/// catalog (same version, no second copy in the build).
+pub use etcd_client;
+
+/// How long one etcd request of the catalog or the publisher may take by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn etcd_error(catalog: &str, e: etcd_client::Error) -> CatalogError {
+    CatalogError::Lookup {
+        catalog: catalog.to_owned(),
+        message: describe_etcd_error(&e),
+    }
+}
+
+/// A short, stable text for an etcd error: the gRPC code and message, and the root cause
+/// (e.g. `Unavailable: tcp connect error (Connection refused (os error 111))`). Stable, so
+/// that a repeated failure is de-duplicated (R4).
+fn describe_etcd_error(e: &etcd_client::Error) -> String {
+    let (mut text, mut source) = match e {
+        etcd_client::Error::GRpcStatus(status) => (
+            format!("{:?}: {}", status.code(), status.message()),
+            std::error::Error::source(status),
+        ),
+        other => (other.to_string(), std::error::Error::source(other)),
+    };
+    let mut root = None;
+    while let Some(s) = source {
+        root = Some(s);
+        source = s.source();
+    }
+    if let Some(root) = root {
+        let root = root.to_string();
+        if !text.contains(&root) {
+            text = format!("{text} ({root})");
+        }
+    }
+    text
+}
+
+async fn connect(endpoints: &[String], timeout: Duration) -> Result<Client, etcd_client::Error> {
+    // No per-request timeout in the client: every request is bounded by our own timeout
+    // (one error type, `CatalogError::TimedOut`), and a keep-alive stream must not expire.
+    let options = ConnectOptions::new().with_connect_timeout(timeout);
+    Client::connect(endpoints, Some(options)).await
+}
+
+/// The live addresses under a key prefix in etcd, in key order: one key per published copy
+/// (see [`EtcdPublisher`]). Values are parsed as `A` (default [`SocketAddr`]) with
+/// `FromStr`.
+///
+/// A value that does not parse is skipped with a warning naming its key; if no value under
+/// the prefix parses, the lookup fails with [`CatalogError::Malformed`] naming the first
+/// bad key. An empty prefix fails with [`CatalogError::Empty`]. Every lookup is bounded by
+/// the lookup timeout (default [`DEFAULT_TIMEOUT`]).
+///
+/// The etcd client is made on the first lookup and made again after a failed one, so a
+/// catalog created while etcd is down works once etcd is up. Cheap to clone: clones share
+/// the client.
+pub struct EtcdCatalog<A = SocketAddr> {
+    inner: Arc<CatalogInner>,
+    _address: PhantomData<fn() -> A>,
+}
+
+struct CatalogInner {
+    endpoints: Vec<String>,
+    prefix: String,
+    describe: String,
+    timeout: Duration,
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+impl<A> Clone for EtcdCatalog<A> {
+    fn clone(&self) -> Self {
+        EtcdCatalog {
+            inner: self.inner.clone(),
+            _address: PhantomData,
+        }
+    }
+}
+
+impl<A> fmt::Debug for EtcdCatalog<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdCatalog")
+            .field("endpoints", &self.inner.endpoints)
+            .field("prefix", &self.inner.prefix)
+            .field("timeout", &self.inner.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdCatalog<SocketAddr> {
+    /// A catalog of the socket addresses under `prefix`, read from the etcd cluster at
+    /// `endpoints` (e.g. `["http://127.0.0.1:2379"]`). Nothing is contacted until the
+    /// first lookup. Use [`parse_as`](EtcdCatalog::parse_as) for another address type.
+    pub fn new(
+        endpoints: impl IntoIterator<Item = impl AsRef<str>>,
+        prefix: impl Into<String>,
+    ) -> EtcdCatalog<SocketAddr> {
+        let prefix = prefix.into();
+        EtcdCatalog {
+            inner: Arc::new(CatalogInner {
+                endpoints: endpoints
+                    .into_iter()
+                    .map(|e| e.as_ref().to_owned())
+                    .collect(),
+                describe: format!("etcd prefix {prefix:?}"),
+                prefix,
+                timeout: DEFAULT_TIMEOUT,
+                client: tokio::sync::Mutex::new(None),
+            }),
+            _address: PhantomData,
+        }
+    }
+}
+
+impl<A> EtcdCatalog<A> {
+    /// The same catalog, with values parsed as `B`.
+    pub fn parse_as<B>(self) -> EtcdCatalog<B> {
+        EtcdCatalog {
+            inner: self.inner,
+            _address: PhantomData,
+        }
+    }
+
+    /// How long a lookup may take (connecting included) before the attempt fails with
+    /// [`CatalogError::TimedOut`]. Set it before cloning: clones made earlier keep theirs.
+    pub fn lookup_timeout(self, timeout: Duration) -> EtcdCatalog<A> {
+        let inner = match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.timeout = timeout;
+                inner
+            }
+            Err(shared) => CatalogInner {
+                endpoints: shared.endpoints.clone(),
+                prefix: shared.prefix.clone(),
+                describe: shared.describe.clone(),
+                timeout,
+                client: tokio::sync::Mutex::new(None),
+            },
+        };
+        EtcdCatalog {
+            inner: Arc::new(inner),
+            _address: PhantomData,
+        }
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+}
+
+impl CatalogInner {
+    /// One range read of the prefix. A failure drops the client so the next lookup makes
+    /// a new one.
+    async fn list(&self) -> Result<Vec<KeyValue>, CatalogError> {
+        let mut slot = self.client.lock().await;
+        let mut client = match &*slot {
+            Some(c) => c.clone(),
+            None => {
+                let c = connect(&self.endpoints, self.timeout)
+                    .await
+                    .map_err(|e| etcd_error(&self.describe, e))?;
+                *slot = Some(c.clone());
+                c
+            }
+        };
+        drop(slot);
+        match client
+            .get(
+                self.prefix.as_bytes(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+        {
+            Ok(mut response) => Ok(response.take_kvs()),
+            Err(e) => {
+                *self.client.lock().await = None;
+                Err(etcd_error(&self.describe, e))
+            }
+        }
+    }
+}
+
+/// Parses a listing: the values that parse as `A`, in key order; a warning for each that
+/// does not.
+fn parse_listing<A>(describe: &str, kvs: &[KeyValue]) -> Result<Vec<A>, CatalogError>
+where
+    A: FromStr,
+    A::Err: fmt::Display,
+{
+    let mut listed = Vec::with_capacity(kvs.len());
+    let mut first_bad = None;
+    for kv in kvs {
+        let value = String::from_utf8_lossy(kv.value());
+        match value.trim().parse::<A>() {
+            Ok(a) => listed.push(a),
+            Err(e) => {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                tracing::warn!(
+                    catalog = describe,
+                    key = %key,
+                    value = %value,
+                    error = %e,
+                    "skipping a malformed address in the catalog"
+                );
+                first_bad.get_or_insert(CatalogError::Malformed {
+                    key,
+                    value: value.into_owned(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    if listed.is_empty() {
+        return Err(first_bad.unwrap_or_else(|| CatalogError::Empty {
+            catalog: describe.to_owned(),
+        }));
+    }
+    Ok(listed)
+}
+
+impl<A> Catalog for EtcdCatalog<A>
+where
+    A: FromStr + Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
+    A::Err: fmt::Display,
+{
+    type Address = A;
+
+    fn lookup(&self) -> impl Future<Output = Result<Vec<A>, CatalogError>> + Send {
+        let inner = self.inner.clone();
+        async move {
+            let describe = inner.describe.clone();
+            let listed = with_timeout(|| describe.clone(), inner.timeout, inner.list()).await;
+            match listed {
+                Ok(kvs) => parse_listing(&inner.describe, &kvs),
+                Err(e) => {
+                    if matches!(e, CatalogError::TimedOut { .. }) {
+                        // The client may be stuck on a dead endpoint: start afresh.
+                        *inner.client.lock().await = None;
+                    }
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
+/// A server's entry in an etcd catalog: `key = address`, attached to a lease of `ttl` that a
+/// background task keeps alive (renewing every third of the TTL).
+///
+/// - [`withdraw`](EtcdPublisher::withdraw) (or dropping the publisher inside a Tokio
+///   runtime) revokes the lease: the key is deleted at once.
+/// - If the process dies, renewals stop and etcd deletes the key when the TTL runs out.
+/// - If etcd is unreachable for a while, the task keeps trying; if the lease expired
+///   meanwhile (or was revoked by someone else), it grants a new one and writes the key
+///   again, so a copy that outlives an etcd outage is listed again once etcd is back.
+///
+/// etcd rounds the TTL up to whole seconds and to its own minimum (about 1.5 × its
+/// election timeout). Give each copy its own key under the catalog's prefix (two
+/// publishers of one key overwrite each other).
+pub struct EtcdPublisher {
+    key: String,
+    lease: Arc<AtomicI64>,
+    client: Client,
+    timeout: Duration,
+    keeper: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for EtcdPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdPublisher")
+            .field("key", &self.key)
+            .field("lease", &self.lease_id())
+            .finish_non_exhaustive()
+    }
+}
+
+fn ttl_seconds(ttl: Duration) -> i64 {
+    let secs = ttl
+        .as_secs()
+        .saturating_add(u64::from(ttl.subsec_nanos() > 0));
+    i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
+}
+
+/// Grants a lease and writes `key = value` under it; returns the lease id.
+async fn register(
+    client: &mut Client,
+    key: &str,
+    value: &str,
+    ttl: i64,
+) -> Result<i64, etcd_client::Error> {
+    let lease = client.lease_grant(ttl, None).await?.id();
+    if let Err(e) = client
+        .put(key, value, Some(PutOptions::new().with_lease(lease)))
+        .await
+    {
+        let _ = client.lease_revoke(lease).await;
+        return Err(e);
+    }
+    Ok(lease)
+}
+
+impl EtcdPublisher {
+    /// Publishes `address` under `key` with a lease of `ttl`, in the etcd cluster at
+    /// `endpoints`, and starts keeping it alive on the current Tokio runtime. Fails if
+    /// etcd cannot be reached within [`DEFAULT_TIMEOUT`].
+    pub async fn publish(
+        endpoints: impl IntoIterator<Item = impl AsRef<str>>,
+        key: impl Into<String>,
+        address: impl fmt::Display,
+        ttl: Duration,
+    ) -> Result<EtcdPublisher, CatalogError> {
+        let endpoints: Vec<String> = endpoints
+            .into_iter()
+            .map(|e| e.as_ref().to_owned())
+            .collect();
+        let key = key.into();
+        let value = address.to_string();
+        let ttl_secs = ttl_seconds(ttl);
+        let timeout = DEFAULT_TIMEOUT;
+        let describe = format!("etcd key {key:?}");
+        let setup = async {
+            let mut client = connect(&endpoints, timeout)
+                .await
+                .map_err(|e| etcd_error(&describe, e))?;
+            let lease = register(&mut client, &key, &value, ttl_secs)
+                .await
+                .map_err(|e| etcd_error(&describe, e))?;
+            Ok((client, lease))
+        };
+        let (client, lease) = with_timeout(|| describe.clone(), timeout, setup).await?;
+        let lease = Arc::new(AtomicI64::new(lease));
+        let keeper = tokio::spawn(keep_alive(
+            client.clone(),
+            key.clone(),
+            value,
+            ttl_secs,
+            lease.clone(),
+        ));
+        tracing::info!(key = %key, ttl = ttl_secs, "published in etcd");
+        Ok(EtcdPublisher {
+            key,
+            lease,
+            client,
+            timeout,
+            keeper: Some(keeper),
+        })
+    }
+
+    /// The key this copy is published under.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The id of the lease that holds the key now (it changes if the lease had to be
+    /// granted again).
+    pub fn lease_id(&self) -> i64 {
+        self.lease.load(Ordering::Relaxed)
+    }
+
+    /// Stops keeping the lease alive and revokes it: the key is deleted at once. Fails if
+    /// etcd cannot be reached within [`DEFAULT_TIMEOUT`]; the key then disappears when the
+    /// TTL runs out.
+    pub async fn withdraw(mut self) -> Result<(), CatalogError> {
+        if let Some(keeper) = self.keeper.take() {
+            keeper.abort();
+        }
+        let describe = format!("etcd key {:?}", self.key);
+        let mut client = self.client.clone();
+        let lease = self.lease_id();
+        with_timeout(|| describe.clone(), self.timeout, async {
+            client
+                .lease_revoke(lease)
+                .await
+                .map(drop)
+                .map_err(|e| etcd_error(&describe, e))
+        })
+        .await?;
+        tracing::info!(key = %self.key, "withdrawn from etcd");
+        Ok(())
+    }
+}
+
+impl Drop for EtcdPublisher {
+    /// Stops the renewals and, inside a Tokio runtime, revokes the lease in the background
+    /// (bounded by the request timeout). Outside a runtime the key lasts until its TTL.
+    fn drop(&mut self) {
+        let Some(keeper) = self.keeper.take() else {
+            return;
+        };
+        keeper.abort();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let mut client = self.client.clone();
+            let lease = self.lease_id();
+            let timeout = self.timeout;
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(timeout, client.lease_revoke(lease)).await;
+            });
+        }
+    }
+}
+
+/// The renewal task: one keep-alive stream, a renewal every third of the TTL; on any
+/// error, start over after a pause; if the lease is gone, register again.
+async fn keep_alive(
+    mut client: Client,
+    key: String,
+    value: String,
+    ttl: i64,
+    lease: Arc<AtomicI64>,
+) {
+    let ttl_duration = Duration::from_secs(u64::try_from(ttl).unwrap_or(1));
+    let every = (ttl_duration / 3).max(Duration::from_millis(100));
+    let request_timeout = every.max(Duration::from_millis(500));
+    loop {
+        let id = lease.load(Ordering::Relaxed);
+        let opened = tokio::time::timeout(request_timeout, client.lease_keep_alive(id)).await;
+        let (mut keeper, mut responses) = match opened {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                tracing::warn!(key = %key, error = %e, "etcd keep-alive failed; retrying");
+                tokio::time::sleep(every).await;
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!(key = %key, "etcd keep-alive timed out; retrying");
+                tokio::time::sleep(every).await;
+                continue;
+            }
+        };
+        let lease_gone = loop {
+            if keeper.keep_alive().await.is_err() {
+                break false;
+            }
+            match tokio::time::timeout(request_timeout, responses.message()).await {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+                Ok(Ok(Some(_))) => break true,
+                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => break false,
+            }
+            tokio::time::sleep(every).await;
+        };
+        if lease_gone {
+            tracing::warn!(key = %key, lease = id, "etcd lease expired; publishing again");
+            match tokio::time::timeout(request_timeout, register(&mut client, &key, &value, ttl))
+                .await
+            {
+                Ok(Ok(new)) => lease.store(new, Ordering::Relaxed),
+                _ => tokio::time::sleep(every).await,
+            }
+        } else {
+            tracing::warn!(key = %key, "etcd keep-alive stream broke; reopening");
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_rounds_up_to_whole_seconds_and_at_least_one() {
+        assert_eq!(ttl_seconds(Duration::ZERO), 1);
+        assert_eq!(ttl_seconds(Duration::from_millis(300)), 1);
+        assert_eq!(ttl_seconds(Duration::from_secs(2)), 2);
+        assert_eq!(ttl_seconds(Duration::from_millis(2001)), 3);
+        assert_eq!(ttl_seconds(Duration::MAX), i64::MAX);
+    }
+}
