@@ -1,6 +1,6 @@
 //! The sans-IO heart of `persistent-connection`: a pure state machine that keeps a
 //! connection to a service alive, following Jane Street's OCaml
-//! `Persistent_connection_kernel` and this project's `SPEC.md` (rules R1–R14).
+//! `Persistent_connection_kernel` and the project's behaviour document, docs/behaviour.md (rules R1–R14).
 //!
 //! The machine performs no I/O, reads no clock and draws no OS randomness: inputs go in
 //! with the time they happened at, effect commands come out, and jitter comes from a
@@ -71,6 +71,40 @@
 //! - Cheap: effects go through one reused queue; a step allocates nothing of its own in
 //!   steady state (cloning the user's `A`, `C` and `E` is theirs).
 //! - `no_std` + `alloc`.
+//!
+//! # The rules it decides
+//!
+//! The full contract, with what a user observes and the deliberate differences from the
+//! OCaml original, is the repository's behaviour document, `docs/behaviour.md`. In short:
+//!
+//! - **R1** A new machine emits `AttemptingToConnect`; the first round of attempts begins
+//!   once that event is handled.
+//! - **R2** Every attempt starts a retry timer (`jitter(base delay)`, the base asked for
+//!   once per attempt), then asks for the address ([`Effect::GetAddress`]).
+//! - **R3** An address different from the last one of the round is emitted as
+//!   `ObtainedAddress` (and awaited) before [`Effect::Connect`].
+//! - **R4** A failed lookup or connect emits `FailedToConnect` only if the error differs
+//!   from the round's last failure; the next attempt waits for the retry timer.
+//! - **R5** A connection becomes current at once ([`Effect::BecameCurrent`]), then
+//!   `Connected` is emitted.
+//! - **R6** When it finishes closing, `Disconnected` is emitted (never before the
+//!   `Connected` handler returned); a new round starts when the timer of the attempt that
+//!   made it fires — at once after a long-lived connection.
+//! - **R7** Jitter is `b ± u`, `u` uniform in `[0, 0.3·b]` (default), from a ChaCha
+//!   generator seeded by [`Config::seed`]; default base 10 s; arithmetic saturates.
+//! - **R8** [`Input::CloseRequested`]: no new attempt; the one in flight is cancelled
+//!   ([`Effect::CancelAttempt`]) and a late connection closed; the current one is closed
+//!   and its `Disconnected` emitted; [`Effect::CloseFinished`] comes once nothing is open,
+//!   in flight or being handled, and no event follows it.
+//! - **R9, R10** The notifications a driver needs for `connected()` and
+//!   `connected_or_failed_to_connect()` waiters ([`Effect::BecameCurrent`],
+//!   [`Effect::AttemptOutcome`]).
+//! - **R11** [`Input::CloseWhenCurrentConnectionIsClosed`]: keep the current connection,
+//!   start no new round.
+//! - **R12** [`Machine::consecutive_unsuccessful_attempts`] for the connect context, and
+//!   [`Input::Abort`] to stop as R11 with an error for R10 waiters.
+//! - **R13, R14** are the driver's: report a panicking callback as a failed attempt or a
+//!   handled event; close when the last handle is dropped.
 
 #![no_std]
 #![forbid(unsafe_code)]

@@ -1,4 +1,4 @@
-//! The persistent-connection state machine (SPEC §3).
+//! The persistent-connection state machine (docs/behaviour.md §3).
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -54,7 +54,7 @@ id_type!(
     EventId
 );
 
-/// What the user's `on_event` is told (SPEC §1).
+/// What the user's `on_event` is told (docs/behaviour.md §1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event<A, C, E> {
     /// A new round of attempts begins (R1).
@@ -290,7 +290,7 @@ struct Current<C> {
     close_requested: bool,
 }
 
-/// The sans-IO persistent connection: every rule of SPEC R1–R14 that is a decision.
+/// The sans-IO persistent connection: every rule of docs/behaviour.md R1–R14 that is a decision.
 ///
 /// Feed inputs with [`handle`](Machine::handle); after each one, drain
 /// [`poll_effect`](Machine::poll_effect) until it returns `None` and re-read
@@ -369,6 +369,11 @@ where
     pub fn handle(&mut self, now: Instant, input: Input<A, C, E>) {
         match input {
             Input::AddressResult { attempt, result } => match self.phase {
+                // The attempt that aborted (R12) ended: close can finish.
+                Phase::Resolving(a) if a == attempt && self.closed => {
+                    self.phase = Phase::Closing;
+                    self.check_finished();
+                }
                 Phase::Resolving(a) if a == attempt => match result {
                     Ok(address) => self.on_address(attempt, address),
                     Err(e) => self.on_failure(now, e),
@@ -376,17 +381,19 @@ where
                 _ => {}
             },
             Input::ConnectResult { attempt, result } => match (&self.phase, result) {
+                // The attempt that aborted (R12) ended; a connection it still made is
+                // closed like any stray one, before close finishes (I6).
+                (Phase::Connecting(a), result) if *a == attempt && self.closed => {
+                    self.phase = Phase::Closing;
+                    if let Ok(c) = result {
+                        self.close_stray(c);
+                    }
+                    self.check_finished();
+                }
                 (Phase::Connecting(a), Ok(c)) if *a == attempt => self.on_connected(c),
                 (Phase::Connecting(a), Err(e)) if *a == attempt => self.on_failure(now, e),
                 // A connection outside its attempt (cancelled, stale, duplicate): close it.
-                (_, Ok(c)) => {
-                    let conn = self.new_conn_id();
-                    self.lingering.push(conn);
-                    self.effects.push_back(Effect::CloseConnection {
-                        conn,
-                        connection: c,
-                    });
-                }
+                (_, Ok(c)) => self.close_stray(c),
                 (_, Err(_)) => {}
             },
             Input::Closed { conn } => self.on_closed(conn),
@@ -397,7 +404,7 @@ where
                 if !self.closed {
                     self.effects
                         .push_back(Effect::AttemptOutcome(Err(AttemptError::Aborted(error))));
-                    self.close_when_current_closed();
+                    self.abort();
                 }
             }
             Input::EventHandled { event } => match &self.phase {
@@ -649,9 +656,25 @@ where
         }
     }
 
+    /// A connection outside its attempt (cancelled, aborted, stale, duplicate): close it
+    /// (R8, I6).
+    fn close_stray(&mut self, connection: C) {
+        let conn = self.new_conn_id();
+        self.lingering.push(conn);
+        self.effects
+            .push_back(Effect::CloseConnection { conn, connection });
+    }
+
     /// R8.
     fn close(&mut self) {
         if self.closed {
+            // An attempt that aborted (R12) is still finishing: `close()` does not wait
+            // for it.
+            if let Phase::Resolving(attempt) | Phase::Connecting(attempt) = self.phase {
+                self.effects.push_back(Effect::CancelAttempt { attempt });
+                self.phase = Phase::Closing;
+                self.check_finished();
+            }
             return;
         }
         self.mark_closed();
@@ -675,6 +698,19 @@ where
             });
         }
         self.check_finished();
+    }
+
+    /// R12: stop as R11. `abort` is called from inside an attempt, so an attempt in flight
+    /// is not cancelled: it is about to return, and its result, a connection included, is
+    /// awaited (and that connection closed) before close finishes, so that nothing of ours
+    /// is open after `CloseFinished` (I6). A `close()` meanwhile cancels it.
+    fn abort(&mut self) {
+        match self.phase {
+            Phase::Resolving(_) | Phase::Connecting(_) if self.current.is_none() => {
+                self.mark_closed();
+            }
+            _ => self.close_when_current_closed(),
+        }
     }
 
     /// R11.

@@ -1,4 +1,4 @@
-//! One or more named tests per rule of SPEC §2 (R1–R12), driving the machine by hand with
+//! One or more named tests per rule of docs/behaviour.md §2 (R1–R12), driving the machine by hand with
 //! explicit times.
 
 mod common;
@@ -898,12 +898,99 @@ fn r12_abort_while_connecting_stops_and_reports_the_error_to_waiters() {
         error: "bad credentials",
     });
     assert_eq!(
-        outcomes(&effects)[0],
-        Err(AttemptError::Aborted("bad credentials")),
+        outcomes(&effects),
+        vec![
+            Err(AttemptError::Aborted("bad credentials")),
+            Err(AttemptError::Closed)
+        ],
         "waiters get the abort error first"
     );
-    assert!(effects.contains(&Effect::CancelAttempt { attempt }));
-    assert_closed_now(&effects);
+    assert!(h.m.is_closed(), "closed at once (R11 when not connected)");
+    // `abort` comes from inside the attempt: it is awaited, not cancelled.
+    assert!(!effects.contains(&Effect::CancelAttempt { attempt }));
+    assert!(!effects.contains(&Effect::CloseFinished));
+    let effects = h.feed(Input::ConnectResult {
+        attempt,
+        result: Err("bad credentials"),
+    });
+    assert_eq!(effects, vec![Effect::CloseFinished]);
+}
+
+/// Bug 9 of issue 10: `connect` calls `abort` and still returns a connection. Before the
+/// fix, `CloseFinished` came first and the connection was closed after it (I6 broken).
+#[test]
+fn r12_abort_then_a_connection_closes_it_before_close_finishes() {
+    let mut h = H::constant(1.0);
+    h.handled();
+    h.address(Ok("a"));
+    h.handled();
+    let attempt = h.connecting();
+    let effects = h.feed(Input::Abort { error: "stop" });
+    assert!(
+        !effects.contains(&Effect::CloseFinished),
+        "close cannot finish while the aborting attempt may still return a connection: \
+         {effects:?}"
+    );
+    let effects = h.feed(Input::ConnectResult {
+        attempt,
+        result: Ok(9),
+    });
+    let conn = match effects.as_slice() {
+        [
+            Effect::CloseConnection {
+                conn,
+                connection: 9,
+            },
+        ] => *conn,
+        other => panic!("expected only the stray connection's close, got {other:?}"),
+    };
+    assert!(events(&effects).is_empty(), "no Connected after abort");
+    assert!(h.m.current_connection().is_none());
+    assert_eq!(h.feed(Input::Closed { conn }), vec![Effect::CloseFinished]);
+    assert!(h.m.is_close_finished());
+}
+
+#[test]
+fn r12_abort_during_the_lookup_waits_for_it() {
+    let mut h = H::constant(1.0);
+    h.handled();
+    let attempt = h.lookup();
+    let effects = h.feed(Input::Abort { error: "stop" });
+    assert!(h.m.is_closed());
+    assert!(!effects.contains(&Effect::CloseFinished));
+    let effects = h.feed(Input::AddressResult {
+        attempt,
+        result: Ok("a"),
+    });
+    assert_eq!(
+        effects,
+        vec![Effect::CloseFinished],
+        "no connect after abort"
+    );
+}
+
+#[test]
+fn r12_close_after_abort_cancels_the_attempt_at_once() {
+    let mut h = H::constant(1.0);
+    h.handled();
+    h.address(Ok("a"));
+    h.handled();
+    let attempt = h.connecting();
+    h.feed(Input::Abort { error: "stop" });
+    let effects = h.feed(Input::CloseRequested);
+    assert_eq!(
+        effects,
+        vec![Effect::CancelAttempt { attempt }, Effect::CloseFinished]
+    );
+    // A late connection for it is still closed (R8).
+    let effects = h.feed(Input::ConnectResult {
+        attempt,
+        result: Ok(3),
+    });
+    assert!(matches!(
+        effects.as_slice(),
+        [Effect::CloseConnection { connection: 3, .. }]
+    ));
 }
 
 #[test]

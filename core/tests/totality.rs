@@ -1,4 +1,4 @@
-//! SPEC §3 "Total": any input in any state, in any order, with stale, duplicate and
+//! docs/behaviour.md §3 "Total": any input in any state, in any order, with stale, duplicate and
 //! never-issued ids, is handled without panic, and the structural promises hold:
 //! one event at a time (I3), nothing emitted after close finished (R8), every connection
 //! received is either current or asked to be closed (I6).

@@ -1,6 +1,6 @@
 //! Feeds the core machine an arbitrary configuration and an arbitrary sequence of timed
 //! inputs (any kind, any id, stale and never-issued ones included, time steps of any
-//! size) and checks every step (SPEC §3 "Total", §6). See `fuzz/README.md`.
+//! size) and checks every step (docs/behaviour.md §3 "Total", §6). See `fuzz/README.md`.
 #![no_main]
 #![forbid(unsafe_code)]
 

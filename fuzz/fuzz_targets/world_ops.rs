@@ -1,6 +1,6 @@
 //! Drives the core machine through a small simulated world by an arbitrary sequence of
 //! world operations (realistic histories), checks every step, and ends with the user's
-//! close: it must finish and leave nothing open (SPEC §5, §6). See `fuzz/README.md`.
+//! close: it must finish and leave nothing open (docs/behaviour.md §5, §6). See `fuzz/README.md`.
 #![no_main]
 #![forbid(unsafe_code)]
 

@@ -11,7 +11,7 @@
 //! down, connections drop, the user closes), so the fuzzer explores realistic histories,
 //! and ends each run with liveness checks (close finishes, nothing leaks).
 //!
-//! Every check panics with the rule it enforces (SPEC R1–R14, I1–I9), so libFuzzer reports
+//! Every check panics with the rule it enforces (docs/behaviour.md R1–R14, I1–I9), so libFuzzer reports
 //! a broken rule as a crash and keeps the input that shows it.
 
 #![forbid(unsafe_code)]

@@ -1,6 +1,6 @@
 //! The `machine_inputs` target's model: an arbitrary configuration, an arbitrary sequence
 //! of timed inputs, a driver that feeds them to the machine, and an oracle that checks
-//! every step against SPEC.
+//! every step against docs/behaviour.md.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -751,7 +751,7 @@ impl Observer for Oracle {
             }
             Effect::CloseConnection { conn, .. } => {
                 if conn.raw() == self.next_conn {
-                    // A stray connection, closed at once (R8, SPEC §3).
+                    // A stray connection, closed at once (R8, docs/behaviour.md §3).
                     assert!(
                         self.step_in.connection.is_some(),
                         "stray close without a connection"

@@ -431,7 +431,7 @@ impl<O: Observer> World<O> {
     fn wind_down(&mut self) {
         self.feed(Input::CloseRequested);
         // Not "until close finished": a connection that arrived late may still be closing
-        // after it (SPEC §3), and the world owes that close too.
+        // after it (docs/behaviour.md §3), and the world owes that close too.
         for _ in 0..WIND_DOWN_CAP {
             if let Some(event) = self.handler.take() {
                 self.feed(Input::EventHandled { event });

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::watch;
 
-/// A connection the persistent connection can watch and close (SPEC §1).
+/// A connection the persistent connection can watch and close (docs/behaviour.md §1).
 ///
 /// - [`close`](Closable::close) starts closing and resolves when the connection's
 ///   resources are released. It must be idempotent.

@@ -83,7 +83,7 @@ impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
 }
 
 /// An [`io::Error`] reduced to what identifies it, its kind and message, so that it is
-/// `Clone + PartialEq` as the machine needs (SPEC §1: equality compares the error itself).
+/// `Clone + PartialEq` as the machine needs (docs/behaviour.md §1: equality compares the error itself).
 ///
 /// ```
 /// use std::io;

@@ -47,7 +47,7 @@ pub(crate) struct Shared<A, C, E> {
 }
 
 /// A persistent connection: a handle on the driver task that keeps a connection to a
-/// service alive (SPEC R1–R14).
+/// service alive (docs/behaviour.md R1–R14).
 ///
 /// Build one with [`PersistentConnection::builder`]. Handles are cheap to clone (two
 /// reference counts); when the last one is dropped, the persistent connection closes in the

@@ -2,7 +2,7 @@
 //! attempt (so it fails over between redundant servers listed in a catalog), connects,
 //! tells you what happens through events it *awaits*, retries on a jittered schedule
 //! counted from each attempt's start, and closes promptly. It follows Jane Street's OCaml
-//! `Persistent_connection_kernel`; the contract is the project's SPEC (rules R1–R14).
+//! `Persistent_connection_kernel`; the contract is the project's behaviour document, docs/behaviour.md (rules R1–R14).
 //!
 //! This crate is the thin Tokio driver and public API; every decision lives in the sans-IO
 //! machine of [`persistent_connection_core`] (re-exported as [`core`]).

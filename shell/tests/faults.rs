@@ -1,6 +1,6 @@
 //! Faults and bad input on real sockets (issue 7): the persistent connection against
 //! servers that die, reset, hang or refuse, and user callbacks that panic or dawdle.
-//! Every test checks the rules of SPEC (R1–R14) and, afterwards (see `common::leaks::run`),
+//! Every test checks the rules of docs/behaviour.md (R1–R14) and, afterwards (see `common::leaks::run`),
 //! that nothing leaked: the process has the file descriptors it had before, no task is
 //! alive on the test's runtime, and (through the instrumented connection's ledger) every
 //! connection the library obtained was released exactly once and never just dropped.
@@ -1137,7 +1137,7 @@ fn abort_from_connect_after_repeated_rejections_stops_for_good() {
         let k = connector.clone();
         // R10 waiters see the *next* outcome from the moment they are called, so each attempt
         // after the first waits until the test has registered its next waiter: otherwise a
-        // slow test task on a loaded machine misses an outcome, as SPEC allows.
+        // slow test task on a loaded machine misses an outcome, as docs/behaviour.md allows.
         let registered = Arc::new(tokio::sync::Notify::new());
         let gate = registered.clone();
         let pc: Pc = PersistentConnection::builder(

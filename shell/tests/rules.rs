@@ -1,4 +1,4 @@
-//! The public API of the Tokio shell against SPEC R1–R14, on Tokio's paused clock: every
+//! The public API of the Tokio shell against docs/behaviour.md R1–R14, on Tokio's paused clock: every
 //! time below is virtual and exact (milliseconds since the persistent connection was
 //! built), and no test sleeps on the wall clock.
 //!

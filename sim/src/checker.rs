@@ -1,12 +1,12 @@
-//! The invariant checker: SPEC §5's I1–I8 judged from the trace alone.
+//! The invariant checker: docs/behaviour.md §5's I1–I8 judged from the trace alone.
 //!
 //! [`Checker`] watches what a driver feeds a machine ([`Checker::on_input`]) and what the
 //! machine answers ([`Checker::on_effect`]), then looks at the machine's queries once the
 //! step's effects are drained ([`Checker::after_step`]). It needs no world: it keeps a
-//! shadow of what SPEC requires given the inputs actually received — which requests are
+//! shadow of what docs/behaviour.md requires given the inputs actually received — which requests are
 //! outstanding, which event handler runs, which connections are open, what the round has
-//! already reported — and fails on the first effect SPEC forbids or the first step that
-//! leaves out an effect SPEC requires. It is correct for *arbitrary* input sequences
+//! already reported — and fails on the first effect docs/behaviour.md forbids or the first step that
+//! leaves out an effect docs/behaviour.md requires. It is correct for *arbitrary* input sequences
 //! (stale, duplicate and never-issued ids, results after close, `Closed` for any
 //! connection, time steps of any size), so fuzz targets can use it as well as the
 //! simulator. I9 (determinism) needs two runs; see [`crate::trace`].
@@ -50,7 +50,7 @@ use persistent_connection_core::{
     Machine, RetryDelay, RetryPolicy, State,
 };
 
-/// The invariants of SPEC §5.
+/// The invariants of docs/behaviour.md §5.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Invariant {
     /// Event grammar; at most one `Connected` per round.
@@ -75,7 +75,7 @@ pub enum Invariant {
 }
 
 impl Invariant {
-    /// A short description, as in SPEC §5.
+    /// A short description, as in docs/behaviour.md §5.
     pub fn describe(self) -> &'static str {
         match self {
             Invariant::I1 => "event grammar",
@@ -399,7 +399,7 @@ impl Coverage {
     }
 }
 
-/// Checks a machine's trace against SPEC's invariants I1–I8, step by step.
+/// Checks a machine's trace against the invariants I1–I8, step by step.
 ///
 /// Call [`on_effect`](Checker::on_effect) for each effect of the construction step and
 /// then [`after_step`](Checker::after_step); for every later step call
@@ -579,6 +579,10 @@ where
             Input::AddressResult { attempt, result } => {
                 if self.inflight == Some((*attempt, Op::Lookup)) {
                     self.inflight = None;
+                    if self.closed {
+                        // The attempt that aborted (R12) ended: nothing follows it.
+                        return self.settled(now);
+                    }
                     match result {
                         Ok(address) => {
                             let repeat = self.round.as_ref().and_then(|r| r.last_address.as_ref())
@@ -599,6 +603,14 @@ where
             Input::ConnectResult { attempt, result } => {
                 let ours = self.inflight == Some((*attempt, Op::Connect));
                 match result {
+                    // The attempt that aborted (R12) ended; a connection it made is a stray
+                    // to close before close finishes (I6).
+                    Ok(_) if ours && self.closed => {
+                        self.inflight = None;
+                        self.coverage.late_connections += 1;
+                        self.expects.push(Expect::CloseStray)
+                    }
+                    Err(_) if ours && self.closed => self.inflight = None,
                     Ok(_) if ours => {
                         self.inflight = None;
                         self.failures = 0;
@@ -651,7 +663,15 @@ where
                 if !self.closed {
                     self.coverage.aborts += 1;
                     self.expects.push(Expect::OutcomeAborted(error.clone()));
-                    self.close_when_current_closed();
+                    if self.current.is_none() && self.inflight.is_some() {
+                        // R12: `abort` comes from inside the attempt, which is awaited,
+                        // not cancelled; the persistent connection is closed at once.
+                        self.closed = true;
+                        self.expects.push(Expect::OutcomeClosed);
+                        self.waiting = None;
+                    } else {
+                        self.close_when_current_closed();
+                    }
                 }
             }
             Input::EventHandled { event } => {
@@ -663,6 +683,10 @@ where
                 }
             }
         }
+        self.settled(now)
+    }
+
+    fn settled(&mut self, now: Instant) -> Result<(), Violation> {
         self.settle(now);
         Ok(())
     }
@@ -745,6 +769,11 @@ where
     /// R8.
     fn close(&mut self) {
         if self.closed {
+            // Only an attempt that aborted (R12) can still be in flight: close cancels it.
+            if let Some((attempt, _)) = self.inflight.take() {
+                self.coverage.closes_cancelling_an_attempt += 1;
+                self.expects.push(Expect::Cancel(attempt));
+            }
             return;
         }
         self.closed = true;
@@ -1197,7 +1226,7 @@ where
             return self.fail(
                 Invariant::I7,
                 format!(
-                    "is_closed() is {}, SPEC says {} (R8, R11)",
+                    "is_closed() is {}, docs/behaviour.md says {} (R8, R11)",
                     view.is_closed(),
                     self.closed
                 ),

@@ -1,4 +1,4 @@
-//! Seeded, deterministic simulation of the persistent-connection machine (SPEC §5), in the
+//! Seeded, deterministic simulation of the persistent-connection machine (docs/behaviour.md §5), in the
 //! spirit of TigerBeetle's VOPR and FoundationDB's simulation.
 //!
 //! - [`checker`]: the invariant checker (I1–I8), a library type working from the trace

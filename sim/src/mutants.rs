@@ -1,7 +1,7 @@
 //! Deliberately wrong machines, to prove the checker bites.
 //!
 //! Each [`Mutant`] wraps the real [`Machine`] and bends its effects or its clock in one
-//! way SPEC forbids. The simulator must catch every one of them within its default seed
+//! way docs/behaviour.md forbids. The simulator must catch every one of them within its default seed
 //! budget (`sim/tests/mutants.rs` asserts it); `--mutant NAME` shows it from the command
 //! line.
 

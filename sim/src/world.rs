@@ -628,12 +628,14 @@ impl<M: SimMachine<Addr, Conn, SimError>> World<M> {
                 attempt, address, ..
             } => {
                 let f = s.connect.clone();
-                let abort = chance(&mut self.rng, s.abort_pct);
-                if abort {
+                // R12: `abort` is called from inside `connect`, which then returns: an
+                // aborting connect answers after the abort and never hangs.
+                let abort_at = chance(&mut self.rng, s.abort_pct).then(|| {
                     let d = upto(&mut self.rng, f.latency_max);
                     self.after(d, Ev::UserAbort);
-                }
-                if chance(&mut self.rng, f.hang_pct) {
+                    d
+                });
+                if abort_at.is_none() && chance(&mut self.rng, f.hang_pct) {
                     return;
                 }
                 let up = self.up.get(address.0 as usize).copied().unwrap_or(false);
@@ -648,6 +650,7 @@ impl<M: SimMachine<Addr, Conn, SimError>> World<M> {
                     Ok(self.new_conn(address))
                 };
                 let d = upto(&mut self.rng, f.latency_max);
+                let d = abort_at.map_or(d, |a| a.saturating_add(d));
                 self.after(d, Ev::ConnectDone { attempt, result });
             }
             Effect::CancelAttempt { attempt } => {
@@ -885,7 +888,7 @@ impl<M: SimMachine<Addr, Conn, SimError>> World<M> {
         }
     }
 
-    /// A stale, duplicate or never-issued input: the machine must ignore it (SPEC §3),
+    /// A stale, duplicate or never-issued input: the machine must ignore it (docs/behaviour.md §3),
     /// except that a connection outside its attempt is closed.
     fn stale_input(&mut self) -> SimInput {
         let r = &mut self.rng;

@@ -1,4 +1,4 @@
-//! The checker accepts the real machine on arbitrary input sequences (SPEC §3 "Total",
+//! The checker accepts the real machine on arbitrary input sequences (docs/behaviour.md §3 "Total",
 //! §6): stale, duplicate and never-issued ids, results after close, any time steps.
 
 use std::time::Duration;

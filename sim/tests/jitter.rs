@@ -1,5 +1,5 @@
 //! R7's jitter is not only within bounds (the checker's I4, step by step) but spread as
-//! SPEC says: `b ± u`, `u` uniform in `[0, 0.3·b]`, sign uniform. A per-step checker cannot
+//! docs/behaviour.md says: `b ± u`, `u` uniform in `[0, 0.3·b]`, sign uniform. A per-step checker cannot
 //! see a jitter that lost its randomness (always `b`, always above `b`...); thousands of
 //! attempts of the real machine can. Seeded, so the figures are the same on every run.
 

@@ -104,7 +104,7 @@ fn policy(p: u8) -> RetryPolicy {
     }
 }
 
-/// What SPEC and the docs say each policy above is, written out without the core's
+/// What docs/behaviour.md and the docs say each policy above is, written out without the core's
 /// constructors, so a bug in those cannot answer for both the machine and its checker.
 fn expected(p: u8) -> CheckerSettings {
     let ms = Duration::from_millis;

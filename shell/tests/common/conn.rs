@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 
-/// Why a lookup or a connect failed. Compares the failure itself (SPEC §1).
+/// Why a lookup or a connect failed. Compares the failure itself (docs/behaviour.md §1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fail {
     /// The catalog said no.

@@ -1,5 +1,5 @@
 //! Building persistent connections over the test support, recording their events, and
-//! checking the event grammar (I1) and de-duplication (I2) of SPEC §5.
+//! checking the event grammar (I1) and de-duplication (I2) of docs/behaviour.md §5.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
