@@ -302,7 +302,7 @@ pub enum Pick {
 /// assert_eq!(p.pick(&["a", "b", "c"]), Some("c"));
 /// assert_eq!(p.pick(&["a", "b", "c"]), Some("a")); // a new sweep, from the top
 /// assert_eq!(p.pick(&["a"]), Some("a"));           // the only one listed
-/// assert_eq!(p.pick::<&str>(&[]), None);
+/// assert_eq!(p.pick(&[]), None);
 /// ```
 #[derive(Debug)]
 pub struct Picker<A> {
