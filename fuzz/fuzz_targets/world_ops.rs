@@ -5,6 +5,6 @@
 #![forbid(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
-use persistent_connection_fuzz::world::{WorldCase, check_world};
+use persistent_connection_fuzz::world_ops::{WorldCase, check_world};
 
 fuzz_target!(|case: WorldCase| check_world(&case));

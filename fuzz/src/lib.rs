@@ -6,10 +6,11 @@
 //! and checks every step with the simulator's invariant checker and an
 //! [`Oracle`](machine::Oracle) of its own.
 //!
-//! [`world`] drives the machine through a small simulated world by an arbitrary sequence
-//! of world operations (handlers finish, lookups and connects answer or fail, servers go
-//! down, connections drop, the user closes), so the fuzzer explores realistic histories,
-//! and ends each run with liveness checks (close finishes, nothing leaks).
+//! [`world_ops`] drives the simulator's own world (the one its seeded runs use) by an arbitrary
+//! sequence of world operations (handlers finish, lookups and connects answer or fail,
+//! servers go down, connections drop, the user closes), so the fuzzer explores realistic
+//! histories, and ends each run with the world's liveness checks (close finishes, nothing
+//! leaks).
 //!
 //! Every check panics with the rule it enforces (docs/behaviour.md R1–R14, I1–I9), so libFuzzer reports
 //! a broken rule as a crash and keeps the input that shows it.
@@ -18,4 +19,4 @@
 #![warn(missing_docs)]
 
 pub mod machine;
-pub mod world;
+pub mod world_ops;

@@ -3,6 +3,7 @@
 //! every step against docs/behaviour.md.
 
 use std::collections::BTreeSet;
+use std::fmt::Debug;
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
@@ -308,14 +309,16 @@ impl<'a> Arbitrary<'a> for Case {
     }
 }
 
-/// Something that watches a run: the [`Oracle`] here, the simulator's checker.
-pub trait Observer {
+/// Something that watches a run: the [`Oracle`] here, the simulator's checker. Generic
+/// over the machine's types: `machine_inputs` uses small numbers (`u8`), `world_ops` the
+/// simulator's world's types.
+pub trait Observer<A = u8, C = u8, E = u8> {
     /// `input` is about to be fed at `now` to `m` (in the state before it).
-    fn on_input(&mut self, now: Instant, input: &In, m: &M);
+    fn on_input(&mut self, now: Instant, input: &Input<A, C, E>, m: &Machine<A, C, E>);
     /// `m` produced `effect` at `now`.
-    fn on_effect(&mut self, now: Instant, effect: &Eff);
+    fn on_effect(&mut self, now: Instant, effect: &Effect<A, C, E>);
     /// All effects of the step at `now` are drained.
-    fn after_step(&mut self, now: Instant, m: &M);
+    fn after_step(&mut self, now: Instant, m: &Machine<A, C, E>);
 }
 
 /// Runs `case` on a fresh machine, telling `observer` everything, and returns every effect
@@ -448,14 +451,14 @@ enum Grammar {
 }
 
 /// What the step being checked was fed, as far as the oracle cares.
-#[derive(Debug, Default)]
-struct StepInput {
+#[derive(Debug)]
+struct StepInput<A, C, E> {
     /// A connection was handed in (`ConnectResult` with `Ok`).
-    connection: Option<u8>,
+    connection: Option<C>,
     /// An address result for the attempt being resolved: `Ok(a)` or `Err(e)`.
-    accepted_address: Option<Result<u8, u8>>,
+    accepted_address: Option<Result<A, E>>,
     /// A connect failure for the attempt being connected.
-    accepted_connect_error: Option<u8>,
+    accepted_connect_error: Option<E>,
     /// The current connection finished closing.
     current_closed: bool,
     /// `close()` was asked.
@@ -463,22 +466,44 @@ struct StepInput {
 }
 
 /// What the step being checked produced.
-#[derive(Debug, Default)]
-struct StepOutput {
+impl<A, C, E> Default for StepInput<A, C, E> {
+    fn default() -> Self {
+        StepInput {
+            connection: None,
+            accepted_address: None,
+            accepted_connect_error: None,
+            current_closed: false,
+            close_requested: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct StepOutput<A, C, E> {
     new_conns: usize,
-    emitted: Vec<Event<u8, u8, u8>>,
+    emitted: Vec<Event<A, C, E>>,
     no_longer_current: bool,
+}
+
+impl<A, C, E> Default for StepOutput<A, C, E> {
+    fn default() -> Self {
+        StepOutput {
+            new_conns: 0,
+            emitted: Vec::new(),
+            no_longer_current: false,
+        }
+    }
 }
 
 /// The harness's own checker: the rules that can be checked from inputs and effects alone,
 /// independently of the simulator.
 #[derive(Debug)]
-pub struct Oracle {
+pub struct Oracle<A = u8, C = u8, E = u8> {
     delay: DelaySpec,
     jitter: Jitter,
     grammar: Grammar,
-    last_address: Option<u8>,
-    last_failure: Option<u8>,
+    last_address: Option<A>,
+    last_failure: Option<E>,
     unhandled: Option<EventId>,
     next_event: u64,
     next_attempt: u64,
@@ -488,8 +513,8 @@ pub struct Oracle {
     /// Start and deadline of the latest attempt's retry timer (I4).
     last_timer: Option<(Instant, Instant)>,
     /// The address fed for the attempt being resolved, awaiting its `Connect`.
-    address_for: Option<(AttemptId, u8)>,
-    current: Option<(ConnId, u8)>,
+    address_for: Option<(AttemptId, A)>,
+    current: Option<(ConnId, C)>,
     /// Connections announced and not yet finished closing (current or not) (I6).
     open: BTreeSet<ConnId>,
     /// Connections the machine asked to close (at most once each, I6).
@@ -497,13 +522,18 @@ pub struct Oracle {
     /// `is_closed()` after the previous step (R8).
     was_closed: bool,
     close_finished: bool,
-    step_in: StepInput,
-    step_out: StepOutput,
+    step_in: StepInput<A, C, E>,
+    step_out: StepOutput<A, C, E>,
 }
 
-impl Oracle {
+impl<A, C, E> Oracle<A, C, E>
+where
+    A: Clone + PartialEq + Debug,
+    C: Clone + PartialEq + Debug,
+    E: Clone + PartialEq + Debug,
+{
     /// An oracle for a machine configured by `config`.
-    pub fn new(config: &ConfigSpec) -> Oracle {
+    pub fn new(config: &ConfigSpec) -> Self {
         Oracle {
             delay: config.delay.clone(),
             jitter: config.jitter,
@@ -527,7 +557,7 @@ impl Oracle {
         }
     }
 
-    fn on_emit(&mut self, id: EventId, event: &Event<u8, u8, u8>) {
+    fn on_emit(&mut self, id: EventId, event: &Event<A, C, E>) {
         assert!(
             !self.close_finished,
             "R8/I7: {event:?} emitted after CloseFinished"
@@ -554,17 +584,25 @@ impl Oracle {
                 self.last_failure = None;
             }
             (Grammar::InRound, Event::ObtainedAddress(a)) => {
-                assert_ne!(self.last_address, Some(*a), "I2: ObtainedAddress repeated");
-                self.last_address = Some(*a);
+                assert_ne!(
+                    self.last_address.as_ref(),
+                    Some(a),
+                    "I2: ObtainedAddress repeated"
+                );
+                self.last_address = Some(a.clone());
             }
             (Grammar::InRound, Event::FailedToConnect(e)) => {
-                assert_ne!(self.last_failure, Some(*e), "I2: FailedToConnect repeated");
-                self.last_failure = Some(*e);
+                assert_ne!(
+                    self.last_failure.as_ref(),
+                    Some(e),
+                    "I2: FailedToConnect repeated"
+                );
+                self.last_failure = Some(e.clone());
             }
             (Grammar::InRound, Event::Connected(c)) => {
                 assert_eq!(
-                    self.current.map(|(_, c)| c),
-                    Some(*c),
+                    self.current.as_ref().map(|(_, c)| c),
+                    Some(c),
                     "R5: Connected(c) before c became current"
                 );
                 self.grammar = Grammar::Connected;
@@ -619,30 +657,36 @@ impl Oracle {
     }
 }
 
-impl Observer for Oracle {
-    fn on_input(&mut self, _now: Instant, input: &In, m: &M) {
+impl<A, C, E> Observer<A, C, E> for Oracle<A, C, E>
+where
+    A: Clone + PartialEq + Debug,
+    C: Clone + PartialEq + Debug,
+    E: Clone + PartialEq + Debug,
+{
+    fn on_input(&mut self, _now: Instant, input: &Input<A, C, E>, m: &Machine<A, C, E>) {
         self.step_in = StepInput::default();
         self.step_out = StepOutput::default();
         let state = m.state();
         match input {
             Input::AddressResult { attempt, result } => {
-                if state == State::Resolving(*attempt) {
-                    self.step_in.accepted_address = Some(*result);
+                // After close (an aborted attempt finishing, R12) nothing is announced.
+                if state == State::Resolving(*attempt) && !self.was_closed {
+                    self.step_in.accepted_address = Some(result.clone());
                     if let Ok(a) = result {
-                        self.address_for = Some((*attempt, *a));
+                        self.address_for = Some((*attempt, a.clone()));
                     }
                 }
             }
             Input::ConnectResult { attempt, result } => match result {
-                Ok(c) => self.step_in.connection = Some(*c),
+                Ok(c) => self.step_in.connection = Some(c.clone()),
                 Err(e) => {
-                    if state == State::Connecting(*attempt) {
-                        self.step_in.accepted_connect_error = Some(*e);
+                    if state == State::Connecting(*attempt) && !self.was_closed {
+                        self.step_in.accepted_connect_error = Some(e.clone());
                     }
                 }
             },
             Input::Closed { conn } => {
-                if self.current.is_some_and(|(id, _)| id == *conn) {
+                if self.current.as_ref().is_some_and(|(id, _)| id == conn) {
                     self.step_in.current_closed = true;
                 }
                 self.open.remove(conn);
@@ -658,7 +702,7 @@ impl Observer for Oracle {
         }
     }
 
-    fn on_effect(&mut self, now: Instant, effect: &Eff) {
+    fn on_effect(&mut self, now: Instant, effect: &Effect<A, C, E>) {
         if self.close_finished {
             assert!(
                 matches!(
@@ -709,7 +753,7 @@ impl Observer for Oracle {
                 assert!(!self.was_closed, "R8: connect after close()");
                 assert_eq!(
                     self.address_for.take(),
-                    Some((*attempt, *address)),
+                    Some((*attempt, address.clone())),
                     "R3: connect to the address obtained by its attempt"
                 );
                 assert_eq!(
@@ -727,13 +771,13 @@ impl Observer for Oracle {
                 assert!(self.current.is_none(), "R5: two current connections");
                 assert_eq!(conn.raw(), self.next_conn, "connection ids are sequential");
                 assert_eq!(
-                    self.step_in.connection,
-                    Some(*connection),
+                    self.step_in.connection.as_ref(),
+                    Some(connection),
                     "R5: current connection not the one handed in"
                 );
                 self.next_conn += 1;
                 self.step_out.new_conns += 1;
-                self.current = Some((*conn, *connection));
+                self.current = Some((*conn, connection.clone()));
                 self.open.insert(*conn);
             }
             Effect::NoLongerCurrent { conn } => {
@@ -742,7 +786,7 @@ impl Observer for Oracle {
                     "R6: NoLongerCurrent without its close"
                 );
                 assert_eq!(
-                    self.current.map(|(id, _)| id),
+                    self.current.as_ref().map(|(id, _)| *id),
                     Some(*conn),
                     "R6: wrong conn"
                 );
@@ -761,7 +805,7 @@ impl Observer for Oracle {
                     self.open.insert(*conn);
                 } else {
                     assert!(
-                        self.current.is_some_and(|(id, _)| id == *conn),
+                        self.current.as_ref().is_some_and(|(id, _)| id == conn),
                         "R8: close asked for {conn}, which is not current"
                     );
                 }
@@ -788,7 +832,7 @@ impl Observer for Oracle {
         }
     }
 
-    fn after_step(&mut self, now: Instant, m: &M) {
+    fn after_step(&mut self, now: Instant, m: &Machine<A, C, E>) {
         let inp = std::mem::take(&mut self.step_in);
         let out = std::mem::take(&mut self.step_out);
         // I6: every connection handed in is either current or asked to close, at once.
@@ -803,24 +847,24 @@ impl Observer for Oracle {
             "R6: NoLongerCurrent"
         );
         // I2, second half: nothing that differs from the previous one is suppressed.
-        if let Some(Ok(a)) = inp.accepted_address
-            && out.emitted.first() != Some(&Event::ObtainedAddress(a))
+        if let Some(Ok(a)) = &inp.accepted_address
+            && !matches!(out.emitted.first(), Some(Event::ObtainedAddress(x)) if x == a)
         {
             assert_eq!(
-                self.last_address,
+                self.last_address.as_ref(),
                 Some(a),
-                "I2: new address {a} not announced"
+                "I2: new address {a:?} not announced"
             );
         }
         if let Some(e) = inp
             .accepted_connect_error
             .or(inp.accepted_address.and_then(Result::err))
-            && out.emitted.first() != Some(&Event::FailedToConnect(e))
+            && !matches!(out.emitted.first(), Some(Event::FailedToConnect(x)) if *x == e)
         {
             assert_eq!(
-                self.last_failure,
-                Some(e),
-                "I2: new failure {e} not announced"
+                self.last_failure.as_ref(),
+                Some(&e),
+                "I2: new failure {e:?} not announced"
             );
         }
         // R8: close is sticky.
@@ -835,12 +879,12 @@ impl Observer for Oracle {
         // The machine's queries agree with what it said.
         assert_eq!(
             m.current_conn_id(),
-            self.current.map(|(id, _)| id),
+            self.current.as_ref().map(|(id, _)| *id),
             "current_conn_id"
         );
         assert_eq!(
             m.current_connection(),
-            self.current.map(|(_, c)| c).as_ref()
+            self.current.as_ref().map(|(_, c)| c)
         );
         assert_eq!(
             m.consecutive_unsuccessful_attempts(),
@@ -884,8 +928,13 @@ impl Observer for Oracle {
             State::Connected => assert!(self.current.is_some(), "Connected without current"),
             _ => {}
         }
-        // R8, I7: close finishes as soon as nothing holds it up.
-        if m.is_closed() && self.unhandled.is_none() && self.open.is_empty() {
+        // R8, I7: close finishes as soon as nothing holds it up (an attempt that aborted,
+        // R12, is awaited: it is about to return).
+        if m.is_closed()
+            && self.unhandled.is_none()
+            && self.open.is_empty()
+            && !matches!(state, State::Resolving(_) | State::Connecting(_))
+        {
             assert!(
                 self.close_finished,
                 "I7: close not finished though nothing is pending"
@@ -905,29 +954,29 @@ impl Observer for Oracle {
 }
 
 /// An observer borrowed.
-impl<T: Observer + ?Sized> Observer for &mut T {
-    fn on_input(&mut self, now: Instant, input: &In, m: &M) {
+impl<A, C, E, T: Observer<A, C, E> + ?Sized> Observer<A, C, E> for &mut T {
+    fn on_input(&mut self, now: Instant, input: &Input<A, C, E>, m: &Machine<A, C, E>) {
         (**self).on_input(now, input, m);
     }
-    fn on_effect(&mut self, now: Instant, effect: &Eff) {
+    fn on_effect(&mut self, now: Instant, effect: &Effect<A, C, E>) {
         (**self).on_effect(now, effect);
     }
-    fn after_step(&mut self, now: Instant, m: &M) {
+    fn after_step(&mut self, now: Instant, m: &Machine<A, C, E>) {
         (**self).after_step(now, m);
     }
 }
 
 /// Two observers at once.
-impl<X: Observer, Y: Observer> Observer for (X, Y) {
-    fn on_input(&mut self, now: Instant, input: &In, m: &M) {
+impl<A, C, E, X: Observer<A, C, E>, Y: Observer<A, C, E>> Observer<A, C, E> for (X, Y) {
+    fn on_input(&mut self, now: Instant, input: &Input<A, C, E>, m: &Machine<A, C, E>) {
         self.0.on_input(now, input, m);
         self.1.on_input(now, input, m);
     }
-    fn on_effect(&mut self, now: Instant, effect: &Eff) {
+    fn on_effect(&mut self, now: Instant, effect: &Effect<A, C, E>) {
         self.0.on_effect(now, effect);
         self.1.on_effect(now, effect);
     }
-    fn after_step(&mut self, now: Instant, m: &M) {
+    fn after_step(&mut self, now: Instant, m: &Machine<A, C, E>) {
         self.0.after_step(now, m);
         self.1.after_step(now, m);
     }
@@ -937,10 +986,10 @@ impl<X: Observer, Y: Observer> Observer for (X, Y) {
 #[derive(Debug)]
 pub struct Nothing;
 
-impl Observer for Nothing {
-    fn on_input(&mut self, _: Instant, _: &In, _: &M) {}
-    fn on_effect(&mut self, _: Instant, _: &Eff) {}
-    fn after_step(&mut self, _: Instant, _: &M) {}
+impl<A, C, E> Observer<A, C, E> for Nothing {
+    fn on_input(&mut self, _: Instant, _: &Input<A, C, E>, _: &Machine<A, C, E>) {}
+    fn on_effect(&mut self, _: Instant, _: &Effect<A, C, E>) {}
+    fn after_step(&mut self, _: Instant, _: &Machine<A, C, E>) {}
 }
 
 /// The simulator's invariant checker (I1–I8), panicking on its first violation.

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
-use persistent_connection_core::{Effect, Event, EventId, Instant, Jitter};
+use persistent_connection_core::{Effect, Event, EventId, Input, Instant, Jitter, Machine};
 use persistent_connection_fuzz::machine::{
-    Case, ConfigSpec, DelaySpec, Eff, In, M, Observer, Oracle, Span, check, run,
+    Case, ConfigSpec, DelaySpec, Eff, Observer, Oracle, Span, check, run,
 };
 
 /// Counts what a run reached.
@@ -19,9 +19,9 @@ struct Reach {
     strays: usize,
 }
 
-impl Observer for Reach {
-    fn on_input(&mut self, _: Instant, _: &In, _: &M) {}
-    fn on_effect(&mut self, _: Instant, e: &Eff) {
+impl<A, C, E> Observer<A, C, E> for Reach {
+    fn on_input(&mut self, _: Instant, _: &Input<A, C, E>, _: &Machine<A, C, E>) {}
+    fn on_effect(&mut self, _: Instant, e: &Effect<A, C, E>) {
         match e {
             Effect::Emit {
                 event: Event::Connected(_),
@@ -36,7 +36,7 @@ impl Observer for Reach {
             _ => {}
         }
     }
-    fn after_step(&mut self, _: Instant, _: &M) {}
+    fn after_step(&mut self, _: Instant, _: &Machine<A, C, E>) {}
 }
 
 /// xorshift64*: a fixed byte stream, no OS randomness.
@@ -122,14 +122,14 @@ fn oracle_rejects_close_finishing_twice() {
 
 #[test]
 fn random_world_cases_pass_every_check_and_reach_connections_and_close() {
-    use persistent_connection_fuzz::world::{WorldCase, check_world, run_world};
+    use persistent_connection_fuzz::world_ops::{WorldCase, check_world, run_world};
     let mut reach = Reach::default();
     let mut connections = 0;
     for seed in 0..300 {
         let data = bytes(seed ^ 0xABCD, 2048);
         let case = WorldCase::arbitrary_take_rest(Unstructured::new(&data)).unwrap();
         check_world(&case);
-        connections += run_world(&case, &mut reach).connections;
+        connections += run_world(&case, &mut reach).totals().connections;
     }
     assert!(connections > 0, "no connection handed in");
     assert!(reach.connected > 0, "no run connected");

@@ -6,17 +6,18 @@ use std::hash::{BuildHasher, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
-use persistent_connection_core::{Config, Jitter, Machine, RetryDelay, RetryPolicy};
-use tokio::sync::{broadcast, mpsc, watch};
+use persistent_connection_core::{Config, Input, Jitter, Machine, RetryDelay, RetryPolicy};
+use tokio::sync::broadcast;
 
 use crate::Event;
 use crate::closable::Closable;
 use crate::driver::Driver;
-use crate::handle::{ConnectContext, PersistentConnection, Shared};
+use crate::error::Error;
+use crate::events::EventStream;
+use crate::handle::{AbortFn, ConnectContext, PersistentConnection};
+use crate::shared::Shared;
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub(crate) type GetAddressFn<A, E> = Arc<dyn Fn() -> BoxFuture<Result<A, E>> + Send + Sync>;
@@ -29,8 +30,21 @@ pub(crate) struct Callbacks<A, C, E> {
     pub(crate) get_address: GetAddressFn<A, E>,
     pub(crate) connect: ConnectFn<A, C, E>,
     pub(crate) on_event: OnEventFn<A, C, E>,
-    pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) lookup_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    /// What connect contexts' `abort` calls; set by `build_on` once the shared state
+    /// exists.
+    pub(crate) abort: AbortFn<E>,
 }
+
+/// How long `get_address` may take before the attempt fails with
+/// [`Error::LookupTimedOut`](crate::Error::LookupTimedOut) (S5): 10 s. A lookup that never
+/// answers would otherwise stop all reconnecting.
+pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long `connect` may take before the attempt fails with
+/// [`Error::TimedOut`](crate::Error::TimedOut) (S5): 10 s.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The default number of events an [`events`](PersistentConnection::events) receiver may
 /// fall behind before it lags.
@@ -77,6 +91,8 @@ pub struct Builder<A, C, E> {
     retry: RetryPolicy,
     seed: Option<u64>,
     event_capacity: usize,
+    /// Observers set up before the driver starts (S4).
+    events: Option<broadcast::Sender<Event<A, C, E>>>,
 }
 
 impl<A, C, E> fmt::Debug for Builder<A, C, E> {
@@ -85,6 +101,7 @@ impl<A, C, E> fmt::Debug for Builder<A, C, E> {
             .field("server_name", &self.server_name)
             .field("retry", &self.retry)
             .field("seed", &self.seed)
+            .field("lookup_timeout", &self.callbacks.lookup_timeout)
             .field("connect_timeout", &self.callbacks.connect_timeout)
             .field("event_capacity", &self.event_capacity)
             .finish_non_exhaustive()
@@ -110,11 +127,14 @@ where
                 get_address: Arc::new(move || Box::pin(get_address())),
                 connect: Arc::new(move |a, cx| Box::pin(connect(a, cx))),
                 on_event: Arc::new(|_| Box::pin(async {})),
-                connect_timeout: None,
+                lookup_timeout: DEFAULT_LOOKUP_TIMEOUT,
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                abort: Arc::new(|_| {}),
             },
             retry: RetryPolicy::default(),
             seed: None,
             event_capacity: DEFAULT_EVENT_CAPACITY,
+            events: None,
         }
     }
 
@@ -171,15 +191,66 @@ where
     }
 
     /// Fail an attempt whose `connect` has not finished within `timeout`
-    /// ([`Error::TimedOut`](crate::Error::TimedOut)); its future is dropped. Default: none.
+    /// ([`Error::TimedOut`](crate::Error::TimedOut)); its future is dropped (S5). Default:
+    /// [`DEFAULT_CONNECT_TIMEOUT`] (10 s). `Duration::MAX` means no timeout.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.callbacks.connect_timeout = Some(timeout);
+        self.callbacks.connect_timeout = timeout;
         self
+    }
+
+    /// Fail an attempt whose `get_address` has not finished within `timeout`
+    /// ([`Error::LookupTimedOut`](crate::Error::LookupTimedOut)); its future is dropped
+    /// (S5). Default: [`DEFAULT_LOOKUP_TIMEOUT`] (10 s). `Duration::MAX` means no timeout.
+    pub fn lookup_timeout(mut self, timeout: Duration) -> Self {
+        self.callbacks.lookup_timeout = timeout;
+        self
+    }
+
+    /// A stream of every event from the very first (`AttemptingToConnect`), set up before
+    /// the driver starts, so that no event can be missed (S4).
+    /// [`PersistentConnection::events`] sees only the events after its call.
+    ///
+    /// ```
+    /// use futures_util::StreamExt;
+    /// use persistent_connection::{CloseSignal, EventKind, PersistentConnection};
+    ///
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() {
+    /// let mut builder = PersistentConnection::builder(
+    ///     "observed",
+    ///     || async { Ok::<_, String>(80u16) },
+    ///     |_port, _cx| async { Ok(CloseSignal::new()) },
+    /// );
+    /// let events = builder.events();
+    /// let pc = builder.build();
+    /// pc.connected().await;
+    /// pc.close().await;
+    /// // Every event, and the stream ends once close has finished.
+    /// let kinds: Vec<_> = events.map(|e| e.unwrap().kind()).collect().await;
+    /// assert_eq!(
+    ///     kinds,
+    ///     [
+    ///         EventKind::AttemptingToConnect,
+    ///         EventKind::ObtainedAddress,
+    ///         EventKind::Connected,
+    ///         EventKind::Disconnected,
+    ///     ]
+    /// );
+    /// # }
+    /// ```
+    pub fn events(&mut self) -> EventStream<A, C, E> {
+        let capacity = self.event_capacity;
+        EventStream::new(
+            self.events
+                .get_or_insert_with(|| broadcast::Sender::new(capacity))
+                .subscribe(),
+        )
     }
 
     /// How far an [`events`](PersistentConnection::events) receiver may fall behind before
     /// it lags: default [`DEFAULT_EVENT_CAPACITY`], clamped to `1..=`[`MAX_EVENT_CAPACITY`]
-    /// (the buffer is allocated up front).
+    /// (the buffer is allocated by the first subscriber). Set it before
+    /// [`events`](Builder::events).
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity.clamp(1, MAX_EVENT_CAPACITY);
         self
@@ -199,10 +270,11 @@ where
     pub fn build_on(self, runtime: &tokio::runtime::Handle) -> PersistentConnection<A, C, E> {
         let Builder {
             server_name,
-            callbacks,
+            mut callbacks,
             retry,
             seed,
             event_capacity,
+            events,
         } = self;
         let seed = seed.unwrap_or_else(os_seed);
         let retry = RetryPolicy {
@@ -210,31 +282,19 @@ where
             jitter: retry.jitter,
         };
         let machine = Machine::new(Config { seed, retry });
-        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            server_name,
-            current: ArcSwapOption::empty(),
-            closed: AtomicBool::new(false),
-            close_finished: watch::Sender::new(false),
-            became_current: broadcast::Sender::new(16),
-            outcomes: broadcast::Sender::new(16),
-            events: std::sync::OnceLock::new(),
-            event_capacity,
+        let shared = Arc::new(Shared::new(server_name, machine, events, event_capacity));
+        let weak = Arc::downgrade(&shared);
+        callbacks.abort = Arc::new(move |error| {
+            if let Some(shared) = weak.upgrade() {
+                shared.feed_from_handle(Input::Abort {
+                    error: Error::User(error),
+                });
+            }
         });
-        let driver = Driver::new(
-            machine,
-            shared.clone(),
-            callbacks,
-            commands_rx,
-            commands_tx.downgrade(),
-            seed,
-        );
+        let driver = Driver::new(shared.clone(), callbacks, seed);
         // `Instant::now()` is read inside the task, so the base is on the runtime's clock.
         runtime.spawn(driver.run());
-        PersistentConnection {
-            commands: commands_tx,
-            shared,
-        }
+        PersistentConnection { shared }
     }
 }
 

@@ -1,11 +1,12 @@
 //! The driver task: runs the core machine on Tokio. It performs effects and feeds their
-//! completions back as inputs; it decides nothing (STYLE: "the shell decides nothing").
+//! completions back as inputs; it decides nothing (the machine does, behind
+//! [`Shared`]'s lock).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -13,16 +14,19 @@ use futures_util::FutureExt;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use persistent_connection_core::{
-    AttemptId, ConnId, Effect, Event as CoreEvent, EventId, Input, Instant, Machine,
+    AttemptId, ConnId, Effect, Event as CoreEvent, EventId, Input, Instant,
 };
-use tokio::sync::mpsc;
 
 use crate::builder::{BoxFuture, Callbacks};
 use crate::closable::Closable;
 use crate::error::{Callback, Error, panic_message};
-use crate::handle::{Command, ConnectContext, Shared};
+use crate::handle::ConnectContext;
+use crate::shared::{CoreEffect, CoreInput, Shared};
 
-/// About 30 years: where deadlines that do not fit in a Tokio `Instant` go.
+/// Where machine deadlines that do not fit in a Tokio `Instant` go: about 30 years from
+/// now. It must be far enough that no real retry delay is cut short (a deadline that does
+/// not fit is at least `Instant::MAX - base` away, i.e. centuries), yet fit in a Tokio
+/// `Instant` from any `now`, which 30 years always does.
 const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
 enum AttemptOutput<A, C, E> {
@@ -33,21 +37,20 @@ enum AttemptOutput<A, C, E> {
 type Slot<I, T> = Option<(I, BoxFuture<T>)>;
 
 pub(crate) struct Driver<A, C, E> {
-    machine: Machine<A, C, Error<E>>,
+    shared: Arc<Shared<A, C, E>>,
     /// The origin of the machine's clock (set when the task starts).
     base: tokio::time::Instant,
-    shared: Arc<Shared<A, C, E>>,
     callbacks: Callbacks<A, C, E>,
-    commands: mpsc::UnboundedReceiver<Command<E>>,
-    /// For connect contexts; weak so that they do not keep the driver alive (R14).
-    weak_commands: mpsc::WeakUnboundedSender<Command<E>>,
-    commands_open: bool,
     /// The running `on_event` (at most one, I3). `Err` carries a panic's message.
     event: Slot<EventId, Result<(), String>>,
     /// The in-flight `get_address` or `connect` (at most one).
     attempt: Slot<AttemptId, AttemptOutput<A, C, E>>,
+    /// The address the attempt in flight connects to, for the failure's log line.
+    address: Option<A>,
     /// Close futures and `close_finished` watchers; each yields the connection's id.
     closing: FuturesUnordered<BoxFuture<ConnId>>,
+    /// Effects taken from the shared queue, performed in order.
+    effects: VecDeque<CoreEffect<A, C, E>>,
     finished: bool,
     seed: u64,
 }
@@ -60,6 +63,32 @@ fn poll_slot<I: Copy, T>(slot: &mut Slot<I, T>) -> impl Future<Output = (I, T)> 
     })
 }
 
+/// Drops a user future without letting a panic in its `Drop` kill the driver (R13).
+fn drop_guarded<T>(server: &str, what: &str, value: T) {
+    if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(move || drop(value))) {
+        tracing::warn!(server = %server, panic = %panic_message(&*p), "dropping the {what} future panicked; ignored");
+    }
+}
+
+/// Ends everything shared if the driver's future is dropped before close finished: its
+/// runtime shut down, or it panicked (S3).
+struct DriverGuard<A, C, E>(Arc<Shared<A, C, E>>)
+where
+    A: Clone + PartialEq,
+    C: Clone,
+    E: Clone + PartialEq;
+
+impl<A, C, E> Drop for DriverGuard<A, C, E>
+where
+    A: Clone + PartialEq,
+    C: Clone,
+    E: Clone + PartialEq,
+{
+    fn drop(&mut self) {
+        self.0.driver_gone();
+    }
+}
+
 impl<A, C, E> Driver<A, C, E>
 where
     A: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
@@ -67,24 +96,19 @@ where
     E: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
 {
     pub(crate) fn new(
-        machine: Machine<A, C, Error<E>>,
         shared: Arc<Shared<A, C, E>>,
         callbacks: Callbacks<A, C, E>,
-        commands: mpsc::UnboundedReceiver<Command<E>>,
-        weak_commands: mpsc::WeakUnboundedSender<Command<E>>,
         seed: u64,
     ) -> Self {
         Driver {
-            machine,
-            base: tokio::time::Instant::now(),
             shared,
+            base: tokio::time::Instant::now(),
             callbacks,
-            commands,
-            weak_commands,
-            commands_open: true,
             event: None,
             attempt: None,
+            address: None,
             closing: FuturesUnordered::new(),
+            effects: VecDeque::new(),
             finished: false,
             seed,
         }
@@ -103,36 +127,35 @@ where
             .unwrap_or(self.base)
     }
 
-    /// The loop: one `select!` over commands, the running event handler, the in-flight
-    /// attempt, connection closes and the retry timer. Ends once close has finished.
+    /// The loop: one `select!` over effects queued by handles, the running event handler,
+    /// the in-flight attempt, connection closes and the retry timer. Ends once close has
+    /// finished.
     pub(crate) async fn run(mut self) {
+        let _guard = DriverGuard(self.shared.clone());
         self.base = tokio::time::Instant::now();
         tracing::debug!(server = %self.shared.server_name, seed = self.seed, "persistent connection started");
-        self.drain();
         let sleep = tokio::time::sleep_until(self.base);
         tokio::pin!(sleep);
         let mut armed: Option<Instant> = None;
-        // After close finished, the machine may still ask to close a connection that
-        // arrived for a cancelled attempt (an `abort` from `connect` that then returned one):
-        // the task stays until the machine has seen that close finish, so no socket outlives
-        // it (R14), and `close()` resolves only then (R8). Other watchers still pending then
-        // (say a `close_finished` that a `Closable` impl never resolves after a local close)
-        // are dropped with the task.
-        while !(self.finished && self.machine.lingering_connections().is_empty()) {
+        loop {
+            let deadline = self.perform_queued();
+            if self.finished {
+                break;
+            }
             // Cooperate with Tokio's budget: with a zero retry delay (R7 allows it) and
             // callbacks that finish at once, a branch below is ready on every turn and the
             // task would never yield to the other tasks of its thread.
             tokio::task::coop::consume_budget().await;
-            let deadline = self.machine.poll_timeout();
             if deadline != armed {
                 if let Some(d) = deadline {
                     sleep.as_mut().reset(self.to_tokio(d));
                 }
                 armed = deadline;
             }
+            let shared = self.shared.clone();
             tokio::select! {
                 biased;
-                cmd = self.commands.recv(), if self.commands_open => self.on_command(cmd),
+                () = poll_fn(|cx| shared.poll_io(cx)) => {}
                 (id, r) = poll_slot(&mut self.event), if self.event.is_some() => {
                     self.event = None;
                     if let Err(message) = r {
@@ -146,15 +169,6 @@ where
                 }
                 (attempt, out) = poll_slot(&mut self.attempt), if self.attempt.is_some() => {
                     self.attempt = None;
-                    // A command sent while the attempt ran (notably `abort` from `connect`
-                    // itself) goes in first, as it happened first.
-                    while self.commands_open {
-                        match self.commands.try_recv() {
-                            Ok(cmd) => self.on_command(Some(cmd)),
-                            Err(mpsc::error::TryRecvError::Empty) => break,
-                            Err(mpsc::error::TryRecvError::Disconnected) => self.on_command(None),
-                        }
-                    }
                     let input = match out {
                         AttemptOutput::Address(result) => Input::AddressResult { attempt, result },
                         AttemptOutput::Connect(result) => Input::ConnectResult { attempt, result },
@@ -168,168 +182,126 @@ where
                     armed = None;
                     self.feed(Input::TimerFired);
                 }
-                // Every handle is gone and the machine waits for nothing we can deliver.
-                // The machine never gets here (closing always waits on a watcher); should it
-                // ever, end rather than panic or hang.
-                else => {
-                    tracing::error!(server = %self.shared.server_name, state = ?self.machine.state(), "driver has nothing left to wait for; ending");
-                    break;
-                }
             }
         }
-        // R8: no connection of ours is open, no attempt is in flight, no handler runs.
-        tracing::info!(server = %self.shared.server_name, "close finished");
-        self.shared.close_finished.send_replace(true);
+        tracing::debug!(server = %self.shared.server_name, "driver task ends");
     }
 
-    fn on_command(&mut self, cmd: Option<Command<E>>) {
-        let input = match cmd {
-            Some(Command::Close) => {
-                tracing::debug!(server = %self.shared.server_name, "close requested");
-                Input::CloseRequested
-            }
-            Some(Command::CloseWhenCurrentConnectionIsClosed) => {
-                Input::CloseWhenCurrentConnectionIsClosed
-            }
-            Some(Command::Abort(e)) => Input::Abort {
-                error: Error::User(e),
-            },
-            None => {
-                // R14: the last handle is gone; close in the background.
-                self.commands_open = false;
-                tracing::debug!(server = %self.shared.server_name, "last handle dropped; closing");
-                self.shared.closed.store(true, Ordering::Release);
-                Input::CloseRequested
-            }
-        };
-        self.feed(input);
-    }
-
-    fn feed(&mut self, input: Input<A, C, Error<E>>) {
+    fn feed(&mut self, input: CoreInput<A, C, E>) {
         let now = self.now();
-        self.machine.handle(now, input);
-        self.drain();
+        self.shared.feed(now, input);
     }
 
-    /// Performs every pending effect.
-    fn drain(&mut self) {
-        let server = self.shared.server_name.clone();
-        while let Some(effect) = self.machine.poll_effect() {
-            match effect {
-                Effect::Emit { id, event } => {
-                    match &event {
-                        CoreEvent::FailedToConnect(e) => {
-                            tracing::warn!(server = %server, error = ?e, "failed to connect")
-                        }
-                        CoreEvent::Disconnected => {
-                            tracing::warn!(server = %server, "disconnected")
-                        }
-                        other => tracing::info!(server = %server, event = ?other, "event"),
-                    }
-                    if let Some(observers) = self.shared.events.get() {
-                        let _ = observers.send(event.clone());
-                    }
-                    let on_event = self.callbacks.on_event.clone();
-                    let fut = AssertUnwindSafe(async move { on_event(event).await })
-                        .catch_unwind()
-                        .map(|r| r.map_err(|p| panic_message(&*p)));
-                    self.event = Some((id, Box::pin(fut)));
-                }
-                Effect::StartTimer {
-                    attempt,
-                    base,
-                    delay,
-                    ..
-                } => {
-                    tracing::debug!(server = %server, %attempt, ?base, ?delay, "attempt begins; retry timer started");
-                }
-                Effect::GetAddress { attempt } => {
-                    let get_address = self.callbacks.get_address.clone();
-                    let fut = AssertUnwindSafe(async move { get_address().await })
-                        .catch_unwind()
-                        .map(|r| {
-                            AttemptOutput::Address(match r {
-                                Ok(r) => r.map_err(Error::User),
-                                Err(p) => Err(Error::Panicked {
-                                    callback: Callback::GetAddress,
-                                    message: panic_message(&*p),
-                                }),
-                            })
-                        });
-                    self.attempt = Some((attempt, Box::pin(fut)));
-                }
-                Effect::Connect {
-                    attempt,
-                    address,
-                    consecutive_unsuccessful_attempts,
-                } => {
-                    tracing::debug!(server = %server, %attempt, ?address, "connecting");
-                    let connect = self.callbacks.connect.clone();
-                    let cx = ConnectContext {
-                        consecutive_unsuccessful_attempts,
-                        commands: self.weak_commands.clone(),
-                    };
-                    let timeout = self.callbacks.connect_timeout;
-                    let fut = AssertUnwindSafe(async move {
-                        let fut = connect(address, cx);
-                        match timeout {
-                            None => fut.await.map_err(Error::User),
-                            Some(d) => match tokio::time::timeout(d, fut).await {
-                                Ok(r) => r.map_err(Error::User),
-                                Err(_) => Err(Error::TimedOut(d)),
-                            },
-                        }
-                    })
-                    .catch_unwind()
-                    .map(|r| {
-                        AttemptOutput::Connect(r.unwrap_or_else(|p| {
-                            Err(Error::Panicked {
-                                callback: Callback::Connect,
-                                message: panic_message(&*p),
-                            })
-                        }))
-                    });
-                    self.attempt = Some((attempt, Box::pin(fut)));
-                }
-                Effect::CancelAttempt { attempt } => {
-                    if self.attempt.as_ref().is_some_and(|(a, _)| *a == attempt) {
-                        tracing::debug!(server = %server, %attempt, "attempt cancelled");
-                        self.attempt = None;
-                    }
-                }
-                Effect::BecameCurrent { conn, connection } => {
-                    tracing::debug!(server = %server, %conn, "connection is current");
-                    self.shared
-                        .current
-                        .store(Some(Arc::new(connection.clone())));
-                    let _ = self.shared.became_current.send(connection.clone());
-                    self.closing.push(guarded(server.clone(), conn, async move {
-                        connection.close_finished().await
-                    }));
-                }
-                Effect::NoLongerCurrent { conn } => {
-                    tracing::debug!(server = %server, %conn, "connection is no longer current");
-                    self.shared.current.store(None);
-                }
-                Effect::CloseConnection { conn, connection } => {
-                    tracing::debug!(server = %server, %conn, "closing connection");
-                    self.closing.push(guarded(server.clone(), conn, async move {
-                        connection.close().await
-                    }));
-                }
-                Effect::AttemptOutcome(outcome) => {
-                    let _ = self.shared.outcomes.send(outcome);
-                }
-                Effect::CloseFinished => {
-                    // `close()` resolves when the loop ends: at once, unless a stray
-                    // connection is still being closed (see `run`).
-                    self.finished = true;
-                    self.shared.closed.store(true, Ordering::Release);
-                }
+    /// Performs every queued effect; returns the machine's retry deadline.
+    fn perform_queued(&mut self) -> Option<Instant> {
+        loop {
+            let deadline = self.shared.take_io(&mut self.effects);
+            if self.effects.is_empty() {
+                return deadline;
+            }
+            while let Some(effect) = self.effects.pop_front() {
+                self.perform(effect);
             }
         }
-        if self.machine.is_closed() {
-            self.shared.closed.store(true, Ordering::Release);
+    }
+
+    fn perform(&mut self, effect: CoreEffect<A, C, E>) {
+        let server = &self.shared.server_name;
+        match effect {
+            Effect::Emit { id, event } => {
+                match &event {
+                    CoreEvent::FailedToConnect(e) => match &self.address {
+                        Some(a) => {
+                            tracing::warn!(server = %server, address = ?a, error = ?e, "failed to connect")
+                        }
+                        None => tracing::warn!(server = %server, error = ?e, "failed to connect"),
+                    },
+                    CoreEvent::Disconnected => tracing::warn!(server = %server, "disconnected"),
+                    other => tracing::info!(server = %server, event = ?other, "event"),
+                }
+                let on_event = self.callbacks.on_event.clone();
+                let fut = AssertUnwindSafe(async move { on_event(event).await })
+                    .catch_unwind()
+                    .map(|r| r.map_err(|p| panic_message(&*p)));
+                self.event = Some((id, Box::pin(fut)));
+            }
+            Effect::GetAddress { attempt } => {
+                self.address = None;
+                let get_address = self.callbacks.get_address.clone();
+                let timeout = self.callbacks.lookup_timeout;
+                let fut = AssertUnwindSafe(async move {
+                    let fut = get_address();
+                    match tokio::time::timeout(timeout, fut).await {
+                        Ok(r) => r.map_err(Error::User),
+                        Err(_) => Err(Error::LookupTimedOut(timeout)),
+                    }
+                })
+                .catch_unwind()
+                .map(|r| {
+                    AttemptOutput::Address(r.unwrap_or_else(|p| {
+                        Err(Error::Panicked {
+                            callback: Callback::GetAddress,
+                            message: panic_message(&*p),
+                        })
+                    }))
+                });
+                self.attempt = Some((attempt, Box::pin(fut)));
+            }
+            Effect::Connect {
+                attempt,
+                address,
+                consecutive_unsuccessful_attempts,
+            } => {
+                tracing::debug!(server = %server, %attempt, ?address, "connecting");
+                self.address = Some(address.clone());
+                let connect = self.callbacks.connect.clone();
+                let cx = ConnectContext {
+                    consecutive_unsuccessful_attempts,
+                    abort: self.callbacks.abort.clone(),
+                };
+                let timeout = self.callbacks.connect_timeout;
+                let fut = AssertUnwindSafe(async move {
+                    let fut = connect(address, cx);
+                    match tokio::time::timeout(timeout, fut).await {
+                        Ok(r) => r.map_err(Error::User),
+                        Err(_) => Err(Error::TimedOut(timeout)),
+                    }
+                })
+                .catch_unwind()
+                .map(|r| {
+                    AttemptOutput::Connect(r.unwrap_or_else(|p| {
+                        Err(Error::Panicked {
+                            callback: Callback::Connect,
+                            message: panic_message(&*p),
+                        })
+                    }))
+                });
+                self.attempt = Some((attempt, Box::pin(fut)));
+            }
+            Effect::CancelAttempt { attempt } => {
+                if self.attempt.as_ref().is_some_and(|(a, _)| *a == attempt) {
+                    tracing::debug!(server = %server, %attempt, "attempt cancelled");
+                    let cancelled = self.attempt.take();
+                    drop_guarded(server, "cancelled attempt's", cancelled);
+                }
+            }
+            Effect::BecameCurrent { conn, connection } => {
+                tracing::debug!(server = %server, %conn, "connection is current");
+                self.closing.push(guarded(server.clone(), conn, async move {
+                    connection.close_finished().await
+                }));
+            }
+            Effect::CloseConnection { conn, connection } => {
+                tracing::debug!(server = %server, %conn, "closing connection");
+                self.closing.push(guarded(server.clone(), conn, async move {
+                    connection.close().await
+                }));
+            }
+            Effect::CloseFinished => self.finished = true,
+            // Performed under the shared lock (see `Shared::absorb`); never queued.
+            Effect::StartTimer { .. }
+            | Effect::NoLongerCurrent { .. }
+            | Effect::AttemptOutcome(_) => {}
         }
     }
 }

@@ -49,8 +49,10 @@ pub enum Error<E> {
         /// The panic's message, when it was a string.
         message: String,
     },
-    /// `connect` did not finish within the configured connect timeout.
+    /// `connect` did not finish within the configured connect timeout (S5).
     TimedOut(Duration),
+    /// `get_address` did not finish within the configured lookup timeout (S5).
+    LookupTimedOut(Duration),
 }
 
 impl<E> Error<E> {
@@ -69,6 +71,7 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             Error::User(e) => e.fmt(f),
             Error::Panicked { callback, message } => write!(f, "{callback} panicked: {message}"),
             Error::TimedOut(d) => write!(f, "connect timed out after {d:?}"),
+            Error::LookupTimedOut(d) => write!(f, "address lookup timed out after {d:?}"),
         }
     }
 }

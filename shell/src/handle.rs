@@ -2,49 +2,18 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Weak};
 
-use arc_swap::ArcSwapOption;
-use tokio::sync::{broadcast, mpsc, watch};
+use persistent_connection_core::Input;
 
 use crate::builder::Builder;
 use crate::closable::Closable;
-use crate::{AttemptError, Error, Event};
-
-/// What a handle asks of the driver task.
-#[derive(Debug)]
-pub(crate) enum Command<E> {
-    Close,
-    CloseWhenCurrentConnectionIsClosed,
-    Abort(E),
-}
+use crate::events::EventStream;
+use crate::shared::Shared;
+use crate::{AttemptError, Error};
 
 /// The outcome of an attempt, as `connected_or_failed_to_connect()` returns it (R10).
 pub type AttemptOutcome<C, E> = Result<C, AttemptError<Error<E>>>;
-
-/// State shared by the handles and the driver task. It holds nothing that keeps the driver
-/// alive: the driver ends when every [`PersistentConnection`] (holder of the command
-/// sender) is gone (R14).
-pub(crate) struct Shared<A, C, E> {
-    pub(crate) server_name: Arc<str>,
-    /// The current connection (R5, R6). Read lock-free and allocation-free.
-    pub(crate) current: ArcSwapOption<C>,
-    /// `close()` was called, or the machine counts as closed (R8, R11, R12).
-    pub(crate) closed: AtomicBool,
-    /// Close has finished (R8).
-    pub(crate) close_finished: watch::Sender<bool>,
-    /// Every connection that becomes current, for `connected()` waiters (R9).
-    pub(crate) became_current: broadcast::Sender<C>,
-    /// Every attempt outcome, for `connected_or_failed_to_connect()` waiters (R10).
-    pub(crate) outcomes: broadcast::Sender<AttemptOutcome<C, E>>,
-    /// Every event, for observers. Created by the first `events()` call, so a connection
-    /// nobody observes does not pay for the channel's buffer (about 4 KiB at the default
-    /// capacity) nor for cloning each event into it.
-    pub(crate) events: OnceLock<broadcast::Sender<Event<A, C, E>>>,
-    /// The capacity of `events` once created.
-    pub(crate) event_capacity: usize,
-}
 
 /// A persistent connection: a handle on the driver task that keeps a connection to a
 /// service alive (docs/behaviour.md R1–R14).
@@ -85,16 +54,22 @@ pub(crate) struct Shared<A, C, E> {
 /// # }
 /// ```
 pub struct PersistentConnection<A, C, E> {
-    pub(crate) commands: mpsc::UnboundedSender<Command<E>>,
     pub(crate) shared: Arc<Shared<A, C, E>>,
 }
 
 impl<A, C, E> Clone for PersistentConnection<A, C, E> {
     fn clone(&self) -> Self {
+        self.shared.add_handle();
         PersistentConnection {
-            commands: self.commands.clone(),
             shared: self.shared.clone(),
         }
+    }
+}
+
+impl<A, C, E> Drop for PersistentConnection<A, C, E> {
+    /// The last strong handle's drop closes in the background (R14).
+    fn drop(&mut self) {
+        self.shared.drop_handle();
     }
 }
 
@@ -102,9 +77,10 @@ impl<A, C, E> fmt::Debug for PersistentConnection<A, C, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PersistentConnection")
             .field("server_name", &self.shared.server_name)
-            .field("is_closed", &self.shared.closed.load(Ordering::Acquire))
-            .field("connected", &self.shared.current.load().is_some())
-            .finish()
+            .field("is_closed", &self.shared.is_closed())
+            .field("is_close_finished", &self.shared.is_finished())
+            .field("connected", &self.shared.has_current())
+            .finish_non_exhaustive()
     }
 }
 
@@ -138,24 +114,15 @@ where
 
 impl<A, C, E> PersistentConnection<A, C, E>
 where
-    A: Clone + Send + 'static,
+    A: Clone + PartialEq + Send + 'static,
     C: Closable + Clone + Send + Sync + 'static,
-    E: Clone + Send + 'static,
+    E: Clone + PartialEq + Send + 'static,
 {
-    /// The current connection if there is one and it is not closed. Lock-free and
-    /// allocation-free (an `arc-swap` load and a clone of `C`).
-    fn live_current(&self) -> Option<C> {
-        let guard = self.shared.current.load();
-        match guard.as_deref() {
-            Some(c) if !c.is_closed() => Some(c.clone()),
-            _ => None,
-        }
-    }
-
-    /// The current connection, if any (R5, R6). Lock-free and allocation-free: an
-    /// `arc-swap` load and a clone of `C`.
+    /// The current connection (R5, R6), unless it is closed or being closed: `None` once
+    /// its own `is_closed()` is true or once [`close`](Self::close) was called (S1).
+    /// Lock-free and allocation-free: an `arc-swap` load and a clone of `C`.
     pub fn current_connection(&self) -> Option<C> {
-        self.shared.current.load().as_deref().cloned()
+        self.shared.live_current()
     }
 
     /// Calls `f` with the current connection, if any, without cloning it: the hottest
@@ -182,128 +149,87 @@ where
     /// # }
     /// ```
     pub fn with_current_connection<R>(&self, f: impl FnOnce(Option<&C>) -> R) -> R {
-        f(self.shared.current.load().as_deref())
+        self.shared.with_live_current(f)
     }
 
-    /// R9: resolves at once with the current connection if there is one and it is not
-    /// `is_closed()`; otherwise with the next connection to become current. After close it
-    /// never resolves (as in the original); use
+    /// R9: resolves at once with the current connection if there is one and it is neither
+    /// closed nor being closed; otherwise with the next connection to become current —
+    /// exactly the first one after this call, however late the future is polled (S1).
+    /// After [`close`](Self::close) it never resolves (as in the original); use
     /// [`connected_or_failed_to_connect`](PersistentConnection::connected_or_failed_to_connect)
     /// to observe close.
     ///
     /// The waiter is registered when this is called, not when the future is first polled.
-    /// When connected, the call takes no lock shared with the driver and allocates nothing.
-    pub fn connected(&self) -> impl Future<Output = C> + Send + 'static {
-        let (ready, rx) = match self.live_current() {
-            Some(c) => (Some(c), None),
-            None => {
-                // Subscribe first, then check again: a connection that became current in
-                // between is seen by one or the other.
-                let rx = self.shared.became_current.subscribe();
-                (self.live_current(), Some(rx))
-            }
-        };
+    /// The future owns what it needs: it does not borrow the handle (S6). When connected,
+    /// the call takes no lock shared with the driver and allocates nothing.
+    pub fn connected(&self) -> impl Future<Output = C> + Send + 'static + use<A, C, E> {
+        let waiter = self.shared.wait_connected();
         async move {
-            if let Some(c) = ready {
-                return c;
-            }
-            let Some(mut rx) = rx else {
-                return std::future::pending().await;
-            };
-            loop {
-                match rx.recv().await {
-                    Ok(c) => return c,
-                    // Missed some: the next retained one still became current after the call.
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return std::future::pending().await;
-                    }
-                }
+            match waiter {
+                Ok(c) => c,
+                Err(Some(wait)) => wait.await,
+                Err(None) => std::future::pending().await,
             }
         }
     }
 
     /// R10: `Ok(c)` at once if connected; `Err(Closed)` at once if closed; otherwise the
-    /// next attempt's outcome: `Ok(c)`, `Err(Failed(e))` (not de-duplicated),
-    /// `Err(Aborted(e))` after [`ConnectContext::abort`], or `Err(Closed)` when closed.
+    /// outcome of the next attempt to end after this call, exactly (S1): `Ok(c)`,
+    /// `Err(Failed(e))` (not de-duplicated), `Err(Aborted(e))` after
+    /// [`ConnectContext::abort`], or `Err(Closed)` when closed.
     ///
-    /// The waiter is registered when this is called.
+    /// The waiter is registered when this is called; the future does not borrow the
+    /// handle (S6).
     pub fn connected_or_failed_to_connect(
         &self,
-    ) -> impl Future<Output = AttemptOutcome<C, E>> + Send + 'static {
-        let mut ready = None;
-        let mut rx = None;
-        if self.is_closed() {
-            ready = Some(Err(AttemptError::Closed));
-        } else if let Some(c) = self.live_current() {
-            ready = Some(Ok(c));
-        } else {
-            rx = Some(self.shared.outcomes.subscribe());
-            // Subscribed: now a check cannot miss what happens next.
-            if self.is_closed() {
-                ready = Some(Err(AttemptError::Closed));
-            } else if let Some(c) = self.live_current() {
-                ready = Some(Ok(c));
-            }
-        }
-        async move {
-            if let Some(r) = ready {
-                return r;
-            }
-            let Some(mut rx) = rx else {
-                return Err(AttemptError::Closed);
-            };
-            loop {
-                match rx.recv().await {
-                    Ok(r) => return r,
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return Err(AttemptError::Closed),
-                }
-            }
-        }
+    ) -> impl Future<Output = AttemptOutcome<C, E>> + Send + 'static + use<A, C, E> {
+        self.shared.wait_outcome()
     }
 
     /// Starts closing (R8) and resolves once no connection of ours is open, no attempt is
     /// in flight and no event handler runs. Idempotent; [`is_closed`](Self::is_closed) is
-    /// true as soon as this is called, even if the future is never polled.
-    pub fn close(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.shared.closed.store(true, Ordering::Release);
-        // A send error means the driver is gone, which it only is after close finished.
-        let _ = self.commands.send(Command::Close);
+    /// true before this returns, even if the future is never polled (S2).
+    pub fn close(&self) -> impl Future<Output = ()> + Send + 'static + use<A, C, E> {
+        self.shared.feed_from_handle(Input::CloseRequested);
         self.close_finished()
     }
 
-    /// True once [`close`](Self::close) was called, or once the persistent connection
-    /// counts as closed after
+    /// True once [`close`](Self::close) was called, once the persistent connection counts
+    /// as closed after
     /// [`close_when_current_connection_is_closed`](Self::close_when_current_connection_is_closed)
-    /// or [`ConnectContext::abort`] (as soon as the driver has processed them).
+    /// or [`ConnectContext::abort`] (true before those calls return when not connected:
+    /// S2), or once its driver task is gone (S3).
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::Acquire)
+        self.shared.is_closed()
     }
 
-    /// Resolves when close has finished (R8), without starting it.
-    pub fn close_finished(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut rx = self.shared.close_finished.subscribe();
+    /// Resolves when close has finished (R8), without starting it; also when the driver
+    /// task has died (S3). Does not borrow the handle (S6).
+    pub fn close_finished(&self) -> impl Future<Output = ()> + Send + 'static + use<A, C, E> {
+        let wait = self.shared.wait_finished();
         async move {
-            // The sender lives in `Shared`, which the driver sets before it exits; an error
-            // would mean it is gone, and with it everything the close waits for.
-            let _ = rx.wait_for(|finished| *finished).await;
+            if let Some(wait) = wait {
+                wait.await;
+            }
         }
     }
 
     /// R11: stop reconnecting. If connected, the current connection stays up and no new
-    /// round starts after it closes; if not, this closes now. Either way the persistent
+    /// round starts after it closes; if not, this closes now, and
+    /// [`is_closed`](Self::is_closed) is true before it returns. Either way the persistent
     /// connection then counts as closed.
     pub fn close_when_current_connection_is_closed(&self) {
-        let _ = self
-            .commands
-            .send(Command::CloseWhenCurrentConnectionIsClosed);
+        self.shared
+            .feed_from_handle(Input::CloseWhenCurrentConnectionIsClosed);
     }
 
-    /// A stream of every event, for observers besides `on_event`. Only events emitted after
-    /// this call are received. A receiver that falls behind by more than the builder's
-    /// [`event_capacity`](Builder::event_capacity) gets `RecvError::Lagged` and skips
-    /// ahead; observers never hold up the persistent connection.
+    /// A [`Stream`](futures_util::Stream) of every event from now on, for observers
+    /// besides `on_event` (S4): each event as the driver hands it to `on_event`, in order.
+    /// An observer that falls behind by more than the builder's
+    /// [`event_capacity`](Builder::event_capacity) gets `Err(Lagged(n))` with the number of
+    /// events it missed, and observers never hold up the persistent connection. The stream
+    /// ends after the last event, once close has finished. To see every event from the
+    /// first, subscribe on the builder with [`Builder::events`].
     ///
     /// ```
     /// use persistent_connection::{CloseSignal, Event, PersistentConnection};
@@ -318,16 +244,17 @@ where
     /// .build();
     /// let mut events = pc.events();
     /// pc.connected().await;
-    /// assert!(matches!(events.recv().await.unwrap(), Event::AttemptingToConnect));
-    /// assert!(matches!(events.recv().await.unwrap(), Event::ObtainedAddress(80)));
-    /// assert!(matches!(events.recv().await.unwrap(), Event::Connected(_)));
+    /// // The driver had not started yet on this one-thread runtime: nothing was missed.
+    /// assert!(matches!(events.recv().await, Some(Ok(Event::AttemptingToConnect))));
+    /// assert!(matches!(events.recv().await, Some(Ok(Event::ObtainedAddress(80)))));
+    /// assert!(matches!(events.recv().await, Some(Ok(Event::Connected(_)))));
+    /// pc.close().await;
+    /// assert!(matches!(events.recv().await, Some(Ok(Event::Disconnected))));
+    /// assert!(events.recv().await.is_none(), "ends once close has finished");
     /// # }
     /// ```
-    pub fn events(&self) -> broadcast::Receiver<Event<A, C, E>> {
-        self.shared
-            .events
-            .get_or_init(|| broadcast::Sender::new(self.shared.event_capacity))
-            .subscribe()
+    pub fn events(&self) -> EventStream<A, C, E> {
+        EventStream::new(self.shared.subscribe())
     }
 
     /// The name given at creation (used in logs).
@@ -339,8 +266,7 @@ where
     /// inside `on_event` or `connect`.
     pub fn downgrade(&self) -> WeakPersistentConnection<A, C, E> {
         WeakPersistentConnection {
-            commands: self.commands.downgrade(),
-            shared: self.shared.clone(),
+            shared: Arc::downgrade(&self.shared),
         }
     }
 }
@@ -348,14 +274,12 @@ where
 /// A handle that does not keep the persistent connection alive; see
 /// [`PersistentConnection::downgrade`].
 pub struct WeakPersistentConnection<A, C, E> {
-    commands: mpsc::WeakUnboundedSender<Command<E>>,
-    shared: Arc<Shared<A, C, E>>,
+    shared: Weak<Shared<A, C, E>>,
 }
 
 impl<A, C, E> Clone for WeakPersistentConnection<A, C, E> {
     fn clone(&self) -> Self {
         WeakPersistentConnection {
-            commands: self.commands.clone(),
             shared: self.shared.clone(),
         }
     }
@@ -363,19 +287,21 @@ impl<A, C, E> Clone for WeakPersistentConnection<A, C, E> {
 
 impl<A, C, E> fmt::Debug for WeakPersistentConnection<A, C, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WeakPersistentConnection")
-            .field("server_name", &self.shared.server_name)
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("WeakPersistentConnection");
+        if let Some(shared) = self.shared.upgrade() {
+            d.field("server_name", &shared.server_name);
+        }
+        d.finish_non_exhaustive()
     }
 }
 
 impl<A, C, E> WeakPersistentConnection<A, C, E> {
-    /// A full handle, if some other handle still exists.
+    /// A full handle, if some other strong handle still exists.
     pub fn upgrade(&self) -> Option<PersistentConnection<A, C, E>> {
-        Some(PersistentConnection {
-            commands: self.commands.upgrade()?,
-            shared: self.shared.clone(),
-        })
+        let shared = self.shared.upgrade()?;
+        shared
+            .try_add_handle()
+            .then_some(PersistentConnection { shared })
     }
 }
 
@@ -418,14 +344,19 @@ impl<A, C, E> WeakPersistentConnection<A, C, E> {
 /// ```
 pub struct ConnectContext<E> {
     pub(crate) consecutive_unsuccessful_attempts: u32,
-    pub(crate) commands: mpsc::WeakUnboundedSender<Command<E>>,
+    /// Feeds `Abort` to the machine; holds the shared state weakly, so a context kept
+    /// beyond its attempt keeps nothing alive (R14).
+    pub(crate) abort: AbortFn<E>,
 }
+
+/// What [`ConnectContext::abort`] calls.
+pub(crate) type AbortFn<E> = Arc<dyn Fn(E) + Send + Sync>;
 
 impl<E> Clone for ConnectContext<E> {
     fn clone(&self) -> Self {
         ConnectContext {
             consecutive_unsuccessful_attempts: self.consecutive_unsuccessful_attempts,
-            commands: self.commands.clone(),
+            abort: self.abort.clone(),
         }
     }
 }
@@ -450,11 +381,11 @@ impl<E> ConnectContext<E> {
     /// Stop as [`close_when_current_connection_is_closed`](PersistentConnection::close_when_current_connection_is_closed)
     /// does, and give `error` to pending
     /// [`connected_or_failed_to_connect`](PersistentConnection::connected_or_failed_to_connect)
-    /// waiters as `Err(Aborted(Error::User(error)))`. This attempt is cancelled; its
-    /// result, if `connect` still returns one, is ignored (a connection is closed).
+    /// waiters as `Err(Aborted(Error::User(error)))`. The persistent connection counts as
+    /// closed before this returns (S2). This attempt is not cancelled: `abort` is called
+    /// from inside it, so close finishes once it returns; a connection it still returns is
+    /// closed first, never made current (R12).
     pub fn abort(&self, error: E) {
-        if let Some(commands) = self.commands.upgrade() {
-            let _ = commands.send(Command::Abort(error));
-        }
+        (self.abort)(error);
     }
 }

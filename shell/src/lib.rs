@@ -117,15 +117,23 @@ pub mod catalog;
 mod closable;
 mod driver;
 mod error;
+mod events;
 mod handle;
+mod shared;
+mod sync;
 mod tcp;
+mod waiters;
 
 pub use persistent_connection_core as core;
 pub use persistent_connection_core::{AttemptError, EventKind, Jitter, RetryDelay, RetryPolicy};
 
-pub use builder::{Builder, DEFAULT_EVENT_CAPACITY, MAX_EVENT_CAPACITY};
+pub use builder::{
+    Builder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_CAPACITY, DEFAULT_LOOKUP_TIMEOUT,
+    MAX_EVENT_CAPACITY,
+};
 pub use closable::{Closable, CloseSignal, WithCloseSignal};
 pub use error::{Callback, Error, IoError};
+pub use events::{EventStream, Lagged};
 pub use handle::{AttemptOutcome, ConnectContext, PersistentConnection, WeakPersistentConnection};
 pub use tcp::TcpConnection;
 

@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::{FutureExt, StreamExt};
 use persistent_connection::{
     AttemptError, Builder, Callback, Closable, CloseSignal, ConnectContext, Error, Event,
-    EventKind, Jitter, PersistentConnection, RetryDelay, WithCloseSignal,
+    EventKind, Jitter, Lagged, PersistentConnection, RetryDelay, WithCloseSignal,
 };
 use tokio::time::Instant;
 
@@ -276,6 +277,7 @@ fn error(e: &Error<String>) -> String {
         Error::User(s) => s.clone(),
         Error::Panicked { callback, .. } => format!("panic in {callback}"),
         Error::TimedOut(d) => format!("timeout {}ms", d.as_millis()),
+        Error::LookupTimedOut(d) => format!("lookup timeout {}ms", d.as_millis()),
     }
 }
 
@@ -784,9 +786,11 @@ async fn r9_a_current_connection_that_is_closing_is_not_handed_out() {
     w.handler(EventKind::Disconnected, 1000);
     let pc = w.build(100);
     within(pc.connected()).await;
-    // Closing has begun on connection 1 but not finished: still current, yet closed.
+    // Closing has begun on connection 1 but not finished: still current for the machine,
+    // yet closed, so not handed out (S1).
     w.conn(0).signal().begin_close();
-    assert_eq!(pc.current_connection().map(|c| *c), Some(1));
+    assert_eq!(pc.current_connection().map(|c| *c), None);
+    assert!(!pc.with_current_connection(|c| c.is_some()));
     let waiter = pc.connected();
     until(&w, 500).await;
     w.kill(0);
@@ -1152,7 +1156,7 @@ async fn events_stream_sees_what_on_event_sees() {
     within(pc.connected()).await;
     within(pc.close()).await;
     let mut seen = Vec::new();
-    while let Ok(e) = rx.try_recv() {
+    while let Some(Some(Ok(e))) = rx.next().now_or_never() {
         seen.push(describe(&e));
     }
     // The stream was subscribed right after build: it sees every event.
@@ -1246,13 +1250,13 @@ async fn a_slow_event_observer_lags_without_holding_up_the_connection() {
     let pc = w.builder(10).event_capacity(2).build();
     let mut rx = pc.events();
     within(pc.connected()).await; // never blocked by the unread receiver
-    match rx.try_recv() {
-        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => assert!(n > 0),
+    match rx.next().now_or_never() {
+        Some(Some(Err(Lagged(n)))) => assert!(n > 0),
         other => panic!("expected a lag, got {other:?}"),
     }
     // After the lag it reads the newest events.
-    let rest: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
-        .map(|e| describe(&e))
+    let rest: Vec<String> = std::iter::from_fn(|| rx.next().now_or_never().flatten())
+        .map(|e| describe(&e.unwrap()))
         .collect();
     assert_eq!(rest, vec!["Obtained(1)", "Connected(1)"]);
     within(pc.close()).await;
@@ -1427,7 +1431,7 @@ async fn extreme_settings_are_accepted_without_panic() {
     until(&w, 5000).await;
     assert_eq!(w.event_names(), vec!["Attempting", "Obtained(1)"]);
     within(pc.close()).await;
-    let _ = rx.try_recv();
+    let _ = rx.next().now_or_never();
     let pc2 = w.builder(1).event_capacity(0).build(); // clamped to 1
     within(pc2.close()).await;
 }

@@ -18,7 +18,7 @@
 //! assert!(a.totals.steps > 0);
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
@@ -419,20 +419,781 @@ pub const DEFAULT_SEEDS: u64 = 2000;
 /// Steps allowed between the user's final `close()` and `CloseFinished`.
 pub const CLOSE_STEP_CAP: u64 = 5_000;
 
+// ---------------------------------------------------------------------------------------
+// The world: its state, and one operation at a time.
+
+/// Something that watches every step of a [`World`] besides its built-in [`Checker`] (the
+/// fuzz harness's own oracle does). Every method defaults to watching nothing.
+pub trait Watch<M> {
+    /// `input` is about to be fed at `now` to `machine` (still in the state before it).
+    fn on_input(&mut self, now: Instant, input: &SimInput, machine: &M) {
+        let _ = (now, input, machine);
+    }
+    /// The machine produced `effect` at `now`.
+    fn on_effect(&mut self, now: Instant, effect: &SimEffect) {
+        let _ = (now, effect);
+    }
+    /// All effects of the step at `now` are drained.
+    fn after_step(&mut self, now: Instant, machine: &M) {
+        let _ = (now, machine);
+    }
+}
+
+/// Watches nothing.
+impl<M> Watch<M> for () {}
+
+/// Something the world now owes the machine, as a step left it: the seeded driver
+/// schedules each one on the virtual clock; an operation driver (the fuzzer) picks among
+/// what is pending with [`WorldOp`]s instead. See [`World::take_owed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owed {
+    /// An `on_event` handler runs: `EventHandled` for this event.
+    Handler(EventId),
+    /// A lookup is in flight.
+    Lookup(AttemptId),
+    /// A connect to this address is in flight.
+    Connect(AttemptId, Addr),
+    /// This attempt was cancelled; its lookup or connect may still answer late.
+    Cancelled(AttemptId),
+    /// This connection (the world's number) became current; it lives until it drops.
+    Connected(u32),
+    /// This connection (the world's number) is closing; its `Closed` is owed.
+    Closing(u32),
+}
+
+/// One thing that happens in the world, for drivers that choose what happens next (the
+/// fuzzer's `world_ops` target) rather than drawing it from a seed. `which` picks among the
+/// candidates in a fixed order, wrapping; an operation without a candidate does nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorldOp {
+    /// The running `on_event` handler finishes.
+    FinishHandler,
+    /// The lookup in flight answers: the catalog's address, or with `Some(f)` a failure
+    /// (`f` even: [`SimError::NoSuchHost`], odd: [`SimError::LookupTimedOut`]).
+    LookupDone {
+        /// Fail instead.
+        fail: Option<u8>,
+    },
+    /// The connect in flight answers: a connection if its server is up, else
+    /// [`SimError::Refused`]; with `Some(f)` a failure (`f` even:
+    /// [`SimError::ConnectTimedOut`], odd: [`SimError::Reset`]).
+    ConnectDone {
+        /// Fail instead.
+        fail: Option<u8>,
+    },
+    /// A cancelled attempt's connect delivers after all (R8: a connection that arrives
+    /// then must be closed at once).
+    LateConnection {
+        /// Which cancelled connect.
+        which: u8,
+    },
+    /// A cancelled attempt's lookup or connect reports a failure after all.
+    LateFailure {
+        /// Which cancelled attempt.
+        which: u8,
+    },
+    /// The peer drops an open connection: it starts closing.
+    PeerDrop {
+        /// Which open connection.
+        which: u8,
+    },
+    /// A connection that is closing finishes closing (`Closed` is fed).
+    CloseDone {
+        /// Which closing connection.
+        which: u8,
+    },
+    /// A server goes down (its connections drop) or comes back up.
+    ServerFlip {
+        /// Which server (wrapping over the servers).
+        server: u8,
+    },
+    /// The catalog now gives this server's address.
+    CatalogChange {
+        /// Which server (wrapping over the servers).
+        server: u8,
+    },
+    /// Time moves on (saturating).
+    Sleep(Duration),
+    /// Time moves on to the machine's retry timer, which fires.
+    TimerFires,
+    /// An input fed earlier is fed again (never a connection: those come once).
+    Duplicate {
+        /// How far back, among the last 32 inputs.
+        back: u8,
+    },
+    /// The user calls `close()`.
+    Close,
+    /// The user calls `close_when_current_connection_is_closed()` (R11).
+    CloseWhenCurrent,
+    /// The user calls `abort(Aborted)` through the connect context (R12).
+    Abort,
+}
+
+#[derive(Debug)]
+struct WorldConn {
+    /// The machine's id, once the connection was handed in.
+    machine_id: Option<ConnId>,
+    server: Addr,
+    closing: bool,
+}
+
+/// The simulated world around one machine: servers that go down and up, a catalog that
+/// moves, lookups and connects in flight, cancelled attempts that may still answer,
+/// connections that drop and take time to close, the running event handler, the user, a
+/// virtual clock. Every input it feeds is traced, checked by the simulator's [`Checker`]
+/// (and any extra [`Watch`]) before and after the machine's step, and recorded.
+///
+/// Two drivers share it: the seeded runs ([`run_seed`]), which schedule what the world
+/// owes ([`Owed`]) on an event queue, and the fuzzer, which picks each next thing with a
+/// [`WorldOp`] and ends with [`World::wind_down`].
+///
+/// ```
+/// use std::time::Duration;
+/// use persistent_connection_core::{Config, Machine, RetryPolicy};
+/// use persistent_connection_sim::checker::CheckerSettings;
+/// use persistent_connection_sim::trace::Trace;
+/// use persistent_connection_sim::world::{World, WorldOp};
+///
+/// let config = Config { seed: 1, retry: RetryPolicy::constant(Duration::from_secs(1)) };
+/// let settings = CheckerSettings::for_policy(&config.retry);
+/// let mut w = World::new(Machine::new(config), settings, 2, Trace::new(false), ()).unwrap();
+/// // AttemptingToConnect is handled, the lookup answers, ObtainedAddress is handled, the
+/// // connect answers, Connected is handled.
+/// for op in [WorldOp::FinishHandler, WorldOp::LookupDone { fail: None }, WorldOp::FinishHandler,
+///            WorldOp::ConnectDone { fail: None }, WorldOp::FinishHandler] {
+///     w.apply(op).unwrap();
+/// }
+/// assert_eq!(w.totals().connections, 1);
+/// w.wind_down().unwrap(); // close finishes, nothing is left open (I6, I7)
+/// assert!(w.is_close_finished());
+/// ```
+pub struct World<M, W = ()> {
+    machine: M,
+    checker: Checker<Addr, Conn, SimError>,
+    watch: W,
+    trace: Trace,
+    now: Instant,
+    up: Vec<bool>,
+    catalog: Addr,
+    handler: Option<EventId>,
+    lookup: Option<AttemptId>,
+    connect: Option<(AttemptId, Addr)>,
+    /// Cancelled attempts not answered yet: a lookup (`None`) or a connect to an address.
+    cancelled: Vec<(AttemptId, Option<Addr>)>,
+    conns: BTreeMap<u32, WorldConn>,
+    next_conn: u32,
+    owed: Vec<Owed>,
+    /// The last inputs fed (no connections), for [`WorldOp::Duplicate`].
+    recent: VecDeque<SimInput>,
+    old_events: Vec<EventId>,
+    old_attempts: Vec<AttemptId>,
+    closed_conns: Vec<ConnId>,
+    inputs: Vec<(Instant, SimInput)>,
+    totals: Totals,
+}
+
+impl<M, W> fmt::Debug for World<M, W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("World")
+            .field("now", &self.now)
+            .field("up", &self.up)
+            .field("catalog", &self.catalog)
+            .field("handler", &self.handler)
+            .field("lookup", &self.lookup)
+            .field("connect", &self.connect)
+            .field("cancelled", &self.cancelled)
+            .field("conns", &self.conns)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Time(Instant);
+
+impl fmt::Display for Time {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0.since_origin();
+        write!(f, "{:>7}.{:06}", d.as_secs(), d.subsec_micros())
+    }
+}
+
+/// Steps [`World::wind_down`] allows between the user's `close()` and the world having
+/// answered everything it owes.
+pub const WIND_DOWN_CAP: usize = 10_000;
+
+fn nth<T>(items: impl Iterator<Item = T> + Clone, which: u8) -> Option<T> {
+    let n = items.clone().count();
+    if n == 0 {
+        None
+    } else {
+        items.into_iter().nth(usize::from(which) % n)
+    }
+}
+
+impl<M: SimMachine<Addr, Conn, SimError>, W: Watch<M>> World<M, W> {
+    /// A world of `servers` servers (at least one), all up, around `machine` (just built,
+    /// at time zero): drains and checks the construction step. `trace` may already hold a
+    /// header line.
+    pub fn new(
+        machine: M,
+        checker: CheckerSettings,
+        servers: u8,
+        trace: Trace,
+        watch: W,
+    ) -> Result<Self, Violation> {
+        let mut w = World {
+            machine,
+            checker: Checker::new(checker),
+            watch,
+            trace,
+            now: Instant::ZERO,
+            up: vec![true; usize::from(servers.max(1))],
+            catalog: Addr(0),
+            handler: None,
+            lookup: None,
+            connect: None,
+            cancelled: Vec::new(),
+            conns: BTreeMap::new(),
+            next_conn: 0,
+            owed: Vec::new(),
+            recent: VecDeque::with_capacity(32),
+            old_events: Vec::new(),
+            old_attempts: Vec::new(),
+            closed_conns: Vec::new(),
+            inputs: Vec::new(),
+            totals: Totals::default(),
+        };
+        w.totals.steps += 1;
+        w.trace.line(format_args!("{:>6} {} new", 0, Time(w.now)));
+        w.drain()?;
+        Ok(w)
+    }
+
+    /// The virtual clock.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Steps checked so far (0 is the construction).
+    pub fn step(&self) -> u64 {
+        self.checker.step()
+    }
+
+    /// The machine.
+    pub fn machine(&self) -> &M {
+        &self.machine
+    }
+
+    /// The extra watcher.
+    pub fn watch(&self) -> &W {
+        &self.watch
+    }
+
+    /// Whether the machine's close has finished (`CloseFinished` was seen).
+    pub fn is_close_finished(&self) -> bool {
+        self.checker.is_close_finished()
+    }
+
+    /// Counts so far (coverage is filled in by [`World::finish`]).
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// The trace's hash so far (I9).
+    pub fn trace_hash(&self) -> u64 {
+        self.trace.hash()
+    }
+
+    /// Whether `server` is up.
+    pub fn is_up(&self, server: Addr) -> bool {
+        self.up.get(usize::from(server.0)).copied().unwrap_or(false)
+    }
+
+    /// Whether `attempt` was cancelled and its lookup or connect has not answered yet.
+    pub fn is_cancelled(&self, attempt: AttemptId) -> bool {
+        self.cancelled.iter().any(|(a, _)| *a == attempt)
+    }
+
+    /// What the steps since the last call left owed, in order (see [`Owed`]).
+    pub fn take_owed(&mut self) -> std::vec::Drain<'_, Owed> {
+        self.owed.drain(..)
+    }
+
+    fn fail(&self, invariant: Invariant, message: String) -> Violation {
+        Violation {
+            invariant,
+            step: self.checker.step(),
+            now: self.now,
+            message,
+        }
+    }
+
+    /// Moves the clock to `t` (never back).
+    pub fn advance_to(&mut self, t: Instant) {
+        self.now = self.now.max(t);
+    }
+
+    /// Feeds any input at all, stale and never-issued ones included (the seeded world's
+    /// noise): traced, checked, recorded. A connection in it must come from
+    /// [`World::new_conn`].
+    pub fn feed(&mut self, input: SimInput) -> Result<(), Violation> {
+        self.totals.steps += 1;
+        let step = self.checker.step() + 1;
+        self.trace
+            .line(format_args!("{step:>6} {} < {input:?}", Time(self.now)));
+        self.inputs.push((self.now, input.clone()));
+        match &input {
+            Input::Closed { conn } => self.closed_conns.push(*conn),
+            Input::ConnectResult { result: Ok(_), .. } => {}
+            _ => {
+                if self.recent.len() == 32 {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(input.clone());
+            }
+        }
+        self.checker.on_input(self.now, &input)?;
+        self.watch.on_input(self.now, &input, &self.machine);
+        self.machine.handle(self.now, input);
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Result<(), Violation> {
+        while let Some(effect) = self.machine.poll_effect() {
+            self.trace.line(format_args!("{:>23} {effect:?}", ">"));
+            self.checker.on_effect(self.now, &effect)?;
+            self.watch.on_effect(self.now, &effect);
+            self.react(effect);
+        }
+        self.checker.after_step(self.now, &self.machine)?;
+        self.watch.after_step(self.now, &self.machine);
+        Ok(())
+    }
+
+    /// A new connection to `server`, known to the world from now on.
+    pub fn new_conn(&mut self, server: Addr) -> Conn {
+        self.next_conn += 1;
+        let id = self.next_conn;
+        self.conns.insert(
+            id,
+            WorldConn {
+                machine_id: None,
+                server,
+                closing: false,
+            },
+        );
+        Conn { id, server }
+    }
+
+    /// The world performs an effect.
+    fn react(&mut self, effect: SimEffect) {
+        match effect {
+            Effect::Emit { id, .. } => {
+                self.totals.events += 1;
+                if self.old_events.len() < 64 {
+                    self.old_events.push(id);
+                }
+                self.handler = Some(id);
+                self.owed.push(Owed::Handler(id));
+            }
+            Effect::StartTimer { attempt, .. } => {
+                self.totals.attempts += 1;
+                if self.old_attempts.len() < 64 {
+                    self.old_attempts.push(attempt);
+                }
+            }
+            Effect::GetAddress { attempt } => {
+                self.lookup = Some(attempt);
+                self.owed.push(Owed::Lookup(attempt));
+            }
+            Effect::Connect {
+                attempt, address, ..
+            } => {
+                self.connect = Some((attempt, address));
+                self.owed.push(Owed::Connect(attempt, address));
+            }
+            Effect::CancelAttempt { attempt } => {
+                if self.lookup == Some(attempt) {
+                    self.lookup = None;
+                    self.cancelled.push((attempt, None));
+                    self.owed.push(Owed::Cancelled(attempt));
+                }
+                if let Some((a, address)) = self.connect
+                    && a == attempt
+                {
+                    self.connect = None;
+                    self.cancelled.push((attempt, Some(address)));
+                    self.owed.push(Owed::Cancelled(attempt));
+                }
+            }
+            Effect::BecameCurrent { conn, connection } => {
+                self.totals.connections += 1;
+                if let Some(c) = self.conns.get_mut(&connection.id) {
+                    c.machine_id = Some(conn);
+                }
+                self.owed.push(Owed::Connected(connection.id));
+            }
+            Effect::NoLongerCurrent { .. } => {}
+            Effect::CloseConnection { conn, connection } => {
+                let c = self.conns.entry(connection.id).or_insert(WorldConn {
+                    machine_id: None,
+                    server: connection.server,
+                    closing: false,
+                });
+                if c.machine_id != Some(conn) {
+                    self.totals.late_connections += 1;
+                }
+                c.machine_id = Some(conn);
+                if !c.closing {
+                    c.closing = true;
+                    self.owed.push(Owed::Closing(connection.id));
+                }
+            }
+            Effect::AttemptOutcome(_) => {}
+            Effect::CloseFinished => self.totals.closes += 1,
+        }
+    }
+
+    // ---- the world's operations, by id (for drivers that track what they scheduled)
+
+    /// The handler of `event` finishes, if it is the one running.
+    pub fn handler_done(&mut self, event: EventId) -> Result<(), Violation> {
+        if self.handler != Some(event) {
+            return Ok(());
+        }
+        self.handler = None;
+        self.feed(Input::EventHandled { event })
+    }
+
+    fn take_cancelled(&mut self, attempt: AttemptId) -> Option<Option<Addr>> {
+        let i = self.cancelled.iter().position(|(a, _)| *a == attempt)?;
+        Some(self.cancelled.remove(i).1)
+    }
+
+    /// The lookup of `attempt` answers, in flight or late (cancelled): the catalog's
+    /// address, or `fail`. Nothing happens for any other attempt.
+    pub fn answer_lookup(
+        &mut self,
+        attempt: AttemptId,
+        fail: Option<SimError>,
+    ) -> Result<(), Violation> {
+        if self.lookup == Some(attempt) {
+            self.lookup = None;
+        } else if self.take_cancelled(attempt).is_none() {
+            return Ok(());
+        }
+        let result = match fail {
+            Some(e) => Err(e),
+            None => Ok(self.catalog),
+        };
+        self.feed(Input::AddressResult { attempt, result })
+    }
+
+    /// The connect of `attempt` answers, in flight or late (cancelled): refused if its
+    /// server is down, else `fail`, else a new connection. Nothing happens for any other
+    /// attempt (a cancelled lookup included).
+    pub fn answer_connect(
+        &mut self,
+        attempt: AttemptId,
+        fail: Option<SimError>,
+    ) -> Result<(), Violation> {
+        let address = match self.connect {
+            Some((a, address)) if a == attempt => {
+                self.connect = None;
+                address
+            }
+            _ => {
+                let late = self
+                    .cancelled
+                    .iter()
+                    .position(|&(a, address)| a == attempt && address.is_some());
+                match late.and_then(|i| self.cancelled.remove(i).1) {
+                    Some(address) => address,
+                    None => return Ok(()),
+                }
+            }
+        };
+        let result = if !self.is_up(address) {
+            Err(SimError::Refused(address))
+        } else if let Some(e) = fail {
+            Err(e)
+        } else {
+            Ok(self.new_conn(address))
+        };
+        self.feed(Input::ConnectResult { attempt, result })
+    }
+
+    /// The shell dropped a cancelled attempt's future: its answer never comes.
+    pub fn drop_late(&mut self, attempt: AttemptId) {
+        self.take_cancelled(attempt);
+    }
+
+    /// The peer drops connection `conn` (the world's number), if it is open: it starts
+    /// closing.
+    pub fn peer_drop(&mut self, conn: u32) {
+        if let Some(c) = self.conns.get_mut(&conn)
+            && !c.closing
+            && c.machine_id.is_some()
+        {
+            c.closing = true;
+            self.owed.push(Owed::Closing(conn));
+        }
+    }
+
+    /// Connection `conn` (the world's number) finishes closing, if it is closing:
+    /// `Closed` is fed.
+    pub fn close_done(&mut self, conn: u32) -> Result<(), Violation> {
+        let Some(c) = self.conns.get(&conn) else {
+            return Ok(());
+        };
+        let (true, Some(id)) = (c.closing, c.machine_id) else {
+            return Ok(());
+        };
+        self.conns.remove(&conn);
+        self.totals.conn_closes += 1;
+        self.feed(Input::Closed { conn: id })
+    }
+
+    /// Server `server` (wrapping) goes down, dropping its connections, or comes back up.
+    pub fn server_flip(&mut self, server: u8) {
+        let i = usize::from(server) % self.up.len();
+        self.up[i] = !self.up[i];
+        if !self.up[i] {
+            let doomed: Vec<u32> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| usize::from(c.server.0) == i)
+                .map(|(id, _)| *id)
+                .collect();
+            for conn in doomed {
+                self.peer_drop(conn);
+            }
+        }
+    }
+
+    /// The catalog now gives server `server`'s address (wrapping).
+    pub fn set_catalog(&mut self, server: u8) {
+        self.catalog = Addr(server % self.up.len() as u8);
+    }
+
+    /// The retry timer fires now (stale or early fires change nothing, docs/behaviour.md §3).
+    pub fn timer_fired(&mut self) -> Result<(), Violation> {
+        self.feed(Input::TimerFired)
+    }
+
+    /// The user calls `close()`.
+    pub fn close(&mut self) -> Result<(), Violation> {
+        self.feed(Input::CloseRequested)
+    }
+
+    // ---- the world's operations, chosen by a driver
+
+    /// Performs one operation (see [`WorldOp`]).
+    pub fn apply(&mut self, op: WorldOp) -> Result<(), Violation> {
+        match op {
+            WorldOp::FinishHandler => match self.handler {
+                Some(event) => self.handler_done(event),
+                None => Ok(()),
+            },
+            WorldOp::LookupDone { fail } => match self.lookup {
+                Some(attempt) => self.answer_lookup(attempt, fail.map(lookup_error)),
+                None => Ok(()),
+            },
+            WorldOp::ConnectDone { fail } => match self.connect {
+                Some((attempt, _)) => self.answer_connect(attempt, fail.map(connect_error)),
+                None => Ok(()),
+            },
+            WorldOp::LateConnection { which } => {
+                let connects = self.cancelled.iter().filter(|c| c.1.is_some()).map(|c| c.0);
+                match nth(connects, which) {
+                    Some(attempt) => self.answer_connect(attempt, None),
+                    None => Ok(()),
+                }
+            }
+            WorldOp::LateFailure { which } => match nth(self.cancelled.iter().copied(), which) {
+                Some((attempt, None)) => self.answer_lookup(attempt, Some(SimError::NoSuchHost)),
+                Some((attempt, Some(_))) => {
+                    self.answer_connect(attempt, Some(SimError::ConnectTimedOut))
+                }
+                None => Ok(()),
+            },
+            WorldOp::PeerDrop { which } => {
+                let open = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| !c.closing && c.machine_id.is_some())
+                    .map(|(id, _)| *id);
+                if let Some(conn) = nth(open, which) {
+                    self.peer_drop(conn);
+                }
+                Ok(())
+            }
+            WorldOp::CloseDone { which } => {
+                let closing = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.closing)
+                    .map(|(id, _)| *id);
+                match nth(closing, which) {
+                    Some(conn) => self.close_done(conn),
+                    None => Ok(()),
+                }
+            }
+            WorldOp::ServerFlip { server } => {
+                self.server_flip(server);
+                Ok(())
+            }
+            WorldOp::CatalogChange { server } => {
+                self.set_catalog(server);
+                Ok(())
+            }
+            WorldOp::Sleep(d) => {
+                self.now = self.now.saturating_add(d);
+                Ok(())
+            }
+            WorldOp::TimerFires => match self.machine.poll_timeout() {
+                Some(t) => {
+                    self.advance_to(t);
+                    self.timer_fired()
+                }
+                None => Ok(()),
+            },
+            WorldOp::Duplicate { back } => {
+                let n = self.recent.len();
+                if n == 0 {
+                    return Ok(());
+                }
+                let input = self.recent[n - 1 - usize::from(back) % n].clone();
+                self.feed(input)
+            }
+            WorldOp::Close => self.close(),
+            WorldOp::CloseWhenCurrent => self.feed(Input::CloseWhenCurrentConnectionIsClosed),
+            WorldOp::Abort => self.feed(Input::Abort {
+                error: SimError::Aborted,
+            }),
+        }
+    }
+
+    /// The end of an operation-driven run: the user closes, then the world answers
+    /// everything it owes (handlers finish, closes finish, the timer fires) and nothing
+    /// else, within [`WIND_DOWN_CAP`] steps. Close must finish (R8, I7) and leave no
+    /// connection open (I6). Then every cancelled attempt answers late: a late connection
+    /// must be closed at once and nothing else may happen (R8).
+    pub fn wind_down(&mut self) -> Result<(), Violation> {
+        self.close()?;
+        // Not "until close finished": a connection that arrived late may still be closing
+        // after it (docs/behaviour.md §3), and the world owes that close too.
+        for _ in 0..WIND_DOWN_CAP {
+            if let Some(event) = self.handler {
+                self.handler_done(event)?;
+            } else if let Some(conn) = self.first_closing() {
+                self.close_done(conn)?;
+            } else if let Some(t) = self.machine.poll_timeout() {
+                self.advance_to(t);
+                self.timer_fired()?;
+            } else {
+                break;
+            }
+        }
+        if !self.is_close_finished() {
+            return Err(self.fail(
+                Invariant::I7,
+                format!(
+                    "liveness: close did not finish with the world answering everything (R8; state {:?}, {self:?})",
+                    self.machine.state()
+                ),
+            ));
+        }
+        if !self.conns.is_empty() {
+            return Err(self.fail(
+                Invariant::I6,
+                format!(
+                    "close finished with connections still open: {:?}",
+                    self.conns
+                ),
+            ));
+        }
+        // After close finished, late results change nothing but a late connection's close.
+        while let Some(&(attempt, address)) = self.cancelled.first() {
+            match address {
+                Some(_) => self.answer_connect(attempt, None)?,
+                None => self.answer_lookup(attempt, Some(SimError::LookupTimedOut))?,
+            }
+        }
+        while let Some(conn) = self.first_closing() {
+            self.close_done(conn)?;
+        }
+        if !self.conns.is_empty() || self.handler.is_some() {
+            return Err(self.fail(
+                Invariant::I7,
+                format!("after close finished: {self:?} (R8: nothing may follow)"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn first_closing(&self) -> Option<u32> {
+        self.conns
+            .iter()
+            .find(|(_, c)| c.closing)
+            .map(|(id, _)| *id)
+    }
+
+    /// I6 at the end of a run: every connection the machine received was closed or is
+    /// closing. Fills in the coverage of the totals.
+    pub fn finish(&mut self) -> Result<(), Violation> {
+        let leaked: Vec<_> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.machine_id.is_some() && !c.closing)
+            .map(|(id, _)| *id)
+            .collect();
+        if !leaked.is_empty() {
+            return Err(self.fail(
+                Invariant::I6,
+                format!("connections {leaked:?} never closed after close finished"),
+            ));
+        }
+        self.totals.sim_time = self.now.since_origin();
+        self.totals.coverage = *self.checker.coverage();
+        Ok(())
+    }
+}
+
+fn lookup_error(f: u8) -> SimError {
+    if f & 1 == 0 {
+        SimError::NoSuchHost
+    } else {
+        SimError::LookupTimedOut
+    }
+}
+
+fn connect_error(f: u8) -> SimError {
+    if f & 1 == 0 {
+        SimError::ConnectTimedOut
+    } else {
+        SimError::Reset
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The seeded driver: one seed schedules everything the world owes on an event queue.
+
 #[derive(Debug)]
 enum Ev {
-    /// Feed as is.
-    Feed(SimInput),
+    Handled(EventId),
     Lookup {
         attempt: AttemptId,
-        result: Result<Addr, SimError>,
+        fail: Option<SimError>,
     },
     ConnectDone {
         attempt: AttemptId,
-        result: Result<Conn, SimError>,
+        fail: Option<SimError>,
     },
     Timer,
     PeerDrop {
+        conn: u32,
+    },
+    CloseDone {
         conn: u32,
     },
     ServerFlip {
@@ -446,74 +1207,34 @@ enum Ev {
     Noise,
 }
 
-#[derive(Debug)]
-struct WorldConn {
-    machine_id: Option<ConnId>,
-    server: Addr,
-    closing: bool,
-}
-
-struct World<M> {
+struct Seeded<M> {
     s: Settings,
     rng: ChaCha8Rng,
-    machine: M,
-    checker: Checker<Addr, Conn, SimError>,
-    trace: Trace,
-    now: Instant,
+    world: World<M>,
     queue: BTreeMap<(Instant, u64), Ev>,
     seq: u64,
     timer_at: Option<Instant>,
     timer_key: Option<(Instant, u64)>,
-    up: Vec<bool>,
-    catalog: Addr,
-    cancelled: BTreeSet<AttemptId>,
-    conns: BTreeMap<u32, WorldConn>,
-    next_conn: u32,
-    old_events: Vec<EventId>,
-    old_attempts: Vec<AttemptId>,
-    closed_conns: Vec<ConnId>,
-    inputs: Vec<(Instant, SimInput)>,
-    totals: Totals,
     active: bool,
     close_step: Option<u64>,
+    /// Reused buffer: what one step's owed things were scheduled as.
+    plan: Vec<(Duration, Ev)>,
 }
 
-struct Time(Instant);
-
-impl fmt::Display for Time {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = self.0.since_origin();
-        write!(f, "{:>7}.{:06}", d.as_secs(), d.subsec_micros())
-    }
-}
-
-impl<M: SimMachine<Addr, Conn, SimError>> World<M> {
+impl<M: SimMachine<Addr, Conn, SimError>> Seeded<M> {
     fn at(&mut self, when: Instant, ev: Ev) {
         self.seq += 1;
         self.queue.insert((when, self.seq), ev);
     }
 
     fn after(&mut self, d: Duration, ev: Ev) {
-        let when = self.now.saturating_add(d);
+        let when = self.world.now.saturating_add(d);
         self.at(when, ev);
     }
 
-    fn fail(&self, invariant: Invariant, message: String) -> Violation {
-        Violation {
-            invariant,
-            step: self.checker.step(),
-            now: self.now,
-            message,
-        }
-    }
-
-    fn start(&mut self) -> Result<(), Violation> {
+    fn start(&mut self) {
         let s = self.s.clone();
-        self.trace.line(format_args!("SEED={} {:?}", s.seed, s));
-        self.totals.steps += 1;
-        self.trace
-            .line(format_args!("{:>6} {} new", 0, Time(self.now)));
-        self.drain()?;
+        self.schedule_owed();
         if let Some(every) = s.catalog_change_every {
             let d = upto(&mut self.rng, every * 2);
             self.after(d, Ev::CatalogChange);
@@ -535,188 +1256,96 @@ impl<M: SimMachine<Addr, Conn, SimError>> World<M> {
             self.after(d, Ev::Noise);
         }
         self.after(s.horizon, Ev::EndOfActivity);
-        Ok(())
     }
 
-    /// One input: trace it, check it, feed it, drain and check the effects.
-    fn feed(&mut self, input: SimInput) -> Result<(), Violation> {
-        self.totals.steps += 1;
-        let step = self.checker.step() + 1;
-        self.trace
-            .line(format_args!("{step:>6} {} < {input:?}", Time(self.now)));
-        self.inputs.push((self.now, input.clone()));
-        if let Input::Closed { conn } = &input {
-            self.closed_conns.push(*conn);
+    /// Schedules what the world owes after a step, and re-arms the one timer when the
+    /// machine's deadline changed (as the shell does).
+    fn schedule_owed(&mut self) {
+        let mut owed = std::mem::take(&mut self.world.owed);
+        let mut plan = std::mem::take(&mut self.plan);
+        let (s, r, w) = (&self.s, &mut self.rng, &self.world);
+        for o in owed.drain(..) {
+            match o {
+                Owed::Handler(id) => plan.push((upto(r, s.handler_max), Ev::Handled(id))),
+                Owed::Lookup(attempt) => {
+                    let f = &s.lookup;
+                    if chance(r, f.hang_pct) {
+                        continue;
+                    }
+                    let fail = chance(r, f.fail_pct)
+                        .then(|| one_of(r, &[SimError::NoSuchHost, SimError::LookupTimedOut]));
+                    plan.push((upto(r, f.latency_max), Ev::Lookup { attempt, fail }));
+                }
+                Owed::Connect(attempt, _) => {
+                    let f = &s.connect;
+                    // R12: `abort` is called from inside `connect`, which then returns: an
+                    // aborting connect answers after the abort and never hangs.
+                    let abort_at = chance(r, s.abort_pct).then(|| upto(r, f.latency_max));
+                    if let Some(d) = abort_at {
+                        plan.push((d, Ev::UserAbort));
+                    }
+                    if abort_at.is_none() && chance(r, f.hang_pct) {
+                        continue;
+                    }
+                    let fail = chance(r, f.fail_pct)
+                        .then(|| one_of(r, &[SimError::ConnectTimedOut, SimError::Reset]));
+                    let d = upto(r, f.latency_max);
+                    let d = abort_at.map_or(d, |a| a.saturating_add(d));
+                    plan.push((d, Ev::ConnectDone { attempt, fail }));
+                }
+                Owed::Cancelled(_) => {}
+                Owed::Connected(conn) => {
+                    let short = chance(r, s.short_conn_pct);
+                    let max = if short {
+                        s.short_life_max
+                    } else {
+                        s.long_life_max
+                    };
+                    let life = upto(r, max);
+                    let server = w.conns.get(&conn).map(|c| c.server);
+                    // A connection to a server that went down in the meantime drops at once.
+                    let life = if server.is_some_and(|a| w.is_up(a)) {
+                        life
+                    } else {
+                        Duration::ZERO
+                    };
+                    plan.push((life, Ev::PeerDrop { conn }));
+                }
+                Owed::Closing(conn) => plan.push((upto(r, s.close_max), Ev::CloseDone { conn })),
+            }
         }
-        self.checker.on_input(self.now, &input)?;
-        self.machine.handle(self.now, input);
-        self.drain()
-    }
-
-    fn drain(&mut self) -> Result<(), Violation> {
-        while let Some(effect) = self.machine.poll_effect() {
-            self.trace.line(format_args!("{:>23} {effect:?}", ">"));
-            self.checker.on_effect(self.now, &effect)?;
-            self.react(effect);
+        self.world.owed = owed;
+        for (d, ev) in plan.drain(..) {
+            self.after(d, ev);
         }
-        self.checker.after_step(self.now, &self.machine)?;
-        let timeout = self.machine.poll_timeout();
+        self.plan = plan;
+        let timeout = self.world.machine.poll_timeout();
         if timeout != self.timer_at {
-            // One timer at a time, re-armed only when the deadline changes (as the shell).
             self.timer_at = timeout;
             if let Some(key) = self.timer_key.take() {
                 self.queue.remove(&key);
             }
             if let Some(t) = timeout {
-                let when = t.max(self.now);
+                let when = t.max(self.world.now);
                 self.at(when, Ev::Timer);
                 self.timer_key = Some((when, self.seq));
             }
-        }
-        Ok(())
-    }
-
-    fn new_conn(&mut self, server: Addr) -> Conn {
-        self.next_conn += 1;
-        let id = self.next_conn;
-        self.conns.insert(
-            id,
-            WorldConn {
-                machine_id: None,
-                server,
-                closing: false,
-            },
-        );
-        Conn { id, server }
-    }
-
-    /// The world performs an effect.
-    fn react(&mut self, effect: SimEffect) {
-        let s = &self.s;
-        match effect {
-            Effect::Emit { id, .. } => {
-                self.totals.events += 1;
-                if self.old_events.len() < 64 {
-                    self.old_events.push(id);
-                }
-                let d = upto(&mut self.rng, s.handler_max);
-                self.after(d, Ev::Feed(Input::EventHandled { event: id }));
-            }
-            Effect::StartTimer { attempt, .. } => {
-                self.totals.attempts += 1;
-                if self.old_attempts.len() < 64 {
-                    self.old_attempts.push(attempt);
-                }
-            }
-            Effect::GetAddress { attempt } => {
-                let f = s.lookup.clone();
-                if chance(&mut self.rng, f.hang_pct) {
-                    return;
-                }
-                let result = if chance(&mut self.rng, f.fail_pct) {
-                    Err(one_of(
-                        &mut self.rng,
-                        &[SimError::NoSuchHost, SimError::LookupTimedOut],
-                    ))
-                } else {
-                    Ok(self.catalog)
-                };
-                let d = upto(&mut self.rng, f.latency_max);
-                self.after(d, Ev::Lookup { attempt, result });
-            }
-            Effect::Connect {
-                attempt, address, ..
-            } => {
-                let f = s.connect.clone();
-                // R12: `abort` is called from inside `connect`, which then returns: an
-                // aborting connect answers after the abort and never hangs.
-                let abort_at = chance(&mut self.rng, s.abort_pct).then(|| {
-                    let d = upto(&mut self.rng, f.latency_max);
-                    self.after(d, Ev::UserAbort);
-                    d
-                });
-                if abort_at.is_none() && chance(&mut self.rng, f.hang_pct) {
-                    return;
-                }
-                let up = self.up.get(address.0 as usize).copied().unwrap_or(false);
-                let result = if !up {
-                    Err(SimError::Refused(address))
-                } else if chance(&mut self.rng, f.fail_pct) {
-                    Err(one_of(
-                        &mut self.rng,
-                        &[SimError::ConnectTimedOut, SimError::Reset],
-                    ))
-                } else {
-                    Ok(self.new_conn(address))
-                };
-                let d = upto(&mut self.rng, f.latency_max);
-                let d = abort_at.map_or(d, |a| a.saturating_add(d));
-                self.after(d, Ev::ConnectDone { attempt, result });
-            }
-            Effect::CancelAttempt { attempt } => {
-                self.cancelled.insert(attempt);
-            }
-            Effect::BecameCurrent { conn, connection } => {
-                self.totals.connections += 1;
-                let short = chance(&mut self.rng, s.short_conn_pct);
-                let life = upto(
-                    &mut self.rng,
-                    if short {
-                        s.short_life_max
-                    } else {
-                        s.long_life_max
-                    },
-                );
-                let server_up = self
-                    .up
-                    .get(connection.server.0 as usize)
-                    .copied()
-                    .unwrap_or(false);
-                if let Some(c) = self.conns.get_mut(&connection.id) {
-                    c.machine_id = Some(conn);
-                }
-                let life = if server_up { life } else { Duration::ZERO };
-                self.after(
-                    life,
-                    Ev::PeerDrop {
-                        conn: connection.id,
-                    },
-                );
-            }
-            Effect::NoLongerCurrent { .. } => {}
-            Effect::CloseConnection { conn, connection } => {
-                let close = upto(&mut self.rng, s.close_max);
-                let known = self.conns.get_mut(&connection.id);
-                let was_current = known.as_ref().is_some_and(|c| c.machine_id == Some(conn));
-                if !was_current {
-                    self.totals.late_connections += 1;
-                }
-                match known {
-                    Some(c) if c.closing => {}
-                    Some(c) => {
-                        c.machine_id = Some(conn);
-                        c.closing = true;
-                        self.after(close, Ev::Feed(Input::Closed { conn }));
-                    }
-                    None => self.after(close, Ev::Feed(Input::Closed { conn })),
-                }
-            }
-            Effect::AttemptOutcome(_) => {}
-            Effect::CloseFinished => self.totals.closes += 1,
         }
     }
 
     /// Pops and performs world events until the run ends.
     fn run(&mut self) -> Result<(), Violation> {
-        self.start()?;
+        self.start();
         while let Some(((when, _), ev)) = self.queue.pop_first() {
-            self.now = self.now.max(when);
-            if self.active && self.checker.step() >= self.s.active_steps {
+            self.world.advance_to(when);
+            if self.active && self.world.step() >= self.s.active_steps {
                 self.end_activity();
             }
             self.world_event(ev)?;
-            if self.checker.step() > self.s.active_steps + 2 * CLOSE_STEP_CAP {
-                return Err(self.fail(
+            self.schedule_owed();
+            let step = self.world.step();
+            if step > self.s.active_steps + 2 * CLOSE_STEP_CAP {
+                return Err(self.world.fail(
                     Invariant::I9,
                     format!(
                         "liveness: step cap {} breached (active phase {} steps, close {} steps)",
@@ -727,10 +1356,10 @@ impl<M: SimMachine<Addr, Conn, SimError>> World<M> {
                 ));
             }
             if let Some(at) = self.close_step
-                && self.checker.step() > at + CLOSE_STEP_CAP
-                && !self.checker.is_close_finished()
+                && step > at + CLOSE_STEP_CAP
+                && !self.world.is_close_finished()
             {
-                return Err(self.fail(
+                return Err(self.world.fail(
                     Invariant::I9,
                     format!(
                         "liveness: close() was called at step {at} and has not finished {CLOSE_STEP_CAP} steps later (R8)"
@@ -738,98 +1367,70 @@ impl<M: SimMachine<Addr, Conn, SimError>> World<M> {
                 ));
             }
         }
-        if !self.checker.is_close_finished() {
-            return Err(self.fail(
+        if !self.world.is_close_finished() {
+            return Err(self.world.fail(
                 Invariant::I9,
                 format!(
                     "liveness: the world ran out of events and close() never finished (state {:?})",
-                    self.machine.state()
+                    self.world.machine.state()
                 ),
             ));
         }
-        // I6: every connection the machine received was closed.
-        let leaked: Vec<_> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.machine_id.is_some() && !c.closing)
-            .map(|(id, _)| *id)
-            .collect();
-        if !leaked.is_empty() {
-            return Err(self.fail(
-                Invariant::I6,
-                format!("connections {leaked:?} never closed after close finished"),
-            ));
-        }
-        self.totals.sim_time = self.now.since_origin();
-        self.totals.coverage = *self.checker.coverage();
-        Ok(())
+        self.world.finish()
     }
 
     fn end_activity(&mut self) {
         if self.active {
             self.active = false;
-            self.at(self.now, Ev::UserClose);
+            self.at(self.world.now, Ev::UserClose);
         }
     }
 
     fn world_event(&mut self, ev: Ev) -> Result<(), Violation> {
+        let w = &mut self.world;
         match ev {
-            Ev::Feed(input) => {
-                if let Input::Closed { .. } = input {
-                    self.totals.conn_closes += 1;
+            Ev::Handled(id) => w.handler_done(id),
+            Ev::Lookup { attempt, fail } => {
+                if w.is_cancelled(attempt) && !self.noise_now() {
+                    self.world.drop_late(attempt);
+                    return Ok(());
                 }
-                self.feed(input)
+                self.world.answer_lookup(attempt, fail)
             }
-            Ev::Lookup { attempt, result } => {
-                if !self.cancelled.contains(&attempt) || self.noise_now() {
-                    self.feed(Input::AddressResult { attempt, result })?;
+            Ev::ConnectDone { attempt, fail } => {
+                if w.is_cancelled(attempt) {
+                    let deliver = match fail {
+                        None => chance(&mut self.rng, self.s.late_conn_pct),
+                        Some(_) => self.noise_now(),
+                    };
+                    if !deliver {
+                        // The shell dropped the cancelled future: nothing reaches the machine.
+                        self.world.drop_late(attempt);
+                        return Ok(());
+                    }
                 }
-                Ok(())
-            }
-            Ev::ConnectDone { attempt, result } => {
-                let late = self.cancelled.contains(&attempt);
-                let deliver = match &result {
-                    Ok(_) if late => chance(&mut self.rng, self.s.late_conn_pct),
-                    _ if late => self.noise_now(),
-                    _ => true,
-                };
-                if deliver {
-                    self.feed(Input::ConnectResult { attempt, result })?;
-                } else if let Ok(c) = result {
-                    // The shell dropped the cancelled future: the connection never reached
-                    // the machine.
-                    self.conns.remove(&c.id);
-                }
-                Ok(())
+                self.world.answer_connect(attempt, fail)
             }
             Ev::Timer => {
                 self.timer_key = None;
                 self.timer_at = None;
-                self.feed(Input::TimerFired)
+                w.timer_fired()
             }
             Ev::PeerDrop { conn } => {
-                self.drop_conn(conn);
+                w.peer_drop(conn);
                 Ok(())
             }
+            Ev::CloseDone { conn } => w.close_done(conn),
             Ev::ServerFlip { server } => {
                 if let Some((up_mean, down_mean)) = self.s.server_flaps
                     && self.active
                 {
-                    let i = server as usize;
-                    let now_up = !self.up[i];
-                    self.up[i] = now_up;
-                    if !now_up {
-                        let doomed: Vec<u32> = self
-                            .conns
-                            .iter()
-                            .filter(|(_, c)| c.server == Addr(server) && !c.closing)
-                            .map(|(id, _)| *id)
-                            .collect();
-                        for conn in doomed {
-                            self.drop_conn(conn);
-                        }
-                    }
-                    let mean = if now_up { up_mean } else { down_mean };
+                    w.server_flip(server);
+                    let mean = if w.is_up(Addr(server)) {
+                        up_mean
+                    } else {
+                        down_mean
+                    };
                     let d = upto(&mut self.rng, mean * 2);
                     self.after(d, Ev::ServerFlip { server });
                 }
@@ -839,7 +1440,8 @@ impl<M: SimMachine<Addr, Conn, SimError>> World<M> {
                 if let Some(every) = self.s.catalog_change_every
                     && self.active
                 {
-                    self.catalog = Addr(below(&mut self.rng, u64::from(self.s.servers)) as u8);
+                    let server = below(&mut self.rng, u64::from(self.s.servers)) as u8;
+                    w.set_catalog(server);
                     let d = upto(&mut self.rng, every * 2);
                     self.after(d, Ev::CatalogChange);
                 }
@@ -847,14 +1449,12 @@ impl<M: SimMachine<Addr, Conn, SimError>> World<M> {
             }
             Ev::UserClose => {
                 if self.close_step.is_none() {
-                    self.close_step = Some(self.checker.step());
+                    self.close_step = Some(w.step());
                 }
-                self.feed(Input::CloseRequested)
+                self.world.close()
             }
-            Ev::UserR11 => self.feed(Input::CloseWhenCurrentConnectionIsClosed),
-            Ev::UserAbort => self.feed(Input::Abort {
-                error: SimError::Aborted,
-            }),
+            Ev::UserR11 => w.apply(WorldOp::CloseWhenCurrent),
+            Ev::UserAbort => w.apply(WorldOp::Abort),
             Ev::EndOfActivity => {
                 self.end_activity();
                 Ok(())
@@ -866,7 +1466,7 @@ impl<M: SimMachine<Addr, Conn, SimError>> World<M> {
                     let d = upto(&mut self.rng, every * 2);
                     self.after(d, Ev::Noise);
                     let input = self.stale_input();
-                    self.feed(input)?;
+                    self.world.feed(input)?;
                 }
                 Ok(())
             }
@@ -877,21 +1477,11 @@ impl<M: SimMachine<Addr, Conn, SimError>> World<M> {
         self.s.noise_every.is_some() && chance(&mut self.rng, 20)
     }
 
-    fn drop_conn(&mut self, conn: u32) {
-        let close = upto(&mut self.rng, self.s.close_max);
-        if let Some(c) = self.conns.get_mut(&conn)
-            && !c.closing
-            && let Some(id) = c.machine_id
-        {
-            c.closing = true;
-            self.after(close, Ev::Feed(Input::Closed { conn: id }));
-        }
-    }
-
     /// A stale, duplicate or never-issued input: the machine must ignore it (docs/behaviour.md §3),
     /// except that a connection outside its attempt is closed.
     fn stale_input(&mut self) -> SimInput {
         let r = &mut self.rng;
+        let w = &mut self.world;
         let old_attempt = |r: &mut ChaCha8Rng, olds: &[AttemptId]| {
             if olds.is_empty() || chance(r, 10) {
                 AttemptId::from_raw(below(r, 1000) + 1000)
@@ -901,32 +1491,32 @@ impl<M: SimMachine<Addr, Conn, SimError>> World<M> {
         };
         match below(r, 8) {
             0 | 6 => {
-                let event = if self.old_events.is_empty() || chance(r, 10) {
+                let event = if w.old_events.is_empty() || chance(r, 10) {
                     EventId::from_raw(below(r, 1000) + 1000)
                 } else {
-                    one_of(r, &self.old_events)
+                    one_of(r, &w.old_events)
                 };
                 Input::EventHandled { event }
             }
             1 => Input::AddressResult {
-                attempt: old_attempt(r, &self.old_attempts),
+                attempt: old_attempt(r, &w.old_attempts),
                 result: Ok(Addr(below(r, 4) as u8)),
             },
             2 => Input::ConnectResult {
-                attempt: old_attempt(r, &self.old_attempts),
+                attempt: old_attempt(r, &w.old_attempts),
                 result: Err(SimError::Reset),
             },
             3 if chance(r, 30) => {
-                let attempt = old_attempt(r, &self.old_attempts);
+                let attempt = old_attempt(r, &w.old_attempts);
                 let server = Addr(below(r, 4) as u8);
-                let c = self.new_conn(server);
+                let c = w.new_conn(server);
                 Input::ConnectResult {
                     attempt,
                     result: Ok(c),
                 }
             }
-            4 if !self.closed_conns.is_empty() => Input::Closed {
-                conn: one_of(r, &self.closed_conns),
+            4 if !w.closed_conns.is_empty() => Input::Closed {
+                conn: one_of(r, &w.closed_conns),
             },
             _ => Input::TimerFired,
         }
@@ -950,55 +1540,64 @@ fn run_with<M: SimMachine<Addr, Conn, SimError>>(
     build: impl FnOnce(Config) -> M,
 ) -> Result<RunReport, Box<Failure>> {
     let machine = build(settings.config());
-    let servers = usize::from(settings.servers);
-    let mut world = World {
-        rng: ChaCha8Rng::seed_from_u64(settings.seed ^ 0x5157_5f57_4f52_4c44),
+    let mut trace = Trace::new(options.keep_trace);
+    trace.line(format_args!("SEED={} {:?}", settings.seed, settings));
+    let world = World::new(
         machine,
-        checker: Checker::new(settings.checker_settings()),
-        trace: Trace::new(options.keep_trace),
-        now: Instant::ZERO,
+        settings.checker_settings(),
+        settings.servers,
+        trace,
+        (),
+    );
+    let world = match world {
+        Ok(w) => w,
+        Err(violation) => {
+            return Err(Box::new(Failure {
+                violation,
+                trace: None,
+                settings,
+                inputs: Vec::new(),
+            }));
+        }
+    };
+    let mut seeded = Seeded {
+        rng: ChaCha8Rng::seed_from_u64(settings.seed ^ 0x5157_5f57_4f52_4c44),
+        world,
         queue: BTreeMap::new(),
         seq: 0,
         timer_at: None,
         timer_key: None,
-        up: vec![true; servers],
-        catalog: Addr(0),
-        cancelled: BTreeSet::new(),
-        conns: BTreeMap::new(),
-        next_conn: 0,
-        old_events: Vec::new(),
-        old_attempts: Vec::new(),
-        closed_conns: Vec::new(),
-        inputs: Vec::new(),
-        totals: Totals::default(),
         active: true,
         close_step: None,
+        plan: Vec::new(),
         s: settings,
     };
-    match world.run() {
+    match seeded.run() {
         Ok(()) => {
-            world.trace.line(format_args!(
+            let w = &mut seeded.world;
+            w.trace.line(format_args!(
                 "END steps={} events={} attempts={} connections={} closes={}",
-                world.totals.steps,
-                world.totals.events,
-                world.totals.attempts,
-                world.totals.connections,
-                world.totals.closes
+                w.totals.steps,
+                w.totals.events,
+                w.totals.attempts,
+                w.totals.connections,
+                w.totals.closes
             ));
             Ok(RunReport {
-                trace_hash: world.trace.hash(),
-                trace: world.trace.text().map(str::to_owned),
-                settings: world.s,
-                totals: world.totals,
+                trace_hash: w.trace.hash(),
+                trace: w.trace.text().map(str::to_owned),
+                totals: w.totals,
+                settings: seeded.s,
             })
         }
         Err(violation) => {
-            world.trace.line(format_args!("VIOLATION {violation}"));
+            let w = &mut seeded.world;
+            w.trace.line(format_args!("VIOLATION {violation}"));
             Err(Box::new(Failure {
                 violation,
-                trace: world.trace.text().map(str::to_owned),
-                settings: world.s,
-                inputs: world.inputs,
+                trace: w.trace.text().map(str::to_owned),
+                inputs: std::mem::take(&mut w.inputs),
+                settings: seeded.s,
             }))
         }
     }

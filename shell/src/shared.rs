@@ -1,0 +1,409 @@
+//! The state shared by the handles and the driver task, and the protocol between them.
+//!
+//! The machine itself lives here, behind one lock. Whoever has something to tell it — the
+//! driver (a result, a timer, a handled event) or a handle (`close`, R11, `abort`) — feeds
+//! it under that lock and, before letting go, performs the effects that only touch shared
+//! state: publishing an attempt's outcome to the R10 waiters, a new current connection to
+//! the R9 waiters, the closed flags, close finished. Effects that need the runtime (run
+//! `on_event`, `get_address`, `connect`, close a connection) are queued for the driver,
+//! which is woken. So:
+//!
+//! - the shell decides nothing: `is_closed()` after R11 is the machine's own answer, read
+//!   before the call returns (S2);
+//! - a waiter registers under the lock that publishes, so it gets exactly the first
+//!   outcome or connection after its registration (S1) and cannot miss a close (S2);
+//! - if the driver task dies, its drop guard ends everything here (S3).
+//!
+//! `loom` model tests at the bottom drive this type from several threads.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
+
+use arc_swap::ArcSwapOption;
+use persistent_connection_core::{AttemptError, Effect, Input, Instant, Machine};
+use tokio::sync::broadcast;
+
+use crate::closable::Closable;
+use crate::error::Error;
+use crate::sync::{AtomicU8, AtomicUsize, Mutex, MutexGuard, lock};
+use crate::waiters::{Slot, Wait, fill_all, register};
+use crate::{AttemptOutcome, Event};
+
+/// `flags`: the machine counts as closed (R8, R11, R12).
+const CLOSED: u8 = 1;
+/// `flags`: `close()` was called (or the last handle dropped, or the driver died): the
+/// current connection is being torn down and must not be handed out (S1).
+const TEARING_DOWN: u8 = 2;
+/// `flags`: close finished (R8), or the driver is gone (S3).
+const FINISHED: u8 = 4;
+
+pub(crate) type CoreEffect<A, C, E> = Effect<A, C, Error<E>>;
+pub(crate) type CoreInput<A, C, E> = Input<A, C, Error<E>>;
+
+/// What only the lock holder may touch.
+pub(crate) struct Inner<A, C, E> {
+    machine: Machine<A, C, Error<E>>,
+    /// The driver's latest time; handles feed their inputs at it.
+    now: Instant,
+    /// Effects for the driver to perform, in order.
+    io: VecDeque<CoreEffect<A, C, E>>,
+    /// The driver task's waker, while it waits.
+    driver: Option<Waker>,
+    /// `connected()` waiters (R9).
+    connected: Vec<Arc<Slot<C>>>,
+    /// `connected_or_failed_to_connect()` waiters (R10).
+    outcomes: Vec<Arc<Slot<AttemptOutcome<C, E>>>>,
+    /// `close_finished()` waiters.
+    finish: Vec<Arc<Slot<()>>>,
+    /// The last strong handle is gone; the driver closes (R14) when it sees this.
+    orphaned: bool,
+    /// Observers' channel, created by the first subscriber; dropped when close finishes,
+    /// which ends every observer's stream (S4).
+    events: Option<broadcast::Sender<Event<A, C, E>>>,
+    event_capacity: u32,
+    /// Close finished or the driver is gone: nothing is fed any more.
+    ended: bool,
+}
+
+/// Shared by the handles (strong and weak), connect contexts and the driver task.
+pub(crate) struct Shared<A, C, E> {
+    pub(crate) server_name: Arc<str>,
+    /// The current connection (R5, R6), for lock-free reads on the hot path. Written under
+    /// the lock only.
+    current: ArcSwapOption<C>,
+    /// `CLOSED | TEARING_DOWN | FINISHED`, written under the lock only.
+    flags: AtomicU8,
+    /// Strong handles; the last one's drop closes (R14).
+    handles: AtomicUsize,
+    inner: Mutex<Inner<A, C, E>>,
+}
+
+impl<A, C, E> Shared<A, C, E>
+where
+    A: Clone + PartialEq,
+    C: Clone,
+    E: Clone + PartialEq,
+{
+    /// Shared state around a new machine (which has already emitted R1's event), with one
+    /// strong handle, and an observer channel if one is set up before the driver starts.
+    pub(crate) fn new(
+        server_name: Arc<str>,
+        machine: Machine<A, C, Error<E>>,
+        events: Option<broadcast::Sender<Event<A, C, E>>>,
+        event_capacity: usize,
+    ) -> Shared<A, C, E> {
+        let shared = Shared {
+            server_name,
+            current: ArcSwapOption::empty(),
+            flags: AtomicU8::new(0),
+            handles: AtomicUsize::new(1),
+            inner: Mutex::new(Inner {
+                machine,
+                now: Instant::ZERO,
+                io: VecDeque::new(),
+                driver: None,
+                connected: Vec::new(),
+                outcomes: Vec::new(),
+                finish: Vec::new(),
+                orphaned: false,
+                events,
+                event_capacity: u32::try_from(event_capacity).unwrap_or(u32::MAX),
+                ended: false,
+            }),
+        };
+        {
+            let mut inner = lock(&shared.inner);
+            shared.absorb(&mut inner);
+        }
+        shared
+    }
+
+    /// Feeds `input` to the machine at the driver's latest time, performs the shared-state
+    /// effects and wakes the driver for the rest. Used by handles and connect contexts.
+    pub(crate) fn feed_from_handle(&self, input: CoreInput<A, C, E>) {
+        let waker = {
+            let mut inner = lock(&self.inner);
+            if inner.ended {
+                return;
+            }
+            if matches!(input, Input::CloseRequested) {
+                self.flags.fetch_or(TEARING_DOWN, Ordering::AcqRel);
+            }
+            let now = inner.now;
+            inner.machine.handle(now, input);
+            self.absorb(&mut inner);
+            if inner.io.is_empty() {
+                None
+            } else {
+                inner.driver.take()
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Feeds `input` at `now` (the driver's clock). Used by the driver.
+    pub(crate) fn feed(&self, now: Instant, input: CoreInput<A, C, E>) {
+        let mut inner = lock(&self.inner);
+        if inner.ended {
+            return;
+        }
+        inner.now = now;
+        inner.machine.handle(now, input);
+        self.absorb(&mut inner);
+    }
+
+    /// Drains the machine's effects: shared-state ones are performed here, under the lock;
+    /// the others go to the driver's queue.
+    fn absorb(&self, inner: &mut MutexGuard<'_, Inner<A, C, E>>) {
+        let inner = &mut **inner;
+        while let Some(effect) = inner.machine.poll_effect() {
+            match effect {
+                Effect::AttemptOutcome(outcome) => {
+                    fill_all(&mut inner.outcomes, &outcome);
+                }
+                Effect::BecameCurrent { conn, connection } => {
+                    self.current.store(Some(Arc::new(connection.clone())));
+                    fill_all(&mut inner.connected, &connection);
+                    // The driver watches it for its close (R6).
+                    inner
+                        .io
+                        .push_back(Effect::BecameCurrent { conn, connection });
+                }
+                Effect::NoLongerCurrent { .. } => self.current.store(None),
+                Effect::StartTimer {
+                    attempt,
+                    base,
+                    delay,
+                    ..
+                } => {
+                    tracing::debug!(server = %self.server_name, %attempt, ?base, ?delay, "attempt begins; retry timer started");
+                }
+                Effect::CloseFinished => {
+                    // R8: no connection of ours is open, no attempt is in flight, no
+                    // handler runs.
+                    tracing::info!(server = %self.server_name, "close finished");
+                    self.end(inner);
+                    inner.io.push_back(Effect::CloseFinished);
+                }
+                other => inner.io.push_back(other),
+            }
+        }
+        let mut flags = self.flags() & !CLOSED;
+        if inner.machine.is_closed() || inner.ended {
+            flags |= CLOSED;
+        }
+        self.flags.store(flags, Ordering::Release);
+    }
+
+    /// Close finished (R8) or the driver died (S3): resolve `close()`/`close_finished()`
+    /// and R10 waiters, drop R9 waiters (they never resolve after close, R9) and end the
+    /// observers' streams (S4).
+    fn end(&self, inner: &mut Inner<A, C, E>) {
+        inner.ended = true;
+        fill_all(&mut inner.outcomes, &Err(AttemptError::Closed));
+        fill_all(&mut inner.finish, &());
+        inner.connected = Vec::new();
+        inner.events = None;
+        self.flags
+            .fetch_or(CLOSED | TEARING_DOWN | FINISHED, Ordering::AcqRel);
+    }
+
+    /// Called by the driver's drop guard: if close has not finished, the driver died
+    /// abnormally (its runtime shut down, or a drop panicked). Nothing may hang on it (S3).
+    pub(crate) fn driver_gone(&self) {
+        let mut inner = lock(&self.inner);
+        if !inner.ended {
+            tracing::error!(server = %self.server_name, "driver task ended before close finished; the persistent connection counts as closed");
+            self.end(&mut inner);
+            inner.io.clear();
+            self.current.store(None);
+        }
+    }
+
+    /// Moves the queued effects into `out` (empty on entry) and returns the machine's
+    /// retry deadline; if there are none, registers `waker` to be woken when some arrive.
+    pub(crate) fn take_io(&self, out: &mut VecDeque<CoreEffect<A, C, E>>) -> Option<Instant> {
+        let mut inner = lock(&self.inner);
+        if std::mem::take(&mut inner.orphaned) && !inner.ended {
+            tracing::debug!(server = %self.server_name, "last handle dropped; closing");
+            self.flags.fetch_or(TEARING_DOWN, Ordering::AcqRel);
+            let now = inner.now;
+            inner.machine.handle(now, Input::CloseRequested);
+            self.absorb(&mut inner);
+        }
+        std::mem::swap(&mut inner.io, out);
+        // Observers see each event as the driver hands it to `on_event`, in order (S4).
+        if let Some(observers) = &inner.events {
+            for effect in out.iter() {
+                if let Effect::Emit { event, .. } = effect {
+                    let _ = observers.send(event.clone());
+                }
+            }
+        }
+        inner.machine.poll_timeout()
+    }
+
+    /// Ready when effects are queued for the driver.
+    pub(crate) fn poll_io(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = lock(&self.inner);
+        if inner.io.is_empty() && !inner.orphaned {
+            match &inner.driver {
+                Some(old) if old.will_wake(cx.waker()) => {}
+                _ => inner.driver = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+}
+
+impl<A, C, E> Shared<A, C, E> {
+    fn flags(&self) -> u8 {
+        self.flags.load(Ordering::Acquire)
+    }
+
+    /// R8, R11, R12: the machine counts as closed, or the driver is gone.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.flags() & CLOSED != 0
+    }
+
+    /// Close finished, or the driver is gone.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.flags() & FINISHED != 0
+    }
+
+    /// Whether a connection is current (for `Debug`).
+    pub(crate) fn has_current(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    // ---- handles ----
+
+    /// One more strong handle.
+    pub(crate) fn add_handle(&self) {
+        self.handles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A strong handle from a weak one, if any strong one still exists.
+    pub(crate) fn try_add_handle(&self) -> bool {
+        let mut n = self.handles.load(Ordering::Acquire);
+        loop {
+            if n == 0 {
+                return false;
+            }
+            match self
+                .handles
+                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(actual) => n = actual,
+            }
+        }
+    }
+
+    /// A strong handle went away. The last one's drop closes in the background (R14): it
+    /// tells the driver, which feeds the close.
+    pub(crate) fn drop_handle(&self) {
+        if self.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let waker = {
+                let mut inner = lock(&self.inner);
+                inner.orphaned = true;
+                inner.driver.take()
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+}
+
+impl<A, C, E> Shared<A, C, E>
+where
+    A: Clone + PartialEq,
+    C: Closable + Clone,
+    E: Clone + PartialEq,
+{
+    /// The current connection if it may be handed out: not closed, and not being torn down
+    /// by `close()` (S1). Lock-free.
+    pub(crate) fn live_current(&self) -> Option<C> {
+        self.with_live_current(|c| c.cloned())
+    }
+
+    /// Calls `f` with the live current connection (see [`live_current`](Self::live_current)).
+    pub(crate) fn with_live_current<R>(&self, f: impl FnOnce(Option<&C>) -> R) -> R {
+        let guard = self.current.load();
+        let live = guard
+            .as_deref()
+            .filter(|c| self.flags() & TEARING_DOWN == 0 && !c.is_closed());
+        f(live)
+    }
+
+    /// R9: the live current connection now, or a slot for the next one to become current
+    /// (`None` after close: it never resolves).
+    pub(crate) fn wait_connected(&self) -> Result<C, Option<Wait<C>>> {
+        if let Some(c) = self.live_current() {
+            return Ok(c);
+        }
+        let mut inner = lock(&self.inner);
+        // Checked again under the lock that publishes: nothing can slip in between.
+        if let Some(c) = self.live_current() {
+            return Ok(c);
+        }
+        if inner.ended || self.flags() & TEARING_DOWN != 0 {
+            return Err(None);
+        }
+        Err(Some(Wait::new(register(&mut inner.connected))))
+    }
+
+    /// R10: the outcome now (connected, or closed), or a slot for the next one.
+    pub(crate) fn wait_outcome(&self) -> Wait<AttemptOutcome<C, E>> {
+        // Lock-free and allocation-free when the answer is already known.
+        if self.is_closed() {
+            return Wait::ready(Err(AttemptError::Closed));
+        }
+        if let Some(c) = self.live_current() {
+            return Wait::ready(Ok(c));
+        }
+        let mut inner = lock(&self.inner);
+        // Checked again under the lock that publishes (S1, S2).
+        if self.is_closed() || inner.ended {
+            return Wait::ready(Err(AttemptError::Closed));
+        }
+        if let Some(c) = self.live_current() {
+            return Wait::ready(Ok(c));
+        }
+        Wait::new(register(&mut inner.outcomes))
+    }
+
+    /// `close_finished()`: ready at once if finished, else a slot filled when it is.
+    pub(crate) fn wait_finished(&self) -> Option<Wait<()>> {
+        if self.is_finished() {
+            return None;
+        }
+        let mut inner = lock(&self.inner);
+        if inner.ended {
+            return None;
+        }
+        Some(Wait::new(register(&mut inner.finish)))
+    }
+
+    /// A receiver of every event from now on; an ended one after close finished (S4).
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event<A, C, E>> {
+        let mut inner = lock(&self.inner);
+        if inner.ended {
+            let (tx, rx) = broadcast::channel(1);
+            drop(tx);
+            return rx;
+        }
+        let capacity = inner.event_capacity as usize;
+        inner
+            .events
+            .get_or_insert_with(|| broadcast::Sender::new(capacity))
+            .subscribe()
+    }
+}
