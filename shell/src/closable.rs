@@ -187,7 +187,7 @@ impl CloseSignal {
 
     /// Resolves once closing has begun (by [`begin_close`](CloseSignal::begin_close),
     /// `close()` or [`mark_closed`](CloseSignal::mark_closed)).
-    pub fn closing(&self) -> impl Future<Output = ()> + Send + 'static {
+    pub fn closing(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
         let mut rx = self.inner.state.subscribe();
         async move {
             // The sender lives in `inner`, which `rx` does not keep alive; an error means
@@ -198,7 +198,7 @@ impl CloseSignal {
         }
     }
 
-    fn finished(&self) -> impl Future<Output = ()> + Send + 'static {
+    fn finished(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
         let mut rx = self.inner.state.subscribe();
         async move {
             if rx.wait_for(|s| *s == SignalState::Closed).await.is_err() {
