@@ -417,6 +417,8 @@ enum Mode {
     InProcess,
     EtcdKill,
     EtcdStop,
+    /// etcd with the watch cache, server killed.
+    EtcdKillCached,
     /// etcd, server killed, and a picker made afresh for every lookup (random, no memory of
     /// what was tried): what a hand-written `get_address` over etcd would do.
     EtcdKillForgetful,
@@ -445,6 +447,15 @@ async fn trial(mode: Mode, ep: &str, n: u64) -> Duration {
         ),
         Mode::EtcdKill | Mode::EtcdStop => {
             connect(catalog.get_address(Pick::Random { seed: n }), n, None)
+        }
+        Mode::EtcdKillCached => {
+            let cached = catalog.watch_cache();
+            // Let the watch sync, so that lookups are local reads.
+            let _ = cached.lookup().await;
+            while !cached.watch_cache_in_sync() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            connect(cached.get_address(Pick::Random { seed: n }), n, None)
         }
         Mode::EtcdKillForgetful => {
             let seeds = Arc::new(AtomicU64::new(n * 1000));
@@ -477,7 +488,7 @@ async fn trial(mode: Mode, ep: &str, n: u64) -> Duration {
             in_process.0.lock().unwrap().retain(|a| *a != dead);
             servers[i].kill9();
         }
-        Mode::EtcdKill | Mode::EtcdKillForgetful => servers[i].kill9(),
+        Mode::EtcdKill | Mode::EtcdKillCached | Mode::EtcdKillForgetful => servers[i].kill9(),
         Mode::EtcdStop => tokio::task::block_in_place(|| servers[i].stop()),
     }
     let mut k = 1;
@@ -524,6 +535,7 @@ async fn trials(n: u64) {
         Mode::InProcess,
         Mode::EtcdKill,
         Mode::EtcdStop,
+        Mode::EtcdKillCached,
         Mode::EtcdKillForgetful,
     ];
     let mut gaps: Vec<Vec<Duration>> = vec![Vec::new(); modes.len()];
@@ -573,26 +585,41 @@ async fn trials(n: u64) {
         );
     }
     let catalog = EtcdCatalog::new([&ep], prefix);
+    let cached = EtcdCatalog::new([&ep], prefix).watch_cache();
+    let _ = cached.lookup().await;
+    while !cached.watch_cache_in_sync() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let in_process = InProcess::default();
     *in_process.0.lock().unwrap() = catalog.lookup().await.expect("lookup");
     let lookups = 2000;
     let mut etcd_lat = Vec::new();
+    let mut cached_lat = Vec::new();
     let mut local_lat = Vec::new();
     for _ in 0..lookups {
         let t = Instant::now();
         assert_eq!(catalog.lookup().await.expect("lookup").len(), 3);
         etcd_lat.push(t.elapsed());
         let t = Instant::now();
+        assert_eq!(cached.lookup().await.expect("lookup").len(), 3);
+        cached_lat.push(t.elapsed());
+        let t = Instant::now();
         assert_eq!(in_process.lookup().await.expect("lookup").len(), 3);
         local_lat.push(t.elapsed());
     }
+    assert!(
+        cached.watch_cache_in_sync(),
+        "the watch cache is still in sync after the run"
+    );
     etcd_lat.sort();
+    cached_lat.sort();
     local_lat.sort();
-    println!("\nlookup latency over {lookups} lookups (µs), 3 copies listed");
+    println!("\nlookup latency over {lookups} lookups each, interleaved (µs), 3 copies listed");
     println!("| catalog | p50 | p99 |");
     println!("| --- | ---: | ---: |");
     for (name, l) in [
         ("etcd range read", &etcd_lat),
+        ("etcd watch cache", &cached_lat),
         ("in-process list", &local_lat),
     ] {
         println!(

@@ -649,3 +649,83 @@ async fn a_hung_etcd_is_a_lookup_timeout_not_a_hang() {
     let _listed = wait_for_listing(&catalog, "lookups work again", |l| l.is_ok()).await;
     publisher.withdraw().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_watch_cache_follows_puts_and_deletes() {
+    let etcd = start_etcd().await;
+    let ep = etcd.endpoint();
+    let a = EchoServer::start().await;
+    let b = EchoServer::start().await;
+    let pa = EtcdPublisher::publish([&ep], format!("{PREFIX}a"), a.addr, TTL)
+        .await
+        .unwrap();
+    let catalog = EtcdCatalog::new([&ep], PREFIX).watch_cache();
+    assert!(!catalog.watch_cache_in_sync());
+    // The first lookup reads etcd and starts the watch.
+    assert_eq!(catalog.lookup().await.unwrap(), [a.addr]);
+    wait_until("the cache is in sync", || catalog.watch_cache_in_sync()).await;
+
+    let pb = EtcdPublisher::publish([&ep], format!("{PREFIX}b"), b.addr, TTL)
+        .await
+        .unwrap();
+    let _listed = wait_for_listing(&catalog, "the cache sees b", |l| {
+        l.as_ref().is_ok_and(|l| l == &[a.addr, b.addr])
+    })
+    .await;
+    pa.withdraw().await.unwrap();
+    let _listed = wait_for_listing(&catalog, "the cache sees a withdrawn", |l| {
+        l.as_ref().is_ok_and(|l| l == &[b.addr])
+    })
+    .await;
+    assert!(catalog.watch_cache_in_sync());
+
+    // A malformed value reaches the cache as it would a range read.
+    let mut client = etcd_client::Client::connect([&ep], None).await.unwrap();
+    pb.withdraw().await.unwrap();
+    client
+        .put(format!("{PREFIX}bad"), "nonsense", None)
+        .await
+        .unwrap();
+    let listed = wait_for_listing(&catalog, "the cache sees the bad value", |l| {
+        matches!(l, Err(CatalogError::Malformed { .. }))
+    })
+    .await;
+    assert!(format!("{listed:?}").contains("/services/echo/bad"));
+}
+
+#[tokio::test]
+async fn a_watch_cache_serves_nothing_stale_while_etcd_is_down() {
+    let mut etcd = start_etcd().await;
+    let ep = etcd.endpoint();
+    let a = EchoServer::start().await;
+    let pa = EtcdPublisher::publish([&ep], format!("{PREFIX}a"), a.addr, TTL)
+        .await
+        .unwrap();
+    let catalog = EtcdCatalog::new([&ep], PREFIX)
+        .lookup_timeout(Duration::from_millis(300))
+        .watch_cache();
+    assert_eq!(catalog.lookup().await.unwrap(), [a.addr]);
+    wait_until("the cache is in sync", || catalog.watch_cache_in_sync()).await;
+
+    etcd.stop();
+    // The watch breaks; lookups fall back to etcd itself, and fail.
+    let _listed = wait_for_listing(&catalog, "lookups fail with etcd down", |l| l.is_err()).await;
+    assert!(!catalog.watch_cache_in_sync());
+
+    let etcd = tokio::task::spawn_blocking(move || {
+        etcd.restart();
+        etcd
+    })
+    .await
+    .unwrap();
+    let _listed = wait_for_listing(&catalog, "lookups work again", |l| {
+        l.as_ref().is_ok_and(|l| l == &[a.addr])
+    })
+    .await;
+    wait_until("the cache is in sync again", || {
+        catalog.watch_cache_in_sync()
+    })
+    .await;
+    pa.withdraw().await.unwrap();
+    drop(etcd);
+}

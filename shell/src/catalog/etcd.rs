@@ -43,16 +43,19 @@
 //! # }
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue, PutOptions};
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, WatchOptions,
+};
 use tokio::task::JoinHandle;
 
 use super::{Catalog, CatalogError, with_timeout};
@@ -112,20 +115,50 @@ async fn connect(endpoints: &[String], timeout: Duration) -> Result<Client, etcd
 /// bad key. An empty prefix fails with [`CatalogError::Empty`]. Every lookup is bounded by
 /// the lookup timeout (default [`DEFAULT_TIMEOUT`]).
 ///
+/// By default every lookup is one range read of the prefix. With
+/// [`watch_cache`](EtcdCatalog::watch_cache), a background task keeps a local copy of the
+/// prefix fed by an etcd watch, and lookups read it while the watch is healthy.
+///
 /// The etcd client is made on the first lookup and made again after a failed one, so a
 /// catalog created while etcd is down works once etcd is up. Cheap to clone: clones share
-/// the client.
+/// the client and the cache; the cache's task stops when the last clone is dropped.
 pub struct EtcdCatalog<A = SocketAddr> {
     inner: Arc<CatalogInner>,
     _address: PhantomData<fn() -> A>,
 }
 
-struct CatalogInner {
+#[derive(Clone, Debug)]
+struct Settings {
     endpoints: Vec<String>,
     prefix: String,
     describe: String,
     timeout: Duration,
+    watch_cache: bool,
+}
+
+struct CatalogInner {
+    settings: Settings,
     client: tokio::sync::Mutex<Option<Client>>,
+    /// The watch-fed copy of the prefix, when enabled.
+    cache: Option<Arc<Mutex<CacheState>>>,
+    /// The task feeding it, started by the first lookup.
+    cache_task: OnceLock<JoinHandle<()>>,
+}
+
+impl Drop for CatalogInner {
+    fn drop(&mut self) {
+        if let Some(task) = self.cache_task.get() {
+            task.abort();
+        }
+    }
+}
+
+/// The local copy of the prefix: valid only while `synced` (a range read done and the watch
+/// that follows it still running).
+#[derive(Debug, Default)]
+struct CacheState {
+    synced: bool,
+    kvs: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 impl<A> Clone for EtcdCatalog<A> {
@@ -140,9 +173,7 @@ impl<A> Clone for EtcdCatalog<A> {
 impl<A> fmt::Debug for EtcdCatalog<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EtcdCatalog")
-            .field("endpoints", &self.inner.endpoints)
-            .field("prefix", &self.inner.prefix)
-            .field("timeout", &self.inner.timeout)
+            .field("settings", &self.inner.settings)
             .finish_non_exhaustive()
     }
 }
@@ -156,23 +187,35 @@ impl EtcdCatalog<SocketAddr> {
         prefix: impl Into<String>,
     ) -> EtcdCatalog<SocketAddr> {
         let prefix = prefix.into();
-        EtcdCatalog {
-            inner: Arc::new(CatalogInner {
-                endpoints: endpoints
-                    .into_iter()
-                    .map(|e| e.as_ref().to_owned())
-                    .collect(),
-                describe: format!("etcd prefix {prefix:?}"),
-                prefix,
-                timeout: DEFAULT_TIMEOUT,
-                client: tokio::sync::Mutex::new(None),
-            }),
-            _address: PhantomData,
-        }
+        EtcdCatalog::from_settings(Settings {
+            endpoints: endpoints
+                .into_iter()
+                .map(|e| e.as_ref().to_owned())
+                .collect(),
+            describe: format!("etcd prefix {prefix:?}"),
+            prefix,
+            timeout: DEFAULT_TIMEOUT,
+            watch_cache: false,
+        })
     }
 }
 
 impl<A> EtcdCatalog<A> {
+    fn from_settings(settings: Settings) -> EtcdCatalog<A> {
+        let cache = settings
+            .watch_cache
+            .then(|| Arc::new(Mutex::new(CacheState::default())));
+        EtcdCatalog {
+            inner: Arc::new(CatalogInner {
+                settings,
+                client: tokio::sync::Mutex::new(None),
+                cache,
+                cache_task: OnceLock::new(),
+            }),
+            _address: PhantomData,
+        }
+    }
+
     /// The same catalog, with values parsed as `B`.
     pub fn parse_as<B>(self) -> EtcdCatalog<B> {
         EtcdCatalog {
@@ -182,30 +225,42 @@ impl<A> EtcdCatalog<A> {
     }
 
     /// How long a lookup may take (connecting included) before the attempt fails with
-    /// [`CatalogError::TimedOut`]. Set it before cloning: clones made earlier keep theirs.
+    /// [`CatalogError::TimedOut`]. Returns a new catalog (clones made before keep their
+    /// setting).
     pub fn lookup_timeout(self, timeout: Duration) -> EtcdCatalog<A> {
-        let inner = match Arc::try_unwrap(self.inner) {
-            Ok(mut inner) => {
-                inner.timeout = timeout;
-                inner
-            }
-            Err(shared) => CatalogInner {
-                endpoints: shared.endpoints.clone(),
-                prefix: shared.prefix.clone(),
-                describe: shared.describe.clone(),
-                timeout,
-                client: tokio::sync::Mutex::new(None),
-            },
-        };
-        EtcdCatalog {
-            inner: Arc::new(inner),
-            _address: PhantomData,
-        }
+        let mut settings = self.inner.settings.clone();
+        settings.timeout = timeout;
+        EtcdCatalog::from_settings(settings)
+    }
+
+    /// Keep a local copy of the prefix, fed by an etcd watch, and answer lookups from it:
+    /// a lookup is then a local read (no round trip to etcd). The first lookup starts the
+    /// watch task on the current Tokio runtime; it stops when the last clone of the catalog
+    /// is dropped.
+    ///
+    /// The copy is used only while the watch is healthy (the connection to etcd is checked
+    /// with HTTP/2 keep-alives every second). Before the first sync and whenever the watch
+    /// breaks, lookups fall back to a range read, so they fail while etcd is down exactly as
+    /// without the cache, and never serve a list that etcd no longer vouches for. Returns a
+    /// new catalog (clones made before keep their setting).
+    pub fn watch_cache(self) -> EtcdCatalog<A> {
+        let mut settings = self.inner.settings.clone();
+        settings.watch_cache = true;
+        EtcdCatalog::from_settings(settings)
+    }
+
+    /// Whether lookups are answered from the watch cache now: it is enabled, synced, and
+    /// its watch is running.
+    pub fn watch_cache_in_sync(&self) -> bool {
+        self.inner
+            .cache
+            .as_ref()
+            .is_some_and(|c| c.lock().unwrap_or_else(|p| p.into_inner()).synced)
     }
 
     /// The key prefix.
     pub fn prefix(&self) -> &str {
-        &self.inner.prefix
+        &self.inner.settings.prefix
     }
 }
 
@@ -213,49 +268,156 @@ impl CatalogInner {
     /// One range read of the prefix. A failure drops the client so the next lookup makes
     /// a new one.
     async fn list(&self) -> Result<Vec<KeyValue>, CatalogError> {
+        let s = &self.settings;
         let mut slot = self.client.lock().await;
         let mut client = match &*slot {
             Some(c) => c.clone(),
             None => {
-                let c = connect(&self.endpoints, self.timeout)
+                let c = connect(&s.endpoints, s.timeout)
                     .await
-                    .map_err(|e| etcd_error(&self.describe, e))?;
+                    .map_err(|e| etcd_error(&s.describe, e))?;
                 *slot = Some(c.clone());
                 c
             }
         };
         drop(slot);
         match client
-            .get(
-                self.prefix.as_bytes(),
-                Some(GetOptions::new().with_prefix()),
-            )
+            .get(s.prefix.as_bytes(), Some(GetOptions::new().with_prefix()))
             .await
         {
             Ok(mut response) => Ok(response.take_kvs()),
             Err(e) => {
                 *self.client.lock().await = None;
-                Err(etcd_error(&self.describe, e))
+                Err(etcd_error(&s.describe, e))
             }
         }
     }
+
+    /// The cached listing, parsed, if the cache is enabled and in sync; starts the watch
+    /// task on first use.
+    fn cached<A>(&self) -> Option<Result<Vec<A>, CatalogError>>
+    where
+        A: FromStr,
+        A::Err: fmt::Display,
+    {
+        let cache = self.cache.as_ref()?;
+        self.cache_task
+            .get_or_init(|| tokio::spawn(watch_prefix(self.settings.clone(), cache.clone())));
+        let state = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if !state.synced {
+            return None;
+        }
+        Some(parse_listing(
+            &self.settings.describe,
+            state.kvs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+        ))
+    }
 }
 
-/// Parses a listing: the values that parse as `A`, in key order; a warning for each that
-/// does not.
-fn parse_listing<A>(describe: &str, kvs: &[KeyValue]) -> Result<Vec<A>, CatalogError>
+/// The watch task: range read, then watch from the next revision, applying every change
+/// to the cache; on any error, mark the cache out of sync and start over after a pause.
+async fn watch_prefix(settings: Settings, cache: Arc<Mutex<CacheState>>) {
+    let pause = Duration::from_millis(200);
+    loop {
+        let result = sync_and_watch(&settings, &cache).await;
+        cache.lock().unwrap_or_else(|p| p.into_inner()).synced = false;
+        if let Err(e) = result {
+            tracing::warn!(catalog = %settings.describe, error = %e, "etcd watch broke; resyncing");
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+async fn sync_and_watch(
+    settings: &Settings,
+    cache: &Arc<Mutex<CacheState>>,
+) -> Result<(), CatalogError> {
+    let describe = &settings.describe;
+    let err = |e| etcd_error(describe, e);
+    let timeout = settings.timeout;
+    let options = ConnectOptions::new()
+        .with_connect_timeout(timeout)
+        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
+        .with_keep_alive_while_idle(true);
+    let read = async {
+        let mut client = Client::connect(&settings.endpoints, Some(options))
+            .await
+            .map_err(err)?;
+        let mut response = client
+            .get(
+                settings.prefix.as_bytes(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(err)?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        let kvs = response.take_kvs();
+        let stream = client
+            .watch(
+                settings.prefix.as_bytes(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision + 1),
+                ),
+            )
+            .await
+            .map_err(err)?;
+        Ok::<_, CatalogError>((client, kvs, stream))
+    };
+    let (_client, kvs, mut stream) = with_timeout(|| describe.clone(), timeout, read).await?;
+    {
+        let mut state = cache.lock().unwrap_or_else(|p| p.into_inner());
+        state.kvs = kvs
+            .iter()
+            .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
+            .collect();
+        state.synced = true;
+    }
+    while let Some(response) = stream.message().await.map_err(err)? {
+        if response.canceled() {
+            return Err(CatalogError::Lookup {
+                catalog: describe.clone(),
+                message: format!("watch cancelled: {}", response.cancel_reason()),
+            });
+        }
+        let mut state = cache.lock().unwrap_or_else(|p| p.into_inner());
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            match event.event_type() {
+                EventType::Put => {
+                    state.kvs.insert(kv.key().to_vec(), kv.value().to_vec());
+                }
+                EventType::Delete => {
+                    state.kvs.remove(kv.key());
+                }
+            }
+        }
+    }
+    Err(CatalogError::Lookup {
+        catalog: describe.clone(),
+        message: "watch stream ended".to_owned(),
+    })
+}
+
+/// Parses a listing of `(key, value)` pairs: the values that parse as `A`, in key order; a
+/// warning for each that does not.
+fn parse_listing<'a, A>(
+    describe: &str,
+    entries: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> Result<Vec<A>, CatalogError>
 where
     A: FromStr,
     A::Err: fmt::Display,
 {
-    let mut listed = Vec::with_capacity(kvs.len());
+    let mut listed = Vec::new();
     let mut first_bad = None;
-    for kv in kvs {
-        let value = String::from_utf8_lossy(kv.value());
+    for (key, value) in entries {
+        let value = String::from_utf8_lossy(value);
         match value.trim().parse::<A>() {
             Ok(a) => listed.push(a),
             Err(e) => {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let key = String::from_utf8_lossy(key).into_owned();
                 tracing::warn!(
                     catalog = describe,
                     key = %key,
@@ -289,10 +451,17 @@ where
     fn lookup(&self) -> impl Future<Output = Result<Vec<A>, CatalogError>> + Send {
         let inner = self.inner.clone();
         async move {
-            let describe = inner.describe.clone();
-            let listed = with_timeout(|| describe.clone(), inner.timeout, inner.list()).await;
+            if let Some(listed) = inner.cached() {
+                return listed;
+            }
+            let describe = inner.settings.describe.clone();
+            let timeout = inner.settings.timeout;
+            let listed = with_timeout(|| describe.clone(), timeout, inner.list()).await;
             match listed {
-                Ok(kvs) => parse_listing(&inner.describe, &kvs),
+                Ok(kvs) => parse_listing(
+                    &inner.settings.describe,
+                    kvs.iter().map(|kv| (kv.key(), kv.value())),
+                ),
                 Err(e) => {
                     if matches!(e, CatalogError::TimedOut { .. }) {
                         // The client may be stuck on a dead endpoint: start afresh.
