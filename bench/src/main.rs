@@ -8,10 +8,10 @@
 //! ```
 //!
 //! Scenarios: `baseline`, `failover` (includes `baseline`), `storm`, `drop`, `memory`,
-//! `all`. Flags (defaults in brackets): `--libs ours,stubborn,tower,hand`, `--trials N`
-//! [100], `--delay-ms` [100], `--stale-ms` [1000], `--steady-ms` [300], `--timeout-ms` [10],
-//! `--clients N` [2000], `--outage-s` [5], `--storm-delay-ms` [1000], `--drop-clients N` [10],
-//! `--drop-s` [5], `--drop-delay-ms` [100], `--conns N` [10000], `--quick`.
+//! `all`. Flags (defaults in parentheses): `--libs ours,stubborn,tower,hand`, `--trials N`
+//! (100), `--delay-ms` (100), `--stale-ms` (1000), `--steady-ms` (300), `--timeout-ms` (10),
+//! `--clients N` (2000), `--outage-s` (5), `--storm-delay-ms` (1000), `--drop-clients N` (10),
+//! `--drop-s` (5), `--drop-delay-ms` (100), `--conns N` (10000), `--quick`.
 //!
 //! Servers run in a child process (`serve`), so killing one resets its connections and the
 //! client's CPU and memory figures exclude them. Only 127.0.0.1 is used; every loop is

@@ -460,6 +460,24 @@ impl<A, C, E> Machine<A, C, E> {
         self.current.as_ref().map(|c| c.id)
     }
 
+    /// Frees the effect queue's buffer and other spare capacity, if empty. For drivers that
+    /// keep many idle machines: call it when the machine waits for nothing but its
+    /// connection ([`State::Connected`]); the next steps allocate the buffer again.
+    pub fn release_buffers(&mut self) {
+        if self.effects.is_empty() {
+            self.effects = VecDeque::new();
+        }
+        if self.lingering.is_empty() {
+            self.lingering = Vec::new();
+        }
+    }
+
+    /// The deadline of the latest attempt's retry timer (R2): the next attempt begins no
+    /// earlier. `None` before the first attempt.
+    pub fn retry_deadline(&self) -> Option<Instant> {
+        (self.next_attempt > 0).then_some(self.retry_deadline)
+    }
+
     /// Unsuccessful attempts since the last successful connect (R12).
     pub fn consecutive_unsuccessful_attempts(&self) -> u32 {
         self.consecutive_failures

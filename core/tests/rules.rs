@@ -1003,3 +1003,15 @@ fn r12_abort_while_connected_behaves_as_r11() {
     h.feed(Input::Closed { conn });
     assert_eq!(h.handled(), vec![Effect::CloseFinished]);
 }
+
+#[test]
+fn retry_deadline_query_is_the_latest_attempts_timer() {
+    let mut h = H::constant(2.0);
+    assert_eq!(h.m.retry_deadline(), None, "no attempt yet");
+    h.handled_at(3.0);
+    assert_eq!(h.m.retry_deadline(), Some(at(5.0)));
+    h.address(Err("down"));
+    h.handled();
+    assert_eq!(h.m.poll_timeout(), Some(at(5.0)));
+    assert_eq!(h.m.retry_deadline(), Some(at(5.0)));
+}

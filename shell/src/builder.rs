@@ -8,15 +8,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use persistent_connection_core::{Config, Input, Jitter, Machine, RetryDelay, RetryPolicy};
+use persistent_connection_core::{Config, Jitter, Machine, RetryDelay, RetryPolicy};
 use tokio::sync::broadcast;
 
 use crate::Event;
 use crate::closable::Closable;
 use crate::driver::Driver;
-use crate::error::Error;
 use crate::events::EventStream;
-use crate::handle::{AbortFn, ConnectContext, PersistentConnection};
+use crate::handle::{ConnectContext, PersistentConnection};
 use crate::shared::Shared;
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -29,12 +28,10 @@ pub(crate) type OnEventFn<A, C, E> = Arc<dyn Fn(Event<A, C, E>) -> BoxFuture<()>
 pub(crate) struct Callbacks<A, C, E> {
     pub(crate) get_address: GetAddressFn<A, E>,
     pub(crate) connect: ConnectFn<A, C, E>,
-    pub(crate) on_event: OnEventFn<A, C, E>,
+    /// `None` when the user set none: events are then handled at once, without a future.
+    pub(crate) on_event: Option<OnEventFn<A, C, E>>,
     pub(crate) lookup_timeout: Duration,
     pub(crate) connect_timeout: Duration,
-    /// What connect contexts' `abort` calls; set by `build_on` once the shared state
-    /// exists.
-    pub(crate) abort: AbortFn<E>,
 }
 
 /// How long `get_address` may take before the attempt fails with
@@ -126,10 +123,9 @@ where
             callbacks: Callbacks {
                 get_address: Arc::new(move || Box::pin(get_address())),
                 connect: Arc::new(move |a, cx| Box::pin(connect(a, cx))),
-                on_event: Arc::new(|_| Box::pin(async {})),
+                on_event: None,
                 lookup_timeout: DEFAULT_LOOKUP_TIMEOUT,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-                abort: Arc::new(|_| {}),
             },
             retry: RetryPolicy::default(),
             seed: None,
@@ -145,7 +141,7 @@ where
         F: Fn(Event<A, C, E>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.callbacks.on_event = Arc::new(move |e| Box::pin(on_event(e)));
+        self.callbacks.on_event = Some(Arc::new(move |e| Box::pin(on_event(e))));
         self
     }
 
@@ -270,7 +266,7 @@ where
     pub fn build_on(self, runtime: &tokio::runtime::Handle) -> PersistentConnection<A, C, E> {
         let Builder {
             server_name,
-            mut callbacks,
+            callbacks,
             retry,
             seed,
             event_capacity,
@@ -283,18 +279,28 @@ where
         };
         let machine = Machine::new(Config { seed, retry });
         let shared = Arc::new(Shared::new(server_name, machine, events, event_capacity));
-        let weak = Arc::downgrade(&shared);
-        callbacks.abort = Arc::new(move |error| {
-            if let Some(shared) = weak.upgrade() {
-                shared.feed_from_handle(Input::Abort {
-                    error: Error::User(error),
-                });
-            }
-        });
         let driver = Driver::new(shared.clone(), callbacks, seed);
         // `Instant::now()` is read inside the task, so the base is on the runtime's clock.
-        runtime.spawn(driver.run());
+        runtime.spawn(driver);
         PersistentConnection { shared }
+    }
+}
+
+#[cfg(all(test, not(pc_loom)))]
+impl<A, C, E> Builder<A, C, E>
+where
+    A: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
+    C: Closable + Clone + fmt::Debug + Send + Sync + 'static,
+    E: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
+{
+    /// The driver `build` would spawn, unspawned (for the size table in `driver.rs`).
+    pub(crate) fn driver_for_test(self) -> Driver<A, C, E> {
+        let machine = Machine::new(Config {
+            seed: 0,
+            retry: self.retry,
+        });
+        let shared = Arc::new(Shared::new(self.server_name, machine, None, 1));
+        Driver::new(shared, self.callbacks, 0)
     }
 }
 

@@ -2,17 +2,15 @@
 //! completions back as inputs; it decides nothing (the machine does, behind
 //! [`Shared`]'s lock).
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::task::Poll;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use persistent_connection_core::{
     AttemptId, ConnId, Effect, Event as CoreEvent, EventId, Input, Instant,
 };
@@ -21,13 +19,7 @@ use crate::builder::{BoxFuture, Callbacks};
 use crate::closable::Closable;
 use crate::error::{Callback, Error, panic_message};
 use crate::handle::ConnectContext;
-use crate::shared::{CoreEffect, CoreInput, Shared};
-
-/// Where machine deadlines that do not fit in a Tokio `Instant` go: about 30 years from
-/// now. It must be far enough that no real retry delay is cut short (a deadline that does
-/// not fit is at least `Instant::MAX - base` away, i.e. centuries), yet fit in a Tokio
-/// `Instant` from any `now`, which 30 years always does.
-const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+use crate::shared::{AbortTarget, CoreEffect, CoreInput, Shared};
 
 enum AttemptOutput<A, C, E> {
     Address(Result<A, Error<E>>),
@@ -36,31 +28,40 @@ enum AttemptOutput<A, C, E> {
 
 type Slot<I, T> = Option<(I, BoxFuture<T>)>;
 
-pub(crate) struct Driver<A, C, E> {
+/// How many steps the driver takes in one poll before it yields to the other tasks of its
+/// thread: with a zero retry delay (R7 allows it) and callbacks that finish at once, there
+/// is always a next step, and the task must not starve its neighbours.
+const STEPS_PER_POLL: u32 = 64;
+
+/// The driver task: a hand-written future rather than an `async fn` with `select!`, so an
+/// idle connection's task holds only what it uses (no timer while connected, no buffers,
+/// no space for futures of branches that are not running).
+pub(crate) struct Driver<A, C, E>
+where
+    A: Clone + PartialEq,
+    C: Clone,
+    E: Clone + PartialEq,
+{
     shared: Arc<Shared<A, C, E>>,
-    /// The origin of the machine's clock (set when the task starts).
-    base: tokio::time::Instant,
+    /// The origin of the machine's clock: Tokio's clock at the first poll.
+    base: Option<tokio::time::Instant>,
     callbacks: Callbacks<A, C, E>,
+    /// What connect contexts' `abort` reaches.
+    abort: Weak<dyn AbortTarget<E>>,
     /// The running `on_event` (at most one, I3). `Err` carries a panic's message.
     event: Slot<EventId, Result<(), String>>,
     /// The in-flight `get_address` or `connect` (at most one).
     attempt: Slot<AttemptId, AttemptOutput<A, C, E>>,
     /// The address the attempt in flight connects to, for the failure's log line.
     address: Option<A>,
-    /// Close futures and `close_finished` watchers; each yields the connection's id.
-    closing: FuturesUnordered<BoxFuture<ConnId>>,
-    /// Effects taken from the shared queue, performed in order.
-    effects: VecDeque<CoreEffect<A, C, E>>,
+    /// The current connection's `close_finished` (R6).
+    watch: Option<BoxFuture<ConnId>>,
+    /// Other connections' closes (R8): a stray, or the current one when close asks.
+    closing: Vec<BoxFuture<ConnId>>,
+    /// The retry timer, allocated only while the machine waits for it.
+    timer: Option<(Instant, Pin<Box<tokio::time::Sleep>>)>,
     finished: bool,
     seed: u64,
-}
-
-/// Polls the future in `slot`, if any; pending forever when empty.
-fn poll_slot<I: Copy, T>(slot: &mut Slot<I, T>) -> impl Future<Output = (I, T)> + '_ {
-    poll_fn(move |cx| match slot {
-        Some((id, fut)) => fut.as_mut().poll(cx).map(|t| (*id, t)),
-        None => Poll::Pending,
-    })
 }
 
 /// Drops a user future without letting a panic in its `Drop` kill the driver (R13).
@@ -70,22 +71,25 @@ fn drop_guarded<T>(server: &str, what: &str, value: T) {
     }
 }
 
-/// Ends everything shared if the driver's future is dropped before close finished: its
-/// runtime shut down, or it panicked (S3).
-struct DriverGuard<A, C, E>(Arc<Shared<A, C, E>>)
-where
-    A: Clone + PartialEq,
-    C: Clone,
-    E: Clone + PartialEq;
-
-impl<A, C, E> Drop for DriverGuard<A, C, E>
+// Every future the driver holds is boxed; nothing in it is structurally pinned.
+impl<A, C, E> Unpin for Driver<A, C, E>
 where
     A: Clone + PartialEq,
     C: Clone,
     E: Clone + PartialEq,
 {
+}
+
+impl<A, C, E> Drop for Driver<A, C, E>
+where
+    A: Clone + PartialEq,
+    C: Clone,
+    E: Clone + PartialEq,
+{
+    /// If the task is dropped before close finished (its runtime shut down, or it
+    /// panicked), nothing may hang on it (S3).
     fn drop(&mut self) {
-        self.0.driver_gone();
+        self.shared.driver_gone();
     }
 }
 
@@ -100,91 +104,38 @@ where
         callbacks: Callbacks<A, C, E>,
         seed: u64,
     ) -> Self {
+        let abort: Weak<dyn AbortTarget<E>> = Arc::downgrade(&shared) as Weak<dyn AbortTarget<E>>;
         Driver {
             shared,
-            base: tokio::time::Instant::now(),
+            base: None,
             callbacks,
+            abort,
             event: None,
             attempt: None,
             address: None,
-            closing: FuturesUnordered::new(),
-            effects: VecDeque::new(),
+            watch: None,
+            closing: Vec::new(),
+            timer: None,
             finished: false,
             seed,
         }
     }
 
+    fn base(&self) -> tokio::time::Instant {
+        self.base.unwrap_or_else(tokio::time::Instant::now)
+    }
+
     fn now(&self) -> Instant {
-        Instant::from_since_origin(tokio::time::Instant::now().saturating_duration_since(self.base))
+        Instant::from_since_origin(
+            tokio::time::Instant::now().saturating_duration_since(self.base()),
+        )
     }
 
-    /// The Tokio instant of a machine deadline; far-future deadlines are clamped (R7:
-    /// `Duration::MAX` must not panic).
-    fn to_tokio(&self, deadline: Instant) -> tokio::time::Instant {
-        self.base
-            .checked_add(deadline.since_origin())
-            .or_else(|| tokio::time::Instant::now().checked_add(FAR_FUTURE))
-            .unwrap_or(self.base)
-    }
-
-    /// The loop: one `select!` over effects queued by handles, the running event handler,
-    /// the in-flight attempt, connection closes and the retry timer. Ends once close has
-    /// finished.
-    pub(crate) async fn run(mut self) {
-        let _guard = DriverGuard(self.shared.clone());
-        self.base = tokio::time::Instant::now();
-        tracing::debug!(server = %self.shared.server_name, seed = self.seed, "persistent connection started");
-        let sleep = tokio::time::sleep_until(self.base);
-        tokio::pin!(sleep);
-        let mut armed: Option<Instant> = None;
-        loop {
-            let deadline = self.perform_queued();
-            if self.finished {
-                break;
-            }
-            // Cooperate with Tokio's budget: with a zero retry delay (R7 allows it) and
-            // callbacks that finish at once, a branch below is ready on every turn and the
-            // task would never yield to the other tasks of its thread.
-            tokio::task::coop::consume_budget().await;
-            if deadline != armed {
-                if let Some(d) = deadline {
-                    sleep.as_mut().reset(self.to_tokio(d));
-                }
-                armed = deadline;
-            }
-            let shared = self.shared.clone();
-            tokio::select! {
-                biased;
-                () = poll_fn(|cx| shared.poll_io(cx)) => {}
-                (id, r) = poll_slot(&mut self.event), if self.event.is_some() => {
-                    self.event = None;
-                    if let Err(message) = r {
-                        tracing::warn!(
-                            server = %self.shared.server_name,
-                            panic = %message,
-                            "on_event panicked; the event counts as handled"
-                        );
-                    }
-                    self.feed(Input::EventHandled { event: id });
-                }
-                (attempt, out) = poll_slot(&mut self.attempt), if self.attempt.is_some() => {
-                    self.attempt = None;
-                    let input = match out {
-                        AttemptOutput::Address(result) => Input::AddressResult { attempt, result },
-                        AttemptOutput::Connect(result) => Input::ConnectResult { attempt, result },
-                    };
-                    self.feed(input);
-                }
-                Some(conn) = self.closing.next(), if !self.closing.is_empty() => {
-                    self.feed(Input::Closed { conn });
-                }
-                () = &mut sleep, if armed.is_some() => {
-                    armed = None;
-                    self.feed(Input::TimerFired);
-                }
-            }
-        }
-        tracing::debug!(server = %self.shared.server_name, "driver task ends");
+    /// How long until the next attempt may begin (R4, R6), for the log lines.
+    fn next_attempt_in(&self) -> Duration {
+        self.shared.next_attempt_at().map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(tokio::time::Instant::now())
+        })
     }
 
     fn feed(&mut self, input: CoreInput<A, C, E>) {
@@ -192,17 +143,91 @@ where
         self.shared.feed(now, input);
     }
 
-    /// Performs every queued effect; returns the machine's retry deadline.
-    fn perform_queued(&mut self) -> Option<Instant> {
-        loop {
-            let deadline = self.shared.take_io(&mut self.effects);
-            if self.effects.is_empty() {
-                return deadline;
+    /// One step: the first completion found (in the order of the old `biased` select:
+    /// queued effects, the event handler, the attempt, connection closes, the timer) is fed
+    /// to the machine. `Ok(true)` if a step was taken, `Ok(false)` if everything waits,
+    /// `Err(())` once the task is done.
+    fn step(&mut self, cx: &mut Context<'_>) -> Result<bool, ()> {
+        let mut performed = false;
+        while let Some(effect) = self.shared.pop_io() {
+            self.perform(effect);
+            performed = true;
+        }
+        if self.finished {
+            return Err(());
+        }
+        if performed {
+            return Ok(true);
+        }
+        if let Some((id, fut)) = &mut self.event
+            && let Poll::Ready(r) = fut.as_mut().poll(cx)
+        {
+            let id = *id;
+            self.event = None;
+            if let Err(message) = r {
+                tracing::warn!(
+                    server = %self.shared.server_name,
+                    panic = %message,
+                    "on_event panicked; the event counts as handled"
+                );
             }
-            while let Some(effect) = self.effects.pop_front() {
-                self.perform(effect);
+            self.feed(Input::EventHandled { event: id });
+            return Ok(true);
+        }
+        if let Some((attempt, fut)) = &mut self.attempt
+            && let Poll::Ready(out) = fut.as_mut().poll(cx)
+        {
+            let attempt = *attempt;
+            self.attempt = None;
+            let input = match out {
+                AttemptOutput::Address(result) => Input::AddressResult { attempt, result },
+                AttemptOutput::Connect(result) => Input::ConnectResult { attempt, result },
+            };
+            self.feed(input);
+            return Ok(true);
+        }
+        if let Some(fut) = &mut self.watch
+            && let Poll::Ready(conn) = fut.as_mut().poll(cx)
+        {
+            self.watch = None;
+            self.feed(Input::Closed { conn });
+            return Ok(true);
+        }
+        for i in 0..self.closing.len() {
+            if let Poll::Ready(conn) = self.closing[i].as_mut().poll(cx) {
+                drop(self.closing.swap_remove(i));
+                if self.closing.is_empty() {
+                    self.closing = Vec::new();
+                }
+                self.feed(Input::Closed { conn });
+                return Ok(true);
             }
         }
+        let Some(deadline) = self.shared.park(cx.waker()) else {
+            return Ok(true); // an effect was queued meanwhile
+        };
+        match deadline {
+            None => self.timer = None,
+            Some(d) => {
+                let at = crate::shared::to_tokio(self.base(), d);
+                match &mut self.timer {
+                    Some((armed, _)) if *armed == d => {}
+                    Some((armed, sleep)) => {
+                        *armed = d;
+                        sleep.as_mut().reset(at);
+                    }
+                    None => self.timer = Some((d, Box::pin(tokio::time::sleep_until(at)))),
+                }
+                if let Some((_, sleep)) = &mut self.timer
+                    && sleep.as_mut().poll(cx).is_ready()
+                {
+                    self.timer = None;
+                    self.feed(Input::TimerFired);
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     fn perform(&mut self, effect: CoreEffect<A, C, E>) {
@@ -210,20 +235,34 @@ where
         match effect {
             Effect::Emit { id, event } => {
                 match &event {
-                    CoreEvent::FailedToConnect(e) => match &self.address {
-                        Some(a) => {
-                            tracing::warn!(server = %server, address = ?a, error = ?e, "failed to connect")
+                    CoreEvent::FailedToConnect(e) => {
+                        let next = self.next_attempt_in();
+                        match &self.address {
+                            Some(a) => {
+                                tracing::warn!(server = %server, address = ?a, error = ?e, next_attempt_in = ?next, "failed to connect")
+                            }
+                            None => {
+                                tracing::warn!(server = %server, error = ?e, next_attempt_in = ?next, "failed to connect")
+                            }
                         }
-                        None => tracing::warn!(server = %server, error = ?e, "failed to connect"),
-                    },
-                    CoreEvent::Disconnected => tracing::warn!(server = %server, "disconnected"),
+                    }
+                    CoreEvent::Disconnected => {
+                        let next = self.next_attempt_in();
+                        tracing::warn!(server = %server, next_attempt_in = ?next, "disconnected")
+                    }
                     other => tracing::info!(server = %server, event = ?other, "event"),
                 }
-                let on_event = self.callbacks.on_event.clone();
-                let fut = AssertUnwindSafe(async move { on_event(event).await })
-                    .catch_unwind()
-                    .map(|r| r.map_err(|p| panic_message(&*p)));
-                self.event = Some((id, Box::pin(fut)));
+                match &self.callbacks.on_event {
+                    // No handler: the event is handled at once, without a future.
+                    None => self.feed(Input::EventHandled { event: id }),
+                    Some(on_event) => {
+                        let on_event = on_event.clone();
+                        let fut = AssertUnwindSafe(async move { on_event(event).await })
+                            .catch_unwind()
+                            .map(|r| r.map_err(|p| panic_message(&*p)));
+                        self.event = Some((id, Box::pin(fut)));
+                    }
+                }
             }
             Effect::GetAddress { attempt } => {
                 self.address = None;
@@ -257,7 +296,7 @@ where
                 let connect = self.callbacks.connect.clone();
                 let cx = ConnectContext {
                     consecutive_unsuccessful_attempts,
-                    abort: self.callbacks.abort.clone(),
+                    abort: self.abort.clone(),
                 };
                 let timeout = self.callbacks.connect_timeout;
                 let fut = AssertUnwindSafe(async move {
@@ -287,9 +326,14 @@ where
             }
             Effect::BecameCurrent { conn, connection } => {
                 tracing::debug!(server = %server, %conn, "connection is current");
-                self.closing.push(guarded(server.clone(), conn, async move {
+                let watch = guarded(server.clone(), conn, async move {
                     connection.close_finished().await
-                }));
+                });
+                if let Some(old) = self.watch.replace(watch) {
+                    // Not expected (the machine has one current connection at a time);
+                    // keep watching the old one as a close.
+                    self.closing.push(old);
+                }
             }
             Effect::CloseConnection { conn, connection } => {
                 tracing::debug!(server = %server, %conn, "closing connection");
@@ -303,6 +347,42 @@ where
             | Effect::NoLongerCurrent { .. }
             | Effect::AttemptOutcome(_) => {}
         }
+    }
+}
+
+impl<A, C, E> Future for Driver<A, C, E>
+where
+    A: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
+    C: Closable + Clone + fmt::Debug + Send + Sync + 'static,
+    E: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if this.base.is_none() {
+            let base = tokio::time::Instant::now();
+            this.base = Some(base);
+            this.shared.set_base(base);
+            tracing::debug!(server = %this.shared.server_name, seed = this.seed, "persistent connection started");
+        }
+        for _ in 0..STEPS_PER_POLL {
+            match this.step(cx) {
+                Ok(true) => {}
+                Ok(false) => return Poll::Pending,
+                Err(()) => {
+                    tracing::debug!(server = %this.shared.server_name, "driver task ends");
+                    // Drop what is left (watchers of connections that a sloppy `Closable`
+                    // never reports closed) before the task ends.
+                    this.watch = None;
+                    this.closing = Vec::new();
+                    return Poll::Ready(());
+                }
+            }
+        }
+        // Still busy: yield to the thread's other tasks, and come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -320,4 +400,60 @@ fn guarded(
         }
         conn
     }))
+}
+
+/// The inline sizes of what an idle persistent connection holds, for the memory table of
+/// BENCHMARKS.md: `cargo test -p persistent-connection --lib sizes -- --nocapture`.
+#[cfg(all(test, not(pc_loom)))]
+mod sizes {
+    use std::mem::size_of;
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::{IoError, TcpConnection};
+
+    type A = SocketAddr;
+    type C = TcpConnection;
+    type E = IoError;
+
+    #[test]
+    fn sizes() {
+        let rows: [(&str, usize); 9] = [
+            (
+                "Machine (core)",
+                size_of::<persistent_connection_core::Machine<A, C, Error<E>>>(),
+            ),
+            (
+                "  of which ChaCha8Rng",
+                size_of::<persistent_connection_core::rand_chacha::ChaCha8Rng>(),
+            ),
+            ("Effect (one queue slot)", size_of::<CoreEffect<A, C, E>>()),
+            ("Shared (with the machine)", size_of::<Shared<A, C, E>>()),
+            ("Driver", size_of::<Driver<A, C, E>>()),
+            ("tokio Sleep (retry timer)", size_of::<tokio::time::Sleep>()),
+            ("Vec of close futures", size_of::<Vec<BoxFuture<ConnId>>>()),
+            ("Callbacks", size_of::<Callbacks<A, C, E>>()),
+            ("Slot<C> (one waiter)", size_of::<crate::waiters::Slot<C>>()),
+        ];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let driver = crate::PersistentConnection::builder(
+            "sizes",
+            || async { Ok::<A, E>(([127, 0, 0, 1], 1).into()) },
+            |addr: A, _cx| TcpConnection::connect(addr),
+        )
+        .driver_for_test();
+        let task = std::mem::size_of_val(&driver);
+        for (what, bytes) in rows {
+            println!("{what:<40} {bytes:>6} bytes");
+        }
+        println!(
+            "{:<40} {task:>6} bytes",
+            "driver task's future (Driver::run)"
+        );
+        assert!(task >= size_of::<Driver<A, C, E>>());
+    }
 }

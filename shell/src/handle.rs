@@ -9,7 +9,8 @@ use persistent_connection_core::Input;
 use crate::builder::Builder;
 use crate::closable::Closable;
 use crate::events::EventStream;
-use crate::shared::Shared;
+use crate::shared::{AbortTarget, Shared};
+use crate::status::{State, Stats};
 use crate::{AttemptError, Error};
 
 /// The outcome of an attempt, as `connected_or_failed_to_connect()` returns it (R10).
@@ -257,6 +258,50 @@ where
         EventStream::new(self.shared.subscribe())
     }
 
+    /// What the persistent connection is doing now: connecting, waiting to retry until a
+    /// given instant, connected, closing or closed — the machine's own state, read under
+    /// the shared lock.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use persistent_connection::{CloseSignal, PersistentConnection, State};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let pc = PersistentConnection::builder(
+    ///     "down",
+    ///     || async { Err::<u16, _>("catalog down".to_owned()) },
+    ///     |_port, _cx| async { Ok(CloseSignal::new()) },
+    /// )
+    /// .retry_delay(Duration::from_secs(2))
+    /// .jitter(persistent_connection::Jitter::NonRandom)
+    /// .build();
+    /// let start = tokio::time::Instant::now();
+    /// let _ = pc.connected_or_failed_to_connect().await;
+    /// tokio::task::yield_now().await; // the FailedToConnect handler returns
+    /// assert_eq!(pc.state(), State::WaitingToRetry { next_attempt: start + Duration::from_secs(2) });
+    /// assert_eq!(pc.consecutive_unsuccessful_attempts(), 1);
+    /// assert_eq!((pc.stats().attempts, pc.stats().failures), (1, 1));
+    /// pc.close().await;
+    /// assert_eq!(pc.state(), State::Closed);
+    /// # }
+    /// ```
+    pub fn state(&self) -> State {
+        self.shared.state()
+    }
+
+    /// Unsuccessful attempts since the last successful connect (what the connect context
+    /// tells, R12).
+    pub fn consecutive_unsuccessful_attempts(&self) -> u32 {
+        self.shared.consecutive_unsuccessful_attempts()
+    }
+
+    /// Counters since creation — attempts, failures, de-duplicated failures, connections
+    /// and disconnections — read without a lock.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
     /// The name given at creation (used in logs).
     pub fn server_name(&self) -> &str {
         &self.shared.server_name
@@ -344,13 +389,10 @@ impl<A, C, E> WeakPersistentConnection<A, C, E> {
 /// ```
 pub struct ConnectContext<E> {
     pub(crate) consecutive_unsuccessful_attempts: u32,
-    /// Feeds `Abort` to the machine; holds the shared state weakly, so a context kept
-    /// beyond its attempt keeps nothing alive (R14).
-    pub(crate) abort: AbortFn<E>,
+    /// The shared state, weakly (a context kept beyond its attempt keeps nothing alive,
+    /// R14), behind a trait so that the context needs only `E`.
+    pub(crate) abort: Weak<dyn AbortTarget<E>>,
 }
-
-/// What [`ConnectContext::abort`] calls.
-pub(crate) type AbortFn<E> = Arc<dyn Fn(E) + Send + Sync>;
 
 impl<E> Clone for ConnectContext<E> {
     fn clone(&self) -> Self {
@@ -386,6 +428,8 @@ impl<E> ConnectContext<E> {
     /// from inside it, so close finishes once it returns; a connection it still returns is
     /// closed first, never made current (R12).
     pub fn abort(&self, error: E) {
-        (self.abort)(error);
+        if let Some(target) = self.abort.upgrade() {
+            target.abort(error);
+        }
     }
 }

@@ -13,7 +13,8 @@
 //!   [`Builder`]: `.on_event(f)` (async, awaited), `.retry_delay(d)` (default 10 s,
 //!   jittered ±30%), `.retry_delay_fn(f)`, `.retry_delay_policy(RetryDelay)`,
 //!   `.jitter(Jitter::NonRandom)`, `.retry_policy(RetryPolicy::grpc())`, `.seed(u64)`,
-//!   `.connect_timeout(d)`, `.event_capacity(n)`, then `.build()` (spawns one driver
+//!   `.connect_timeout(d)` and `.lookup_timeout(d)` (10 s each, S5), `.event_capacity(n)`,
+//!   `.events()` (every event from the first, S4), then `.build()` (spawns one driver
 //!   task on the current runtime) or `.build_on(&handle)`.
 //!   `get_address: Fn() -> impl Future<Output = Result<A, E>>`,
 //!   `connect: Fn(A, ConnectContext<E>) -> impl Future<Output = Result<C, E>>`.
@@ -27,18 +28,47 @@
 //!   [`close()`](PersistentConnection::close), [`is_closed()`](PersistentConnection::is_closed),
 //!   [`close_finished()`](PersistentConnection::close_finished),
 //!   [`close_when_current_connection_is_closed()`](PersistentConnection::close_when_current_connection_is_closed)
-//!   (R11), [`events()`](PersistentConnection::events) (a `tokio::sync::broadcast`
-//!   receiver of every [`Event`]), [`downgrade()`](PersistentConnection::downgrade).
+//!   (R11), [`events()`](PersistentConnection::events) (an [`EventStream`]: a `Stream`
+//!   of the events after the call, [`Lagged`] when it fell behind, ending after close),
+//!   [`downgrade()`](PersistentConnection::downgrade).
 //!   The waiters' futures are `'static` and register when called.
 //! - [`ConnectContext`] (R12): `consecutive_unsuccessful_attempts()`, `abort(error)`.
 //! - [`Closable`] (`close`, `is_closed`, `close_finished`) with ready impls
 //!   [`TcpConnection`] (notices the peer closing), [`CloseSignal`] and
 //!   [`WithCloseSignal<T>`] (any handle plus a close signal).
-//! - Errors: [`Error<E>`] = `User(E) | Panicked { callback, message } | TimedOut(d)` is
-//!   the machine's error type; [`IoError`] is a comparable `io::Error`.
+//! - Errors: [`Error<E>`] = `User(E) | Panicked { callback, message } | TimedOut(d) |
+//!   LookupTimedOut(d)` is the machine's error type; [`IoError`] is a comparable `io::Error`.
 //! - Events: [`Event<A, C, E>`] = core's `Event<A, C, Error<E>>`: `AttemptingToConnect`,
 //!   `ObtainedAddress(A)`, `FailedToConnect(Error<E>)`, `Connected(C)`, `Disconnected`.
 //! - Logs: a `tracing` event for every state change, failures at warn.
+//!
+//! # Defaults and what they mean
+//!
+//! | setting | default | what you will see |
+//! | --- | --- | --- |
+//! | retry delay ([`Builder::retry_delay`]) | constant 10 s | attempts *start* at least the jittered delay apart; a server that keeps failing is retried every 7–13 s until close |
+//! | jitter ([`Builder::jitter`]) | ±30%, uniform | clients that lost the same server do not retry in lockstep; the delay lies in `[0.7·d, 1.3·d]` |
+//! | seed ([`Builder::seed`]) | from OS randomness | set one to make every delay reproducible |
+//! | connect timeout ([`Builder::connect_timeout`]) | [`DEFAULT_CONNECT_TIMEOUT`] (10 s) | a `connect` that hangs (a host that drops packets, a full accept queue) fails the attempt with [`Error::TimedOut`] after 10 s; a server slower than that to accept is never reached; `Duration::MAX` waits until the OS gives up or `close()` cancels it |
+//! | lookup timeout ([`Builder::lookup_timeout`]) | [`DEFAULT_LOOKUP_TIMEOUT`] (10 s) | a `get_address` that hangs fails the attempt with [`Error::LookupTimedOut`] after 10 s instead of stopping all reconnecting |
+//! | event capacity ([`Builder::event_capacity`]) | [`DEFAULT_EVENT_CAPACITY`] (64) | an [`events()`](PersistentConnection::events) observer further behind is told how many it missed |
+//!
+//! **The delay is counted from the start of the attempt that made the connection** (R6 in
+//! the project's behaviour document, docs/behaviour.md). A connection that lived longer
+//! than the delay is replaced at once when it dies; one that dies young — a server that
+//! accepts and then resets, a handshake that fails after connect — waits for the rest of
+//! the delay. With the default 10 s, a server that accepts and drops every connection is
+//! tried about every 10 s, not in a busy loop; but a short-lived connection also means up
+//! to 13 s without service. A timeout longer than the delay spaces attempts by the timeout
+//! instead (the next attempt waits for the previous one to fail). Choose the delay for
+//! the outage you can afford:
+//!
+//! - [`RetryPolicy::constant`]`(d)`: the original's policy, `d` ±30% (what
+//!   [`Builder::retry_delay`] sets);
+//! - [`RetryPolicy::grpc`]: 1 s, ×1.6 per consecutive failure, capped at 120 s, ±20% —
+//!   fast first retries, gentle on a long outage;
+//! - [`RetryDelay::exponential`] or [`Builder::retry_delay_fn`] for your own curve, and
+//!   [`RetryPolicy::non_random`] / [`Jitter::NonRandom`] to drop the jitter.
 //!
 //! # Example
 //!
@@ -120,6 +150,7 @@ mod error;
 mod events;
 mod handle;
 mod shared;
+mod status;
 mod sync;
 mod tcp;
 mod waiters;
@@ -135,6 +166,7 @@ pub use closable::{Closable, CloseSignal, WithCloseSignal};
 pub use error::{Callback, Error, IoError};
 pub use events::{EventStream, Lagged};
 pub use handle::{AttemptOutcome, ConnectContext, PersistentConnection, WeakPersistentConnection};
+pub use status::{State, Stats};
 pub use tcp::TcpConnection;
 
 /// An event as `on_event` and [`PersistentConnection::events`] see it: the core's event

@@ -18,8 +18,8 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::task::{Context, Poll, Waker};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Waker;
 
 use arc_swap::ArcSwapOption;
 use persistent_connection_core::{AttemptError, Effect, Input, Instant, Machine};
@@ -27,9 +27,43 @@ use tokio::sync::broadcast;
 
 use crate::closable::Closable;
 use crate::error::Error;
+use crate::status::{State, Stats};
 use crate::sync::{AtomicU8, AtomicUsize, Mutex, MutexGuard, lock};
 use crate::waiters::{Slot, Wait, fill_all, register};
 use crate::{AttemptOutcome, Event};
+
+/// What [`ConnectContext::abort`](crate::ConnectContext::abort) reaches: the shared state,
+/// seen through `E` only.
+pub(crate) trait AbortTarget<E>: Send + Sync {
+    fn abort(&self, error: E);
+}
+
+impl<A, C, E> AbortTarget<E> for Shared<A, C, E>
+where
+    A: Clone + PartialEq + Send + Sync,
+    C: Clone + Send + Sync,
+    E: Clone + PartialEq + Send + Sync,
+{
+    fn abort(&self, error: E) {
+        self.feed_from_handle(Input::Abort {
+            error: Error::User(error),
+        });
+    }
+}
+
+/// The Tokio instant of a machine time; times too far to represent are clamped about 30
+/// years ahead (R7: `Duration::MAX` must not panic).
+pub(crate) fn to_tokio(base: tokio::time::Instant, t: Instant) -> tokio::time::Instant {
+    base.checked_add(t.since_origin())
+        .or_else(|| tokio::time::Instant::now().checked_add(FAR_FUTURE))
+        .unwrap_or(base)
+}
+
+/// Where machine deadlines that do not fit in a Tokio `Instant` go: about 30 years from
+/// now. Far enough that no real retry delay is cut short (a deadline that does not fit is
+/// at least `Instant::MAX - base` away, i.e. centuries), yet representable from any `now`.
+pub(crate) const FAR_FUTURE: std::time::Duration =
+    std::time::Duration::from_secs(30 * 365 * 24 * 3600);
 
 /// `flags`: the machine counts as closed (R8, R11, R12).
 const CLOSED: u8 = 1;
@@ -65,6 +99,22 @@ pub(crate) struct Inner<A, C, E> {
     event_capacity: u32,
     /// Close finished or the driver is gone: nothing is fed any more.
     ended: bool,
+    /// The Tokio instant of the machine's time zero, once the driver has started.
+    base: Option<tokio::time::Instant>,
+}
+
+/// See [`Stats`]. Plain std atomics: they are statistics, not part of the protocol.
+#[derive(Default)]
+struct Counters {
+    attempts: AtomicU64,
+    failures: AtomicU64,
+    reported_failures: AtomicU64,
+    connections: AtomicU64,
+    disconnections: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Shared by the handles (strong and weak), connect contexts and the driver task.
@@ -77,6 +127,8 @@ pub(crate) struct Shared<A, C, E> {
     flags: AtomicU8,
     /// Strong handles; the last one's drop closes (R14).
     handles: AtomicUsize,
+    /// Counters since creation, written under the lock, read without it.
+    counters: Counters,
     inner: Mutex<Inner<A, C, E>>,
 }
 
@@ -99,6 +151,7 @@ where
             current: ArcSwapOption::empty(),
             flags: AtomicU8::new(0),
             handles: AtomicUsize::new(1),
+            counters: Counters::default(),
             inner: Mutex::new(Inner {
                 machine,
                 now: Instant::ZERO,
@@ -111,6 +164,7 @@ where
                 events,
                 event_capacity: u32::try_from(event_capacity).unwrap_or(u32::MAX),
                 ended: false,
+                base: None,
             }),
         };
         {
@@ -163,9 +217,13 @@ where
         while let Some(effect) = inner.machine.poll_effect() {
             match effect {
                 Effect::AttemptOutcome(outcome) => {
+                    if matches!(outcome, Err(AttemptError::Failed(_))) {
+                        bump(&self.counters.failures);
+                    }
                     fill_all(&mut inner.outcomes, &outcome);
                 }
                 Effect::BecameCurrent { conn, connection } => {
+                    bump(&self.counters.connections);
                     self.current.store(Some(Arc::new(connection.clone())));
                     fill_all(&mut inner.connected, &connection);
                     // The driver watches it for its close (R6).
@@ -180,7 +238,20 @@ where
                     delay,
                     ..
                 } => {
+                    bump(&self.counters.attempts);
                     tracing::debug!(server = %self.server_name, %attempt, ?base, ?delay, "attempt begins; retry timer started");
+                }
+                Effect::Emit { id, event } => {
+                    match &event {
+                        persistent_connection_core::Event::FailedToConnect(_) => {
+                            bump(&self.counters.reported_failures)
+                        }
+                        persistent_connection_core::Event::Disconnected => {
+                            bump(&self.counters.disconnections)
+                        }
+                        _ => {}
+                    }
+                    inner.io.push_back(Effect::Emit { id, event });
                 }
                 Effect::CloseFinished => {
                     // R8: no connection of ours is open, no attempt is in flight, no
@@ -224,9 +295,10 @@ where
         }
     }
 
-    /// Moves the queued effects into `out` (empty on entry) and returns the machine's
-    /// retry deadline; if there are none, registers `waker` to be woken when some arrive.
-    pub(crate) fn take_io(&self, out: &mut VecDeque<CoreEffect<A, C, E>>) -> Option<Instant> {
+    /// The next effect for the driver, if any. The close of a connection whose last
+    /// handle was dropped (R14) is fed first. Observers get each event here, as the driver
+    /// takes it to hand it to `on_event`, in order (S4).
+    pub(crate) fn pop_io(&self) -> Option<CoreEffect<A, C, E>> {
         let mut inner = lock(&self.inner);
         if std::mem::take(&mut inner.orphaned) && !inner.ended {
             tracing::debug!(server = %self.server_name, "last handle dropped; closing");
@@ -235,30 +307,31 @@ where
             inner.machine.handle(now, Input::CloseRequested);
             self.absorb(&mut inner);
         }
-        std::mem::swap(&mut inner.io, out);
-        // Observers see each event as the driver hands it to `on_event`, in order (S4).
-        if let Some(observers) = &inner.events {
-            for effect in out.iter() {
-                if let Effect::Emit { event, .. } = effect {
-                    let _ = observers.send(event.clone());
-                }
-            }
+        let effect = inner.io.pop_front()?;
+        if let (Effect::Emit { event, .. }, Some(observers)) = (&effect, &inner.events) {
+            let _ = observers.send(event.clone());
         }
-        inner.machine.poll_timeout()
+        Some(effect)
     }
 
-    /// Ready when effects are queued for the driver.
-    pub(crate) fn poll_io(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// The driver has nothing to do: unless an effect was queued meanwhile (`None`), store
+    /// its waker and return the machine's retry deadline. A connected machine waits for
+    /// nothing but its connection, so the effect buffers are released then: an idle
+    /// connection keeps none.
+    pub(crate) fn park(&self, waker: &Waker) -> Option<Option<Instant>> {
         let mut inner = lock(&self.inner);
-        if inner.io.is_empty() && !inner.orphaned {
-            match &inner.driver {
-                Some(old) if old.will_wake(cx.waker()) => {}
-                _ => inner.driver = Some(cx.waker().clone()),
-            }
-            Poll::Pending
-        } else {
-            Poll::Ready(())
+        if !inner.io.is_empty() || inner.orphaned {
+            return None;
         }
+        match &inner.driver {
+            Some(old) if old.will_wake(waker) => {}
+            _ => inner.driver = Some(waker.clone()),
+        }
+        if inner.machine.state() == persistent_connection_core::State::Connected {
+            inner.io = VecDeque::new();
+            inner.machine.release_buffers();
+        }
+        Some(inner.machine.poll_timeout())
     }
 }
 
@@ -275,6 +348,64 @@ impl<A, C, E> Shared<A, C, E> {
     /// Close finished, or the driver is gone.
     pub(crate) fn is_finished(&self) -> bool {
         self.flags() & FINISHED != 0
+    }
+
+    /// The driver started at `base` (Tokio's clock at the machine's time zero).
+    pub(crate) fn set_base(&self, base: tokio::time::Instant) {
+        lock(&self.inner).base = Some(base);
+    }
+
+    /// The Tokio instant of the latest attempt's retry deadline, for logs.
+    pub(crate) fn next_attempt_at(&self) -> Option<tokio::time::Instant> {
+        let inner = lock(&self.inner);
+        Some(to_tokio(inner.base?, inner.machine.retry_deadline()?))
+    }
+
+    /// What the machine is doing, in the public vocabulary.
+    pub(crate) fn state(&self) -> State {
+        use persistent_connection_core::{EventKind, State as M};
+        let inner = lock(&self.inner);
+        if inner.ended {
+            return State::Closed;
+        }
+        let machine = &inner.machine;
+        let waiting = || State::WaitingToRetry {
+            next_attempt: match (inner.base, machine.retry_deadline()) {
+                (Some(base), Some(d)) => to_tokio(base, d),
+                _ => tokio::time::Instant::now(),
+            },
+        };
+        match machine.state() {
+            M::Closed => State::Closed,
+            _ if machine.is_closed() => State::Closing,
+            M::Connected | M::HandlingEvent(EventKind::Connected) => State::Connected,
+            M::WaitingToRetry
+            | M::WaitingToReconnect
+            | M::HandlingEvent(EventKind::FailedToConnect | EventKind::Disconnected) => waiting(),
+            M::HandlingEvent(_) | M::Resolving(_) | M::Connecting(_) => State::Connecting,
+            M::Closing => State::Closing,
+        }
+    }
+
+    /// Unsuccessful attempts since the last successful connect (R12).
+    pub(crate) fn consecutive_unsuccessful_attempts(&self) -> u32 {
+        lock(&self.inner)
+            .machine
+            .consecutive_unsuccessful_attempts()
+    }
+
+    /// A snapshot of the counters, without a lock.
+    pub(crate) fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let failures = c.failures.load(Ordering::Relaxed);
+        let reported = c.reported_failures.load(Ordering::Relaxed);
+        Stats {
+            attempts: c.attempts.load(Ordering::Relaxed),
+            failures,
+            deduplicated_failures: failures.saturating_sub(reported),
+            connections: c.connections.load(Ordering::Relaxed),
+            disconnections: c.disconnections.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether a connection is current (for `Debug`).

@@ -120,3 +120,53 @@ async fn state_changes_are_traced_and_failures_are_warnings() {
         "failures are not at info:\n{info}"
     );
 }
+
+/// Issue 10: the failure line names the address the attempt used (so "refused by A" and
+/// "refused by B" read differently); issue 14: failure and disconnection lines say when the
+/// next attempt begins.
+#[tokio::test(start_paused = true)]
+async fn failure_lines_name_the_address_and_the_next_attempt() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+    let attempts = Arc::new(Mutex::new(0u32));
+    let signal = CloseSignal::new();
+    let s2 = signal.clone();
+    let pc: PersistentConnection<u16, WithCloseSignal<u8>, String> = PersistentConnection::builder(
+        "addressed",
+        || async { Ok(4242u16) },
+        move |_addr, _cx| {
+            let attempts = attempts.clone();
+            let s = s2.clone();
+            async move {
+                let mut n = attempts.lock().unwrap();
+                *n += 1;
+                if *n == 1 {
+                    Err("refused".to_owned())
+                } else {
+                    Ok(WithCloseSignal::new(1, s))
+                }
+            }
+        },
+    )
+    .retry_delay(Duration::from_secs(3))
+    .jitter(persistent_connection::Jitter::NonRandom)
+    .build();
+    pc.connected().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    signal.mark_closed(); // one second into a 3 s retry delay (R6)
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let warn = capture.at(Level::WARN).join("\n");
+    assert!(
+        warn.contains("address=4242") && warn.contains("error=User(\"refused\")"),
+        "{warn}"
+    );
+    assert!(warn.contains("next_attempt_in=3s"), "{warn}");
+    // The connection came from the attempt at t = 3 s and died at t = 4 s: the next
+    // attempt waits for that attempt's timer, at t = 6 s.
+    assert!(
+        warn.lines()
+            .any(|l| l.contains("message=disconnected") && l.contains("next_attempt_in=2s")),
+        "{warn}"
+    );
+    pc.close().await;
+}

@@ -1,0 +1,403 @@
+//! A blocking driver of [`persistent_connection_core`]: the same persistent connection as
+//! the Tokio crate (address lookup before every attempt, awaited events, jittered retries
+//! counted from each attempt's start, prompt close), on `std` threads and `std::net`, with
+//! no async runtime at all. It shares no code with the Tokio shell; every decision is the
+//! core machine's, and this crate only performs its effects:
+//!
+//! - one driver thread owns the [`Machine`] and sleeps on a channel until the machine's
+//!   next deadline ([`Machine::poll_timeout`]);
+//! - `get_address` and `connect` run on a short-lived thread each and send their result
+//!   back; `on_event` runs on the driver thread, so the next step waits for it;
+//! - one watcher thread per connection blocks in [`Connection::wait_closed`] and reports
+//!   the close.
+//!
+//! The rules (R1–R14) are described in the repository's behaviour document,
+//! docs/behaviour.md. What this driver does differently from the Tokio shell:
+//!
+//! - A thread cannot be cancelled, so an attempt that `close()` cancels (R8) keeps running
+//!   until `connect` returns; a connection it still makes is closed at once, and the
+//!   driver thread stays alive in the background until then. Give `connect` a timeout
+//!   (as [`TcpConnection::connect`] does).
+//! - It offers `connected_timeout`, `current_connection`, `close`, `is_closed` and
+//!   `close_when_current_connection_is_closed`; no `connected_or_failed_to_connect` (R10),
+//!   connect context (R12) or event stream.
+//!
+//! ```
+//! use std::net::{SocketAddr, TcpListener};
+//! use std::time::Duration;
+//! use persistent_connection_blocking::{Config, PersistentConnection, RetryPolicy, TcpConnection};
+//!
+//! let server = TcpListener::bind("127.0.0.1:0").unwrap();
+//! let addr = server.local_addr().unwrap();
+//! let pc = PersistentConnection::spawn(
+//!     Config { seed: 1, retry: RetryPolicy::constant(Duration::from_millis(50)) },
+//!     move || Ok::<SocketAddr, std::io::ErrorKind>(addr),
+//!     |addr| TcpConnection::connect(addr, Duration::from_secs(5)).map_err(|e| e.kind()),
+//!     |event| println!("{event:?}"),
+//! );
+//! let conn = pc.connected_timeout(Duration::from_secs(10)).expect("connected");
+//! assert_eq!(conn.peer_addr(), addr);
+//! pc.close(); // returns once the connection is closed and no event handler runs
+//! assert!(conn.is_closed());
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod tcp;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+pub use persistent_connection_core::{Config, Jitter, RetryDelay, RetryPolicy};
+use persistent_connection_core::{ConnId, Effect, Input, Instant, Machine};
+pub use tcp::TcpConnection;
+
+/// A connection the driver can watch and close.
+pub trait Connection: Clone + Send + 'static {
+    /// Begins closing; [`wait_closed`](Connection::wait_closed) returns soon after.
+    fn close(&self);
+    /// Blocks until the connection has closed, whichever side closed it.
+    fn wait_closed(&self);
+}
+
+/// Why an attempt failed: the user's error, or a callback that panicked (R13).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Error<E> {
+    /// `get_address` or `connect` returned this error.
+    User(E),
+    /// `get_address` or `connect` panicked with this message.
+    Panicked(String),
+}
+
+/// An event as `on_event` sees it.
+pub type Event<A, C, E> = persistent_connection_core::Event<A, C, Error<E>>;
+
+type In<A, C, E> = Input<A, C, Error<E>>;
+
+/// A message to the driver thread; `from_thread` marks the one result of a helper thread.
+struct Msg<A, C, E> {
+    input: In<A, C, E>,
+    from_thread: bool,
+}
+
+struct Status<C> {
+    current: Option<C>,
+    closed: bool,
+    close_finished: bool,
+}
+
+struct Shared<C> {
+    status: Mutex<Status<C>>,
+    changed: Condvar,
+}
+
+impl<C> Shared<C> {
+    fn lock(&self) -> MutexGuard<'_, Status<C>> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A persistent connection driven by a thread of its own. Cheap to clone; dropping the
+/// last clone closes it in the background (R14).
+pub struct PersistentConnection<A, C, E> {
+    inner: Arc<Handle<A, C, E>>,
+}
+
+struct Handle<A, C, E> {
+    tx: mpsc::Sender<Msg<A, C, E>>,
+    shared: Arc<Shared<C>>,
+}
+
+impl<A, C, E> Clone for PersistentConnection<A, C, E> {
+    fn clone(&self) -> Self {
+        PersistentConnection {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<A, C: Clone, E> fmt::Debug for PersistentConnection<A, C, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PersistentConnection")
+            .field("is_closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A, C, E> PersistentConnection<A, C, E>
+where
+    A: Clone + PartialEq + Send + 'static,
+    C: Connection,
+    E: Clone + PartialEq + Send + 'static,
+{
+    /// Starts the driver thread. `get_address` is called before every attempt (on a
+    /// thread of its own), `connect` with the address it gave, and `on_event` with every
+    /// event, on the driver thread: the next step waits until it returns.
+    pub fn spawn<G, K, F>(config: Config, get_address: G, connect: K, on_event: F) -> Self
+    where
+        G: Fn() -> Result<A, E> + Send + Sync + 'static,
+        K: Fn(A) -> Result<C, E> + Send + Sync + 'static,
+        F: FnMut(Event<A, C, E>) + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            status: Mutex::new(Status {
+                current: None,
+                closed: false,
+                close_finished: false,
+            }),
+            changed: Condvar::new(),
+        });
+        let driver = Driver {
+            machine: Machine::new(config),
+            rx,
+            tx: tx.clone(),
+            shared: shared.clone(),
+            get_address: Arc::new(get_address),
+            connect: Arc::new(connect),
+            on_event,
+            origin: std::time::Instant::now(),
+            local: VecDeque::new(),
+            watched: Vec::new(),
+            in_flight: 0,
+        };
+        std::thread::spawn(move || driver.run());
+        PersistentConnection {
+            inner: Arc::new(Handle { tx, shared }),
+        }
+    }
+}
+
+impl<A, C: Clone, E> PersistentConnection<A, C, E> {
+    /// The current connection, if any (R5, R6).
+    pub fn current_connection(&self) -> Option<C> {
+        self.inner.shared.lock().current.clone()
+    }
+
+    /// The current connection, or the next one to become current within `timeout` (R9).
+    /// `None` on timeout or once closed.
+    pub fn connected_timeout(&self, timeout: Duration) -> Option<C> {
+        let shared = &self.inner.shared;
+        let (status, _) = shared
+            .changed
+            .wait_timeout_while(shared.lock(), timeout, |s| s.current.is_none() && !s.closed)
+            .unwrap_or_else(|e| e.into_inner());
+        if status.closed {
+            None
+        } else {
+            status.current.clone()
+        }
+    }
+
+    /// True once [`close`](Self::close) or R11 has been called, or the driver ended.
+    pub fn is_closed(&self) -> bool {
+        self.inner.shared.lock().closed
+    }
+
+    /// Closes (R8): no new attempt, the current connection closed and its `Disconnected`
+    /// handled. Blocks until that is done; idempotent.
+    pub fn close(&self) {
+        self.inner.request(Input::CloseRequested);
+        let shared = &self.inner.shared;
+        let _done = shared
+            .changed
+            .wait_while(shared.lock(), |s| !s.close_finished)
+            .unwrap_or_else(|e| e.into_inner());
+    }
+
+    /// Stops reconnecting (R11): the current connection stays up, and no round follows
+    /// when it closes. Counts as closed from now on.
+    pub fn close_when_current_connection_is_closed(&self) {
+        self.inner
+            .request(Input::CloseWhenCurrentConnectionIsClosed);
+    }
+}
+
+impl<A, C, E> Handle<A, C, E> {
+    fn request(&self, input: In<A, C, E>) {
+        self.shared.lock().closed = true;
+        // The driver keeps a sender, so this fails only if its thread has ended, and then
+        // `close_finished` is already set.
+        let _ = self.tx.send(Msg {
+            input,
+            from_thread: false,
+        });
+    }
+}
+
+impl<A, C, E> Drop for Handle<A, C, E> {
+    fn drop(&mut self) {
+        self.request(Input::CloseRequested);
+    }
+}
+
+struct Driver<A, C, E, G, K, F> {
+    machine: Machine<A, C, Error<E>>,
+    rx: mpsc::Receiver<Msg<A, C, E>>,
+    tx: mpsc::Sender<Msg<A, C, E>>,
+    shared: Arc<Shared<C>>,
+    get_address: Arc<G>,
+    connect: Arc<K>,
+    on_event: F,
+    origin: std::time::Instant,
+    /// Inputs produced while draining effects, fed once the drain is over.
+    local: VecDeque<In<A, C, E>>,
+    /// Connections with a watcher thread.
+    watched: Vec<ConnId>,
+    /// Helper threads that have not sent their one result yet.
+    in_flight: usize,
+}
+
+impl<A, C, E, G, K, F> Driver<A, C, E, G, K, F>
+where
+    A: Clone + PartialEq + Send + 'static,
+    C: Connection,
+    E: Clone + PartialEq + Send + 'static,
+    G: Fn() -> Result<A, E> + Send + Sync + 'static,
+    K: Fn(A) -> Result<C, E> + Send + Sync + 'static,
+    F: FnMut(Event<A, C, E>) + Send + 'static,
+{
+    fn now(&self) -> Instant {
+        Instant::from_since_origin(self.origin.elapsed())
+    }
+
+    fn run(mut self) {
+        loop {
+            while let Some(effect) = self.machine.poll_effect() {
+                self.perform(effect);
+            }
+            let input = if let Some(input) = self.local.pop_front() {
+                input
+            } else if self.machine.is_close_finished() && self.in_flight == 0 {
+                return; // nothing of ours is open or running
+            } else {
+                let msg = match self.machine.poll_timeout() {
+                    Some(deadline) => {
+                        let wait = deadline.saturating_duration_since(self.now());
+                        match self.rx.recv_timeout(wait) {
+                            Ok(msg) => Some(msg),
+                            Err(RecvTimeoutError::Timeout) => None,
+                            Err(RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
+                    None => match self.rx.recv() {
+                        Ok(msg) => Some(msg),
+                        Err(_) => return,
+                    },
+                };
+                match msg {
+                    None => Input::TimerFired,
+                    Some(Msg { input, from_thread }) => {
+                        self.in_flight -= usize::from(from_thread);
+                        if let Input::Closed { conn } = &input {
+                            self.watched.retain(|c| c != conn);
+                        }
+                        input
+                    }
+                }
+            };
+            let now = self.now();
+            self.machine.handle(now, input);
+        }
+    }
+
+    fn perform(&mut self, effect: Effect<A, C, Error<E>>) {
+        match effect {
+            Effect::Emit { id, event } => {
+                // A panic counts as handled (R13).
+                let _ = catch_unwind(AssertUnwindSafe(|| (self.on_event)(event)));
+                self.local.push_back(Input::EventHandled { event: id });
+            }
+            Effect::GetAddress { attempt } => {
+                let get_address = self.get_address.clone();
+                self.helper(move || Input::AddressResult {
+                    attempt,
+                    result: guarded(|| get_address()),
+                });
+            }
+            Effect::Connect {
+                attempt, address, ..
+            } => {
+                let connect = self.connect.clone();
+                self.helper(move || Input::ConnectResult {
+                    attempt,
+                    result: guarded(|| connect(address)),
+                });
+            }
+            Effect::BecameCurrent { conn, connection } => {
+                self.shared.lock().current = Some(connection.clone());
+                self.shared.changed.notify_all();
+                self.watch(conn, connection);
+            }
+            Effect::NoLongerCurrent { .. } => self.shared.lock().current = None,
+            Effect::CloseConnection { conn, connection } => {
+                connection.close();
+                self.watch(conn, connection);
+            }
+            Effect::CloseFinished => {
+                let mut status = self.shared.lock();
+                status.closed = true;
+                status.close_finished = true;
+                drop(status);
+                self.shared.changed.notify_all();
+            }
+            // The timer is `poll_timeout`; a cancelled attempt's thread runs to its end and
+            // a connection it still makes is closed (R8); R10 waiters are not offered.
+            Effect::StartTimer { .. } | Effect::CancelAttempt { .. } => {}
+            Effect::AttemptOutcome(_) => {}
+        }
+    }
+
+    /// Runs `f` on a thread of its own; its result comes back as an input.
+    fn helper(&mut self, f: impl FnOnce() -> In<A, C, E> + Send + 'static) {
+        self.in_flight += 1;
+        let tx = self.tx.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(Msg {
+                input: f(),
+                from_thread: true,
+            });
+        });
+    }
+
+    /// Reports `conn`'s close once it happens (one watcher per connection).
+    fn watch(&mut self, conn: ConnId, connection: C) {
+        if !self.watched.contains(&conn) {
+            self.watched.push(conn);
+            self.helper(move || {
+                connection.wait_closed();
+                Input::Closed { conn }
+            });
+        }
+    }
+}
+
+impl<A, C, E, G, K, F> Drop for Driver<A, C, E, G, K, F> {
+    /// However the driver ends (even by a panic), waiters and `close()` return.
+    fn drop(&mut self) {
+        let mut status = self.shared.lock();
+        status.current = None;
+        status.closed = true;
+        status.close_finished = true;
+        drop(status);
+        self.shared.changed.notify_all();
+    }
+}
+
+/// Calls a user callback; a panic becomes [`Error::Panicked`] (R13).
+fn guarded<T, E>(f: impl FnOnce() -> Result<T, E>) -> Result<T, Error<E>> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result.map_err(Error::User),
+        Err(payload) => Err(Error::Panicked(
+            payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic".into()),
+        )),
+    }
+}
