@@ -88,6 +88,11 @@ impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
 /// An [`io::Error`] reduced to what identifies it, its kind and message, so that it is
 /// `Clone + PartialEq` as the machine needs (docs/behaviour.md §1: equality compares the error itself).
 ///
+/// Its key for de-duplication (R4) is therefore kind and message: the same refusal from the
+/// same address (a [`TcpConnection`](crate::TcpConnection) error names it) is one
+/// `FailedToConnect` event per round. For a coarser key, say any refusal from any address,
+/// wrap it in [`Keyed`]: `Keyed::new(e, IoError::kind)`.
+///
 /// ```
 /// use std::io;
 /// use persistent_connection::IoError;
@@ -154,5 +159,116 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
+    }
+}
+
+/// An error `E` whose equality is decided by a key `K` you choose: what makes two failures
+/// "the same" for de-duplication of `FailedToConnect` events (R4, I2).
+///
+/// The machine compares failures with `PartialEq`. Some errors have none (`io::Error`), and
+/// some have one that does not help: `redis::RedisError`'s `eq` is false for any two I/O
+/// errors, which turns de-duplication off (every failed attempt is reported). Wrap the
+/// error in the callbacks with a key, and compare that instead. Clone, `Debug`, `Display`
+/// and `source` are the error's own; only equality looks at the key.
+///
+/// ```
+/// use std::io;
+/// use std::sync::Arc;
+/// use persistent_connection::Keyed;
+///
+/// // io::Error is neither Clone nor PartialEq: share it, and compare its kind.
+/// let key = |e: &Arc<io::Error>| e.kind();
+/// let a = Keyed::new(Arc::new(io::Error::new(io::ErrorKind::ConnectionRefused, "port 1")), key);
+/// let b = Keyed::new(Arc::new(io::Error::new(io::ErrorKind::ConnectionRefused, "port 2")), key);
+/// let c = Keyed::new(Arc::new(io::Error::from(io::ErrorKind::TimedOut)), key);
+/// assert_eq!(a, b); // the same failure: one FailedToConnect event
+/// assert_ne!(a, c);
+/// assert_eq!(a.to_string(), "port 1");
+/// assert_eq!(a.error().kind(), io::ErrorKind::ConnectionRefused);
+/// ```
+///
+/// In a persistent connection, wrap in `get_address` and `connect`:
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use persistent_connection::{IoError, Keyed, PersistentConnection, TcpConnection};
+///
+/// /// Two connect failures are the same when their kind is.
+/// fn same_kind(e: IoError) -> Keyed<IoError, std::io::ErrorKind> {
+///     Keyed::new(e, IoError::kind)
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+/// let pc = PersistentConnection::builder(
+///     "service",
+///     move || async move { Ok(addr) },
+///     |addr, _cx| async move { TcpConnection::connect(addr).await.map_err(same_kind) },
+/// )
+/// .build();
+/// pc.close().await;
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Keyed<E, K> {
+    error: E,
+    key: K,
+}
+
+impl<E, K> Keyed<E, K> {
+    /// Wraps `error`, keyed by `key(&error)`.
+    pub fn new(error: E, key: impl FnOnce(&E) -> K) -> Keyed<E, K> {
+        let key = key(&error);
+        Keyed { error, key }
+    }
+
+    /// Wraps `error` with a key computed elsewhere.
+    pub fn with_key(error: E, key: K) -> Keyed<E, K> {
+        Keyed { error, key }
+    }
+
+    /// The error.
+    pub fn error(&self) -> &E {
+        &self.error
+    }
+
+    /// The key equality compares.
+    pub fn key(&self) -> &K {
+        &self.key
+    }
+
+    /// The error, unwrapped.
+    pub fn into_error(self) -> E {
+        self.error
+    }
+}
+
+impl<E, K: PartialEq> PartialEq for Keyed<E, K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl<E, K: Eq> Eq for Keyed<E, K> {}
+
+impl<E: fmt::Debug, K: fmt::Debug> fmt::Debug for Keyed<E, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyed")
+            .field("error", &self.error)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl<E: fmt::Display, K> fmt::Display for Keyed<E, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl<E: std::error::Error, K: fmt::Debug> std::error::Error for Keyed<E, K> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
     }
 }

@@ -36,6 +36,13 @@
 //! - [`Closable`] (`close`, `is_closed`, `close_finished`) with ready impls
 //!   [`TcpConnection`] (notices the peer closing), [`CloseSignal`] and
 //!   [`WithCloseSignal<T>`] (any handle plus a close signal).
+//! - Real connections: [`TcpConnection`] is `AsyncRead + AsyncWrite` (works under
+//!   `tokio_util::codec::Framed` and clients that take a stream), with [`TcpOptions`]
+//!   (`TCP_NODELAY`, [`Keepalive`], local address); [`HealthChecked<C>`] runs a
+//!   [`HealthCheck`] on any connection and closes it when the checks keep failing (S7);
+//!   [`Driven<C>`] closes a client's connection when its background driver future ends;
+//!   [`Keyed<E, K>`] compares failures by a key of your choice (de-duplication, R4).
+//!   `examples/redis_failover.rs` keeps a real Redis client alive with them.
 //! - Errors: [`Error<E>`] = `User(E) | Panicked { callback, message } | TimedOut(d) |
 //!   LookupTimedOut(d)` is the machine's error type; [`IoError`] is a comparable `io::Error`.
 //! - Events: [`Event<A, C, E>`] = core's `Event<A, C, Error<E>>`: `AttemptingToConnect`,
@@ -145,10 +152,12 @@
 mod builder;
 pub mod catalog;
 mod closable;
+mod driven;
 mod driver;
 mod error;
 mod events;
 mod handle;
+mod health;
 mod shared;
 mod status;
 mod sync;
@@ -163,11 +172,13 @@ pub use builder::{
     MAX_EVENT_CAPACITY,
 };
 pub use closable::{Closable, CloseSignal, WithCloseSignal};
-pub use error::{Callback, Error, IoError};
+pub use driven::Driven;
+pub use error::{Callback, Error, IoError, Keyed};
 pub use events::{EventStream, Lagged};
 pub use handle::{AttemptOutcome, ConnectContext, PersistentConnection, WeakPersistentConnection};
+pub use health::{HealthCheck, HealthChecked};
 pub use status::{State, Stats};
-pub use tcp::TcpConnection;
+pub use tcp::{Keepalive, TcpConnection, TcpOptions};
 
 /// An event as `on_event` and [`PersistentConnection::events`] see it: the core's event
 /// with the shell's [`Error`] around the user's error.

@@ -1,25 +1,134 @@
-//! A TCP connection on Tokio that notices the peer closing.
+//! A TCP connection on Tokio that notices the peer closing, usable as a stream.
 
 use std::fmt;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use futures_util::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 use crate::closable::Closable;
 use crate::error::IoError;
 
-/// How many received chunks wait for [`TcpConnection::recv`] before the reader stops
-/// reading (back-pressure onto the peer).
+/// How many received chunks wait to be read before the reader stops reading (back-pressure
+/// onto the peer).
 const CHUNKS_BUFFERED: usize = 16;
 /// The largest chunk one read returns.
 const CHUNK_SIZE: usize = 8 * 1024;
+
+/// TCP keepalive settings (`SO_KEEPALIVE` with `TCP_KEEPIDLE`, `TCP_KEEPINTVL`,
+/// `TCP_KEEPCNT`): after `idle` without traffic the kernel sends a probe every `interval`,
+/// and resets the connection after `retries` unanswered probes, which the connection then
+/// notices like any reset. It catches a peer host that vanished, not a hung process (its
+/// kernel still answers the probes): use a [health check](crate::HealthChecked) for that.
+///
+/// ```
+/// use std::time::Duration;
+/// use persistent_connection::Keepalive;
+///
+/// let k = Keepalive::new(Duration::from_secs(10), Duration::from_secs(2), 3);
+/// assert_eq!(k.retries, 3);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Idle time before the first probe.
+    pub idle: Duration,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is reset.
+    pub retries: u32,
+}
+
+impl Keepalive {
+    /// Probes after `idle`, every `interval`, `retries` times.
+    pub fn new(idle: Duration, interval: Duration, retries: u32) -> Keepalive {
+        Keepalive {
+            idle,
+            interval,
+            retries,
+        }
+    }
+}
+
+/// Socket options for [`TcpConnection::connect_with`]. The default is what
+/// [`TcpConnection::connect`] uses: `TCP_NODELAY` on, no keepalive, any local address.
+///
+/// ```
+/// use std::time::Duration;
+/// use persistent_connection::{Keepalive, TcpOptions};
+///
+/// let options = TcpOptions::new()
+///     .nodelay(true)
+///     .keepalive(Keepalive::new(Duration::from_secs(10), Duration::from_secs(2), 3))
+///     .local_addr("127.0.0.1:0".parse().unwrap());
+/// assert!(options.nodelay_enabled());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpOptions {
+    nodelay: bool,
+    keepalive: Option<Keepalive>,
+    local_addr: Option<SocketAddr>,
+}
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        TcpOptions::new()
+    }
+}
+
+impl TcpOptions {
+    /// `TCP_NODELAY` on, no keepalive, any local address.
+    pub fn new() -> TcpOptions {
+        TcpOptions {
+            nodelay: true,
+            keepalive: None,
+            local_addr: None,
+        }
+    }
+
+    /// `TCP_NODELAY` (default on: requests go out at once instead of waiting for Nagle's
+    /// algorithm).
+    pub fn nodelay(mut self, on: bool) -> Self {
+        self.nodelay = on;
+        self
+    }
+
+    /// Turn TCP keepalive on with these settings (default off).
+    pub fn keepalive(mut self, keepalive: Keepalive) -> Self {
+        self.keepalive = Some(keepalive);
+        self
+    }
+
+    /// Bind the socket to this local address (port 0: any port) before connecting.
+    pub fn local_addr(mut self, addr: SocketAddr) -> Self {
+        self.local_addr = Some(addr);
+        self
+    }
+
+    /// Whether `TCP_NODELAY` is set.
+    pub fn nodelay_enabled(&self) -> bool {
+        self.nodelay
+    }
+
+    /// The keepalive settings, if on.
+    pub fn keepalive_settings(&self) -> Option<Keepalive> {
+        self.keepalive
+    }
+
+    /// The local address to bind, if any.
+    pub fn bound_local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+}
 
 /// State shared by the handles and the background reader. It owns no way to stop the reader:
 /// that is [`Inner::stop`], so dropping every handle stops the reader.
@@ -28,34 +137,66 @@ struct Shared {
     closed: AtomicBool,
     /// The same, for waiters: a blocked [`TcpConnection::send`] gives up when it turns true.
     closing: watch::Sender<bool>,
-    /// The write half, until closing releases it.
-    writer: Mutex<Option<OwnedWriteHalf>>,
+    /// The write half, until closing releases it. Locked only within a poll, never across
+    /// an await.
+    writer: StdMutex<Option<OwnedWriteHalf>>,
+    /// The task blocked writing, woken when closing begins so that it stops waiting for a
+    /// peer that does not read.
+    write_waker: AtomicWaker,
     /// Set by the reader once both halves are released.
     finished: watch::Sender<bool>,
 }
 
+/// What the reader task has received and the user has not read yet.
+struct ReadState {
+    incoming: mpsc::Receiver<io::Result<Vec<u8>>>,
+    /// The rest of a chunk a `poll_read` did not fully take.
+    chunk: Vec<u8>,
+    taken: usize,
+}
+
 struct Inner {
     shared: Arc<Shared>,
-    incoming: Mutex<mpsc::Receiver<Vec<u8>>>,
+    read: StdMutex<ReadState>,
+    /// Serialises [`TcpConnection::recv`] callers (one waker per receiver).
+    recv_lock: Mutex<()>,
+    /// Serialises [`TcpConnection::send`] callers, so that a message goes out whole.
+    send_lock: Mutex<()>,
     /// Dropping or firing it stops the reader.
     stop: StdMutex<Option<oneshot::Sender<()>>>,
     peer: SocketAddr,
     local: SocketAddr,
 }
 
+fn lock<T>(m: &StdMutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn not_connected() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the connection is closed")
+}
+
 /// A TCP connection on Tokio that notices the peer closing: a background reader reads the
-/// socket all the time, hands the bytes to [`recv`](TcpConnection::recv), and on end of
-/// file or error marks the connection closed, releases the socket and resolves
-/// [`close_finished`](Closable::close_finished). That is how the persistent connection
-/// learns that a server died (R6).
+/// socket all the time and, on end of file or error, marks the connection closed, releases
+/// the socket and resolves [`close_finished`](Closable::close_finished), whether or not
+/// anyone reads. That is how the persistent connection learns that a server died (R6).
 ///
-/// Cheap to clone (an `Arc`); all clones are the same connection. Dropping the last clone
-/// stops the reader and closes the socket.
+/// It is a stream: [`AsyncRead`] + [`AsyncWrite`], so `tokio_util::codec::Framed` and
+/// client libraries that take a stream can use it (`redis`' `MultiplexedConnection::new`,
+/// for one). Bytes arrive through the reader, in order; a reset is returned once as an
+/// error, then end of file. Writing after close has begun fails with `NotConnected`, also
+/// for a write blocked on a peer that does not read, so a writer never holds up `close()`.
+/// [`send`](TcpConnection::send) and [`recv`](TcpConnection::recv) are the same two
+/// directions as async methods, for quick use.
 ///
-/// Back-pressure: the reader buffers up to 16 chunks (8 KiB each) that nobody has taken
-/// with [`recv`](TcpConnection::recv), then stops reading the socket until someone does.
-/// A peer that closes behind that much unread data is noticed only once it is read, so
-/// read what the peer sends.
+/// Cheap to clone (an `Arc`); all clones are the same connection, so clones are also its
+/// split: give one clone to the task that reads and another to the task that writes. As
+/// with any stream, read from one task at a time and write from one task at a time.
+/// Dropping the last clone stops the reader and closes the socket.
+///
+/// Back-pressure: the reader buffers up to 16 chunks (8 KiB each) that nobody has read,
+/// then stops reading the socket until someone does. A peer that closes behind that much
+/// unread data is noticed only once it is read, so read what the peer sends.
 ///
 /// ```
 /// use persistent_connection::{Closable, TcpConnection};
@@ -70,13 +211,15 @@ struct Inner {
 ///     s.read_exact(&mut buf).await.unwrap();
 ///     s.write_all(&buf).await.unwrap(); // echo, then close
 /// });
-/// let conn = TcpConnection::connect(addr).await.unwrap();
-/// conn.send(b"hello").await.unwrap();
-/// assert_eq!(conn.recv().await.unwrap(), b"hello");
+/// let mut conn = TcpConnection::connect(addr).await.unwrap();
+/// conn.write_all(b"hello").await.unwrap(); // a stream…
+/// let mut echo = [0; 5];
+/// conn.read_exact(&mut echo).await.unwrap();
+/// assert_eq!(&echo, b"hello");
 /// server.await.unwrap();
-/// conn.close_finished().await; // the server closed: noticed without a read of ours
+/// conn.close_finished().await; // the server closed: noticed by the connection itself
 /// assert!(conn.is_closed());
-/// assert_eq!(conn.recv().await, None);
+/// assert_eq!(conn.recv().await, None); // …or chunks, with `send`/`recv`
 /// # });
 /// ```
 #[derive(Clone)]
@@ -95,24 +238,88 @@ impl fmt::Debug for TcpConnection {
 }
 
 impl TcpConnection {
-    /// Connects to `addr` (with `TCP_NODELAY`) and starts the background reader.
-    /// Must be called within a Tokio runtime.
+    /// Connects to `addr` with the default [`TcpOptions`] (`TCP_NODELAY`) and starts the
+    /// background reader. A failure names the address (`connect to 127.0.0.1:6379: …`)
+    /// and keeps the [`io::ErrorKind`]. Must be called within a Tokio runtime.
     pub async fn connect(addr: SocketAddr) -> Result<TcpConnection, IoError> {
-        let stream = TcpStream::connect(addr).await?;
-        TcpConnection::from_stream(stream).map_err(IoError::from)
+        TcpConnection::connect_with(addr, &TcpOptions::new()).await
     }
 
-    /// Wraps an established stream and starts the background reader. Must be called within
-    /// a Tokio runtime.
+    /// Connects to `addr` with these socket options and starts the background reader. A
+    /// failure names the address and the step that failed. Must be called within a Tokio
+    /// runtime.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use persistent_connection::{Keepalive, TcpConnection, TcpOptions};
+    ///
+    /// # tokio_test::block_on(async {
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// let addr = listener.local_addr().unwrap();
+    /// let options = TcpOptions::new()
+    ///     .keepalive(Keepalive::new(Duration::from_secs(5), Duration::from_secs(1), 3))
+    ///     .local_addr("127.0.0.1:0".parse().unwrap());
+    /// let conn = TcpConnection::connect_with(addr, &options).await.unwrap();
+    /// assert_eq!(conn.peer_addr(), addr);
+    ///
+    /// drop(listener); // nobody listens there any more
+    /// let err = TcpConnection::connect(addr).await.unwrap_err();
+    /// assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    /// assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    /// # });
+    /// ```
+    pub async fn connect_with(
+        addr: SocketAddr,
+        options: &TcpOptions,
+    ) -> Result<TcpConnection, IoError> {
+        let failed =
+            |step: &str, e: io::Error| IoError::new(e.kind(), format!("{step} {addr}: {e}"));
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|e| failed("socket to connect to", e))?;
+        if let Some(local) = options.local_addr {
+            socket
+                .bind(local)
+                .map_err(|e| failed(&format!("bind {local} to connect to"), e))?;
+        }
+        let stream = socket
+            .connect(addr)
+            .await
+            .map_err(|e| failed("connect to", e))?;
+        stream
+            .set_nodelay(options.nodelay)
+            .map_err(|e| failed("TCP_NODELAY on the connection to", e))?;
+        if let Some(k) = options.keepalive {
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(k.idle)
+                .with_interval(k.interval)
+                .with_retries(k.retries);
+            socket2::SockRef::from(&stream)
+                .set_tcp_keepalive(&keepalive)
+                .map_err(|e| failed("keepalive on the connection to", e))?;
+        }
+        TcpConnection::start(stream).map_err(|e| failed("start the connection to", e))
+    }
+
+    /// Wraps an established stream (setting `TCP_NODELAY`) and starts the background
+    /// reader. Must be called within a Tokio runtime.
     pub fn from_stream(stream: TcpStream) -> io::Result<TcpConnection> {
         stream.set_nodelay(true)?;
+        TcpConnection::start(stream)
+    }
+
+    fn start(stream: TcpStream) -> io::Result<TcpConnection> {
         let peer = stream.peer_addr()?;
         let local = stream.local_addr()?;
         let (read, write) = stream.into_split();
         let shared = Arc::new(Shared {
             closed: AtomicBool::new(false),
             closing: watch::Sender::new(false),
-            writer: Mutex::new(Some(write)),
+            writer: StdMutex::new(Some(write)),
+            write_waker: AtomicWaker::new(),
             finished: watch::Sender::new(false),
         });
         let (data_tx, data_rx) = mpsc::channel(CHUNKS_BUFFERED);
@@ -121,7 +328,13 @@ impl TcpConnection {
         Ok(TcpConnection {
             inner: Arc::new(Inner {
                 shared,
-                incoming: Mutex::new(data_rx),
+                read: StdMutex::new(ReadState {
+                    incoming: data_rx,
+                    chunk: Vec::new(),
+                    taken: 0,
+                }),
+                recv_lock: Mutex::new(()),
+                send_lock: Mutex::new(()),
                 stop: StdMutex::new(Some(stop_tx)),
                 peer,
                 local,
@@ -139,29 +352,110 @@ impl TcpConnection {
         self.inner.local
     }
 
-    /// Writes all of `data`. Fails with `NotConnected` once closing has begun, including
-    /// while blocked on a peer that does not read (so a send never holds up `close()`).
+    /// Writes all of `data`; concurrent sends go out one after the other, each whole.
+    /// Fails with `NotConnected` once closing has begun, including while blocked on a peer
+    /// that does not read (so a send never holds up `close()`).
     pub async fn send(&self, data: &[u8]) -> io::Result<()> {
-        let not_connected =
-            || io::Error::new(io::ErrorKind::NotConnected, "the connection is closed");
         let mut closing = self.inner.shared.closing.subscribe();
-        let mut writer = tokio::select! {
-            w = self.inner.shared.writer.lock() => w,
+        let _turn = tokio::select! {
+            t = self.inner.send_lock.lock() => t,
             _ = closing.wait_for(|c| *c) => return Err(not_connected()),
         };
-        match writer.as_mut() {
-            Some(w) if !self.is_closed() => tokio::select! {
-                r = w.write_all(data) => r,
-                _ = closing.wait_for(|c| *c) => Err(not_connected()),
-            },
-            _ => Err(not_connected()),
+        let mut this = self.clone();
+        tokio::select! {
+            r = this.write_all(data) => r,
+            _ = closing.wait_for(|c| *c) => Err(not_connected()),
         }
     }
 
     /// The next chunk of bytes received, as read (no framing), or `None` once the
     /// connection is closed and everything received before has been returned.
     pub async fn recv(&self) -> Option<Vec<u8>> {
-        self.inner.incoming.lock().await.recv().await
+        let _turn = self.inner.recv_lock.lock().await;
+        poll_fn(|cx| {
+            let mut state = lock(&self.inner.read);
+            if state.taken < state.chunk.len() {
+                let taken = state.taken;
+                let rest = state.chunk.split_off(taken);
+                state.chunk.clear();
+                state.taken = 0;
+                return Poll::Ready(Some(rest));
+            }
+            state
+                .incoming
+                .poll_recv(cx)
+                .map(|chunk| chunk.and_then(Result::ok))
+        })
+        .await
+    }
+}
+
+impl AsyncRead for TcpConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut state = lock(&self.inner.read);
+        loop {
+            if state.taken < state.chunk.len() {
+                let n = buf.remaining().min(state.chunk.len() - state.taken);
+                let from = state.taken;
+                buf.put_slice(&state.chunk[from..from + n]);
+                state.taken += n;
+                return Poll::Ready(Ok(()));
+            }
+            match state.incoming.poll_recv(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    state.chunk = chunk;
+                    state.taken = 0;
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                // The reader is done: end of file.
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl TcpConnection {
+    /// Runs `f` on the write half; `NotConnected` once closing has begun. Registers the
+    /// task to be woken when closing begins, so a write blocked on the peer gives up.
+    fn poll_writer<T>(
+        &self,
+        cx: &mut Context<'_>,
+        f: impl FnOnce(Pin<&mut OwnedWriteHalf>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let shared = &self.inner.shared;
+        shared.write_waker.register(cx.waker());
+        if self.is_closed() {
+            return Poll::Ready(Err(not_connected()));
+        }
+        match lock(&shared.writer).as_mut() {
+            Some(w) => f(Pin::new(w), cx),
+            None => Poll::Ready(Err(not_connected())),
+        }
+    }
+}
+
+impl AsyncWrite for TcpConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_writer(cx, |w, cx| w.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_writer(cx, |w, cx| w.poll_flush(cx))
+    }
+
+    /// Sends a FIN (half-close). The connection counts as closed once the peer closes its
+    /// side too; [`close`](Closable::close) closes both at once.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_writer(cx, |w, cx| w.poll_shutdown(cx))
     }
 }
 
@@ -169,6 +463,7 @@ impl Shared {
     fn mark_closing(&self) {
         self.closed.store(true, Ordering::Release);
         self.closing.send_replace(true);
+        self.write_waker.wake();
     }
 }
 
@@ -183,7 +478,7 @@ impl Drop for Inner {
 /// then releases both halves and marks the connection finished.
 async fn reader(
     mut read: OwnedReadHalf,
-    data: mpsc::Sender<Vec<u8>>,
+    data: mpsc::Sender<io::Result<Vec<u8>>>,
     mut stop: oneshot::Receiver<()>,
     shared: Arc<Shared>,
 ) {
@@ -192,42 +487,38 @@ async fn reader(
         tokio::select! {
             // Fires on a stop request and when every handle is gone.
             _ = &mut stop => break,
-            r = read.read(&mut buf) => match r {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    tokio::select! {
-                        _ = &mut stop => break,
-                        sent = data.send(buf[..n].to_vec()) => if sent.is_err() { break },
-                    }
+            r = read.read(&mut buf) => {
+                let (chunk, last) = match r {
+                    Ok(0) => break,
+                    Ok(n) => (Ok(buf[..n].to_vec()), false),
+                    Err(e) => (Err(e), true),
+                };
+                tokio::select! {
+                    _ = &mut stop => break,
+                    sent = data.send(chunk) => if sent.is_err() || last { break },
                 }
-            },
+            }
         }
     }
     shared.mark_closing();
     drop(read);
     drop(data);
-    // Release the write half unless `close()` already took it. A `send` blocked on it gives
-    // up as soon as closing is marked (just above), so this lock is not held for long.
-    drop(shared.writer.lock().await.take());
+    // Release the write half unless `close()` already took it. Writers lock it only within
+    // a poll, so this never waits on a blocked write.
+    drop(lock(&shared.writer).take());
     shared.finished.send_replace(true);
 }
 
 impl Closable for TcpConnection {
     fn close(&self) -> impl Future<Output = ()> + Send {
         self.inner.shared.mark_closing();
-        if let Some(stop) = self
-            .inner
-            .stop
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(stop) = lock(&self.inner.stop).take() {
             let _ = stop.send(());
         }
-        let shared = self.inner.shared.clone();
-        let mut finished = shared.finished.subscribe();
+        let writer = lock(&self.inner.shared.writer).take();
+        let mut finished = self.inner.shared.finished.subscribe();
         async move {
-            if let Some(mut w) = shared.writer.lock().await.take() {
+            if let Some(mut w) = writer {
                 // A FIN for the peer; the socket closes once the reader drops its half.
                 let _ = w.shutdown().await;
             }

@@ -468,3 +468,208 @@ async fn a_send_blocked_on_a_peer_that_does_not_read_gives_up_when_close_begins(
     drop(send);
     guard("close", close).await;
 }
+
+// ------------------------------------------------- TcpConnection as a stream, and options
+
+#[tokio::test]
+async fn tcp_connection_carries_a_framed_codec_request_and_response() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_util::codec::{Framed, LinesCodec};
+    let (closed_tx, _closed_rx) = mpsc::unbounded_channel();
+    let mut server = Server::start("echo", 0, Mode::Echo, closed_tx).await;
+    let conn = guard("connect", TcpConnection::connect(server.addr))
+        .await
+        .unwrap();
+    let mut framed = Framed::new(conn.clone(), LinesCodec::new());
+    for n in 0..3 {
+        guard("send a line", framed.send(format!("ping {n}")))
+            .await
+            .unwrap();
+        let answer = guard("a line back", framed.next()).await;
+        assert_eq!(answer.unwrap().unwrap(), format!("echo ping {n}"));
+    }
+    // The server dies: the framed stream ends, and the connection counts as closed.
+    server.kill().await;
+    guard("closed", conn.close_finished()).await;
+    assert!(conn.is_closed());
+    assert!(guard("stream ends", framed.next()).await.is_none());
+    let err = framed.send("late".to_owned()).await.unwrap_err();
+    assert!(err.to_string().contains("closed"), "{err}");
+}
+
+#[tokio::test]
+async fn a_persistent_connection_of_tcp_streams_serves_a_framed_client_across_failover() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_util::codec::{Framed, LinesCodec};
+    let (closed_tx, _closed_rx) = mpsc::unbounded_channel();
+    let mut a = Server::start("a", 0, Mode::Echo, closed_tx.clone()).await;
+    let mut b = Server::start("b", 0, Mode::Echo, closed_tx).await;
+    let catalog = Catalog::default();
+    catalog.set("echo", Some(a.addr));
+    let pc = persistent(&catalog, Duration::from_millis(20), Default::default());
+    let mut framed = Framed::new(guard("connected", pc.connected()).await, LinesCodec::new());
+    guard("send", framed.send("one")).await.unwrap();
+    assert_eq!(
+        guard("recv", framed.next()).await.unwrap().unwrap(),
+        "a one"
+    );
+    catalog.set("echo", Some(b.addr));
+    a.kill().await;
+    guard("a's stream ends", framed.get_ref().close_finished()).await;
+    let mut framed = Framed::new(
+        guard("reconnected", pc.connected()).await,
+        LinesCodec::new(),
+    );
+    guard("send", framed.send("two")).await.unwrap();
+    assert_eq!(
+        guard("recv", framed.next()).await.unwrap().unwrap(),
+        "b two"
+    );
+    guard("close", pc.close()).await;
+    b.kill().await;
+}
+
+/// How a test peer ends a connection.
+#[derive(Clone, Copy, Debug)]
+enum PeerEnd {
+    Close,
+    Reset,
+}
+
+/// What the user does meanwhile.
+#[derive(Clone, Copy, Debug)]
+enum UserDoes {
+    OnlyWrites,
+    OnlyReads,
+    Nothing,
+}
+
+#[tokio::test]
+async fn peer_close_and_reset_are_noticed_whether_the_user_writes_reads_or_neither() {
+    for peer in [PeerEnd::Close, PeerEnd::Reset] {
+        for user in [UserDoes::OnlyWrites, UserDoes::OnlyReads, UserDoes::Nothing] {
+            let what = format!("{peer:?} while the user {user:?}");
+            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let conn = TcpConnection::connect(addr).await.unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut user_task = {
+                let mut conn = conn.clone();
+                tokio::spawn(async move {
+                    match user {
+                        // Writes until the connection refuses (it counts as closed).
+                        UserDoes::OnlyWrites => loop {
+                            if conn.write_all(b"data\n").await.is_err() {
+                                return;
+                            }
+                            tokio::task::yield_now().await;
+                        },
+                        // Reads until end of file or the reset's error.
+                        UserDoes::OnlyReads => {
+                            let mut buf = Vec::new();
+                            let _ = conn.read_to_end(&mut buf).await;
+                        }
+                        UserDoes::Nothing => std::future::pending().await,
+                    }
+                })
+            };
+            // Let the user start.
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            let std_stream = stream.into_std().unwrap();
+            if let PeerEnd::Reset = peer {
+                socket2::SockRef::from(&std_stream)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+            }
+            drop(std_stream);
+            guard(&what, conn.close_finished()).await;
+            assert!(conn.is_closed(), "{what}");
+            match user {
+                UserDoes::Nothing => user_task.abort(),
+                _ => guard(&format!("{what}: the user's loop ends"), &mut user_task)
+                    .await
+                    .unwrap(),
+            }
+            let mut c = conn.clone();
+            assert!(c.write_all(b"late").await.is_err(), "{what}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reset_reaches_a_reader_as_an_error_then_end_of_file() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut conn = TcpConnection::connect(addr).await.unwrap();
+    let (mut stream, _) = listener.accept().await.unwrap();
+    stream.write_all(b"before").await.unwrap();
+    let mut got = [0u8; 6];
+    guard("data", conn.read_exact(&mut got)).await.unwrap();
+    assert_eq!(&got, b"before");
+    let std_stream = stream.into_std().unwrap();
+    socket2::SockRef::from(&std_stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(std_stream);
+    let mut buf = [0u8; 16];
+    let err = guard("read", conn.read(&mut buf)).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    assert_eq!(guard("then EOF", conn.read(&mut buf)).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_failed_connect_names_the_address() {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let err = TcpConnection::connect(addr).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(
+        err.to_string().starts_with(&format!("connect to {addr}: ")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn options_bind_the_local_address_and_bad_keepalive_is_a_clear_error() {
+    use persistent_connection::{Keepalive, TcpOptions};
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // A free local port: taken, then released.
+    let local = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let options = TcpOptions::new()
+        .nodelay(false)
+        .keepalive(Keepalive::new(
+            Duration::from_secs(5),
+            Duration::from_secs(1),
+            3,
+        ))
+        .local_addr(local);
+    let conn = TcpConnection::connect_with(addr, &options).await.unwrap();
+    assert_eq!(conn.local_addr(), local);
+    let (_stream, from) = listener.accept().await.unwrap();
+    assert_eq!(from, local);
+    guard("close", conn.close()).await;
+
+    // The kernel refuses a zero keepalive idle time: the error says what and where.
+    let bad = TcpOptions::new().keepalive(Keepalive::new(Duration::ZERO, Duration::ZERO, 0));
+    let err = TcpConnection::connect_with(addr, &bad).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("keepalive on the connection to {addr}: ")),
+        "{err}"
+    );
+    // A local address of the wrong family: the error names both addresses.
+    let v6 = TcpOptions::new().local_addr("[::1]:0".parse().unwrap());
+    let err = TcpConnection::connect_with(addr, &v6).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("bind [::1]:0 to connect to {addr}: ")),
+        "{err}"
+    );
+}

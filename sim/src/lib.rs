@@ -7,9 +7,13 @@
 //! - [`trace`]: the trace and its FNV-1a hash (I9: a seed replayed gives the same hash).
 //! - [`mutants`]: deliberately wrong machines that the checker must catch.
 //! - [`report`]: failure reports with the seed, the shrunk inputs and the command.
+//! - [`storm`]: reconnect storms of up to millions of clients (real core machines) against
+//!   one server with a bounded accept rate, on the virtual clock: attempts and accepts per
+//!   second, time until everyone is back, per retry policy, as a table and an SVG plot.
 //!
 //! The binary runs many seeds, replays one, prints its trace and shrinks failures:
-//! `cargo run --release -p persistent-connection-sim -- --seeds 2000`.
+//! `cargo run --release -p persistent-connection-sim -- --seeds 2000`; and runs storms:
+//! `cargo run --release -p persistent-connection-sim -- storm --clients 1000000`.
 //!
 //! ```
 //! use persistent_connection_sim::world::{run_seed, RunOptions};
@@ -25,6 +29,7 @@
 pub mod checker;
 pub mod mutants;
 pub mod report;
+pub mod storm;
 pub mod trace;
 pub mod world;
 

@@ -3,7 +3,14 @@
 //! ```text
 //! persistent-connection-sim [--seeds N] [--first-seed F] [--mutant NAME]
 //! persistent-connection-sim --seed S [--trace] [--mutant NAME]
+//! persistent-connection-sim storm [--clients N] [--outage D] [--accept-rate R] [--backlog B]
+//!     [--rtt D] [--delay D] [--policies a,b,..] [--seed S] [--check] [--out FILE.svg]
 //! ```
+//!
+//! `storm` runs a reconnect storm (see the library's `storm` module): the table goes to
+//! stdout and the picture to `--out` (default `storm.svg`), both the same for the same
+//! arguments; wall time and memory per client go to stderr. Durations are seconds
+//! (`5`, `0.5`) or carry a unit (`500ms`, `100us`).
 //!
 //! `--seeds N` runs seeds `F..F+N` (default 2000 from 0) and replays every 64th seed to
 //! check its trace hash (I9). `--seed S` runs one seed twice, prints its world settings,
@@ -18,10 +25,18 @@ use std::time::Instant as WallClock;
 
 use persistent_connection_sim::mutants::Mutant;
 use persistent_connection_sim::report::{failure_report, reproduce_command, settings_text};
+use persistent_connection_sim::storm::{
+    Policy, StormConfig, bytes_per_client, run_storm_with, svg, table,
+};
 use persistent_connection_sim::world::{DEFAULT_SEEDS, RunOptions, Totals, run_seed};
 
 const USAGE: &str = "usage: persistent-connection-sim [--seeds N] [--first-seed F] [--mutant NAME]
        persistent-connection-sim --seed S [--trace] [--mutant NAME]
+       persistent-connection-sim storm [--clients N] [--outage D] [--accept-rate R]
+           [--backlog B] [--rtt D] [--delay D] [--policies a,b,..] [--seed S] [--check]
+           [--out FILE.svg] [--threads T]
+policies: constant, exponential, grpc, loop, stubborn (default: all)
+durations: seconds (5, 0.5) or with a unit (500ms, 100us, 2s)
 mutants: skip-dedup, delay-from-failure, early-disconnected, forget-late-close,
          suppress-failure, early-retry, late-close-finished, drop-failure-outcome, busy-timer";
 
@@ -71,6 +86,18 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("storm") {
+        return match parse_storm_args() {
+            Ok(a) => storm(&a),
+            Err(e) => {
+                if !e.is_empty() {
+                    eprintln!("error: {e}");
+                }
+                eprintln!("{USAGE}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -206,6 +233,175 @@ fn many_seeds(args: &Args) -> ExitCode {
         "wall: {:.3} s, {:.0} simulated steps/s",
         wall.as_secs_f64(),
         totals.steps as f64 / wall.as_secs_f64().max(1e-9)
+    );
+    ExitCode::SUCCESS
+}
+
+struct StormArgs {
+    config: StormConfig,
+    policies: Vec<Policy>,
+    out: String,
+    threads: usize,
+}
+
+fn duration(name: &str, v: Option<String>) -> Result<std::time::Duration, String> {
+    let v = v.ok_or_else(|| format!("{name} needs a value"))?;
+    let (number, scale) = if let Some(n) = v.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = v.strip_suffix("us") {
+        (n, 1e-6)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (v.as_str(), 1.0)
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite() && *x >= 0.0)
+        .and_then(|x| std::time::Duration::try_from_secs_f64(x * scale).ok())
+        .ok_or_else(|| format!("{name}: {v:?} is not a duration (say 5, 0.5, 500ms or 100us)"))
+}
+
+fn parse_storm_args() -> Result<StormArgs, String> {
+    let mut a = StormArgs {
+        config: StormConfig::default(),
+        policies: Policy::ALL.to_vec(),
+        out: "storm.svg".to_owned(),
+        threads: 2,
+    };
+    let mut check = None;
+    let mut it = std::env::args().skip(2);
+    let number = |name: &str, v: Option<String>| -> Result<u64, String> {
+        let v = v.ok_or_else(|| format!("{name} needs a value"))?;
+        v.replace(['_', ','], "")
+            .parse()
+            .map_err(|_| format!("{name}: {v:?} is not a whole number"))
+    };
+    let small = |name: &str, n: u64| -> Result<u32, String> {
+        u32::try_from(n).map_err(|_| format!("{name}: {n} is too large"))
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--clients" => a.config.clients = small("--clients", number("--clients", it.next())?)?,
+            "--outage" => a.config.outage = duration("--outage", it.next())?,
+            "--accept-rate" => {
+                a.config.accept_rate = small("--accept-rate", number("--accept-rate", it.next())?)?
+            }
+            "--backlog" => a.config.backlog = small("--backlog", number("--backlog", it.next())?)?,
+            "--rtt" => a.config.rtt = duration("--rtt", it.next())?,
+            "--delay" => a.config.base = duration("--delay", it.next())?,
+            "--seed" => a.config.seed = number("--seed", it.next())?,
+            "--check" => check = Some(true),
+            "--no-check" => check = Some(false),
+            "--out" => a.out = it.next().ok_or("--out needs a file name")?,
+            "--threads" => {
+                a.threads = number("--threads", it.next())?.clamp(1, 64) as usize;
+            }
+            "--policies" => {
+                let v = it.next().ok_or("--policies needs a list")?;
+                a.policies = v
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<Vec<Policy>, String>>()?;
+                if a.policies.is_empty() {
+                    return Err("--policies: name at least one".into());
+                }
+            }
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("storm: unknown argument {other:?}")),
+        }
+    }
+    // The invariant checker is on for small runs unless told otherwise.
+    a.config.check = check.unwrap_or(a.config.clients <= 1000);
+    a.config.validate()?;
+    Ok(a)
+}
+
+/// Resident memory of this process, from `/proc/self/status` (Linux), in bytes.
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn storm(a: &StormArgs) -> ExitCode {
+    let start = WallClock::now();
+    // Policies run on `--threads` threads (default 2, one per core of the reference
+    // machine); resident memory per client is only measured on one thread.
+    let threads = a.threads.min(a.policies.len()).max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<String>>> = a
+        .policies
+        .iter()
+        .map(|_| std::sync::Mutex::new(None))
+        .collect();
+    let results: Vec<std::sync::Mutex<Option<_>>> = a
+        .policies
+        .iter()
+        .map(|_| std::sync::Mutex::new(None))
+        .collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&policy) = a.policies.get(i) else {
+                        break;
+                    };
+                    let t = WallClock::now();
+                    let before = rss_bytes();
+                    let mut during = None;
+                    let r = run_storm_with(&a.config, policy, || during = rss_bytes());
+                    let n = f64::from(a.config.clients);
+                    let rss = match (threads, before, during) {
+                        (1, Some(b), Some(d)) => format!(
+                            "{:.0} bytes of RSS after setup",
+                            d.saturating_sub(b) as f64 / n
+                        ),
+                        _ => "RSS per client: run with --threads 1".to_owned(),
+                    };
+                    let steps = r.as_ref().map_or(0, |r| r.machine_steps);
+                    *slots[i].lock().expect("not poisoned") = Some(format!(
+                        "{policy}: wall {:.2} s, {steps} machine steps, memory per client: {} bytes by size_of, {rss}",
+                        t.elapsed().as_secs_f64(),
+                        bytes_per_client(policy),
+                    ));
+                    *results[i].lock().expect("not poisoned") = Some(r);
+                }
+            });
+        }
+    });
+    let mut done = Vec::new();
+    for (slot, r) in slots.into_iter().zip(results) {
+        if let Some(line) = slot.into_inner().expect("not poisoned") {
+            eprintln!("{line}");
+        }
+        match r.into_inner().expect("not poisoned") {
+            Some(Ok(r)) => done.push(r),
+            Some(Err(v)) => {
+                println!("FAILED storm: {v}");
+                return ExitCode::FAILURE;
+            }
+            None => return ExitCode::FAILURE,
+        }
+    }
+    print!("{}", table(&a.config, &done));
+    if let Err(e) = std::fs::write(&a.out, svg(&a.config, &done)) {
+        eprintln!("error: cannot write {}: {e}", a.out);
+        return ExitCode::FAILURE;
+    }
+    eprintln!(
+        "wall: {:.2} s for {} policies on {threads} threads; picture in {}{}",
+        start.elapsed().as_secs_f64(),
+        done.len(),
+        a.out,
+        if a.config.check {
+            "; every machine step checked (I1-I8)"
+        } else {
+            ""
+        }
     );
     ExitCode::SUCCESS
 }
