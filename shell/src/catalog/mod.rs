@@ -37,11 +37,14 @@
 //! as the previous one of its round. With two or more listed addresses the picker never
 //! returns the same address twice in a row, so each attempt's address is announced; with a
 //! single listed address every attempt obtains it and it is announced once per round, as
-//! without a catalog. R4's de-duplication compares errors, not addresses: two different
-//! copies that both refuse give equal `ConnectionRefused` errors, so the round shows one
-//! `FailedToConnect` between alternating `ObtainedAddress` events. A catalog failure (etcd
-//! down, a lookup timeout) is a failed attempt like any other: announced once while it
-//! repeats, retried on the jittered schedule.
+//! without a catalog. R4 compares errors, not addresses: a failure is announced when it
+//! differs from the previous failure of the round. [`TcpConnection`](crate::TcpConnection)'s
+//! connect errors name the address, so while the picker alternates between copies that all
+//! refuse, consecutive failures differ and each attempt shows an `ObtainedAddress` and a
+//! `FailedToConnect` naming that copy; a connect function whose error leaves the address
+//! out would show one `FailedToConnect` for the whole round. A catalog failure (etcd down,
+//! a lookup timeout) does not depend on the address: it is announced once while it
+//! repeats, and retried on the jittered schedule.
 //!
 //! # Example
 //!
