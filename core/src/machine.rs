@@ -1,5 +1,6 @@
 //! The persistent-connection state machine (docs/behaviour.md §3).
 
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::fmt;
@@ -8,7 +9,7 @@ use core::time::Duration;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
 
-use crate::retry::RetryPolicy;
+use crate::retry::{Jitter, RetryPolicy};
 use crate::time::Instant;
 
 macro_rules! id_type {
@@ -297,7 +298,12 @@ struct Current<C> {
 /// [`poll_timeout`](Machine::poll_timeout). See the crate docs for the loop.
 pub struct Machine<A, C, E> {
     retry: RetryPolicy,
-    rng: ChaCha8Rng,
+    /// The jitter's generator (R7), boxed so that [`Machine::release_buffers`] can free its
+    /// 256-byte block buffer while the machine idles; `seed` and `rng_pos` bring it back
+    /// at the same point of the same stream.
+    rng: Option<Box<ChaCha8Rng>>,
+    seed: u64,
+    rng_pos: u128,
     phase: Phase<A>,
     effects: VecDeque<Effect<A, C, E>>,
     /// Deadline of the retry timer of the latest attempt (R2).
@@ -344,7 +350,9 @@ where
     pub fn new(config: Config) -> Self {
         let mut m = Machine {
             retry: config.retry,
-            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            rng: None,
+            seed: config.seed,
+            rng_pos: 0,
             phase: Phase::Closing, // replaced just below
             effects: VecDeque::with_capacity(8),
             retry_deadline: Instant::ZERO,
@@ -460,15 +468,31 @@ impl<A, C, E> Machine<A, C, E> {
         self.current.as_ref().map(|c| c.id)
     }
 
-    /// Frees the effect queue's buffer and other spare capacity, if empty. For drivers that
-    /// keep many idle machines: call it when the machine waits for nothing but its
-    /// connection ([`State::Connected`]); the next steps allocate the buffer again.
+    /// The jitter's generator, brought back at its stream position if it was released.
+    fn rng(&mut self) -> &mut ChaCha8Rng {
+        let (seed, pos) = (self.seed, self.rng_pos);
+        self.rng.get_or_insert_with(|| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_word_pos(pos);
+            Box::new(rng)
+        })
+    }
+
+    /// Frees the effect queue's buffer, the jitter generator's block buffer and other spare
+    /// capacity. For drivers that keep many idle machines: call it when the machine waits
+    /// for nothing but its connection ([`State::Connected`]); the next steps allocate them
+    /// again. It changes no decision: the delays that follow are the same either way.
     pub fn release_buffers(&mut self) {
         if self.effects.is_empty() {
             self.effects = VecDeque::new();
         }
         if self.lingering.is_empty() {
             self.lingering = Vec::new();
+        }
+        // The generator's 304 bytes; the next attempt rebuilds it where it left off, so the
+        // delays are the same as if it had been kept (R7, I9).
+        if let Some(rng) = self.rng.take() {
+            self.rng_pos = rng.get_word_pos();
         }
     }
 
@@ -541,7 +565,11 @@ where
         let attempt = AttemptId(self.next_attempt);
         self.next_attempt += 1;
         let base = self.retry.delay.base_delay(self.consecutive_failures);
-        let delay = self.retry.jitter.apply(base, &mut self.rng);
+        let delay = match self.retry.jitter {
+            // No draw, so no generator needed.
+            Jitter::NonRandom => base,
+            jitter => jitter.apply(base, self.rng()),
+        };
         let deadline = now.saturating_add(delay);
         self.retry_deadline = deadline;
         self.effects.push_back(Effect::StartTimer {

@@ -1015,3 +1015,67 @@ fn retry_deadline_query_is_the_latest_attempts_timer() {
     assert_eq!(h.m.poll_timeout(), Some(at(5.0)));
     assert_eq!(h.m.retry_deadline(), Some(at(5.0)));
 }
+
+/// R7, I9: releasing the idle machine's buffers (the shell does it while connected) does
+/// not change a single delay: the generator comes back where it left off.
+#[test]
+fn r7_release_buffers_keeps_the_jitter_sequence() {
+    fn delays(release: bool) -> Vec<Duration> {
+        let mut m: persistent_connection_core::Machine<u8, u32, u8> =
+            persistent_connection_core::Machine::new(Config {
+                seed: 99,
+                retry: RetryPolicy::constant(Duration::from_secs(1)),
+            });
+        let mut now = Instant::ZERO;
+        let mut pending = std::collections::VecDeque::new();
+        let mut out = Vec::new();
+        let mut connects = 0u32;
+        let mut to_close = None;
+        let mut released = 0;
+        for _ in 0..2000 {
+            while let Some(e) = m.poll_effect() {
+                match e {
+                    Effect::Emit { id, .. } => pending.push_back(Input::EventHandled { event: id }),
+                    Effect::StartTimer { delay, .. } => out.push(delay),
+                    Effect::GetAddress { attempt } => pending.push_back(Input::AddressResult {
+                        attempt,
+                        result: Ok(1),
+                    }),
+                    Effect::Connect { attempt, .. } => {
+                        connects += 1;
+                        let result = if connects.is_multiple_of(3) {
+                            Err(7)
+                        } else {
+                            Ok(connects)
+                        };
+                        pending.push_back(Input::ConnectResult { attempt, result });
+                    }
+                    Effect::BecameCurrent { conn, .. } => to_close = Some(conn),
+                    _ => {}
+                }
+            }
+            if let Some(input) = pending.pop_front() {
+                m.handle(now, input);
+            } else if m.state() == State::Connected
+                && let Some(conn) = to_close.take()
+            {
+                // Idle and connected: where the shell releases the buffers.
+                if release {
+                    m.release_buffers();
+                    released += 1;
+                }
+                m.handle(now, Input::Closed { conn });
+            } else if let Some(input) = pending.pop_front() {
+                m.handle(now, input);
+            } else if let Some(deadline) = m.poll_timeout() {
+                now = deadline;
+                m.handle(now, Input::TimerFired);
+            }
+        }
+        assert!(!release || released > 50, "{released}");
+        out
+    }
+    let kept = delays(false);
+    assert!(kept.len() >= 100, "{}", kept.len());
+    assert_eq!(kept, delays(true));
+}

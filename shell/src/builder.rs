@@ -146,6 +146,10 @@ where
     }
 
     /// A constant base retry delay (the default is 10 s), keeping the jitter setting.
+    ///
+    /// The delay separates the *starts* of attempts: a connection that dies younger than
+    /// the delay waits for the rest of it before the next attempt (R6). See the crate
+    /// docs' "Defaults and what they mean" and the presets of [`RetryPolicy`].
     pub fn retry_delay(mut self, delay: Duration) -> Self {
         self.retry.delay = RetryDelay::Constant(delay);
         self

@@ -83,6 +83,11 @@ struct StopOnDrop {
 /// the default 10 s and a check that detects within 1 s, a server that hangs right after
 /// accepting costs about 10 s, not 1 s.
 ///
+/// The check runs beside the user's own traffic on the same connection. With a client
+/// that multiplexes requests (Redis, an RPC client) that is what a heartbeat is; on a raw
+/// byte stream, make sure a check's answer cannot be taken for the user's data (or the
+/// reverse).
+///
 /// The task ends when the connection closes (either side, or by the check), or when every
 /// handle of the wrapper is dropped; it holds a clone of `C` meanwhile. The check gets a
 /// clone of the connection; it must not close it (returning an error is how it says the

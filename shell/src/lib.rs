@@ -30,7 +30,13 @@
 //!   [`close_when_current_connection_is_closed()`](PersistentConnection::close_when_current_connection_is_closed)
 //!   (R11), [`events()`](PersistentConnection::events) (an [`EventStream`]: a `Stream`
 //!   of the events after the call, [`Lagged`] when it fell behind, ending after close),
-//!   [`downgrade()`](PersistentConnection::downgrade).
+//!   [`downgrade()`](PersistentConnection::downgrade),
+//!   [`state()`](PersistentConnection::state) ([`State`]: `Connecting`,
+//!   `WaitingToRetry { next_attempt }`, `Connected`, `Closing`, `Closed`, read from the
+//!   machine's own state),
+//!   [`consecutive_unsuccessful_attempts()`](PersistentConnection::consecutive_unsuccessful_attempts),
+//!   [`stats()`](PersistentConnection::stats) ([`Stats`]: attempts, failures,
+//!   de-duplicated failures, connections, disconnections since creation, without a lock).
 //!   The waiters' futures are `'static` and register when called.
 //! - [`ConnectContext`] (R12): `consecutive_unsuccessful_attempts()`, `abort(error)`.
 //! - [`Closable`] (`close`, `is_closed`, `close_finished`) with ready impls

@@ -426,6 +426,9 @@ async fn s4_a_lagging_observer_is_told_how_many_it_missed() {
             |_addr, _cx| async { Ok(WithCloseSignal::new(0u32, CloseSignal::new())) },
         )
         .retry_delay(Duration::from_millis(10))
+        // Exactly one attempt every 10 ms, so 105 ms hold exactly 11 attempts (with the
+        // default ±30% jitter the count varied and the test failed at random).
+        .jitter(persistent_connection::Jitter::NonRandom)
         .event_capacity(4);
     let mut events = builder.events();
     let pc = builder.build();

@@ -15,7 +15,7 @@ use std::time::Duration;
 use example::{RedisServer, Settings};
 use persistent_connection::{Closable, Event, HealthCheck, PersistentConnection};
 
-const GUARD: Duration = Duration::from_secs(20);
+const GUARD: Duration = Duration::from_secs(60);
 
 async fn guard<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(GUARD, fut)

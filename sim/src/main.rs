@@ -4,7 +4,8 @@
 //! persistent-connection-sim [--seeds N] [--first-seed F] [--mutant NAME]
 //! persistent-connection-sim --seed S [--trace] [--mutant NAME]
 //! persistent-connection-sim storm [--clients N] [--outage D] [--accept-rate R] [--backlog B]
-//!     [--rtt D] [--delay D] [--policies a,b,..] [--seed S] [--check] [--out FILE.svg]
+//!     [--rtt D] [--kill-time D] [--delay D] [--policies a,b,..] [--seed S] [--check]
+//!     [--out FILE.svg] [--threads T]
 //! ```
 //!
 //! `storm` runs a reconnect storm (see the library's `storm` module): the table goes to
@@ -33,8 +34,8 @@ use persistent_connection_sim::world::{DEFAULT_SEEDS, RunOptions, Totals, run_se
 const USAGE: &str = "usage: persistent-connection-sim [--seeds N] [--first-seed F] [--mutant NAME]
        persistent-connection-sim --seed S [--trace] [--mutant NAME]
        persistent-connection-sim storm [--clients N] [--outage D] [--accept-rate R]
-           [--backlog B] [--rtt D] [--delay D] [--policies a,b,..] [--seed S] [--check]
-           [--out FILE.svg] [--threads T]
+           [--backlog B] [--rtt D] [--kill-time D] [--delay D] [--policies a,b,..]
+           [--seed S] [--check] [--out FILE.svg] [--threads T]
 policies: constant, exponential, grpc, loop, stubborn (default: all)
 durations: seconds (5, 0.5) or with a unit (500ms, 100us, 2s)
 mutants: skip-dedup, delay-from-failure, early-disconnected, forget-late-close,
@@ -290,6 +291,7 @@ fn parse_storm_args() -> Result<StormArgs, String> {
             }
             "--backlog" => a.config.backlog = small("--backlog", number("--backlog", it.next())?)?,
             "--rtt" => a.config.rtt = duration("--rtt", it.next())?,
+            "--kill-time" => a.config.kill_time = duration("--kill-time", it.next())?,
             "--delay" => a.config.base = duration("--delay", it.next())?,
             "--seed" => a.config.seed = number("--seed", it.next())?,
             "--check" => check = Some(true),
