@@ -633,7 +633,7 @@ async fn a_hung_etcd_is_a_lookup_timeout_not_a_hang() {
     assert_eq!(catalog.lookup().await.unwrap(), [server.addr]);
 
     // SIGSTOP: etcd's socket still accepts (the kernel queues) but nothing answers.
-    etcd.signal("STOP");
+    etcd.pause();
     let started = tokio::time::Instant::now();
     let e = guard("lookup returns", catalog.lookup()).await.unwrap_err();
     assert_eq!(
@@ -645,7 +645,7 @@ async fn a_hung_etcd_is_a_lookup_timeout_not_a_hang() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
 
-    etcd.signal("CONT");
+    etcd.resume();
     let _listed = wait_for_listing(&catalog, "lookups work again", |l| l.is_ok()).await;
     publisher.withdraw().await.unwrap();
 }

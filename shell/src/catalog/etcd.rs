@@ -629,8 +629,9 @@ impl Drop for EtcdPublisher {
     }
 }
 
-/// The renewal task: one keep-alive stream, a renewal every third of the TTL; on any
-/// error, start over after a pause; if the lease is gone, register again.
+/// The renewal task: one keep-alive stream, a renewal every third of the TTL; when the
+/// stream breaks, start over after a pause; whenever the lease turns out to be gone
+/// (expired during an outage, or revoked by someone else), register again.
 async fn keep_alive(
     mut client: Client,
     key: String,
@@ -640,36 +641,43 @@ async fn keep_alive(
 ) {
     let ttl_duration = Duration::from_secs(u64::try_from(ttl).unwrap_or(1));
     let every = (ttl_duration / 3).max(Duration::from_millis(100));
-    let request_timeout = every.max(Duration::from_millis(500));
+    let request_timeout = every.max(DEFAULT_TIMEOUT);
     loop {
         let id = lease.load(Ordering::Relaxed);
         let opened = tokio::time::timeout(request_timeout, client.lease_keep_alive(id)).await;
-        let (mut keeper, mut responses) = match opened {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
-                tracing::warn!(key = %key, error = %e, "etcd keep-alive failed; retrying");
+        let mut lease_gone = match opened {
+            Ok(Ok((mut keeper, mut responses))) => loop {
+                // Opening renewed once already.
                 tokio::time::sleep(every).await;
-                continue;
+                if keeper.keep_alive().await.is_err() {
+                    break false;
+                }
+                match tokio::time::timeout(request_timeout, responses.message()).await {
+                    Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+                    Ok(Ok(Some(_))) => break true,
+                    Ok(Ok(None)) | Ok(Err(_)) | Err(_) => break false,
+                }
+            },
+            // The client's word for a keep-alive answered with a TTL of 0.
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(key = %key, error = %describe_etcd_error(&e), "etcd keep-alive failed; retrying");
+                false
             }
             Err(_) => {
                 tracing::warn!(key = %key, "etcd keep-alive timed out; retrying");
-                tokio::time::sleep(every).await;
-                continue;
+                false
             }
         };
-        let lease_gone = loop {
-            if keeper.keep_alive().await.is_err() {
-                break false;
-            }
-            match tokio::time::timeout(request_timeout, responses.message()).await {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => {}
-                Ok(Ok(Some(_))) => break true,
-                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => break false,
-            }
-            tokio::time::sleep(every).await;
-        };
+        if !lease_gone {
+            // Ask whether the lease itself still exists: etcd answers a TTL of -1 for a
+            // lease that expired or was revoked.
+            let asked =
+                tokio::time::timeout(request_timeout, client.lease_time_to_live(id, None)).await;
+            lease_gone = matches!(asked, Ok(Ok(r)) if r.ttl() <= 0);
+        }
         if lease_gone {
-            tracing::warn!(key = %key, lease = id, "etcd lease expired; publishing again");
+            tracing::warn!(key = %key, lease = id, "etcd lease is gone; publishing again");
             match tokio::time::timeout(request_timeout, register(&mut client, &key, &value, ttl))
                 .await
             {
@@ -677,7 +685,6 @@ async fn keep_alive(
                 _ => tokio::time::sleep(every).await,
             }
         } else {
-            tracing::warn!(key = %key, "etcd keep-alive stream broke; reopening");
             tokio::time::sleep(every).await;
         }
     }

@@ -36,9 +36,17 @@ pub fn free_ports() -> (u16, u16) {
     )
 }
 
+/// A fresh directory for etcd's data: in `/dev/shm` (memory) when the system has it, so
+/// that etcd's fsyncs cost nothing on a loaded machine, else in the system's temp dir.
 fn temp_dir() -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
+    let shm = Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!(
         "pc-etcd-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
@@ -96,6 +104,37 @@ impl EtcdServer {
             .status()
             .expect("run kill(1)");
         assert!(status.success(), "kill -{signal} {pid}: {status}");
+    }
+
+    /// `kill -STOP`, then waits until every thread of etcd is stopped (the signal is
+    /// delivered asynchronously: a thread on another core may still answer a request).
+    pub fn pause(&self) {
+        self.signal("STOP");
+        let pid = self.pid().expect("etcd is running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let all_stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|tasks| {
+                    tasks.flatten().all(|t| {
+                        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                            // The state follows the parenthesised command name.
+                            stat.rsplit_once(") ")
+                                .is_some_and(|(_, rest)| rest.starts_with('T'))
+                        })
+                    })
+                })
+                .unwrap_or(false);
+            if all_stopped {
+                return;
+            }
+            assert!(Instant::now() < deadline, "etcd did not stop on SIGSTOP");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// `kill -CONT`.
+    pub fn resume(&self) {
+        self.signal("CONT");
     }
 
     /// Whether the process runs.
