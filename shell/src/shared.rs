@@ -568,9 +568,7 @@ mod loom_tests {
 
     /// Takes the queued effects, as the driver does.
     fn take(s: &S) -> Vec<CoreEffect<u16, C, String>> {
-        let mut out = VecDeque::new();
-        s.take_io(&mut out);
-        out.into_iter().collect()
+        std::iter::from_fn(|| s.pop_io()).collect()
     }
 
     /// Drives a new persistent connection (single-threaded, before the model's threads
