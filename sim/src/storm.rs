@@ -385,8 +385,9 @@ impl CalendarQueue {
             let slot = &mut self.ring[(self.cursor % RING) as usize];
             if !slot.is_empty() {
                 self.in_ring -= slot.len();
-                let spare = std::mem::take(&mut self.sorted);
-                self.sorted = std::mem::replace(slot, spare);
+                // The slot starts again empty: buffers handed back to slots would keep
+                // every wave's capacity alive around the ring.
+                self.sorted = std::mem::take(slot);
                 self.sorted.sort_unstable_by(|a, b| b.cmp(a));
             }
         }
