@@ -156,6 +156,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod builder;
+pub mod catalog;
 mod closable;
 mod driven;
 mod driver;

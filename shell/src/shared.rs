@@ -568,9 +568,7 @@ mod loom_tests {
 
     /// Takes the queued effects, as the driver does.
     fn take(s: &S) -> Vec<CoreEffect<u16, C, String>> {
-        let mut out = VecDeque::new();
-        s.take_io(&mut out);
-        out.into_iter().collect()
+        std::iter::from_fn(|| s.pop_io()).collect()
     }
 
     /// Drives a new persistent connection (single-threaded, before the model's threads
@@ -676,13 +674,18 @@ mod loom_tests {
                     },
                 );
                 s2.feed_from_handle(Input::CloseRequested);
-                // The driver closes the connection and reports it.
-                let id = take(&s2).iter().find_map(|e| match e {
-                    Effect::CloseConnection { conn, .. } => Some(*conn),
-                    _ => None,
-                });
-                if let Some(conn) = id {
-                    s2.feed(Instant::ZERO, Input::Closed { conn });
+                // Play the driver until close finishes: handle every event, report every
+                // close.
+                while let Some(effect) = s2.pop_io() {
+                    match effect {
+                        Effect::Emit { id, .. } => {
+                            s2.feed(Instant::ZERO, Input::EventHandled { event: id })
+                        }
+                        Effect::CloseConnection { conn, .. } => {
+                            s2.feed(Instant::ZERO, Input::Closed { conn })
+                        }
+                        _ => {}
+                    }
                 }
             });
             let c = match s.wait_connected() {
@@ -695,22 +698,9 @@ mod loom_tests {
                 assert_eq!(*c, 5);
             }
             if let Some(w) = s.wait_finished() {
-                // Finishes once the Connected handler is done; play the driver for it.
-                driver.join().unwrap();
-                for e in take(&s) {
-                    if let Effect::Emit { id, .. } = e {
-                        s.feed(Instant::ZERO, Input::EventHandled { event: id });
-                    }
-                }
-                for e in take(&s) {
-                    if let Effect::Emit { id, .. } = e {
-                        s.feed(Instant::ZERO, Input::EventHandled { event: id });
-                    }
-                }
                 loom::future::block_on(w);
-            } else {
-                driver.join().unwrap();
             }
+            driver.join().unwrap();
             assert!(s.is_finished());
         });
     }
@@ -738,7 +728,7 @@ mod loom_tests {
     /// checked the flag, subscribed, checked again. The model finds the lost wake-up that
     /// `loom_r10_waiter_concurrent_with_r11_resolves` rules out for today's protocol.
     #[test]
-    #[should_panic]
+    #[should_panic(expected = "lost wake-up")]
     fn loom_finds_the_lost_wakeup_of_the_old_protocol() {
         use crate::sync::AtomicU8;
         use crate::waiters::{Slot, Wait};
@@ -758,14 +748,23 @@ mod loom_tests {
                 }
                 o2.closed.store(1, Ordering::Release);
             });
+            let mut waiting = None;
             if old.closed.load(Ordering::Acquire) == 0 {
                 let slot = Slot::new();
                 lock(&old.subscribers).push(slot.clone());
                 if old.closed.load(Ordering::Acquire) == 0 {
-                    loom::future::block_on(Wait::new(slot));
+                    waiting = Some(Wait::new(slot));
                 }
             }
             driver.join().unwrap();
+            // Everything has happened: a waiter that still waits would wait forever.
+            if let Some(wait) = waiting {
+                use futures_util::FutureExt;
+                assert!(
+                    wait.now_or_never().is_some(),
+                    "lost wake-up: the waiter hangs"
+                );
+            }
         });
     }
 }

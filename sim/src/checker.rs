@@ -425,6 +425,12 @@ pub struct Checker<A, C, E> {
     closed: bool,
     finished: bool,
     strays: BTreeSet<ConnId>,
+    /// The same set as a bitmap by raw id, so that comparing it with the machine's
+    /// `lingering_connections()` after every step costs one probe per entry, not a tree
+    /// search (a long fuzz input can pile up hundreds of strays).
+    stray_bits: Vec<u64>,
+    /// Scratch bitmap for [`same_set`], all zero between uses.
+    seen_bits: Vec<u64>,
     close_requested: BTreeSet<ConnId>,
     conns_issued: BTreeSet<ConnId>,
     attempts_issued: BTreeSet<AttemptId>,
@@ -487,6 +493,8 @@ where
             closed: false,
             finished: false,
             strays: BTreeSet::new(),
+            stray_bits: Vec::new(),
+            seen_bits: Vec::new(),
             close_requested: BTreeSet::new(),
             conns_issued: BTreeSet::new(),
             attempts_issued: BTreeSet::new(),
@@ -653,6 +661,7 @@ where
                         None => self.expects.push(Expect::EmitDisconnected),
                     }
                 } else if self.strays.remove(conn) {
+                    set_bit(&mut self.stray_bits, *conn, false);
                     // One of ours finished closing; close may now finish (checked later).
                 }
             }
@@ -924,6 +933,7 @@ where
                     }
                     self.close_requested.insert(*conn);
                     self.strays.insert(*conn);
+                    set_bit(&mut self.stray_bits, *conn, true);
                     Ok(())
                 } else {
                     self.fail(
@@ -1265,7 +1275,7 @@ where
         }
         if let Some(lingering) = view.lingering_connections()
             && (lingering.len() != self.strays.len()
-                || lingering.iter().any(|c| !self.strays.contains(c)))
+                || !same_set(lingering, &self.stray_bits, &mut self.seen_bits))
         {
             return self.fail(
                 Invariant::I6,
@@ -1408,6 +1418,53 @@ where
     pub fn checker(&self) -> &Checker<A, C, E> {
         &self.checker
     }
+}
+
+/// Sets or clears `conn`'s bit (ids are issued in sequence, so the map stays small; an id
+/// too large for memory is left out and then never found, which the caller reports).
+fn set_bit(bits: &mut Vec<u64>, conn: ConnId, on: bool) {
+    let Ok(i) = usize::try_from(conn.raw() / 64) else {
+        return;
+    };
+    if i >= bits.len() {
+        if !on || i > 1 << 24 {
+            return;
+        }
+        bits.resize(i + 1, 0);
+    }
+    let mask = 1u64 << (conn.raw() % 64);
+    if on {
+        bits[i] |= mask;
+    } else {
+        bits[i] &= !mask;
+    }
+}
+
+/// Whether `list` (as long as the set, checked by the caller) holds each member of the
+/// set `bits` exactly once: every entry is a member and none repeats. `seen` is scratch
+/// space, left all zero.
+fn same_set(list: &[ConnId], bits: &[u64], seen: &mut Vec<u64>) -> bool {
+    let mut ok = true;
+    let mut marked = 0;
+    for &c in list {
+        if !bit(bits, c) || bit(seen, c) {
+            ok = false;
+            break;
+        }
+        set_bit(seen, c, true);
+        marked += 1;
+    }
+    for &c in &list[..marked] {
+        set_bit(seen, c, false);
+    }
+    ok
+}
+
+fn bit(bits: &[u64], conn: ConnId) -> bool {
+    usize::try_from(conn.raw() / 64)
+        .ok()
+        .and_then(|i| bits.get(i))
+        .is_some_and(|w| w & (1u64 << (conn.raw() % 64)) != 0)
 }
 
 /// FNV-1a of `x`'s `Debug` text, without allocating.

@@ -997,9 +997,14 @@ pub fn svg(config: &StormConfig, results: &[StormResult]) -> String {
             top + panel_h + 34.0
         );
         for (i, s) in series.iter().enumerate() {
+            // At most about 1,200 points a line: each point stands for `group` buckets and
+            // shows their largest value, so no peak is lost.
+            let group = s.len().div_ceil(1200).max(1);
             let mut points = String::new();
-            for (b, v) in s.iter().enumerate() {
-                let _ = write!(points, "{:.1},{:.1} ", x((b as f64 + 1.0) * bucket), y(*v));
+            for (g, chunk) in s.chunks(group).enumerate() {
+                let v = chunk.iter().copied().fold(f64::MIN, f64::max);
+                let t = ((g * group + chunk.len()) as f64) * bucket;
+                let _ = write!(points, "{:.1},{:.1} ", x(t), y(v));
             }
             let _ = writeln!(
                 out,

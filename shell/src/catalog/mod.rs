@@ -1,0 +1,513 @@
+//! Ready `get_address` sources: catalogs where redundant copies of a service are listed,
+//! and a picker that chooses one copy per attempt.
+//!
+//! The original's `get_address` "might look up a server's host and port in a catalog at a
+//! particular path to which multiple redundant copies of a service are publishing their
+//! location. If one copy dies, we get the address of another one." A [`Catalog`] is that
+//! lookup: it returns every address listed now. [`Catalog::get_address`] turns it into the
+//! closure the builder takes, choosing one address per attempt with a [`Pick`] policy.
+//!
+//! Catalogs shipped here:
+//!
+//! - [`StaticList`]: a fixed list of addresses.
+//! - [`Dns`]: a host name resolved before every attempt (all its A/AAAA records), with its
+//!   own timeout.
+//! - `etcd::EtcdCatalog` (cargo feature `etcd`, off by default): the live addresses under a
+//!   key prefix in etcd, where servers publish themselves with `etcd::EtcdPublisher`.
+//!
+//! # Which address an attempt gets
+//!
+//! `get_address` is only called again when the previous attempt did not leave a lasting
+//! connection: its lookup or connect failed (R4), or the connection it made has closed
+//! (R6). So the picker counts every address it hands out as *tried*, and the next pick
+//! prefers a listed address that has not been tried yet. Once every listed address has
+//! been tried, a new sweep starts (the tried set is cleared), and even then the address
+//! handed out last is skipped if another one is listed. A round that meets a refused
+//! address therefore tries the other published copies next, not the same one again, and
+//! every copy gets a turn before any is retried. Addresses that leave the listing leave the
+//! tried set too. The [`Pick`] policy decides among the candidates: the first in listing
+//! order, the next after the previous pick, or a seeded random one.
+//!
+//! Use one `get_address()` closure per persistent connection: its tried set is that
+//! connection's history.
+//!
+//! # Interaction with de-duplication (R3, R4)
+//!
+//! R3 suppresses an `ObtainedAddress` event only when an attempt obtains the same address
+//! as the previous one of its round. With two or more listed addresses the picker never
+//! returns the same address twice in a row, so each attempt's address is announced; with a
+//! single listed address every attempt obtains it and it is announced once per round, as
+//! without a catalog. R4 compares errors, not addresses: a failure is announced when it
+//! differs from the previous failure of the round. [`TcpConnection`](crate::TcpConnection)'s
+//! connect errors name the address, so while the picker alternates between copies that all
+//! refuse, consecutive failures differ and each attempt shows an `ObtainedAddress` and a
+//! `FailedToConnect` naming that copy; a connect function whose error leaves the address
+//! out would show one `FailedToConnect` for the whole round. A catalog failure (etcd down,
+//! a lookup timeout) does not depend on the address: it is announced once while it
+//! repeats, and retried on the jittered schedule.
+//!
+//! # Example
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use persistent_connection::catalog::{Catalog, Pick, StaticList};
+//! use persistent_connection::{IoError, PersistentConnection, TcpConnection};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! let live = listener.local_addr().unwrap();
+//! // A port nobody listens on: connecting to it is refused.
+//! let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! let refused = dead.local_addr().unwrap();
+//! drop(dead);
+//!
+//! let catalog = StaticList::new([refused, live]);
+//! let pc = PersistentConnection::builder(
+//!     "echo",
+//!     catalog.get_address::<IoError>(Pick::InOrder),
+//!     |addr: SocketAddr, _cx| TcpConnection::connect(addr),
+//! )
+//! .retry_delay(std::time::Duration::from_millis(10))
+//! .build();
+//! // The first attempt is refused; the second goes to the other listed copy.
+//! let conn = pc.connected().await;
+//! assert_eq!(conn.peer_addr(), live);
+//! pc.close().await;
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use persistent_connection_core::rand_chacha::ChaCha8Rng;
+use persistent_connection_core::rand_chacha::rand_core::{Rng, SeedableRng};
+
+use crate::error::IoError;
+
+mod dns;
+#[cfg(feature = "etcd")]
+pub mod etcd;
+mod static_list;
+
+pub use dns::{Dns, IpFamily};
+pub use static_list::StaticList;
+
+/// A future as [`Catalog::get_address`]'s closure returns it.
+pub type LookupFuture<A, E> = Pin<Box<dyn Future<Output = Result<A, E>> + Send + 'static>>;
+
+/// Why a catalog lookup failed. Equality compares what identifies the failure (which
+/// catalog, which key, the message), so repeated identical failures are de-duplicated into
+/// one `FailedToConnect` event per round (R4).
+///
+/// Convert it into the persistent connection's error type with `From`: [`IoError`] and
+/// `String` are provided.
+///
+/// ```
+/// use std::io;
+/// use persistent_connection::IoError;
+/// use persistent_connection::catalog::CatalogError;
+///
+/// let e = CatalogError::Malformed {
+///     key: "/services/echo/a".into(),
+///     value: "not an address".into(),
+///     reason: "invalid socket address syntax".into(),
+/// };
+/// assert_eq!(
+///     e.to_string(),
+///     "malformed address under key \"/services/echo/a\": \"not an address\" \
+///      (invalid socket address syntax)"
+/// );
+/// assert_eq!(IoError::from(e).kind(), io::ErrorKind::InvalidData);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CatalogError {
+    /// The catalog lists no address.
+    Empty {
+        /// Which catalog, e.g. `etcd prefix "/services/echo/"`.
+        catalog: String,
+    },
+    /// The lookup did not finish within the catalog's lookup timeout.
+    TimedOut {
+        /// Which catalog.
+        catalog: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The lookup itself failed: the name does not resolve, etcd is unreachable…
+    Lookup {
+        /// Which catalog.
+        catalog: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A value under the catalog's prefix is not an address, and no other listed value is.
+    Malformed {
+        /// The key whose value is malformed.
+        key: String,
+        /// The value, lossily decoded as UTF-8.
+        value: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+}
+
+impl fmt::Display for CatalogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CatalogError::Empty { catalog } => write!(f, "no address listed in {catalog}"),
+            CatalogError::TimedOut { catalog, after } => {
+                write!(f, "lookup in {catalog} timed out after {after:?}")
+            }
+            CatalogError::Lookup { catalog, message } => {
+                write!(f, "lookup in {catalog} failed: {message}")
+            }
+            CatalogError::Malformed { key, value, reason } => {
+                write!(
+                    f,
+                    "malformed address under key {key:?}: {value:?} ({reason})"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for CatalogError {}
+
+impl CatalogError {
+    /// The [`io::ErrorKind`] closest to this failure: `NotFound` (empty), `TimedOut`,
+    /// `InvalidData` (malformed) or `Other` (lookup).
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            CatalogError::Empty { .. } => io::ErrorKind::NotFound,
+            CatalogError::TimedOut { .. } => io::ErrorKind::TimedOut,
+            CatalogError::Lookup { .. } => io::ErrorKind::Other,
+            CatalogError::Malformed { .. } => io::ErrorKind::InvalidData,
+        }
+    }
+}
+
+impl From<CatalogError> for IoError {
+    fn from(e: CatalogError) -> IoError {
+        IoError::new(e.kind(), e.to_string())
+    }
+}
+
+impl From<CatalogError> for String {
+    fn from(e: CatalogError) -> String {
+        e.to_string()
+    }
+}
+
+/// A place where the redundant copies of a service are listed.
+///
+/// [`lookup`](Catalog::lookup) returns every address listed now, in a stable order (the
+/// [`Pick`] policy relies on it); [`get_address`](Catalog::get_address) makes the
+/// builder's `get_address` closure out of it. Implement it for your own catalog to get the
+/// same picking behaviour.
+///
+/// ```
+/// use persistent_connection::catalog::{Catalog, CatalogError, Pick};
+///
+/// /// Ports listed in a file, say.
+/// struct Ports(Vec<u16>);
+///
+/// impl Catalog for Ports {
+///     type Address = u16;
+///     fn lookup(&self) -> impl Future<Output = Result<Vec<u16>, CatalogError>> + Send {
+///         let ports = self.0.clone();
+///         async move { Ok(ports) }
+///     }
+/// }
+///
+/// # tokio_test::block_on(async {
+/// let get_address = Ports(vec![7000, 7001]).get_address::<String>(Pick::RoundRobin);
+/// assert_eq!(get_address().await, Ok(7000));
+/// assert_eq!(get_address().await, Ok(7001));
+/// assert_eq!(get_address().await, Ok(7000));
+/// # });
+/// ```
+pub trait Catalog: Send + Sync + 'static {
+    /// What the catalog lists.
+    type Address: Clone + PartialEq + fmt::Debug + Send + Sync + 'static;
+
+    /// Every address listed now. An empty list is reported by `get_address` as
+    /// [`CatalogError::Empty`]; a catalog may also return that error itself, naming
+    /// where it looked.
+    fn lookup(&self) -> impl Future<Output = Result<Vec<Self::Address>, CatalogError>> + Send;
+
+    /// The builder's `get_address`: each call looks the catalog up and picks one listed
+    /// address with `pick`, preferring addresses it has not handed out since the last
+    /// sweep (see the [module docs](self)). `E` is the persistent connection's error type.
+    fn get_address<E>(
+        self,
+        pick: Pick,
+    ) -> impl Fn() -> LookupFuture<Self::Address, E> + Send + Sync + 'static
+    where
+        Self: Sized,
+        E: From<CatalogError> + 'static,
+    {
+        let catalog = Arc::new(self);
+        let picker = Arc::new(Mutex::new(Picker::new(pick)));
+        move || {
+            let catalog = catalog.clone();
+            let picker = picker.clone();
+            Box::pin(async move {
+                let listed = catalog.lookup().await.map_err(E::from)?;
+                let picked = picker
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .pick(&listed);
+                picked.ok_or_else(|| {
+                    E::from(CatalogError::Empty {
+                        catalog: "the catalog".to_owned(),
+                    })
+                })
+            })
+        }
+    }
+}
+
+/// How a catalog with several listed addresses picks one among those not tried yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Pick {
+    /// The first candidate in listing order: a priority list. Each sweep starts again from
+    /// the top (skipping the address handed out last).
+    #[default]
+    InOrder,
+    /// The first candidate after the previous pick, wrapping around: sweeps continue where
+    /// the last one ended.
+    RoundRobin,
+    /// A uniformly random candidate from a ChaCha generator seeded with `seed`: the same
+    /// seed and the same listings give the same picks (use the connection's own
+    /// [`seed`](crate::Builder::seed) to keep a run reproducible). Give each client its own
+    /// seed to spread clients over the copies.
+    Random {
+        /// The generator's seed.
+        seed: u64,
+    },
+}
+
+/// The picking state of one `get_address` closure: the policy, the addresses tried since
+/// the last sweep and the last pick. Pure and deterministic, so it can be tested alone.
+///
+/// ```
+/// use persistent_connection::catalog::{Pick, Picker};
+///
+/// let mut p = Picker::new(Pick::InOrder);
+/// assert_eq!(p.pick(&["a", "b", "c"]), Some("a"));
+/// assert_eq!(p.pick(&["a", "b", "c"]), Some("b")); // "a" was tried
+/// assert_eq!(p.pick(&["a", "b", "c"]), Some("c"));
+/// assert_eq!(p.pick(&["a", "b", "c"]), Some("a")); // a new sweep, from the top
+/// assert_eq!(p.pick(&["a"]), Some("a"));           // the only one listed
+/// assert_eq!(p.pick(&[]), None);
+/// ```
+#[derive(Debug)]
+pub struct Picker<A> {
+    pick: Pick,
+    rng: Option<ChaCha8Rng>,
+    tried: Vec<A>,
+    last: Option<A>,
+    /// Index in the listing of the last pick, for round robin when the last address is no
+    /// longer listed.
+    last_index: usize,
+}
+
+impl<A: Clone + PartialEq> Picker<A> {
+    /// A picker with nothing tried yet.
+    pub fn new(pick: Pick) -> Picker<A> {
+        let rng = match pick {
+            Pick::Random { seed } => Some(ChaCha8Rng::seed_from_u64(seed)),
+            _ => None,
+        };
+        Picker {
+            pick,
+            rng,
+            tried: Vec::new(),
+            last: None,
+            last_index: 0,
+        }
+    }
+
+    /// Picks one of `listed` (see [`Pick`] and the module docs) and counts it as tried;
+    /// `None` if nothing is listed.
+    pub fn pick(&mut self, listed: &[A]) -> Option<A> {
+        if listed.is_empty() {
+            return None;
+        }
+        self.tried.retain(|a| listed.contains(a));
+        let mut candidates: Vec<usize> = (0..listed.len())
+            .filter(|&i| !self.tried.contains(&listed[i]))
+            .collect();
+        if candidates.is_empty() {
+            // Every listed copy has had its turn: a new sweep, skipping the last pick when
+            // there is another address to try.
+            self.tried.clear();
+            candidates = (0..listed.len())
+                .filter(|&i| self.last.as_ref() != Some(&listed[i]))
+                .collect();
+            if candidates.is_empty() {
+                candidates = (0..listed.len()).collect();
+            }
+        }
+        let chosen = match self.pick {
+            Pick::InOrder => candidates[0],
+            Pick::RoundRobin => {
+                let after = match &self.last {
+                    Some(last) => listed
+                        .iter()
+                        .position(|a| a == last)
+                        .map_or(self.last_index, |i| i + 1),
+                    None => 0,
+                };
+                let after = after % listed.len();
+                candidates
+                    .iter()
+                    .copied()
+                    .find(|&i| i >= after)
+                    .unwrap_or(candidates[0])
+            }
+            Pick::Random { .. } => {
+                let rng = self.rng.get_or_insert_with(|| ChaCha8Rng::seed_from_u64(0));
+                let n = candidates.len() as u64;
+                candidates[(rng.next_u64() % n) as usize]
+            }
+        };
+        let address = listed[chosen].clone();
+        self.tried.push(address.clone());
+        self.last = Some(address.clone());
+        self.last_index = chosen;
+        Some(address)
+    }
+}
+
+/// Runs `lookup` under `timeout`, naming `catalog` in the error.
+pub(crate) async fn with_timeout<T>(
+    catalog: impl FnOnce() -> String,
+    timeout: Duration,
+    lookup: impl Future<Output = Result<T, CatalogError>>,
+) -> Result<T, CatalogError> {
+    match tokio::time::timeout(timeout, lookup).await {
+        Ok(result) => result,
+        Err(_) => Err(CatalogError::TimedOut {
+            catalog: catalog(),
+            after: timeout,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn picks<A: Clone + PartialEq>(p: &mut Picker<A>, listed: &[A], n: usize) -> Vec<A> {
+        (0..n).map(|_| p.pick(listed).unwrap()).collect()
+    }
+
+    #[test]
+    fn in_order_sweeps_from_the_top_and_skips_the_last_pick() {
+        let mut p = Picker::new(Pick::InOrder);
+        assert_eq!(picks(&mut p, &[1, 2, 3], 7), [1, 2, 3, 1, 2, 3, 1]);
+    }
+
+    #[test]
+    fn in_order_new_sweep_never_repeats_the_last_pick() {
+        let mut p = Picker::new(Pick::InOrder);
+        assert_eq!(p.pick(&[1, 2]), Some(1));
+        assert_eq!(p.pick(&[1, 2]), Some(2));
+        // Sweep over: a new one starts, but not with 2 again.
+        assert_eq!(p.pick(&[1, 2]), Some(1));
+        // 3 appears: 2 and 3 are untried in this sweep; in order, 2 first.
+        assert_eq!(p.pick(&[1, 2, 3]), Some(2));
+        assert_eq!(p.pick(&[1, 2, 3]), Some(3));
+    }
+
+    #[test]
+    fn round_robin_continues_after_the_previous_pick() {
+        let mut p = Picker::new(Pick::RoundRobin);
+        assert_eq!(picks(&mut p, &[1, 2, 3], 7), [1, 2, 3, 1, 2, 3, 1]);
+        // 1 leaves the listing: next after 1's old place is 2.
+        let mut p = Picker::new(Pick::RoundRobin);
+        assert_eq!(p.pick(&[1, 2, 3]), Some(1));
+        assert_eq!(p.pick(&[2, 3]), Some(2));
+        assert_eq!(p.pick(&[2, 3]), Some(3));
+        assert_eq!(p.pick(&[2, 3]), Some(2));
+    }
+
+    #[test]
+    fn a_removed_last_pick_does_not_stall_round_robin() {
+        let mut p = Picker::new(Pick::RoundRobin);
+        assert_eq!(p.pick(&[1, 2, 3]), Some(1));
+        assert_eq!(p.pick(&[1, 2, 3]), Some(2));
+        // 2 leaves: round robin goes on from its old index (1), so 3 is next.
+        assert_eq!(p.pick(&[1, 3]), Some(3));
+    }
+
+    #[test]
+    fn a_single_address_is_picked_every_time() {
+        for pick in [Pick::InOrder, Pick::RoundRobin, Pick::Random { seed: 7 }] {
+            let mut p = Picker::new(pick);
+            assert_eq!(picks(&mut p, &["only"], 4), ["only"; 4], "{pick:?}");
+        }
+    }
+
+    #[test]
+    fn no_policy_repeats_a_pick_while_another_address_is_listed() {
+        for pick in [Pick::InOrder, Pick::RoundRobin, Pick::Random { seed: 3 }] {
+            let mut p = Picker::new(pick);
+            let got = picks(&mut p, &[10, 20, 30, 40], 200);
+            for w in got.windows(2) {
+                assert_ne!(w[0], w[1], "{pick:?} repeated {}", w[0]);
+            }
+            // Every address gets a turn in each sweep of 4.
+            for sweep in got.chunks(4).take(10) {
+                let mut s = sweep.to_vec();
+                s.sort();
+                assert_eq!(s, [10, 20, 30, 40], "{pick:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn random_is_fixed_by_its_seed_and_covers_every_copy() {
+        let listed = [1, 2, 3, 4, 5];
+        let a = picks(&mut Picker::new(Pick::Random { seed: 42 }), &listed, 100);
+        let b = picks(&mut Picker::new(Pick::Random { seed: 42 }), &listed, 100);
+        let c = picks(&mut Picker::new(Pick::Random { seed: 43 }), &listed, 100);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        // Each sweep of five hands out every copy once.
+        for sweep in a.chunks(5) {
+            let mut s = sweep.to_vec();
+            s.sort();
+            assert_eq!(s, listed);
+        }
+    }
+
+    #[test]
+    fn empty_listing_picks_nothing_and_keeps_the_state() {
+        let mut p = Picker::new(Pick::InOrder);
+        assert_eq!(p.pick(&[1, 2]), Some(1));
+        assert_eq!(p.pick(&[]), None);
+        assert_eq!(p.pick(&[1, 2]), Some(2));
+    }
+
+    #[test]
+    fn catalog_errors_convert_to_io_errors_of_the_right_kind() {
+        let empty = CatalogError::Empty {
+            catalog: "x".into(),
+        };
+        assert_eq!(IoError::from(empty).kind(), io::ErrorKind::NotFound);
+        let t = CatalogError::TimedOut {
+            catalog: "x".into(),
+            after: Duration::from_secs(1),
+        };
+        assert_eq!(IoError::from(t.clone()).kind(), io::ErrorKind::TimedOut);
+        assert_eq!(String::from(t), "lookup in x timed out after 1s");
+    }
+}

@@ -1,0 +1,731 @@
+//! The etcd catalog and publisher against a real `etcd` (Debian's `etcd-server`), started by
+//! each test on free ports of 127.0.0.1 in a temporary directory and killed on drop. Servers
+//! are real TCP listeners on 127.0.0.1; the copies that must die by `kill -9` run in child
+//! processes (this test binary re-executed), so their leases really stop being renewed.
+//!
+//! Waits are on the wall clock because etcd is a real external process (its leases expire
+//! on its own clock); each is bounded and generous.
+//!
+//! `cargo test -p persistent-connection --features etcd --test etcd`
+
+#[path = "support/etcd_server.rs"]
+mod etcd_server;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_server::{EtcdServer, free_ports};
+use persistent_connection::catalog::etcd::{EtcdCatalog, EtcdPublisher};
+use persistent_connection::catalog::{Catalog, CatalogError, Pick};
+use persistent_connection::{
+    Closable, Error, Event, IoError, Jitter, PersistentConnection, TcpConnection,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+type Pc = PersistentConnection<SocketAddr, TcpConnection, IoError>;
+
+/// Hang guard on every wait.
+const GUARD: Duration = Duration::from_secs(20);
+const PREFIX: &str = "/services/echo/";
+const TTL: Duration = Duration::from_secs(1);
+
+// ---- the child publisher: a real echo server in its own process ----------------------
+
+const CHILD_ENV: &str = "PC_ETCD_CHILD_PUBLISHER";
+
+/// The child's body: echo server on 127.0.0.1, published under a key with a lease; on end
+/// of stdin it withdraws and exits. Returns at once in an ordinary test run.
+#[test]
+fn etcd_child_publisher_entry() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut parts = spec.splitn(3, '|');
+    let endpoint = parts.next().expect("endpoint").to_owned();
+    let key = parts.next().expect("key").to_owned();
+    let ttl_ms: u64 = parts.next().expect("ttl").parse().expect("ttl ms");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async move {
+        let server = EchoServer::start().await;
+        let publisher = EtcdPublisher::publish(
+            [&endpoint],
+            &key,
+            server.addr,
+            Duration::from_millis(ttl_ms),
+        )
+        .await
+        .expect("publish");
+        println!("PC_ETCD_CHILD_READY {}", server.addr);
+        std::io::stdout().flush().expect("flush");
+        // Wait for the parent to close stdin (or die).
+        tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::stdin().lock().read_to_end(&mut sink);
+        })
+        .await
+        .expect("stdin");
+        publisher.withdraw().await.expect("withdraw");
+    });
+    std::process::exit(0);
+}
+
+/// A published echo server in a child process.
+struct ChildPublisher {
+    child: Option<(Child, ChildStdin)>,
+    addr: SocketAddr,
+}
+
+impl ChildPublisher {
+    fn start(endpoint: &str, key: &str, ttl: Duration) -> ChildPublisher {
+        let exe = std::env::current_exe().expect("current exe");
+        let mut child = Command::new(exe)
+            .args([
+                "etcd_child_publisher_entry",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, format!("{endpoint}|{key}|{}", ttl.as_millis()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the child publisher");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let addr = BufReader::new(stdout)
+            .lines()
+            .find_map(|line| {
+                let line = line.ok()?;
+                let (_, addr) = line.split_once("PC_ETCD_CHILD_READY ")?;
+                addr.trim().parse::<SocketAddr>().ok()
+            })
+            .expect("the child publisher did not get ready");
+        ChildPublisher {
+            child: Some((child, stdin)),
+            addr,
+        }
+    }
+
+    /// `kill -9`: the lease is no longer renewed.
+    fn kill9(&mut self) {
+        if let Some((mut child, _stdin)) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+    }
+
+    /// Closes its stdin: it withdraws (revokes its lease) and exits.
+    fn stop_cleanly(&mut self) {
+        if let Some((mut child, stdin)) = self.child.take() {
+            drop(stdin);
+            let status = child.wait().expect("reap");
+            assert!(status.success(), "the child publisher failed: {status}");
+        }
+    }
+}
+
+impl Drop for ChildPublisher {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+// ---- helpers ---------------------------------------------------------------------------
+
+/// An in-process echo server on 127.0.0.1 whose connections can be dropped on demand.
+struct EchoServer {
+    addr: SocketAddr,
+    kick: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EchoServer {
+    async fn start() -> EchoServer {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let kick = Arc::new(Notify::new());
+        let k = kick.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let k = k.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        tokio::select! {
+                            n = stream.read(&mut buf) => match n {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => if stream.write_all(&buf[..n]).await.is_err() { break },
+                            },
+                            _ = k.notified() => break,
+                        }
+                    }
+                });
+            }
+        });
+        EchoServer { addr, kick, task }
+    }
+
+    /// Closes every open connection; the listener stays.
+    fn drop_connections(&self) {
+        self.kick.notify_waiters();
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.kick.notify_waiters();
+    }
+}
+
+/// A port of 127.0.0.1 where nothing listens.
+fn refused_addr() -> SocketAddr {
+    let (port, _) = free_ports();
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// Event log as text.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    fn entries(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+    fn count(&self, needle: &str) -> usize {
+        self.entries().iter().filter(|e| e.contains(needle)).count()
+    }
+}
+
+fn describe(e: &Event<SocketAddr, TcpConnection, IoError>) -> String {
+    match e {
+        Event::AttemptingToConnect => "AttemptingToConnect".into(),
+        Event::ObtainedAddress(a) => format!("ObtainedAddress({a})"),
+        Event::FailedToConnect(Error::User(e)) => format!("FailedToConnect({e})"),
+        Event::FailedToConnect(e) => format!("FailedToConnect({e:?})"),
+        Event::Connected(c) => format!("Connected({})", c.peer_addr()),
+        Event::Disconnected => "Disconnected".into(),
+    }
+}
+
+fn connect_through(catalog: EtcdCatalog, pick: Pick) -> (Pc, Log) {
+    let log = Log::default();
+    let l = log.clone();
+    let pc = PersistentConnection::builder(
+        "echo",
+        catalog.get_address::<IoError>(pick),
+        |addr: SocketAddr, _cx| TcpConnection::connect(addr),
+    )
+    .retry_delay(Duration::from_millis(50))
+    .jitter(Jitter::NonRandom)
+    .seed(12)
+    .on_event(move |e| {
+        l.0.lock().unwrap().push(describe(&e));
+        async {}
+    })
+    .build();
+    (pc, log)
+}
+
+/// Polls `f` every 20 ms until it is true; panics after [`GUARD`].
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Lists the catalog until `expect` holds of the listing; returns it.
+async fn wait_for_listing(
+    catalog: &EtcdCatalog,
+    what: &str,
+    expect: impl Fn(&Result<Vec<SocketAddr>, CatalogError>) -> bool,
+) -> Result<Vec<SocketAddr>, CatalogError> {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let listed = catalog.lookup().await;
+        if expect(&listed) {
+            return listed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}; last listing {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn start_etcd() -> EtcdServer {
+    tokio::task::spawn_blocking(EtcdServer::start)
+        .await
+        .expect("start etcd")
+}
+
+async fn guard<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(GUARD, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+// ---- tests -------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn lookup_lists_every_published_copy_in_key_order_and_a_withdrawn_one_at_once() {
+    let etcd = start_etcd().await;
+    let ep = etcd.endpoint();
+    let servers = [
+        EchoServer::start().await,
+        EchoServer::start().await,
+        EchoServer::start().await,
+    ];
+    let mut publishers = Vec::new();
+    for (i, s) in servers.iter().enumerate() {
+        let key = format!("{PREFIX}copy-{i}");
+        publishers.push(
+            EtcdPublisher::publish([&ep], key, s.addr, TTL)
+                .await
+                .unwrap(),
+        );
+    }
+    let catalog = EtcdCatalog::new([&ep], PREFIX);
+    let all: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    assert_eq!(catalog.lookup().await.unwrap(), all);
+
+    // A clean stop revokes the lease: the next lookup no longer lists it.
+    let middle = publishers.remove(1);
+    assert_eq!(middle.key(), format!("{PREFIX}copy-1"));
+    middle.withdraw().await.unwrap();
+    assert_eq!(catalog.lookup().await.unwrap(), [all[0], all[2]]);
+
+    // Dropping a publisher inside the runtime revokes too (in the background).
+    drop(publishers.remove(0));
+    let _listed = wait_for_listing(&catalog, "the dropped copy is gone", |l| {
+        l.as_ref().is_ok_and(|l| l == &[all[2]])
+    })
+    .await;
+
+    // Keys outside the prefix are not listed.
+    let other = EtcdPublisher::publish([&ep], "/services/other/x", all[0], TTL)
+        .await
+        .unwrap();
+    assert_eq!(catalog.lookup().await.unwrap(), [all[2]]);
+    other.withdraw().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_killed_copy_disappears_after_its_ttl_and_a_cleanly_stopped_one_at_once() {
+    let etcd = start_etcd().await;
+    let ep = etcd.endpoint();
+    let (killed, stopped) = tokio::task::spawn_blocking({
+        let ep = ep.clone();
+        move || {
+            (
+                ChildPublisher::start(&ep, &format!("{PREFIX}a"), TTL),
+                ChildPublisher::start(&ep, &format!("{PREFIX}b"), TTL),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let (mut killed, mut stopped) = (killed, stopped);
+    let catalog = EtcdCatalog::new([&ep], PREFIX);
+    assert_eq!(catalog.lookup().await.unwrap(), [killed.addr, stopped.addr]);
+
+    // Clean stop: revoked before the process exits, so gone right after.
+    let stopped_addr = stopped.addr;
+    tokio::task::spawn_blocking(move || stopped.stop_cleanly())
+        .await
+        .unwrap();
+    assert_eq!(catalog.lookup().await.unwrap(), [killed.addr]);
+
+    // kill -9: still listed right after (the lease is alive) …
+    let killed_addr = killed.addr;
+    killed.kill9();
+    let at_kill = tokio::time::Instant::now();
+    assert_eq!(catalog.lookup().await.unwrap(), [killed_addr]);
+    // … and gone once its TTL has run out.
+    let listed =
+        wait_for_listing(&catalog, "the killed copy's lease expires", |l| l.is_err()).await;
+    let gone_after = at_kill.elapsed();
+    assert!(
+        matches!(&listed, Err(CatalogError::Empty { catalog }) if catalog.contains(PREFIX)),
+        "{listed:?}"
+    );
+    assert!(
+        gone_after >= Duration::from_millis(500),
+        "a killed copy must last until its TTL, gone after {gone_after:?}"
+    );
+    assert_ne!(stopped_addr, killed_addr);
+}
+
+#[tokio::test]
+async fn a_persistent_connection_fails_over_between_published_copies() {
+    let etcd = start_etcd().await;
+    let ep = etcd.endpoint();
+    let a = EchoServer::start().await;
+    let b = EchoServer::start().await;
+    // The first key lists a copy that died without withdrawing (its address refuses).
+    let dead = refused_addr();
+    let _pa = EtcdPublisher::publish([&ep], format!("{PREFIX}0-dead"), dead, TTL)
+        .await
+        .unwrap();
+    let _pb = EtcdPublisher::publish([&ep], format!("{PREFIX}1-a"), a.addr, TTL)
+        .await
+        .unwrap();
+    let pb = EtcdPublisher::publish([&ep], format!("{PREFIX}2-b"), b.addr, TTL)
+        .await
+        .unwrap();
+    let (pc, log) = connect_through(EtcdCatalog::new([&ep], PREFIX), Pick::InOrder);
+
+    // In order: the dead copy is refused, and the next attempt goes to another copy.
+    let first = guard("connected to a", pc.connected()).await;
+    assert_eq!(first.peer_addr(), a.addr);
+    wait_until("Connected is logged", || log.count("Connected") == 1).await;
+    assert_eq!(
+        &log.entries()[..5],
+        [
+            "AttemptingToConnect".to_owned(),
+            format!("ObtainedAddress({dead})"),
+            log.entries()[2].clone(),
+            format!("ObtainedAddress({})", a.addr),
+            format!("Connected({})", a.addr),
+        ]
+    );
+    assert!(
+        log.entries()[2].starts_with("FailedToConnect("),
+        "{:?}",
+        log.entries()
+    );
+
+    // a's connections drop: the picker moves on to b (not tried yet in this sweep).
+    a.drop_connections();
+    guard("first closed", first.close_finished()).await;
+    let second = guard("connected to b", pc.connected()).await;
+    assert_eq!(second.peer_addr(), b.addr);
+    second.send(b"ping").await.unwrap();
+    assert_eq!(second.recv().await.unwrap(), b"ping");
+
+    // b stops cleanly and its connections drop: a new sweep, skipping b: dead, then a.
+    pb.withdraw().await.unwrap();
+    b.drop_connections();
+    guard("second closed", second.close_finished()).await;
+    let third = guard("connected to a again", pc.connected()).await;
+    assert_eq!(third.peer_addr(), a.addr);
+    pc.close().await;
+}
+
+#[tokio::test]
+async fn etcd_not_running_at_start_is_a_failed_attempt_until_it_starts() {
+    let (client_port, peer_port) = free_ports();
+    let ep = format!("http://127.0.0.1:{client_port}");
+    let catalog = EtcdCatalog::new([&ep], PREFIX).lookup_timeout(Duration::from_millis(500));
+    let (pc, log) = connect_through(catalog, Pick::InOrder);
+
+    // Lookups fail, each a failed attempt, announced once while the failure repeats.
+    wait_until("two lookups have failed", || {
+        log.count("ObtainedAddress") == 0 && log.entries().len() >= 2
+    })
+    .await;
+    let failure = pc.connected_or_failed_to_connect().await.unwrap_err();
+    let text = format!("{failure:?}");
+    assert!(text.contains("etcd prefix"), "{text}");
+    println!("lookup failure while etcd is down: {text}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(log.count("FailedToConnect"), 1, "{:?}", log.entries());
+    assert!(!pc.is_closed());
+
+    // etcd comes up and a server publishes itself: the connection is made.
+    let etcd = tokio::task::spawn_blocking(move || EtcdServer::start_on(client_port, peer_port))
+        .await
+        .unwrap();
+    let server = EchoServer::start().await;
+    let _p = EtcdPublisher::publish([etcd.endpoint()], format!("{PREFIX}a"), server.addr, TTL)
+        .await
+        .unwrap();
+    let conn = guard("connected once etcd is up", pc.connected()).await;
+    assert_eq!(conn.peer_addr(), server.addr);
+    pc.close().await;
+}
+
+#[tokio::test]
+async fn etcd_killed_mid_run_leaves_the_connection_up_and_lookups_recover_when_it_is_back() {
+    let mut etcd = start_etcd().await;
+    let ep = etcd.endpoint();
+    let server = EchoServer::start().await;
+    let publisher = EtcdPublisher::publish([&ep], format!("{PREFIX}a"), server.addr, TTL)
+        .await
+        .unwrap();
+    let catalog = EtcdCatalog::new([&ep], PREFIX).lookup_timeout(Duration::from_millis(500));
+    let (pc, log) = connect_through(catalog, Pick::InOrder);
+    let conn = guard("connected", pc.connected()).await;
+
+    // etcd dies: the established connection is not affected.
+    etcd.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!conn.is_closed());
+    conn.send(b"still here").await.unwrap();
+    assert_eq!(conn.recv().await.unwrap(), b"still here");
+
+    // The connection drops: every lookup now fails, the loop goes on.
+    let before = log.entries().len();
+    server.drop_connections();
+    guard("closed", conn.close_finished()).await;
+    wait_until("lookups fail while etcd is down", || {
+        log.entries()[before..]
+            .iter()
+            .any(|e| e.starts_with("FailedToConnect") && e.contains("etcd prefix"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!pc.is_closed());
+    assert!(pc.current_connection().is_none());
+
+    // etcd is back (same data): the publisher's lease is renewed again and the
+    // persistent connection reconnects through the catalog.
+    let _etcd = tokio::task::spawn_blocking(move || {
+        etcd.restart();
+        etcd
+    })
+    .await
+    .unwrap();
+    let again = guard("reconnected after etcd is back", pc.connected()).await;
+    assert_eq!(again.peer_addr(), server.addr);
+    let after: Vec<String> = log.entries()[before..].to_vec();
+    // De-duplication: the repeated etcd failure is announced at most a few times (it can
+    // change once, e.g. from refused to timed out), not once per attempt.
+    let failures = after
+        .iter()
+        .filter(|e| e.starts_with("FailedToConnect"))
+        .count();
+    assert!((1..=3).contains(&failures), "{after:?}");
+    pc.close().await;
+    publisher.withdraw().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_empty_prefix_is_a_clear_failure() {
+    let etcd = start_etcd().await;
+    let catalog = EtcdCatalog::new([etcd.endpoint()], "/nothing/here/");
+    let e = catalog.lookup().await.unwrap_err();
+    assert_eq!(
+        e,
+        CatalogError::Empty {
+            catalog: "etcd prefix \"/nothing/here/\"".into()
+        }
+    );
+    let (pc, _log) = connect_through(catalog, Pick::InOrder);
+    let failure = pc.connected_or_failed_to_connect().await.unwrap_err();
+    assert!(
+        format!("{failure:?}").contains("no address listed in etcd prefix"),
+        "{failure:?}"
+    );
+    pc.close().await;
+}
+
+#[tokio::test]
+async fn a_malformed_value_is_an_error_naming_its_key_and_is_skipped_beside_good_ones() {
+    let etcd = start_etcd().await;
+    let ep = etcd.endpoint();
+    let mut client = etcd_client::Client::connect([&ep], None).await.unwrap();
+    client
+        .put(format!("{PREFIX}bad"), "not-an-address", None)
+        .await
+        .unwrap();
+    let catalog = EtcdCatalog::new([&ep], PREFIX);
+    let e = catalog.lookup().await.unwrap_err();
+    match &e {
+        CatalogError::Malformed { key, value, .. } => {
+            assert_eq!(key, &format!("{PREFIX}bad"));
+            assert_eq!(value, "not-an-address");
+        }
+        other => panic!("expected Malformed, got {other:?}"),
+    }
+    assert!(e.to_string().contains("/services/echo/bad"), "{e}");
+    assert_eq!(IoError::from(e).kind(), std::io::ErrorKind::InvalidData);
+
+    // Beside a good value, the bad one is skipped.
+    let server = EchoServer::start().await;
+    client
+        .put(format!("{PREFIX}good"), server.addr.to_string(), None)
+        .await
+        .unwrap();
+    assert_eq!(catalog.lookup().await.unwrap(), [server.addr]);
+    let (pc, _log) = connect_through(catalog, Pick::InOrder);
+    let conn = guard("connected", pc.connected()).await;
+    assert_eq!(conn.peer_addr(), server.addr);
+    pc.close().await;
+}
+
+#[tokio::test]
+async fn a_lease_expiring_while_connected_leaves_the_connection_up() {
+    let etcd = start_etcd().await;
+    let ep = etcd.endpoint();
+    let server = EchoServer::start().await;
+    // A lease nobody renews.
+    let mut client = etcd_client::Client::connect([&ep], None).await.unwrap();
+    let lease = client.lease_grant(1, None).await.unwrap().id();
+    client
+        .put(
+            format!("{PREFIX}a"),
+            server.addr.to_string(),
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
+    let catalog = EtcdCatalog::new([&ep], PREFIX);
+    let (pc, log) = connect_through(catalog.clone(), Pick::InOrder);
+    let conn = guard("connected", pc.connected()).await;
+
+    let _listed = wait_for_listing(&catalog, "the lease expires", |l| l.is_err()).await;
+    // The catalog no longer lists the server, but the connection is untouched.
+    assert!(!conn.is_closed());
+    assert_eq!(
+        pc.current_connection().map(|c| c.local_addr()),
+        Some(conn.local_addr())
+    );
+    conn.send(b"hello").await.unwrap();
+    assert_eq!(conn.recv().await.unwrap(), b"hello");
+    assert_eq!(log.count("Disconnected"), 0);
+    pc.close().await;
+}
+
+#[tokio::test]
+async fn a_publisher_publishes_again_when_its_lease_is_revoked_behind_its_back() {
+    let etcd = start_etcd().await;
+    let ep = etcd.endpoint();
+    let server = EchoServer::start().await;
+    let publisher = EtcdPublisher::publish([&ep], format!("{PREFIX}a"), server.addr, TTL)
+        .await
+        .unwrap();
+    let first_lease = publisher.lease_id();
+    let mut client = etcd_client::Client::connect([&ep], None).await.unwrap();
+    client.lease_revoke(first_lease).await.unwrap();
+    let catalog = EtcdCatalog::new([&ep], PREFIX);
+    assert!(catalog.lookup().await.is_err());
+    let _listed = wait_for_listing(&catalog, "the publisher registers again", |l| {
+        l.as_ref().is_ok_and(|l| l == &[server.addr])
+    })
+    .await;
+    assert_ne!(publisher.lease_id(), first_lease);
+    publisher.withdraw().await.unwrap();
+    assert!(catalog.lookup().await.is_err());
+}
+
+#[tokio::test]
+async fn a_hung_etcd_is_a_lookup_timeout_not_a_hang() {
+    let etcd = start_etcd().await;
+    let ep = etcd.endpoint();
+    let server = EchoServer::start().await;
+    let publisher = EtcdPublisher::publish([&ep], format!("{PREFIX}a"), server.addr, TTL)
+        .await
+        .unwrap();
+    let catalog = EtcdCatalog::new([&ep], PREFIX).lookup_timeout(Duration::from_millis(300));
+    assert_eq!(catalog.lookup().await.unwrap(), [server.addr]);
+
+    // SIGSTOP: etcd's socket still accepts (the kernel queues) but nothing answers.
+    etcd.pause();
+    let started = tokio::time::Instant::now();
+    let e = guard("lookup returns", catalog.lookup()).await.unwrap_err();
+    assert_eq!(
+        e,
+        CatalogError::TimedOut {
+            catalog: format!("etcd prefix {PREFIX:?}"),
+            after: Duration::from_millis(300)
+        }
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    etcd.resume();
+    let _listed = wait_for_listing(&catalog, "lookups work again", |l| l.is_ok()).await;
+    publisher.withdraw().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_watch_cache_follows_puts_and_deletes() {
+    let etcd = start_etcd().await;
+    let ep = etcd.endpoint();
+    let a = EchoServer::start().await;
+    let b = EchoServer::start().await;
+    let pa = EtcdPublisher::publish([&ep], format!("{PREFIX}a"), a.addr, TTL)
+        .await
+        .unwrap();
+    let catalog = EtcdCatalog::new([&ep], PREFIX).watch_cache();
+    assert!(!catalog.watch_cache_in_sync());
+    // The first lookup reads etcd and starts the watch.
+    assert_eq!(catalog.lookup().await.unwrap(), [a.addr]);
+    wait_until("the cache is in sync", || catalog.watch_cache_in_sync()).await;
+
+    let pb = EtcdPublisher::publish([&ep], format!("{PREFIX}b"), b.addr, TTL)
+        .await
+        .unwrap();
+    let _listed = wait_for_listing(&catalog, "the cache sees b", |l| {
+        l.as_ref().is_ok_and(|l| l == &[a.addr, b.addr])
+    })
+    .await;
+    pa.withdraw().await.unwrap();
+    let _listed = wait_for_listing(&catalog, "the cache sees a withdrawn", |l| {
+        l.as_ref().is_ok_and(|l| l == &[b.addr])
+    })
+    .await;
+    assert!(catalog.watch_cache_in_sync());
+
+    // A malformed value reaches the cache as it would a range read.
+    let mut client = etcd_client::Client::connect([&ep], None).await.unwrap();
+    pb.withdraw().await.unwrap();
+    client
+        .put(format!("{PREFIX}bad"), "nonsense", None)
+        .await
+        .unwrap();
+    let listed = wait_for_listing(&catalog, "the cache sees the bad value", |l| {
+        matches!(l, Err(CatalogError::Malformed { .. }))
+    })
+    .await;
+    assert!(format!("{listed:?}").contains("/services/echo/bad"));
+}
+
+#[tokio::test]
+async fn a_watch_cache_serves_nothing_stale_while_etcd_is_down() {
+    let mut etcd = start_etcd().await;
+    let ep = etcd.endpoint();
+    let a = EchoServer::start().await;
+    let pa = EtcdPublisher::publish([&ep], format!("{PREFIX}a"), a.addr, TTL)
+        .await
+        .unwrap();
+    let catalog = EtcdCatalog::new([&ep], PREFIX)
+        .lookup_timeout(Duration::from_millis(300))
+        .watch_cache();
+    assert_eq!(catalog.lookup().await.unwrap(), [a.addr]);
+    wait_until("the cache is in sync", || catalog.watch_cache_in_sync()).await;
+
+    etcd.stop();
+    // The watch breaks; lookups fall back to etcd itself, and fail.
+    let _listed = wait_for_listing(&catalog, "lookups fail with etcd down", |l| l.is_err()).await;
+    assert!(!catalog.watch_cache_in_sync());
+
+    let etcd = tokio::task::spawn_blocking(move || {
+        etcd.restart();
+        etcd
+    })
+    .await
+    .unwrap();
+    let _listed = wait_for_listing(&catalog, "lookups work again", |l| {
+        l.as_ref().is_ok_and(|l| l == &[a.addr])
+    })
+    .await;
+    wait_until("the cache is in sync again", || {
+        catalog.watch_cache_in_sync()
+    })
+    .await;
+    pa.withdraw().await.unwrap();
+    drop(etcd);
+}
