@@ -477,6 +477,9 @@ async fn trial(mode: Mode, ep: &str, n: u64) -> Duration {
     };
     let conn = pc.connected().await;
     assert!(request(&conn, 0).await.is_some(), "first request");
+    // A connection that has lived longer than the retry delay (+30% jitter): R6 then starts
+    // the next round at once, so the gap is detection, lookup, connect and one request.
+    tokio::time::sleep(RETRY_DELAY * 2).await;
     let dead = conn.peer_addr();
     let i = servers
         .iter()

@@ -16,7 +16,7 @@
 //!
 //! restarting each dead server before the next fault. It prints every event and, for each
 //! fault, the failover gap: from the fault to the first PING answered by the other server.
-//! It ends by itself in about 6 seconds.
+//! It ends by itself in about 5 seconds.
 //!
 //! How the client is kept alive, with no user code in the request path:
 //!
@@ -494,6 +494,9 @@ pub async fn drill(settings: &Settings) -> io::Result<Report> {
 
     let _ = stop_pinging.send(());
     let _ = pinger.await;
+    if settings.verbose {
+        println!("== close");
+    }
     bounded("close", pc.close()).await?;
     drop((primary, secondary));
 
