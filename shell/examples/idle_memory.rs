@@ -48,6 +48,23 @@ fn main() {
             (s.allocations as f64 - s.deallocations as f64) / N as f64,
             net as f64 / N as f64,
         );
+        // The user's part alone: the same connections, without persistent connections.
+        let region = Region::new(GLOBAL);
+        let conns: Vec<_> = (0..N)
+            .map(|i| WithCloseSignal::new(i as u32, CloseSignal::new()))
+            .collect();
+        let c = region.change();
+        let conn_net = c.bytes_allocated as i64
+            - c.bytes_deallocated as i64
+            - (N * std::mem::size_of::<WithCloseSignal<u32>>()) as i64;
+        println!(
+            "of which the user's connection: {:.1} allocations and {:.0} bytes; \
+             the persistent connection's own: {:.0} bytes",
+            (c.allocations as f64 - c.deallocations as f64) / N as f64,
+            conn_net as f64 / N as f64,
+            (net - conn_net) as f64 / N as f64,
+        );
+        drop(conns);
         for pc in &pcs {
             pc.close().await;
         }
