@@ -11,8 +11,8 @@
 //! - one watcher thread per connection blocks in [`Connection::wait_closed`] and reports
 //!   the close.
 //!
-//! The rules (R1–R14) are described in the repository's behaviour document,
-//! docs/behaviour.md. What this driver does differently from the Tokio shell:
+//! The rules (R1–R14) are described in the project's behaviour document,
+//! [`persistent_connection_core::behaviour`]. What this driver does differently from the Tokio shell:
 //!
 //! - A thread cannot be cancelled, so an attempt that `close()` cancels (R8) keeps running
 //!   until `connect` returns; a connection it still makes is closed at once, and the

@@ -75,7 +75,8 @@
 //! # The rules it decides
 //!
 //! The full contract, with what a user observes and the deliberate differences from the
-//! OCaml original, is the repository's behaviour document, `docs/behaviour.md`. In short:
+//! OCaml original, is the project's behaviour document: the [`behaviour`] page of these
+//! docs (`docs/behaviour.md` in the repository). In short:
 //!
 //! - **R1** A new machine emits `AttemptingToConnect`; the first round of attempts begins
 //!   once that event is handled.
@@ -119,6 +120,11 @@ extern crate std;
 mod machine;
 mod retry;
 mod time;
+
+/// The project's behaviour document (`docs/behaviour.md` in the repository), shipped with
+/// the crate so that every rule number cited in these docs can be followed.
+#[doc = include_str!("../behaviour.md")]
+pub mod behaviour {}
 
 pub use machine::{
     AttemptError, AttemptId, Config, ConnId, Effect, Event, EventId, EventKind, Input, Machine,

@@ -14,20 +14,101 @@ use tokio::sync::broadcast;
 use crate::Event;
 use crate::closable::Closable;
 use crate::driver::Driver;
+use crate::error::{Callback, Error, panic_message};
 use crate::events::EventStream;
 use crate::handle::{ConnectContext, PersistentConnection};
 use crate::shared::Shared;
+use futures_util::FutureExt;
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-pub(crate) type GetAddressFn<A, E> = Arc<dyn Fn() -> BoxFuture<Result<A, E>> + Send + Sync>;
-pub(crate) type ConnectFn<A, C, E> =
-    Arc<dyn Fn(A, ConnectContext<E>) -> BoxFuture<Result<C, E>> + Send + Sync>;
-pub(crate) type OnEventFn<A, C, E> = Arc<dyn Fn(Event<A, C, E>) -> BoxFuture<()> + Send + Sync>;
+/// What an attempt's future yields: the lookup's or the connect's result.
+pub(crate) enum AttemptOutput<A, C, E> {
+    Address(Result<A, Error<E>>),
+    Connect(Result<C, Error<E>>),
+}
+
+/// The user's `get_address` and `connect`, behind one allocation. Each call returns one
+/// boxed future that includes the timeout (S5) and the panic guard (R13): the user's
+/// future is not boxed separately.
+pub(crate) trait Attempts<A, C, E>: Send + Sync {
+    fn get_address(self: Arc<Self>, timeout: Duration) -> BoxFuture<AttemptOutput<A, C, E>>;
+    fn connect(
+        self: Arc<Self>,
+        address: A,
+        cx: ConnectContext<E>,
+        timeout: Duration,
+    ) -> BoxFuture<AttemptOutput<A, C, E>>;
+}
+
+struct UserFns<G, K> {
+    get_address: G,
+    connect: K,
+}
+
+impl<A, C, E, G, GF, K, KF> Attempts<A, C, E> for UserFns<G, K>
+where
+    A: Send + 'static,
+    C: Send + 'static,
+    E: Send + 'static,
+    G: Fn() -> GF + Send + Sync + 'static,
+    GF: Future<Output = Result<A, E>> + Send + 'static,
+    K: Fn(A, ConnectContext<E>) -> KF + Send + Sync + 'static,
+    KF: Future<Output = Result<C, E>> + Send + 'static,
+{
+    fn get_address(self: Arc<Self>, timeout: Duration) -> BoxFuture<AttemptOutput<A, C, E>> {
+        Box::pin(
+            // The call itself runs inside the guard too (R13).
+            AssertUnwindSafe(async move {
+                match tokio::time::timeout(timeout, (self.get_address)()).await {
+                    Ok(r) => r.map_err(Error::User),
+                    Err(_) => Err(Error::LookupTimedOut(timeout)),
+                }
+            })
+            .catch_unwind()
+            .map(|r| {
+                AttemptOutput::Address(r.unwrap_or_else(|p| {
+                    Err(Error::Panicked {
+                        callback: Callback::GetAddress,
+                        message: panic_message(&*p),
+                    })
+                }))
+            }),
+        )
+    }
+
+    fn connect(
+        self: Arc<Self>,
+        address: A,
+        cx: ConnectContext<E>,
+        timeout: Duration,
+    ) -> BoxFuture<AttemptOutput<A, C, E>> {
+        Box::pin(
+            AssertUnwindSafe(async move {
+                match tokio::time::timeout(timeout, (self.connect)(address, cx)).await {
+                    Ok(r) => r.map_err(Error::User),
+                    Err(_) => Err(Error::TimedOut(timeout)),
+                }
+            })
+            .catch_unwind()
+            .map(|r| {
+                AttemptOutput::Connect(r.unwrap_or_else(|p| {
+                    Err(Error::Panicked {
+                        callback: Callback::Connect,
+                        message: panic_message(&*p),
+                    })
+                }))
+            }),
+        )
+    }
+}
+
+/// `on_event` with its panic guard; `Err` carries a panic's message.
+pub(crate) type OnEventFn<A, C, E> =
+    Arc<dyn Fn(Event<A, C, E>) -> BoxFuture<Result<(), String>> + Send + Sync>;
 
 /// The user's callbacks and the settings the driver needs.
 pub(crate) struct Callbacks<A, C, E> {
-    pub(crate) get_address: GetAddressFn<A, E>,
-    pub(crate) connect: ConnectFn<A, C, E>,
+    pub(crate) attempts: Arc<dyn Attempts<A, C, E>>,
     /// `None` when the user set none: events are then handled at once, without a future.
     pub(crate) on_event: Option<OnEventFn<A, C, E>>,
     pub(crate) lookup_timeout: Duration,
@@ -121,8 +202,10 @@ where
         Builder {
             server_name,
             callbacks: Callbacks {
-                get_address: Arc::new(move || Box::pin(get_address())),
-                connect: Arc::new(move |a, cx| Box::pin(connect(a, cx))),
+                attempts: Arc::new(UserFns {
+                    get_address,
+                    connect,
+                }),
                 on_event: None,
                 lookup_timeout: DEFAULT_LOOKUP_TIMEOUT,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -141,7 +224,15 @@ where
         F: Fn(Event<A, C, E>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.callbacks.on_event = Some(Arc::new(move |e| Box::pin(on_event(e))));
+        let on_event = Arc::new(on_event);
+        self.callbacks.on_event = Some(Arc::new(move |e| {
+            let on_event = on_event.clone();
+            Box::pin(
+                AssertUnwindSafe(async move { on_event(e).await })
+                    .catch_unwind()
+                    .map(|r| r.map_err(|p| panic_message(&*p))),
+            )
+        }));
         self
     }
 

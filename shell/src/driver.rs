@@ -15,16 +15,11 @@ use persistent_connection_core::{
     AttemptId, ConnId, Effect, Event as CoreEvent, EventId, Input, Instant,
 };
 
-use crate::builder::{BoxFuture, Callbacks};
+use crate::builder::{AttemptOutput, BoxFuture, Callbacks};
 use crate::closable::Closable;
-use crate::error::{Callback, Error, panic_message};
+use crate::error::panic_message;
 use crate::handle::ConnectContext;
 use crate::shared::{AbortTarget, CoreEffect, CoreInput, Shared};
-
-enum AttemptOutput<A, C, E> {
-    Address(Result<A, Error<E>>),
-    Connect(Result<C, Error<E>>),
-}
 
 type Slot<I, T> = Option<(I, BoxFuture<T>)>;
 
@@ -255,36 +250,17 @@ where
                 match &self.callbacks.on_event {
                     // No handler: the event is handled at once, without a future.
                     None => self.feed(Input::EventHandled { event: id }),
-                    Some(on_event) => {
-                        let on_event = on_event.clone();
-                        let fut = AssertUnwindSafe(async move { on_event(event).await })
-                            .catch_unwind()
-                            .map(|r| r.map_err(|p| panic_message(&*p)));
-                        self.event = Some((id, Box::pin(fut)));
-                    }
+                    Some(on_event) => self.event = Some((id, on_event(event))),
                 }
             }
             Effect::GetAddress { attempt } => {
                 self.address = None;
-                let get_address = self.callbacks.get_address.clone();
-                let timeout = self.callbacks.lookup_timeout;
-                let fut = AssertUnwindSafe(async move {
-                    let fut = get_address();
-                    match tokio::time::timeout(timeout, fut).await {
-                        Ok(r) => r.map_err(Error::User),
-                        Err(_) => Err(Error::LookupTimedOut(timeout)),
-                    }
-                })
-                .catch_unwind()
-                .map(|r| {
-                    AttemptOutput::Address(r.unwrap_or_else(|p| {
-                        Err(Error::Panicked {
-                            callback: Callback::GetAddress,
-                            message: panic_message(&*p),
-                        })
-                    }))
-                });
-                self.attempt = Some((attempt, Box::pin(fut)));
+                let fut = self
+                    .callbacks
+                    .attempts
+                    .clone()
+                    .get_address(self.callbacks.lookup_timeout);
+                self.attempt = Some((attempt, fut));
             }
             Effect::Connect {
                 attempt,
@@ -293,29 +269,16 @@ where
             } => {
                 tracing::debug!(server = %server, %attempt, ?address, "connecting");
                 self.address = Some(address.clone());
-                let connect = self.callbacks.connect.clone();
                 let cx = ConnectContext {
                     consecutive_unsuccessful_attempts,
                     abort: self.abort.clone(),
                 };
-                let timeout = self.callbacks.connect_timeout;
-                let fut = AssertUnwindSafe(async move {
-                    let fut = connect(address, cx);
-                    match tokio::time::timeout(timeout, fut).await {
-                        Ok(r) => r.map_err(Error::User),
-                        Err(_) => Err(Error::TimedOut(timeout)),
-                    }
-                })
-                .catch_unwind()
-                .map(|r| {
-                    AttemptOutput::Connect(r.unwrap_or_else(|p| {
-                        Err(Error::Panicked {
-                            callback: Callback::Connect,
-                            message: panic_message(&*p),
-                        })
-                    }))
-                });
-                self.attempt = Some((attempt, Box::pin(fut)));
+                let fut = self.callbacks.attempts.clone().connect(
+                    address,
+                    cx,
+                    self.callbacks.connect_timeout,
+                );
+                self.attempt = Some((attempt, fut));
             }
             Effect::CancelAttempt { attempt } => {
                 if self.attempt.as_ref().is_some_and(|(a, _)| *a == attempt) {
@@ -421,7 +384,7 @@ mod sizes {
         let rows: [(&str, usize); 9] = [
             (
                 "Machine (core)",
-                size_of::<persistent_connection_core::Machine<A, C, Error<E>>>(),
+                size_of::<persistent_connection_core::Machine<A, C, crate::Error<E>>>(),
             ),
             (
                 "  of which ChaCha8Rng",

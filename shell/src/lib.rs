@@ -2,7 +2,9 @@
 //! attempt (so it fails over between redundant servers listed in a catalog), connects,
 //! tells you what happens through events it *awaits*, retries on a jittered schedule
 //! counted from each attempt's start, and closes promptly. It follows Jane Street's OCaml
-//! `Persistent_connection_kernel`; the contract is the project's behaviour document, docs/behaviour.md (rules R1–R14).
+//! `Persistent_connection_kernel`; the contract is the project's behaviour document (rules
+//! R1–R14, guarantees S1–S7), shipped as [`core::behaviour`] (`docs/behaviour.md` in the
+//! repository).
 //!
 //! This crate is the thin Tokio driver and public API; every decision lives in the sans-IO
 //! machine of [`persistent_connection_core`] (re-exported as [`core`]).
@@ -67,14 +69,13 @@
 //! | event capacity ([`Builder::event_capacity`]) | [`DEFAULT_EVENT_CAPACITY`] (64) | an [`events()`](PersistentConnection::events) observer further behind is told how many it missed |
 //!
 //! **The delay is counted from the start of the attempt that made the connection** (R6 in
-//! the project's behaviour document, docs/behaviour.md). A connection that lived longer
-//! than the delay is replaced at once when it dies; one that dies young — a server that
-//! accepts and then resets, a handshake that fails after connect — waits for the rest of
-//! the delay. With the default 10 s, a server that accepts and drops every connection is
-//! tried about every 10 s, not in a busy loop; but a short-lived connection also means up
-//! to 13 s without service. A timeout longer than the delay spaces attempts by the timeout
-//! instead (the next attempt waits for the previous one to fail). Choose the delay for
-//! the outage you can afford:
+//! [`core::behaviour`]). A connection that lived longer than the delay is replaced at
+//! once when it dies; one that dies young — a server that accepts and then resets, a
+//! handshake that fails after connect — waits for the rest of the delay. With the default
+//! 10 s, a server that accepts and drops every connection is tried about every 10 s, not
+//! in a busy loop; but a short-lived connection also means up to 13 s without service. A
+//! timeout longer than the delay spaces attempts by the timeout instead (the next attempt
+//! waits for the previous one to fail). Choose the delay for the outage you can afford:
 //!
 //! - [`RetryPolicy::constant`]`(d)`: the original's policy, `d` ±30% (what
 //!   [`Builder::retry_delay`] sets);

@@ -1,5 +1,6 @@
-//! Seeded, deterministic simulation of the persistent-connection machine (docs/behaviour.md §5), in the
-//! spirit of TigerBeetle's VOPR and FoundationDB's simulation.
+//! Seeded, deterministic simulation of the persistent-connection machine (§5 of the
+//! behaviour document, [`persistent_connection_core::behaviour`]), in the spirit of
+//! TigerBeetle's VOPR and FoundationDB's simulation.
 //!
 //! - [`checker`]: the invariant checker (I1–I8), a library type working from the trace
 //!   alone, shared with the fuzz targets.

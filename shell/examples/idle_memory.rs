@@ -1,0 +1,83 @@
+//! Heap bytes per idle persistent connection, counted by a global allocator (no RSS noise,
+//! no sockets): 10,000 persistent connections over `CloseSignal` connections, built and
+//! connected on a current-thread runtime, then left idle. The memory table of
+//! BENCHMARKS.md itemises the total with `cargo test -p persistent-connection --lib sizes`.
+//!
+//! `cargo run --release -p persistent-connection --example idle_memory`
+#![forbid(unsafe_code)]
+
+use std::alloc::System;
+use std::time::Duration;
+
+use persistent_connection::{CloseSignal, PersistentConnection, WithCloseSignal};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+const N: usize = 10_000;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Warm the runtime (timer wheel, task lists) so it is not counted.
+        let warm: Vec<_> = (0..100).map(build).collect();
+        for pc in &warm {
+            pc.connected().await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let region = Region::new(GLOBAL);
+        let mut pcs = Vec::with_capacity(N);
+        let vec_bytes =
+            N * std::mem::size_of::<PersistentConnection<u16, WithCloseSignal<u32>, String>>();
+        for i in 0..N {
+            pcs.push(build(i as u64));
+        }
+        for pc in &pcs {
+            pc.connected().await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let s = region.change();
+        let net = s.bytes_allocated as i64 - s.bytes_deallocated as i64 - vec_bytes as i64;
+        println!(
+            "{N} idle persistent connections: {:.1} live allocations and {:.0} heap bytes \
+             each, the user's connection (a CloseSignal) included",
+            (s.allocations as f64 - s.deallocations as f64) / N as f64,
+            net as f64 / N as f64,
+        );
+        // The user's part alone: the same connections, without persistent connections.
+        let region = Region::new(GLOBAL);
+        let conns: Vec<_> = (0..N)
+            .map(|i| WithCloseSignal::new(i as u32, CloseSignal::new()))
+            .collect();
+        let c = region.change();
+        let conn_net = c.bytes_allocated as i64
+            - c.bytes_deallocated as i64
+            - (N * std::mem::size_of::<WithCloseSignal<u32>>()) as i64;
+        println!(
+            "of which the user's connection: {:.1} allocations and {:.0} bytes; \
+             the persistent connection's own: {:.0} bytes",
+            (c.allocations as f64 - c.deallocations as f64) / N as f64,
+            conn_net as f64 / N as f64,
+            (net - conn_net) as f64 / N as f64,
+        );
+        drop(conns);
+        for pc in &pcs {
+            pc.close().await;
+        }
+        drop(warm);
+    });
+}
+
+fn build(i: u64) -> PersistentConnection<u16, WithCloseSignal<u32>, String> {
+    PersistentConnection::builder(
+        "idle",
+        || async { Ok::<_, String>(1u16) },
+        move |_addr, _cx| async move { Ok(WithCloseSignal::new(i as u32, CloseSignal::new())) },
+    )
+    .seed(i)
+    .build()
+}
