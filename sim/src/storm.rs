@@ -55,7 +55,8 @@
 //! assert!((4.0..7.0).contains(&per_client), "{per_client}");
 //! ```
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt::{self, Write as _};
 use std::time::Duration;
 
@@ -302,54 +303,94 @@ impl Due {
     }
 }
 
-/// A monotone priority queue (a radix heap): never asked for a key below the last one
-/// popped, which holds here because every answer comes at least a round trip (> 0) after
-/// its connect and a client's timers never go back. Keys move between 129 buckets by
-/// their highest bit that differs from the last key popped, so a push is O(1) and a pop
-/// amortised O(1) with good locality, where a binary heap of a million entries spends
-/// most of its time in cache misses.
-#[derive(Default)]
-struct RadixQueue {
-    last: u128,
-    buckets: Vec<Vec<u128>>,
-    len: usize,
+/// The event queue: a calendar of 1 ms buckets in a ring covering 2¹⁸ ms (4.4 min), each
+/// bucket an unsorted list until the clock reaches it, then sorted once and drained from
+/// its end; what is pushed into the bucket being drained (a connect's answer a round trip
+/// later) goes to a small binary heap beside it; events beyond the ring wait in an
+/// overflow heap. Pops in key order, as one big binary heap would (tested against one),
+/// but a wave of a million reconnects costs a push into a list each and one sort per
+/// millisecond, where a binary heap of a million entries (or a radix heap, which moves a
+/// lockstep wave through a dozen levels) spends its time waiting for memory.
+struct CalendarQueue {
+    ring: Vec<Vec<u128>>,
+    /// Events in the ring.
+    in_ring: usize,
+    /// The bucket being drained (absolute number).
+    cursor: u64,
+    /// Its events, sorted, the smallest last.
+    sorted: Vec<u128>,
+    /// Events pushed into it while it drains.
+    late: BinaryHeap<Reverse<u128>>,
+    overflow: BinaryHeap<Reverse<u128>>,
 }
 
-impl RadixQueue {
-    fn new() -> RadixQueue {
-        RadixQueue {
-            last: 0,
-            buckets: (0..129).map(|_| Vec::new()).collect(),
-            len: 0,
-        }
-    }
+const BUCKET_NS: u64 = 1_000_000;
+const RING: u64 = 1 << 18;
 
-    fn bucket(last: u128, key: u128) -> usize {
-        128 - (key ^ last).leading_zeros() as usize
+fn bucket_of_key(key: u128) -> u64 {
+    ((key >> 40) as u64) / BUCKET_NS
+}
+
+impl CalendarQueue {
+    fn new() -> CalendarQueue {
+        CalendarQueue {
+            ring: (0..RING).map(|_| Vec::new()).collect(),
+            in_ring: 0,
+            cursor: 0,
+            sorted: Vec::new(),
+            late: BinaryHeap::new(),
+            overflow: BinaryHeap::new(),
+        }
     }
 
     fn push(&mut self, key: u128) {
-        debug_assert!(key >= self.last, "a monotone queue never goes back");
-        let key = key.max(self.last);
-        self.buckets[Self::bucket(self.last, key)].push(key);
-        self.len += 1;
+        let b = bucket_of_key(key);
+        if b <= self.cursor {
+            self.late.push(Reverse(key));
+        } else if b < self.cursor + RING {
+            self.ring[(b % RING) as usize].push(key);
+            self.in_ring += 1;
+        } else {
+            self.overflow.push(Reverse(key));
+        }
     }
 
     fn pop(&mut self) -> Option<u128> {
-        if self.len == 0 {
-            return None;
-        }
-        if self.buckets[0].is_empty() {
-            let i = self.buckets.iter().position(|b| !b.is_empty())?;
-            let mut b = std::mem::take(&mut self.buckets[i]);
-            self.last = b.iter().copied().min()?;
-            for k in b.drain(..) {
-                self.buckets[Self::bucket(self.last, k)].push(k);
+        loop {
+            match (self.sorted.last(), self.late.peek()) {
+                (Some(&a), Some(&Reverse(b))) => {
+                    return if a <= b {
+                        self.sorted.pop()
+                    } else {
+                        self.late.pop().map(|r| r.0)
+                    };
+                }
+                (Some(_), None) => return self.sorted.pop(),
+                (None, Some(_)) => return self.late.pop().map(|r| r.0),
+                (None, None) => {}
             }
-            self.buckets[i] = b;
+            if self.in_ring == 0 {
+                // Nothing within the ring: jump to the overflow's first bucket.
+                let Reverse(k) = *self.overflow.peek()?;
+                self.cursor = bucket_of_key(k).max(self.cursor + 1) - 1;
+            }
+            self.cursor += 1;
+            while let Some(&Reverse(k)) = self.overflow.peek() {
+                if bucket_of_key(k) >= self.cursor + RING {
+                    break;
+                }
+                self.overflow.pop();
+                self.push(k);
+            }
+            let slot = &mut self.ring[(self.cursor % RING) as usize];
+            if !slot.is_empty() {
+                self.in_ring -= slot.len();
+                // The slot starts again empty: buffers handed back to slots would keep
+                // every wave's capacity alive around the ring.
+                self.sorted = std::mem::take(slot);
+                self.sorted.sort_unstable_by(|a, b| b.cmp(a));
+            }
         }
-        self.len -= 1;
-        self.buckets[0].pop()
     }
 }
 
@@ -415,7 +456,7 @@ struct Alt {
 struct Fleet {
     config: StormConfig,
     policy: Policy,
-    queue: RadixQueue,
+    queue: CalendarQueue,
     machines: Vec<StormMachine>,
     checkers: Vec<Checker<(), (), ()>>,
     alts: Vec<Alt>,
@@ -714,7 +755,7 @@ pub fn run_storm_with(
     let mut fleet = Fleet {
         config: config.clone(),
         policy,
-        queue: RadixQueue::new(),
+        queue: CalendarQueue::new(),
         machines: Vec::new(),
         checkers: Vec::new(),
         alts: Vec::new(),
@@ -1036,16 +1077,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_radix_queue_pops_in_the_order_a_binary_heap_does() {
+    fn the_calendar_queue_pops_in_the_order_a_binary_heap_does() {
         let mut rng = ChaCha8Rng::seed_from_u64(9);
-        let mut radix = RadixQueue::new();
+        let mut radix = CalendarQueue::new();
         let mut heap = std::collections::BinaryHeap::new();
         let mut now = 0u64;
         for round in 0..20_000u32 {
             // Push a few keys at or after the last popped time, then pop one.
             for _ in 0..(rng.next_u64() % 3) {
                 let due = Due {
-                    at: now + rng.next_u64() % 5_000_000_000,
+                    // Mostly within seconds, sometimes past the ring (20 min ahead).
+                    at: now
+                        + if rng.next_u64() % 16 == 0 {
+                            rng.next_u64() % 1_200_000_000_000
+                        } else {
+                            rng.next_u64() % 5_000_000_000
+                        },
                     client: (rng.next_u64() % 1000) as u32,
                     kind: [Kind::Refused, Kind::Connected, Kind::Wake][round as usize % 3],
                 };
