@@ -4,9 +4,8 @@
 //! below) the server dies: its listener closes at once and it resets every connection, one
 //! after another, over `kill_time`. It comes back `outage` after the last reset (as the
 //! benchmark kills its server, then sleeps) and, while up, accepts connections at a
-//! bounded rate. Each client reconnects
-//! under a retry policy; the run ends when every client is back (or an hour of virtual
-//! time after the restart).
+//! bounded rate. Each client reconnects under a retry policy; the run ends when every
+//! client is back (or an hour of virtual time after the restart).
 //!
 //! Clients under this project's policies (`constant`, `exponential`, `grpc`) are real core
 //! [`Machine`]s, one each, fed by a small driver that answers as a shell would: every
@@ -31,6 +30,10 @@
 //!   `tcp_abort_on_overflow = 1`; with the default, the SYN is dropped and the client's
 //!   kernel retransmits it, which this model does not follow).
 //! - A connection, once made, lives until the end of the run.
+//! - Clients act exactly on time. Real clients are late by however long they wait for a
+//!   core, which spreads a lockstep wave; the model leaves that out (the repository's
+//!   `BENCHMARKS.md` compares its predictions with a real storm on loopback, error by
+//!   error, and shows where this matters: the peak accept rate of clients without jitter).
 //!
 //! Counted as the benchmark counts them: an *attempt* is one connect; *accepts per
 //! second* is the most accepts in any 100 ms window, times ten; *time to x %
@@ -1079,7 +1082,7 @@ mod tests {
     #[test]
     fn the_calendar_queue_pops_in_the_order_a_binary_heap_does() {
         let mut rng = ChaCha8Rng::seed_from_u64(9);
-        let mut radix = CalendarQueue::new();
+        let mut queue = CalendarQueue::new();
         let mut heap = std::collections::BinaryHeap::new();
         let mut now = 0u64;
         for round in 0..20_000u32 {
@@ -1096,10 +1099,10 @@ mod tests {
                     client: (rng.next_u64() % 1000) as u32,
                     kind: [Kind::Refused, Kind::Connected, Kind::Wake][round as usize % 3],
                 };
-                radix.push(due.key());
+                queue.push(due.key());
                 heap.push(std::cmp::Reverse(due));
             }
-            let a = radix.pop().map(Due::from_key);
+            let a = queue.pop().map(Due::from_key);
             let b = heap.pop().map(|r| r.0);
             assert_eq!(a, b);
             if let Some(d) = a {
@@ -1107,8 +1110,8 @@ mod tests {
             }
         }
         while let Some(std::cmp::Reverse(b)) = heap.pop() {
-            assert_eq!(radix.pop().map(Due::from_key), Some(b));
+            assert_eq!(queue.pop().map(Due::from_key), Some(b));
         }
-        assert_eq!(radix.pop(), None);
+        assert_eq!(queue.pop(), None);
     }
 }
