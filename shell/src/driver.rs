@@ -202,7 +202,10 @@ where
             return Ok(true); // an effect was queued meanwhile
         };
         match deadline {
-            None => self.timer = None,
+            // Kept for the next wait (one allocation per connection cycle, not per
+            // attempt); freed while connected, when nothing will wait on it for a while.
+            None if self.shared.is_connected_idle() => self.timer = None,
+            None => {}
             Some(d) => {
                 let at = crate::shared::to_tokio(self.base(), d);
                 match &mut self.timer {

@@ -129,6 +129,8 @@ pub(crate) struct Shared<A, C, E> {
     handles: AtomicUsize,
     /// Counters since creation, written under the lock, read without it.
     counters: Counters,
+    /// The driver's last park found the machine connected and idle (its buffers released).
+    connected_idle: std::sync::atomic::AtomicBool,
     inner: Mutex<Inner<A, C, E>>,
 }
 
@@ -152,6 +154,7 @@ where
             flags: AtomicU8::new(0),
             handles: AtomicUsize::new(1),
             counters: Counters::default(),
+            connected_idle: std::sync::atomic::AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 machine,
                 now: Instant::ZERO,
@@ -327,10 +330,12 @@ where
             Some(old) if old.will_wake(waker) => {}
             _ => inner.driver = Some(waker.clone()),
         }
-        if inner.machine.state() == persistent_connection_core::State::Connected {
+        let idle = inner.machine.state() == persistent_connection_core::State::Connected;
+        if idle {
             inner.io = VecDeque::new();
             inner.machine.release_buffers();
         }
+        self.connected_idle.store(idle, Ordering::Relaxed);
         Some(inner.machine.poll_timeout())
     }
 }
@@ -406,6 +411,11 @@ impl<A, C, E> Shared<A, C, E> {
             connections: c.connections.load(Ordering::Relaxed),
             disconnections: c.disconnections.load(Ordering::Relaxed),
         }
+    }
+
+    /// See `connected_idle`.
+    pub(crate) fn is_connected_idle(&self) -> bool {
+        self.connected_idle.load(Ordering::Relaxed)
     }
 
     /// Whether a connection is current (for `Debug`).
