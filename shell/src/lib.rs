@@ -51,6 +51,9 @@
 //!   [`Driven<C>`] closes a client's connection when its background driver future ends;
 //!   [`Keyed<E, K>`] compares failures by a key of your choice (de-duplication, R4).
 //!   `examples/redis_failover.rs` keeps a real Redis client alive with them.
+//! - Catalogs ([`catalog`]): ready `get_address` sources — a static list, DNS, and etcd
+//!   behind the `etcd` feature (with a publisher that registers a server under a lease) —
+//!   that pick among the published copies and try another one after a failure.
 //! - Errors: [`Error<E>`] = `User(E) | Panicked { callback, message } | TimedOut(d) |
 //!   LookupTimedOut(d)` is the machine's error type; [`IoError`] is a comparable `io::Error`.
 //! - Events: [`Event<A, C, E>`] = core's `Event<A, C, Error<E>>`: `AttemptingToConnect`,
