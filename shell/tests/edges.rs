@@ -1,0 +1,79 @@
+//! Edges that tests elsewhere do not pin (issue 15's survivors that a user can see): a
+//! `Duration::MAX` retry delay on a runtime that has run for a while, what
+//! `CloseSignal::is_close_finished` says before and after, and what the handle's `Debug`
+//! prints (logs are part of the interface).
+
+use std::time::Duration;
+
+use persistent_connection::{Closable, CloseSignal, PersistentConnection, State, WithCloseSignal};
+
+/// R7: a `Duration::MAX` delay must not overflow. The deadline does not fit in Tokio's
+/// clock, so it is placed about 30 years ahead — far enough that no real delay is cut
+/// short, which a smaller clamp would do (the timer would fire at once, again and again).
+#[tokio::test(start_paused = true)]
+async fn a_max_retry_delay_after_a_long_uptime_waits_about_thirty_years() {
+    tokio::time::sleep(Duration::from_secs(1000 * 24 * 3600)).await; // the runtime has run a while
+    let pc: PersistentConnection<u16, WithCloseSignal<u8>, String> = PersistentConnection::builder(
+        "max",
+        || async { Err::<u16, _>("down".to_owned()) },
+        |_addr, _cx| async { Ok(WithCloseSignal::new(0u8, CloseSignal::new())) },
+    )
+    .retry_delay(Duration::MAX)
+    .build();
+    let _ = pc.connected_or_failed_to_connect().await;
+    tokio::task::yield_now().await;
+    let now = tokio::time::Instant::now();
+    match pc.state() {
+        State::WaitingToRetry { next_attempt } => {
+            let ahead = next_attempt - now;
+            let year = Duration::from_secs(365 * 24 * 3600);
+            assert!(ahead >= 29 * year && ahead <= 31 * year, "{ahead:?}");
+        }
+        other => panic!("expected to wait, got {other:?}"),
+    }
+    // An hour later nothing has happened: one attempt, and close is prompt.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(pc.stats().attempts, 1);
+    tokio::time::timeout(Duration::from_secs(1), pc.close())
+        .await
+        .expect("close is prompt");
+}
+
+#[tokio::test]
+async fn close_signal_reports_close_finished_only_once_finished() {
+    let signal = CloseSignal::owned();
+    assert!(!signal.is_close_finished() && !signal.is_closed());
+    signal.begin_close();
+    assert!(signal.is_closed() && !signal.is_close_finished());
+    signal.mark_closed();
+    assert!(signal.is_close_finished());
+    let at_once = CloseSignal::new();
+    at_once.close().await;
+    assert!(at_once.is_close_finished());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_handle_debug_names_the_server_and_its_state() {
+    let pc: PersistentConnection<u16, WithCloseSignal<u8>, String> = PersistentConnection::builder(
+        "debugged",
+        || async { Ok::<_, String>(1u16) },
+        |_addr, _cx| async { Ok(WithCloseSignal::new(0u8, CloseSignal::new())) },
+    )
+    .build();
+    pc.connected().await;
+    let text = format!("{pc:?}");
+    assert!(text.starts_with("PersistentConnection"), "{text}");
+    assert!(text.contains("server_name: \"debugged\""), "{text}");
+    assert!(
+        text.contains("is_closed: false") && text.contains("connected: true"),
+        "{text}"
+    );
+    pc.close().await;
+    let text = format!("{pc:?}");
+    assert!(
+        text.contains("is_closed: true") && text.contains("is_close_finished: true"),
+        "{text}"
+    );
+    let weak = format!("{:?}", pc.downgrade());
+    assert!(weak.contains("debugged"), "{weak}");
+}
