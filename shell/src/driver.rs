@@ -198,13 +198,13 @@ where
                 return Ok(true);
             }
         }
-        let Some(deadline) = self.shared.park(cx.waker()) else {
+        let Some((deadline, connected_idle)) = self.shared.park(cx.waker()) else {
             return Ok(true); // an effect was queued meanwhile
         };
         match deadline {
             // Kept for the next wait (one allocation per connection cycle, not per
             // attempt); freed while connected, when nothing will wait on it for a while.
-            None if self.shared.is_connected_idle() => self.timer = None,
+            None if connected_idle => self.timer = None,
             None => {}
             Some(d) => {
                 let at = crate::shared::to_tokio(self.base(), d);
@@ -233,20 +233,18 @@ where
         match effect {
             Effect::Emit { id, event } => {
                 match &event {
-                    CoreEvent::FailedToConnect(e) => {
-                        let next = self.next_attempt_in();
-                        match &self.address {
-                            Some(a) => {
-                                tracing::warn!(server = %server, address = ?a, error = ?e, next_attempt_in = ?next, "failed to connect")
-                            }
-                            None => {
-                                tracing::warn!(server = %server, error = ?e, next_attempt_in = ?next, "failed to connect")
-                            }
+                    // Field values are evaluated only when the line is enabled: no lock
+                    // for `next_attempt_in` when nobody logs.
+                    CoreEvent::FailedToConnect(e) => match &self.address {
+                        Some(a) => {
+                            tracing::warn!(server = %server, address = ?a, error = ?e, next_attempt_in = ?self.next_attempt_in(), "failed to connect")
                         }
-                    }
+                        None => {
+                            tracing::warn!(server = %server, error = ?e, next_attempt_in = ?self.next_attempt_in(), "failed to connect")
+                        }
+                    },
                     CoreEvent::Disconnected => {
-                        let next = self.next_attempt_in();
-                        tracing::warn!(server = %server, next_attempt_in = ?next, "disconnected")
+                        tracing::warn!(server = %server, next_attempt_in = ?self.next_attempt_in(), "disconnected")
                     }
                     other => tracing::info!(server = %server, event = ?other, "event"),
                 }

@@ -129,8 +129,6 @@ pub(crate) struct Shared<A, C, E> {
     handles: AtomicUsize,
     /// Counters since creation, written under the lock, read without it.
     counters: Counters,
-    /// The driver's last park found the machine connected and idle (its buffers released).
-    connected_idle: std::sync::atomic::AtomicBool,
     inner: Mutex<Inner<A, C, E>>,
 }
 
@@ -154,7 +152,6 @@ where
             flags: AtomicU8::new(0),
             handles: AtomicUsize::new(1),
             counters: Counters::default(),
-            connected_idle: std::sync::atomic::AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 machine,
                 now: Instant::ZERO,
@@ -185,12 +182,8 @@ where
             if inner.ended {
                 return;
             }
-            if matches!(input, Input::CloseRequested) {
-                self.flags.fetch_or(TEARING_DOWN, Ordering::AcqRel);
-            }
             let now = inner.now;
-            inner.machine.handle(now, input);
-            self.absorb(&mut inner);
+            self.feed_locked(&mut inner, now, input);
             if inner.io.is_empty() {
                 None
             } else {
@@ -209,8 +202,22 @@ where
             return;
         }
         inner.now = now;
+        self.feed_locked(&mut inner, now, input);
+    }
+
+    /// The one way into the machine: records a close request (S1: the current connection
+    /// is no longer handed out), feeds the input and absorbs its effects.
+    fn feed_locked(
+        &self,
+        inner: &mut MutexGuard<'_, Inner<A, C, E>>,
+        now: Instant,
+        input: CoreInput<A, C, E>,
+    ) {
+        if matches!(input, Input::CloseRequested) {
+            self.flags.fetch_or(TEARING_DOWN, Ordering::AcqRel);
+        }
         inner.machine.handle(now, input);
-        self.absorb(&mut inner);
+        self.absorb(inner);
     }
 
     /// Drains the machine's effects: shared-state ones are performed here, under the lock;
@@ -305,10 +312,8 @@ where
         let mut inner = lock(&self.inner);
         if std::mem::take(&mut inner.orphaned) && !inner.ended {
             tracing::debug!(server = %self.server_name, "last handle dropped; closing");
-            self.flags.fetch_or(TEARING_DOWN, Ordering::AcqRel);
             let now = inner.now;
-            inner.machine.handle(now, Input::CloseRequested);
-            self.absorb(&mut inner);
+            self.feed_locked(&mut inner, now, Input::CloseRequested);
         }
         let effect = inner.io.pop_front()?;
         if let (Effect::Emit { event, .. }, Some(observers)) = (&effect, &inner.events) {
@@ -318,10 +323,10 @@ where
     }
 
     /// The driver has nothing to do: unless an effect was queued meanwhile (`None`), store
-    /// its waker and return the machine's retry deadline. A connected machine waits for
-    /// nothing but its connection, so the effect buffers are released then: an idle
-    /// connection keeps none.
-    pub(crate) fn park(&self, waker: &Waker) -> Option<Option<Instant>> {
+    /// its waker and return the machine's retry deadline, and whether the machine idles
+    /// connected. A connected machine waits for nothing but its connection, so the effect
+    /// buffers are released then: an idle connection keeps none.
+    pub(crate) fn park(&self, waker: &Waker) -> Option<(Option<Instant>, bool)> {
         let mut inner = lock(&self.inner);
         if !inner.io.is_empty() || inner.orphaned {
             return None;
@@ -335,8 +340,7 @@ where
             inner.io = VecDeque::new();
             inner.machine.release_buffers();
         }
-        self.connected_idle.store(idle, Ordering::Relaxed);
-        Some(inner.machine.poll_timeout())
+        Some((inner.machine.poll_timeout(), idle))
     }
 }
 
@@ -411,11 +415,6 @@ impl<A, C, E> Shared<A, C, E> {
             connections: c.connections.load(Ordering::Relaxed),
             disconnections: c.disconnections.load(Ordering::Relaxed),
         }
-    }
-
-    /// See `connected_idle`.
-    pub(crate) fn is_connected_idle(&self) -> bool {
-        self.connected_idle.load(Ordering::Relaxed)
     }
 
     /// Whether a connection is current (for `Debug`).
