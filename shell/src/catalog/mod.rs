@@ -440,6 +440,16 @@ mod tests {
     }
 
     #[test]
+    fn round_robin_follows_the_last_pick_to_its_new_place_in_a_reordered_listing() {
+        let mut p = Picker::new(Pick::RoundRobin);
+        assert_eq!(p.pick(&[1, 2, 3, 4]), Some(1));
+        // The catalog now lists 1 third: the next untried copy after it is 2, not the
+        // first untried copy of the listing (3).
+        assert_eq!(p.pick(&[3, 4, 1, 2]), Some(2));
+        assert_eq!(p.pick(&[3, 4, 1, 2]), Some(3));
+    }
+
+    #[test]
     fn a_removed_last_pick_does_not_stall_round_robin() {
         let mut p = Picker::new(Pick::RoundRobin);
         assert_eq!(p.pick(&[1, 2, 3]), Some(1));
