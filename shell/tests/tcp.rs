@@ -469,6 +469,40 @@ async fn a_send_blocked_on_a_peer_that_does_not_read_gives_up_when_close_begins(
     guard("close", close).await;
 }
 
+/// A message of many chunks (the reader reads at most 8 KiB at a time and buffers 16 chunks
+/// before it stops reading): `recv` returns it whole, in order, in chunks no larger than one
+/// read, while the peer keeps writing past the reader's buffer.
+#[tokio::test]
+async fn a_message_larger_than_the_reader_buffers_arrives_whole_and_in_order() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conn = TcpConnection::connect(addr).await.unwrap();
+    let (mut server, _) = listener.accept().await.unwrap();
+    let message: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let sent = message.clone();
+    let writer = tokio::spawn(async move {
+        server.write_all(&sent).await.unwrap();
+        server.shutdown().await.unwrap();
+        server
+    });
+    let mut got = Vec::new();
+    let mut largest = 0;
+    while let Some(chunk) = guard("next chunk", conn.recv()).await {
+        largest = largest.max(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got.len(), message.len());
+    assert!(got == message, "the bytes arrive in order");
+    assert!(
+        largest <= 8 * 1024,
+        "one read is at most 8 KiB, got {largest}"
+    );
+    let _server = writer.await.unwrap();
+    assert!(conn.is_closed(), "the peer's FIN closed it");
+    let err = conn.send(b"late").await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotConnected);
+}
+
 // ------------------------------------------------- TcpConnection as a stream, and options
 
 #[tokio::test]
