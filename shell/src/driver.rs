@@ -148,7 +148,11 @@ where
             self.perform(effect);
             performed = true;
         }
-        if self.finished {
+        // R8: close finishes once nothing of ours is left. A connection the machine closes
+        // after it said so (an attempt's result the driver had taken just before `close()`
+        // cancelled the attempt, which the machine closes as a stray) is closed first.
+        if self.finished && self.closing.is_empty() {
+            self.shared.finish_close();
             return Err(());
         }
         if performed {
@@ -305,6 +309,7 @@ where
                     connection.close().await
                 }));
             }
+            // Finished in `step` once nothing is left to close.
             Effect::CloseFinished => self.finished = true,
             // Performed under the shared lock (see `Shared::absorb`); never queued.
             Effect::StartTimer { .. }

@@ -265,9 +265,16 @@ where
                 }
                 Effect::CloseFinished => {
                     // R8: no connection of ours is open, no attempt is in flight, no
-                    // handler runs.
-                    tracing::info!(server = %self.server_name, "close finished");
-                    self.end(inner);
+                    // handler runs. An attempt the machine has just cancelled is still
+                    // in flight until the driver drops its future (queued ahead of this):
+                    // then the driver finishes the close, once it has (`finish_close`).
+                    if !inner
+                        .io
+                        .iter()
+                        .any(|e| matches!(e, Effect::CancelAttempt { .. }))
+                    {
+                        self.close_finished(inner);
+                    }
                     inner.io.push_back(Effect::CloseFinished);
                 }
                 other => inner.io.push_back(other),
@@ -278,6 +285,22 @@ where
             flags |= CLOSED;
         }
         self.flags.store(flags, Ordering::Release);
+    }
+
+    /// R8's close finished: resolve its waiters (once).
+    fn close_finished(&self, inner: &mut Inner<A, C, E>) {
+        if !inner.ended {
+            tracing::info!(server = %self.server_name, "close finished");
+            self.end(inner);
+        }
+    }
+
+    /// Called by the driver once it has performed `CloseFinished` and every effect queued
+    /// before it (a cancelled attempt's future dropped) and closed any connection the
+    /// machine closed after it: finishes the close if `absorb` left that to the driver.
+    pub(crate) fn finish_close(&self) {
+        let mut inner = lock(&self.inner);
+        self.close_finished(&mut inner);
     }
 
     /// Close finished (R8) or the driver died (S3): resolve `close()`/`close_finished()`

@@ -356,6 +356,39 @@ async fn s3_a_connect_future_panicking_in_drop_does_not_wedge_close() {
     assert!(pc.is_closed());
 }
 
+/// R8: close finishes only once no attempt is in flight, so when `close()` returns the
+/// cancelled connect's future (and whatever it holds: a half-made socket) is gone. Found by
+/// issue 15's mutants: `close()` used to resolve as soon as the machine said so, before the
+/// driver had dropped the future it cancelled; this test failed there.
+#[tokio::test(start_paused = true)]
+async fn r8_close_returns_only_after_the_cancelled_connect_future_is_dropped() {
+    struct DropFlag(Arc<AtomicU32>);
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let dropped = Arc::new(AtomicU32::new(0));
+    let d2 = dropped.clone();
+    let pc: Pc = PersistentConnection::builder(
+        "cancelled",
+        || async { Ok::<_, String>(1u16) },
+        move |_addr, _cx| {
+            let flag = DropFlag(d2.clone());
+            async move {
+                let _flag = flag;
+                std::future::pending::<Result<Conn, String>>().await
+            }
+        },
+    )
+    .connect_timeout(Duration::MAX)
+    .build();
+    tokio::time::sleep(Duration::from_millis(10)).await; // connect is in flight
+    assert_eq!(dropped.load(Ordering::SeqCst), 0);
+    within(pc.close()).await;
+    assert_eq!(dropped.load(Ordering::SeqCst), 1, "close() returned first");
+}
+
 // ---------------------------------------------------------------- bugs 6, 7: events (S4)
 
 /// Bug 6: the observers' stream ends after the last event of a closed connection.

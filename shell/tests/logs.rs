@@ -170,3 +170,51 @@ async fn failure_lines_name_the_address_and_the_next_attempt() {
     );
     pc.close().await;
 }
+
+/// R13: a user future that panics when it is dropped does not kill the driver. Close
+/// cancels a connect whose future panics in `Drop`; the panic is logged at warn and ignored,
+/// and the close finishes as usual.
+#[tokio::test(start_paused = true)]
+async fn a_connect_future_that_panics_when_cancelled_is_logged_and_ignored() {
+    struct PanicOnDrop;
+    impl Drop for PanicOnDrop {
+        fn drop(&mut self) {
+            panic!("dropped a connect future");
+        }
+    }
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+    let started = Arc::new(tokio::sync::Notify::new());
+    let started2 = started.clone();
+    let pc: PersistentConnection<u16, WithCloseSignal<u8>, String> = PersistentConnection::builder(
+        "dropped",
+        || async { Ok(1u16) },
+        move |_addr, _cx| {
+            let started = started2.clone();
+            async move {
+                let _bomb = PanicOnDrop;
+                started.notify_one();
+                std::future::pending::<Result<WithCloseSignal<u8>, String>>().await
+            }
+        },
+    )
+    .build();
+    started.notified().await;
+    tokio::time::timeout(Duration::from_secs(5), pc.close())
+        .await
+        .expect("close finishes");
+    // The driver went on after the panic: it emitted nothing more, finished the close
+    // itself, and said what happened.
+    let warn = capture.at(Level::WARN).join("\n");
+    assert!(
+        warn.contains("dropping the cancelled attempt's future panicked; ignored")
+            && warn.contains("dropped a connect future"),
+        "{warn}\n{:?}",
+        capture.0.lock().unwrap()
+    );
+    assert!(
+        matches!(pc.state(), persistent_connection::State::Closed),
+        "{:?}",
+        pc.state()
+    );
+}

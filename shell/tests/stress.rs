@@ -5,7 +5,7 @@
 //! must resolve once the connection is closed (R8, S2). No wall-clock sleeps: the
 //! callbacks yield, the retry delay is zero.
 //!
-//! `STRESS_SEEDS=n` runs more seeds (default 300, under a second); a failure names its seed.
+//! `STRESS_SEEDS=n` runs more seeds (default 3000, about a second); a failure names its seed.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -117,15 +117,27 @@ async fn run_seed(seed: u64) {
     let mut waiters = Vec::new();
     for _ in 0..60 {
         match rng.below(100) {
-            0..=34 => waiters.push(Waiter::Outcome {
-                started_before: history.started.load(Ordering::SeqCst),
-                closed_before: pc.is_closed(),
-                fut: Box::pin(pc.connected_or_failed_to_connect()),
-            }),
-            35..=54 => waiters.push(Waiter::Connected {
-                started_before: history.started.load(Ordering::SeqCst),
-                fut: Box::pin(pc.connected()),
-            }),
+            // A waiter registers when it is made. The attempts counted right after that
+            // include every one that had begun by then (and maybe a few more, as the
+            // driver runs on another thread): a sound bound for the checks below. Counted
+            // before, a preempted test thread could see the driver run several attempts in
+            // between and report a false S1 failure.
+            0..=34 => {
+                let closed_before = pc.is_closed();
+                let fut = Box::pin(pc.connected_or_failed_to_connect());
+                waiters.push(Waiter::Outcome {
+                    started_before: history.started.load(Ordering::SeqCst),
+                    closed_before,
+                    fut,
+                })
+            }
+            35..=54 => {
+                let fut = Box::pin(pc.connected());
+                waiters.push(Waiter::Connected {
+                    started_before: history.started.load(Ordering::SeqCst),
+                    fut,
+                })
+            }
             55..=69 => {
                 for _ in 0..rng.below(20) {
                     tokio::task::yield_now().await;
@@ -229,7 +241,7 @@ fn seeded_random_sequences_on_a_multi_thread_runtime() {
     let seeds: u64 = std::env::var("STRESS_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(3000);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
