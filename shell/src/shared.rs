@@ -716,6 +716,8 @@ mod loom_tests {
                         Effect::CloseConnection { conn, .. } => {
                             s2.feed(Instant::ZERO, Input::Closed { conn })
                         }
+                        // As the driver does once nothing is left to close.
+                        Effect::CloseFinished => s2.finish_close(),
                         _ => {}
                     }
                 }

@@ -77,3 +77,34 @@ async fn the_handle_debug_names_the_server_and_its_state() {
     let weak = format!("{:?}", pc.downgrade());
     assert!(weak.contains("debugged"), "{weak}");
 }
+
+/// `EventStream::recv` is `next()` without the import: the events in order, then `None`
+/// once close has finished (S4).
+#[tokio::test(start_paused = true)]
+async fn event_stream_recv_gives_each_event_then_ends_after_close() {
+    use persistent_connection::Event;
+    let mut builder = PersistentConnection::builder(
+        "recv",
+        || async { Ok::<_, String>(3u16) },
+        |_addr, _cx| async { Ok(WithCloseSignal::new(0u8, CloseSignal::new())) },
+    );
+    let mut events = builder.events();
+    let pc: PersistentConnection<u16, WithCloseSignal<u8>, String> = builder.build();
+    pc.connected().await;
+    pc.close().await;
+    let mut seen = Vec::new();
+    while let Some(e) = events.recv().await {
+        seen.push(match e.expect("no lag") {
+            Event::AttemptingToConnect => "attempting".to_owned(),
+            Event::ObtainedAddress(a) => format!("address {a}"),
+            Event::Connected(_) => "connected".to_owned(),
+            other => format!("{other:?}"),
+        });
+    }
+    assert_eq!(
+        seen[..3],
+        ["attempting", "address 3", "connected"],
+        "{seen:?}"
+    );
+    assert!(events.recv().await.is_none(), "stays ended");
+}

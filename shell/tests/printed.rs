@@ -148,6 +148,14 @@ fn errors_say_what_failed() {
         "{text}"
     );
     assert!(keyed.source().is_none());
+    // A keyed error whose error has a source passes it on.
+    let wrapped = Keyed::new(user.clone(), |_| ());
+    assert_eq!(
+        wrapped.source().map(|s| s.to_string()).as_deref(),
+        Some("refused")
+    );
+    assert_eq!(user.user().map(IoError::message), Some("refused"));
+    assert_eq!(panicked.user(), None);
 
     assert_eq!(
         Lagged(3).to_string(),
