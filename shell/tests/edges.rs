@@ -108,3 +108,42 @@ async fn event_stream_recv_gives_each_event_then_ends_after_close() {
     );
     assert!(events.recv().await.is_none(), "stays ended");
 }
+
+/// R14: an upgraded weak handle counts as a strong one, and once the last strong handle is
+/// gone a weak one cannot bring the persistent connection back, even while its close is
+/// still under way.
+#[tokio::test(start_paused = true)]
+async fn r14_a_weak_handle_upgrades_only_while_a_strong_one_exists() {
+    let signal = CloseSignal::owned(); // its close finishes only when marked closed
+    let s2 = signal.clone();
+    let pc: PersistentConnection<u16, WithCloseSignal<u8>, String> = PersistentConnection::builder(
+        "weak",
+        || async { Ok::<_, String>(1u16) },
+        move |_addr, _cx| {
+            let s = s2.clone();
+            async move { Ok(WithCloseSignal::new(0u8, s)) }
+        },
+    )
+    .build();
+    pc.connected().await;
+    let weak = pc.downgrade();
+    let up = weak.upgrade().expect("a strong handle exists");
+    drop(pc);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(
+        !up.is_closed() && !signal.is_closed(),
+        "the upgraded handle holds it"
+    );
+    drop(up);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(
+        signal.is_closed(),
+        "the last handle's drop began the close (R14)"
+    );
+    assert!(!signal.is_close_finished(), "and it is still under way");
+    assert!(
+        weak.upgrade().is_none(),
+        "no strong handle is left to upgrade from"
+    );
+    signal.mark_closed();
+}
