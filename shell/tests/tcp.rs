@@ -669,6 +669,26 @@ async fn a_failed_connect_names_the_address() {
     );
 }
 
+/// Reading part of a chunk as a stream, then with `recv`: `recv` returns the rest of that
+/// chunk first, so no byte is lost or repeated between the two ways of reading.
+#[tokio::test]
+async fn recv_after_a_partial_stream_read_returns_the_rest_of_the_chunk() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut conn = TcpConnection::connect(addr).await.unwrap();
+    let (mut server, _) = listener.accept().await.unwrap();
+    server.write_all(b"hello world").await.unwrap();
+    let mut first = [0u8; 5];
+    guard("read", conn.read_exact(&mut first)).await.unwrap();
+    assert_eq!(&first, b"hello");
+    let mut rest = Vec::new();
+    while rest.len() < 6 {
+        rest.extend(guard("recv", conn.recv()).await.expect("open"));
+    }
+    assert_eq!(rest, b" world");
+    guard("close", conn.close()).await;
+}
+
 #[tokio::test]
 async fn tcp_options_hold_what_they_are_given() {
     use persistent_connection::{Keepalive, TcpOptions};
