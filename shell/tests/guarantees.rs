@@ -615,3 +615,20 @@ async fn s5_the_lookup_timeout_is_configurable_and_max_means_none() {
     );
     within(pc.close()).await;
 }
+
+/// A waiter polled first in one task and then awaited in another is woken in the second:
+/// the slot keeps the waker of the latest poll, not the first.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_moved_to_another_task_is_woken_there() {
+    let (pc, _made) = numbered(Duration::from_secs(1), 1); // attempt 0 fails, 1 connects
+    let _ = within(pc.connected_or_failed_to_connect()).await; // waiting to retry now
+    let mut waiter = Box::pin(pc.connected());
+    // Polled once with a waker that wakes nobody (a task that then hands the future on).
+    let noop = futures_util::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&noop);
+    assert!(waiter.as_mut().poll(&mut cx).is_pending());
+    let other = tokio::spawn(async move { *waiter.await });
+    let n = within(other).await.unwrap();
+    assert_eq!(n, 1, "the second attempt's connection");
+    within(pc.close()).await;
+}

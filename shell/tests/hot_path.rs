@@ -19,7 +19,9 @@ fn main() {
     println!(
         "hot_path: current_connection_and_ready_waiters_do_not_allocate_when_connected ... ok"
     );
-    println!("test result: ok. 1 passed; 0 failed");
+    abandoned_waiters_keep_bounded_memory();
+    println!("hot_path: abandoned_waiters_keep_bounded_memory ... ok");
+    println!("test result: ok. 2 passed; 0 failed");
 }
 
 fn current_connection_and_ready_waiters_do_not_allocate_when_connected() {
@@ -63,6 +65,43 @@ fn current_connection_and_ready_waiters_do_not_allocate_when_connected() {
             (stats.allocations, stats.reallocations),
             (0, 0),
             "hot paths allocated: {stats:?}"
+        );
+        pc.close().await;
+    });
+}
+
+/// Waiters given up on (`connected()` under a timeout, in a loop, while the service is down)
+/// cost bounded memory: the list of waiting slots drops abandoned ones as it would grow.
+/// 10,000 abandoned waiters leave under 16 KiB behind; kept, they would hold about 1 MB.
+fn abandoned_waiters_keep_bounded_memory() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pc: PersistentConnection<u16, WithCloseSignal<u32>, String> =
+            PersistentConnection::builder(
+                "down",
+                || async { Err::<u16, _>("down".to_owned()) },
+                |_addr, _cx| async { Ok(WithCloseSignal::new(7u32, CloseSignal::new())) },
+            )
+            .retry_delay(Duration::from_secs(3600))
+            .build();
+        let _ = pc.connected_or_failed_to_connect().await; // now waiting to retry
+        for _ in 0..100 {
+            let _ = pc.connected().now_or_never(); // warm up
+        }
+        let region = Region::new(GLOBAL);
+        for _ in 0..10_000 {
+            assert!(pc.connected().now_or_never().is_none(), "not connected");
+        }
+        let stats = region.change();
+        let kept = stats.bytes_allocated as i64 - stats.bytes_deallocated as i64
+            + stats.bytes_reallocated as i64;
+        assert!(
+            kept < 16 * 1024,
+            "10,000 abandoned waiters kept {kept} bytes: {stats:?}"
         );
         pc.close().await;
     });

@@ -689,6 +689,36 @@ async fn recv_after_a_partial_stream_read_returns_the_rest_of_the_chunk() {
     guard("close", conn.close()).await;
 }
 
+/// `shutdown()` (the stream's half-close) sends a FIN: the peer reads end of file, and
+/// can still answer, which the connection reads before it counts as closed.
+#[tokio::test]
+async fn shutdown_half_closes_and_the_peer_can_still_answer() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut conn = TcpConnection::connect(addr).await.unwrap();
+    let (mut server, _) = listener.accept().await.unwrap();
+    conn.write_all(b"last words").await.unwrap();
+    conn.flush().await.unwrap();
+    guard("shutdown", conn.shutdown()).await.unwrap();
+    let mut got = Vec::new();
+    guard("server sees EOF", server.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(got, b"last words");
+    server.write_all(b"bye").await.unwrap();
+    drop(server);
+    let mut answer = Vec::new();
+    guard("client reads to EOF", conn.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    assert_eq!(answer, b"bye");
+    guard("closed", conn.close_finished()).await;
+    assert!(conn.is_closed());
+    // Once closed, the write half is gone: a flush says so, like a write.
+    let err = conn.flush().await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotConnected);
+}
+
 #[tokio::test]
 async fn tcp_options_hold_what_they_are_given() {
     use persistent_connection::{Keepalive, TcpOptions};
