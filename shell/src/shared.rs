@@ -263,20 +263,11 @@ where
                     }
                     inner.io.push_back(Effect::Emit { id, event });
                 }
-                Effect::CloseFinished => {
-                    // R8: no connection of ours is open, no attempt is in flight, no
-                    // handler runs. An attempt the machine has just cancelled is still
-                    // in flight until the driver drops its future (queued ahead of this):
-                    // then the driver finishes the close, once it has (`finish_close`).
-                    if !inner
-                        .io
-                        .iter()
-                        .any(|e| matches!(e, Effect::CancelAttempt { .. }))
-                    {
-                        self.close_finished(inner);
-                    }
-                    inner.io.push_back(Effect::CloseFinished);
-                }
+                // R8: the machine has nothing of ours left, but the driver may still
+                // hold what the effects queued ahead of this release (a cancelled
+                // attempt's future) or take a late connection the machine will close:
+                // the driver finishes the close once it has done all that (`finish_close`).
+                Effect::CloseFinished => inner.io.push_back(Effect::CloseFinished),
                 other => inner.io.push_back(other),
             }
         }
@@ -287,20 +278,15 @@ where
         self.flags.store(flags, Ordering::Release);
     }
 
-    /// R8's close finished: resolve its waiters (once).
-    fn close_finished(&self, inner: &mut Inner<A, C, E>) {
-        if !inner.ended {
-            tracing::info!(server = %self.server_name, "close finished");
-            self.end(inner);
-        }
-    }
-
-    /// Called by the driver once it has performed `CloseFinished` and every effect queued
-    /// before it (a cancelled attempt's future dropped) and closed any connection the
-    /// machine closed after it: finishes the close if `absorb` left that to the driver.
+    /// R8's close finished, called by the driver once it has performed `CloseFinished` and
+    /// every effect queued before it (a cancelled attempt's future dropped) and closed any
+    /// connection the machine closed after it: resolves the close's waiters.
     pub(crate) fn finish_close(&self) {
         let mut inner = lock(&self.inner);
-        self.close_finished(&mut inner);
+        if !inner.ended {
+            tracing::info!(server = %self.server_name, "close finished");
+            self.end(&mut inner);
+        }
     }
 
     /// Close finished (R8) or the driver died (S3): resolve `close()`/`close_finished()`
