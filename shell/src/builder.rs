@@ -56,23 +56,12 @@ where
     KF: Future<Output = Result<C, E>> + Send + 'static,
 {
     fn get_address(self: Arc<Self>, timeout: Duration) -> BoxFuture<AttemptOutput<A, C, E>> {
-        Box::pin(
-            // The call itself runs inside the guard too (R13).
-            AssertUnwindSafe(async move {
-                match tokio::time::timeout(timeout, (self.get_address)()).await {
-                    Ok(r) => r.map_err(Error::User),
-                    Err(_) => Err(Error::LookupTimedOut(timeout)),
-                }
-            })
-            .catch_unwind()
-            .map(|r| {
-                AttemptOutput::Address(r.unwrap_or_else(|p| {
-                    Err(Error::Panicked {
-                        callback: Callback::GetAddress,
-                        message: panic_message(&*p),
-                    })
-                }))
-            }),
+        guarded_attempt(
+            Callback::GetAddress,
+            timeout,
+            Error::LookupTimedOut,
+            AttemptOutput::Address,
+            move || (self.get_address)(),
         )
     }
 
@@ -82,24 +71,53 @@ where
         cx: ConnectContext<E>,
         timeout: Duration,
     ) -> BoxFuture<AttemptOutput<A, C, E>> {
-        Box::pin(
-            AssertUnwindSafe(async move {
-                match tokio::time::timeout(timeout, (self.connect)(address, cx)).await {
-                    Ok(r) => r.map_err(Error::User),
-                    Err(_) => Err(Error::TimedOut(timeout)),
-                }
-            })
-            .catch_unwind()
-            .map(|r| {
-                AttemptOutput::Connect(r.unwrap_or_else(|p| {
-                    Err(Error::Panicked {
-                        callback: Callback::Connect,
-                        message: panic_message(&*p),
-                    })
-                }))
-            }),
+        guarded_attempt(
+            Callback::Connect,
+            timeout,
+            Error::TimedOut,
+            AttemptOutput::Connect,
+            move || (self.connect)(address, cx),
         )
     }
+}
+
+/// `AttemptOutput::Address` or `AttemptOutput::Connect`.
+type WrapOutput<T, A, C, E> = fn(Result<T, Error<E>>) -> AttemptOutput<A, C, E>;
+
+/// One boxed future for a user callback: the call and its future run under the panic
+/// guard (R13) and the timeout (S5); the result is wrapped as `output`.
+fn guarded_attempt<T, A, C, E, F>(
+    callback: Callback,
+    timeout: Duration,
+    timed_out: fn(Duration) -> Error<E>,
+    output: WrapOutput<T, A, C, E>,
+    call: impl FnOnce() -> F + Send + 'static,
+) -> BoxFuture<AttemptOutput<A, C, E>>
+where
+    T: Send + 'static,
+    A: Send + 'static,
+    C: Send + 'static,
+    E: Send + 'static,
+    F: Future<Output = Result<T, E>> + Send + 'static,
+{
+    Box::pin(
+        // The call itself runs inside the guard too (R13).
+        AssertUnwindSafe(async move {
+            match tokio::time::timeout(timeout, call()).await {
+                Ok(r) => r.map_err(Error::User),
+                Err(_) => Err(timed_out(timeout)),
+            }
+        })
+        .catch_unwind()
+        .map(move |r| {
+            output(r.unwrap_or_else(|p| {
+                Err(Error::Panicked {
+                    callback,
+                    message: panic_message(&*p),
+                })
+            }))
+        }),
+    )
 }
 
 /// `on_event` with its panic guard; `Err` carries a panic's message.

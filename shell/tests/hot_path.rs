@@ -26,12 +26,23 @@ fn main() {
     println!("test result: ok. 3 passed; 0 failed");
 }
 
-fn current_connection_and_ready_waiters_do_not_allocate_when_connected() {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// A current-thread runtime on the paused clock, as `#[tokio::test(start_paused = true)]`.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// Bytes still held at the end of a region (growth by `realloc` is counted in
+/// `bytes_allocated` already).
+fn net_bytes(stats: &stats_alloc::Stats) -> i64 {
+    stats.bytes_allocated as i64 - stats.bytes_deallocated as i64
+}
+
+fn current_connection_and_ready_waiters_do_not_allocate_when_connected() {
+    let rt = paused_runtime();
     rt.block_on(async {
         let pc: PersistentConnection<u16, WithCloseSignal<u32>, String> =
             PersistentConnection::builder(
@@ -76,11 +87,7 @@ fn current_connection_and_ready_waiters_do_not_allocate_when_connected() {
 /// cost bounded memory: the list of waiting slots drops abandoned ones as it would grow.
 /// 10,000 abandoned waiters leave under 16 KiB behind; kept, they would hold about 1 MB.
 fn abandoned_waiters_keep_bounded_memory() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = paused_runtime();
     rt.block_on(async {
         let pc: PersistentConnection<u16, WithCloseSignal<u32>, String> =
             PersistentConnection::builder(
@@ -99,8 +106,7 @@ fn abandoned_waiters_keep_bounded_memory() {
             assert!(pc.connected().now_or_never().is_none(), "not connected");
         }
         let stats = region.change();
-        // (Growth by `realloc` is counted in `bytes_allocated` already.)
-        let kept = stats.bytes_allocated as i64 - stats.bytes_deallocated as i64;
+        let kept = net_bytes(&stats);
         assert!(
             kept < 16 * 1024,
             "10,000 abandoned waiters kept {kept} bytes: {stats:?}"
@@ -113,11 +119,7 @@ fn abandoned_waiters_keep_bounded_memory() {
 /// behind: once they are answered, the persistent connection keeps under 32 KiB more than
 /// before they came (the list alone would hold 128 KiB).
 fn a_burst_of_waiters_leaves_no_buffer_behind() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = paused_runtime();
     rt.block_on(async {
         let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
         let pc: PersistentConnection<u16, WithCloseSignal<u32>, String> =
@@ -144,8 +146,7 @@ fn a_burst_of_waiters_leaves_no_buffer_behind() {
         assert!(conns.iter().all(|c| **c == 7));
         drop(conns);
         let stats = region.change();
-        // (Growth by `realloc` is counted in `bytes_allocated` already.)
-        let kept = stats.bytes_allocated as i64 - stats.bytes_deallocated as i64;
+        let kept = net_bytes(&stats);
         assert!(
             kept < 32 * 1024,
             "the burst left {kept} bytes behind: {stats:?}"

@@ -20,6 +20,15 @@ use tokio::task::{JoinHandle, JoinSet};
 
 const GUARD: Duration = Duration::from_secs(10);
 
+/// A `TcpConnection` to a fresh listener on 127.0.0.1, and the server's side of it.
+async fn connected_pair() -> (TcpConnection, TcpStream) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conn = TcpConnection::connect(addr).await.unwrap();
+    let (server, _) = listener.accept().await.unwrap();
+    (conn, server)
+}
+
 async fn guard<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(GUARD, fut)
         .await
@@ -394,10 +403,7 @@ async fn dropping_the_last_handle_closes_the_socket() {
 
 #[tokio::test]
 async fn tcp_connection_notices_a_reset() {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let conn = TcpConnection::connect(addr).await.unwrap();
-    let (stream, _) = listener.accept().await.unwrap();
+    let (conn, stream) = connected_pair().await;
     let std_stream = stream.into_std().unwrap();
     socket2::SockRef::from(&std_stream)
         .set_linger(Some(Duration::ZERO))
@@ -453,10 +459,7 @@ async fn dropping_every_tcp_connection_clone_stops_its_reader_task() {
 #[tokio::test]
 async fn a_send_blocked_on_a_peer_that_does_not_read_gives_up_when_close_begins() {
     use tokio_test::{assert_pending, assert_ready};
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let conn = TcpConnection::connect(addr).await.unwrap();
-    let (_never_reads, _) = listener.accept().await.unwrap();
+    let (conn, _never_reads) = connected_pair().await;
     // Far more than the socket buffers hold: the first poll writes what fits and blocks.
     let big = vec![7u8; 32 << 20];
     let mut send = tokio_test::task::spawn(conn.send(&big));
@@ -474,10 +477,7 @@ async fn a_send_blocked_on_a_peer_that_does_not_read_gives_up_when_close_begins(
 /// read, while the peer keeps writing past the reader's buffer.
 #[tokio::test]
 async fn a_message_larger_than_the_reader_buffers_arrives_whole_and_in_order() {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let conn = TcpConnection::connect(addr).await.unwrap();
-    let (mut server, _) = listener.accept().await.unwrap();
+    let (conn, mut server) = connected_pair().await;
     let message: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
     let sent = message.clone();
     let writer = tokio::spawn(async move {
@@ -586,10 +586,7 @@ async fn peer_close_and_reset_are_noticed_whether_the_user_writes_reads_or_neith
     for peer in [PeerEnd::Close, PeerEnd::Reset] {
         for user in [UserDoes::OnlyWrites, UserDoes::OnlyReads, UserDoes::Nothing] {
             let what = format!("{peer:?} while the user {user:?}");
-            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let conn = TcpConnection::connect(addr).await.unwrap();
-            let (stream, _) = listener.accept().await.unwrap();
+            let (conn, stream) = connected_pair().await;
             let mut user_task = {
                 let mut conn = conn.clone();
                 tokio::spawn(async move {
@@ -637,10 +634,7 @@ async fn peer_close_and_reset_are_noticed_whether_the_user_writes_reads_or_neith
 
 #[tokio::test]
 async fn a_reset_reaches_a_reader_as_an_error_then_end_of_file() {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut conn = TcpConnection::connect(addr).await.unwrap();
-    let (mut stream, _) = listener.accept().await.unwrap();
+    let (mut conn, mut stream) = connected_pair().await;
     stream.write_all(b"before").await.unwrap();
     let mut got = [0u8; 6];
     guard("data", conn.read_exact(&mut got)).await.unwrap();
@@ -673,10 +667,7 @@ async fn a_failed_connect_names_the_address() {
 /// chunk first, so no byte is lost or repeated between the two ways of reading.
 #[tokio::test]
 async fn recv_after_a_partial_stream_read_returns_the_rest_of_the_chunk() {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut conn = TcpConnection::connect(addr).await.unwrap();
-    let (mut server, _) = listener.accept().await.unwrap();
+    let (mut conn, mut server) = connected_pair().await;
     server.write_all(b"hello world").await.unwrap();
     let mut first = [0u8; 5];
     guard("read", conn.read_exact(&mut first)).await.unwrap();
@@ -693,10 +684,7 @@ async fn recv_after_a_partial_stream_read_returns_the_rest_of_the_chunk() {
 /// can still answer, which the connection reads before it counts as closed.
 #[tokio::test]
 async fn shutdown_half_closes_and_the_peer_can_still_answer() {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut conn = TcpConnection::connect(addr).await.unwrap();
-    let (mut server, _) = listener.accept().await.unwrap();
+    let (mut conn, mut server) = connected_pair().await;
     conn.write_all(b"last words").await.unwrap();
     conn.flush().await.unwrap();
     guard("shutdown", conn.shutdown()).await.unwrap();
