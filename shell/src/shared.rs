@@ -618,6 +618,21 @@ mod loom_tests {
         attempt
     }
 
+    /// Plays the driver until it has nothing left to do: handles every event, reports every
+    /// close, and finishes the close as the real driver does once nothing is left to close.
+    fn play_driver(s: &S) {
+        while let Some(effect) = s.pop_io() {
+            match effect {
+                Effect::Emit { id, .. } => s.feed(Instant::ZERO, Input::EventHandled { event: id }),
+                Effect::CloseConnection { conn, .. } => {
+                    s.feed(Instant::ZERO, Input::Closed { conn })
+                }
+                Effect::CloseFinished => s.finish_close(),
+                _ => {}
+            }
+        }
+    }
+
     fn conn(n: u32) -> C {
         WithCloseSignal::new(n, CloseSignal::new())
     }
@@ -660,6 +675,7 @@ mod loom_tests {
                         result: Err(Error::User("stopped".into())),
                     },
                 );
+                play_driver(&s2);
             });
             let r = loom::future::block_on(s.wait_outcome());
             assert!(
@@ -692,21 +708,7 @@ mod loom_tests {
                     },
                 );
                 s2.feed_from_handle(Input::CloseRequested);
-                // Play the driver until close finishes: handle every event, report every
-                // close.
-                while let Some(effect) = s2.pop_io() {
-                    match effect {
-                        Effect::Emit { id, .. } => {
-                            s2.feed(Instant::ZERO, Input::EventHandled { event: id })
-                        }
-                        Effect::CloseConnection { conn, .. } => {
-                            s2.feed(Instant::ZERO, Input::Closed { conn })
-                        }
-                        // As the driver does once nothing is left to close.
-                        Effect::CloseFinished => s2.finish_close(),
-                        _ => {}
-                    }
-                }
+                play_driver(&s2);
             });
             let c = match s.wait_connected() {
                 Ok(c) => Some(c),
