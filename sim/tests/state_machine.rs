@@ -6,7 +6,9 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestError, TestRunner};
+use proptest::test_runner::{
+    Config, FileFailurePersistence, RngSeed, TestCaseError, TestError, TestRunner,
+};
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 
 use persistent_connection_core::{
@@ -313,6 +315,15 @@ fn shrinks_to_a_short_sequence(mutant: Mutant) -> Vec<Op> {
         cases: 2000,
         failure_persistence: None,
         rng_algorithm: proptest::test_runner::RngAlgorithm::ChaCha,
+        // A fixed seed: how short the shrunk sequence gets depends on the failing case
+        // proptest happens to find first, so a random seed made this test flaky (9
+        // operations on one CI run). `PC_SHRINK_SEED` overrides it to try others.
+        rng_seed: RngSeed::Fixed(
+            std::env::var("PC_SHRINK_SEED")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+        ),
         ..Config::default()
     });
     let strategy = Reference::sequential_strategy(1..120);
