@@ -10,8 +10,9 @@
 //! Scenarios: `baseline`, `failover` (includes `baseline`), `storm`, `drop`, `memory`,
 //! `all`. Flags (defaults in parentheses): `--libs ours,stubborn,tower,hand`, `--trials N`
 //! (100), `--delay-ms` (100), `--stale-ms` (1000), `--steady-ms` (300), `--timeout-ms` (10),
-//! `--clients N` (2000), `--outage-s` (5), `--storm-delay-ms` (1000), `--drop-clients N` (10),
-//! `--drop-s` (5), `--drop-delay-ms` (100), `--conns N` (10000), `--quick`.
+//! `--clients N` (2000), `--outage-s` (5), `--storm-delay-ms` (1000), `--storm-runs N` (1:
+//! above 1, the storm table gives medians and ranges), `--drop-clients N` (10), `--drop-s`
+//! (5), `--drop-delay-ms` (100), `--conns N` (10000), `--quick`.
 //!
 //! Servers run in a child process (`serve`), so killing one resets its connections and the
 //! client's CPU and memory figures exclude them. Only 127.0.0.1 is used; every loop is
@@ -84,6 +85,7 @@ fn main() -> io::Result<()> {
                 explicit.push("outage");
             }
             Long("storm-delay-ms") => opts.storm_delay = Duration::from_millis(num(&mut parser)?),
+            Long("storm-runs") => opts.storm_runs = num(&mut parser)?.clamp(1, 100) as usize,
             Long("drop-clients") => opts.drop_clients = num(&mut parser)? as usize,
             Long("drop-s") => {
                 opts.drop_time = Duration::from_secs(num(&mut parser)?);

@@ -42,6 +42,9 @@ pub struct Opts {
     pub outage: Duration,
     /// Storm: base retry delay.
     pub storm_delay: Duration,
+    /// Storm: runs per client (order rotated each run); above 1, the table gives each
+    /// figure's median and range.
+    pub storm_runs: usize,
     /// Accept-then-drop: clients.
     pub drop_clients: usize,
     /// Accept-then-drop: run time.
@@ -66,6 +69,7 @@ impl Default for Opts {
             storm_clients: 2000,
             outage: Duration::from_secs(5),
             storm_delay: Duration::from_secs(1),
+            storm_runs: 1,
             drop_clients: 10,
             drop_time: Duration::from_secs(5),
             drop_delay: Duration::from_millis(100),
@@ -292,10 +296,18 @@ async fn failover_one(
 /// The reconnect storm.
 pub async fn storm(opts: &Opts) -> io::Result<()> {
     let n = opts.storm_clients;
-    let mut rows = Vec::new();
-    for &lib in &opts.libs {
-        eprintln!("storm {}…", lib.name());
-        rows.push((lib, storm_one(opts, lib).await?));
+    let runs = opts.storm_runs.max(1);
+    let mut rows: Vec<(Lib, Vec<StormResult>)> =
+        opts.libs.iter().map(|&l| (l, Vec::new())).collect();
+    for run in 0..runs {
+        // Each run starts one client later, so no client always goes first or last.
+        for k in 0..rows.len() {
+            let i = (run + k) % rows.len();
+            let lib = rows[i].0;
+            eprintln!("storm {} (run {} of {runs})…", lib.name(), run + 1);
+            let r = storm_one(opts, lib).await?;
+            rows[i].1.push(r);
+        }
     }
     println!(
         "\n### Reconnect storm: {n} clients, server down {} s, base delay {} ms\n",
@@ -306,36 +318,110 @@ pub async fn storm(opts: &Opts) -> io::Result<()> {
         "Attempts: `TcpStream::connect` calls while the server is down (including the \
          reconnect right after the reset). CPU: client process, user+system, from the kill \
          until 99 % are back. Peak accepts: most accepts in any 100 ms window after the \
-         restart, per second. Ratios against the hand-rolled loop.\n"
+         restart, per second. Ratios against the hand-rolled loop.{}\n",
+        if runs > 1 {
+            format!(
+                " Each figure is the median of {runs} runs (clients interleaved, the order \
+                 rotated each run), its range in brackets; ratios are of medians."
+            )
+        } else {
+            String::new()
+        }
     );
     println!(
         "| client | attempts/s during outage | ratio | client CPU s | ratio | peak accepts/s | time to 99 % reconnected, s | clients back within 60 s |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let base = rows
+    let summaries: Vec<(Lib, StormSummary)> = rows
+        .iter()
+        .map(|(l, rs)| (*l, StormSummary::of(rs)))
+        .collect();
+    let base = summaries
         .iter()
         .find(|(l, _)| *l == Lib::Hand)
-        .map(|(_, r)| r.clone());
-    for (lib, r) in rows {
-        let (ba, bc) = base
-            .as_ref()
-            .map_or((f64::NAN, f64::NAN), |b| (b.attempts_per_s, b.cpu));
+        .map(|(_, s)| (s.attempts_per_s.median, s.cpu.median));
+    for (lib, s) in &summaries {
+        let (ba, bc) = base.unwrap_or((f64::NAN, f64::NAN));
         println!(
-            "| {} | {:.0} | {} | {:.2} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             lib.name(),
-            r.attempts_per_s,
-            ratio(r.attempts_per_s, ba),
-            r.cpu,
-            ratio(r.cpu, bc),
-            r.peak_accepts,
-            r.t99.map_or("not reached".to_owned(), |t| format!(
-                "{:.2}",
-                t.as_secs_f64()
-            )),
-            r.back
+            s.attempts_per_s.show(runs, 0),
+            ratio(s.attempts_per_s.median, ba),
+            s.cpu.show(runs, 2),
+            ratio(s.cpu.median, bc),
+            s.peak_accepts.show(runs, 0),
+            s.t99.as_ref().map_or("not reached".to_owned(), |t| t.show(runs, 2)),
+            s.back.show(runs, 0),
         );
     }
     Ok(())
+}
+
+/// A figure over several runs: median and range.
+#[derive(Clone, Debug, PartialEq)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(values: impl IntoIterator<Item = f64>) -> Spread {
+        let mut v: Vec<f64> = values.into_iter().collect();
+        v.sort_by(f64::total_cmp);
+        let mid = v.len() / 2;
+        let median = match v.len() {
+            0 => f64::NAN,
+            len if len % 2 == 1 => v[mid],
+            _ => (v[mid - 1] + v[mid]) / 2.0,
+        };
+        Spread {
+            median,
+            min: v.first().copied().unwrap_or(f64::NAN),
+            max: v.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+
+    /// `median`, or `median [min–max]` over several runs.
+    fn show(&self, runs: usize, decimals: usize) -> String {
+        if runs > 1 {
+            format!(
+                "{:.d$} [{:.d$}–{:.d$}]",
+                self.median,
+                self.min,
+                self.max,
+                d = decimals
+            )
+        } else {
+            format!("{:.d$}", self.median, d = decimals)
+        }
+    }
+}
+
+/// One client's storm figures over its runs.
+struct StormSummary {
+    attempts_per_s: Spread,
+    cpu: Spread,
+    peak_accepts: Spread,
+    /// `None` when a run did not reach 99 %.
+    t99: Option<Spread>,
+    back: Spread,
+}
+
+impl StormSummary {
+    fn of(runs: &[StormResult]) -> StormSummary {
+        let t99: Option<Vec<f64>> = runs
+            .iter()
+            .map(|r| r.t99.map(|t| t.as_secs_f64()))
+            .collect();
+        StormSummary {
+            attempts_per_s: Spread::of(runs.iter().map(|r| r.attempts_per_s)),
+            cpu: Spread::of(runs.iter().map(|r| r.cpu)),
+            peak_accepts: Spread::of(runs.iter().map(|r| r.peak_accepts as f64)),
+            t99: t99.map(Spread::of),
+            back: Spread::of(runs.iter().map(|r| r.back as f64)),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -631,4 +717,20 @@ pub async fn memory_child(holder: Holder, conns: usize, addr: SocketAddr) -> io:
     }
     drop(bare);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Spread;
+
+    #[test]
+    fn spread_gives_the_median_and_the_range() {
+        let odd = Spread::of([15_480.0, 10_780.0, 13_200.0]);
+        assert_eq!((odd.median, odd.min, odd.max), (13_200.0, 10_780.0, 15_480.0));
+        let even = Spread::of([4.0, 1.0, 3.0, 2.0]);
+        assert_eq!(even.median, 2.5);
+        assert_eq!(even.show(4, 1), "2.5 [1.0–4.0]");
+        assert_eq!(even.show(1, 0), "2");
+        assert!(Spread::of([]).median.is_nan());
+    }
 }
