@@ -14,57 +14,27 @@
 #[path = "../../shell/examples/redis_failover.rs"]
 #[allow(dead_code)]
 mod example;
+#[path = "../src/stubborn_stream.rs"]
+mod stubborn_stream;
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisConnectionInfo};
-use stubborn_io::ReconnectOptions;
-use stubborn_io::strategies::ExpBackoffStrategy;
-use stubborn_io::tokio::{StubbornIo, UnderlyingIo};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use stubborn_io::tokio::StubbornIo;
+use stubborn_stream::{Lookup, LookupStream, SharedAddr};
 
+/// The shared address, printed at every (re)connect stubborn-io makes.
 #[derive(Clone)]
-struct Catalog(Arc<Mutex<SocketAddr>>);
-struct S(TcpStream);
-impl UnderlyingIo<Catalog> for S {
-    fn establish(c: Catalog) -> Pin<Box<dyn Future<Output = io::Result<Self>> + Send>> {
-        Box::pin(async move {
-            let a = *c.0.lock().unwrap();
-            eprintln!("stubborn-io connects to {a}");
-            Ok(S(TcpStream::connect(a).await?))
-        })
-    }
-}
-impl AsyncRead for S {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        b: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, b)
-    }
-}
-impl AsyncWrite for S {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        b: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, b)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+struct Logged(SharedAddr);
+
+impl Lookup for Logged {
+    fn lookup(&self) -> io::Result<SocketAddr> {
+        let a = self.0.get();
+        eprintln!("stubborn-io connects to {a}");
+        Ok(a)
     }
 }
 
@@ -86,15 +56,13 @@ async fn main() {
     for lose_one in [false, true] {
         let mut a = example::RedisServer::start().await.unwrap();
         let b = example::RedisServer::start().await.unwrap();
-        let cat = Catalog(Arc::new(Mutex::new(a.addr)));
-        let opts = ReconnectOptions::new()
-            .with_exit_if_first_connect_fails(false)
-            .with_retries_generator(|| {
-                ExpBackoffStrategy::new(Duration::from_millis(50), 2.0, 0.05)
-            });
-        let s = StubbornIo::<S, Catalog>::connect_with_options(cat.clone(), opts)
-            .await
-            .unwrap();
+        let cat = SharedAddr::new(a.addr);
+        let s = StubbornIo::<LookupStream, Logged>::connect_with_options(
+            Logged(cat.clone()),
+            stubborn_stream::options(Duration::from_millis(50)),
+        )
+        .await
+        .unwrap();
         let (mut c, d) = MultiplexedConnection::new_with_config(
             &RedisConnectionInfo::default(),
             s,
@@ -109,7 +77,7 @@ async fn main() {
             a.sigstop().unwrap();
             eprintln!("ping stopped A: {}", ping(&mut c, 100).await);
         }
-        *cat.0.lock().unwrap() = b.addr;
+        cat.set(b.addr);
         a.kill9();
         tokio::time::sleep(Duration::from_millis(500)).await;
         for i in 0..3 {

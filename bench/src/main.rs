@@ -28,6 +28,8 @@ mod ours;
 mod peers;
 mod scenarios;
 mod server;
+#[allow(dead_code)] // `SharedAddr` serves the Redis drill, not this binary.
+mod stubborn_stream;
 
 use peers::Lib;
 use scenarios::{Holder, Opts};

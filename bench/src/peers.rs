@@ -11,14 +11,13 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use stubborn_io::ReconnectOptions;
-use stubborn_io::strategies::ExpBackoffStrategy;
-use stubborn_io::tokio::{StubbornIo, UnderlyingIo};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use stubborn_io::tokio::StubbornIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -27,6 +26,7 @@ use tower::{Service, ServiceExt};
 
 use crate::common::{Catalog, EchoConn, ReplySink, tcp_connect};
 use crate::server::{REPLY_LEN, REQUEST_LEN};
+use crate::stubborn_stream::{self, Lookup, LookupStream};
 
 /// Which client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,51 +128,22 @@ fn interval(every: Duration) -> tokio::time::Interval {
 
 // ---- stubborn-io ----
 
-/// A TCP stream whose every (re)connect looks the address up in the catalog.
-struct CatalogStream(TcpStream);
+impl Lookup for Catalog {
+    fn lookup(&self) -> io::Result<SocketAddr> {
+        Catalog::lookup(self)
+    }
 
-impl UnderlyingIo<Catalog> for CatalogStream {
-    fn establish(catalog: Catalog) -> Pin<Box<dyn Future<Output = io::Result<Self>> + Send>> {
-        Box::pin(async move {
-            let addr = catalog.lookup()?;
-            tcp_connect(addr).await.map(CatalogStream)
-        })
-    }
-}
-
-impl AsyncRead for CatalogStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for CatalogStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+    /// Counted, as every client's connects are.
+    fn connect(addr: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> + Send {
+        tcp_connect(addr)
     }
 }
 
 async fn stubborn(mut setup: Setup, mode: Mode) {
-    let delay = setup.delay;
-    let options = ReconnectOptions::new()
-        .with_exit_if_first_connect_fails(false)
-        .with_retries_generator(move || ExpBackoffStrategy::new(delay, 2.0, 0.05));
-    let connect =
-        StubbornIo::<CatalogStream, Catalog>::connect_with_options(setup.catalog.clone(), options);
+    let connect = StubbornIo::<LookupStream, Catalog>::connect_with_options(
+        setup.catalog.clone(),
+        stubborn_stream::options(setup.delay),
+    );
     let mut s = tokio::select! {
         r = connect => match r { Ok(s) => s, Err(_) => return },
         _ = stopped(&mut setup.stop) => return,

@@ -350,7 +350,9 @@ pub async fn storm(opts: &Opts) -> io::Result<()> {
             s.cpu.show(runs, 2),
             ratio(s.cpu.median, bc),
             s.peak_accepts.show(runs, 0),
-            s.t99.as_ref().map_or("not reached".to_owned(), |t| t.show(runs, 2)),
+            s.t99
+                .as_ref()
+                .map_or("not reached".to_owned(), |t| t.show(runs, 2)),
             s.back.show(runs, 0),
         );
     }
@@ -726,7 +728,10 @@ mod tests {
     #[test]
     fn spread_gives_the_median_and_the_range() {
         let odd = Spread::of([15_480.0, 10_780.0, 13_200.0]);
-        assert_eq!((odd.median, odd.min, odd.max), (13_200.0, 10_780.0, 15_480.0));
+        assert_eq!(
+            (odd.median, odd.min, odd.max),
+            (13_200.0, 10_780.0, 15_480.0)
+        );
         let even = Spread::of([4.0, 1.0, 3.0, 2.0]);
         assert_eq!(even.median, 2.5);
         assert_eq!(even.show(4, 1), "2.5 [1.0–4.0]");

@@ -20,24 +20,19 @@
 #[path = "../../../shell/examples/redis_failover.rs"]
 #[allow(dead_code)]
 mod example;
+#[path = "../stubborn_stream.rs"]
+mod stubborn_stream;
 
-use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use example::RedisServer;
 use persistent_connection::{Closable, HealthCheck, PersistentConnection};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, RedisConnectionInfo};
-use stubborn_io::ReconnectOptions;
-use stubborn_io::strategies::ExpBackoffStrategy;
-use stubborn_io::tokio::{StubbornIo, UnderlyingIo};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use stubborn_io::tokio::StubbornIo;
+use stubborn_stream::{LookupStream, SharedAddr};
 use tokio::time::Instant;
 
 const PING_EVERY: Duration = Duration::from_millis(20);
@@ -87,62 +82,10 @@ impl FaultKind {
     }
 }
 
-/// Where the service is published.
-#[derive(Clone)]
-struct Catalog(Arc<Mutex<SocketAddr>>);
-
-impl Catalog {
-    fn get(&self) -> SocketAddr {
-        *self.0.lock().unwrap()
-    }
-    fn set(&self, a: SocketAddr) {
-        *self.0.lock().unwrap() = a;
-    }
-}
-
-/// stubborn-io: a TCP stream whose every (re)connect looks the catalog up.
-struct CatalogStream(TcpStream);
-
-impl UnderlyingIo<Catalog> for CatalogStream {
-    fn establish(catalog: Catalog) -> Pin<Box<dyn Future<Output = io::Result<Self>> + Send>> {
-        Box::pin(async move {
-            let s = TcpStream::connect(catalog.get()).await?;
-            s.set_nodelay(true)?;
-            Ok(CatalogStream(s))
-        })
-    }
-}
-
-impl AsyncRead for CatalogStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for CatalogStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
 /// A client of one library: PINGs until told to stop, recording when each one answered.
 async fn client(
     lib: Lib,
-    catalog: Catalog,
+    catalog: SharedAddr,
     answered: Arc<Mutex<Vec<Instant>>>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> io::Result<()> {
@@ -192,12 +135,11 @@ async fn client(
             pc.close().await;
         }
         Lib::Stubborn => {
-            let options = ReconnectOptions::new()
-                .with_exit_if_first_connect_fails(false)
-                .with_retries_generator(|| ExpBackoffStrategy::new(RETRY, 2.0, 0.05));
-            let stream =
-                StubbornIo::<CatalogStream, Catalog>::connect_with_options(catalog, options)
-                    .await?;
+            let stream = StubbornIo::<LookupStream, SharedAddr>::connect_with_options(
+                catalog,
+                stubborn_stream::options(RETRY),
+            )
+            .await?;
             let (mut conn, driver) = MultiplexedConnection::new_with_config(
                 &RedisConnectionInfo::default(),
                 stream,
@@ -241,7 +183,7 @@ async fn client(
 /// Runs `rounds` rounds of the three faults against one library; the gaps per fault kind.
 async fn drill(lib: Lib, rounds: usize) -> io::Result<Vec<(FaultKind, Duration)>> {
     let mut servers = [RedisServer::start().await?, RedisServer::start().await?];
-    let catalog = Catalog(Arc::new(Mutex::new(servers[0].addr)));
+    let catalog = SharedAddr::new(servers[0].addr);
     let answered = Arc::new(Mutex::new(Vec::<Instant>::new()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(client(lib, catalog.clone(), answered.clone(), stop_rx));
