@@ -43,6 +43,13 @@ impl Subscriber for Capture {
 }
 
 impl Capture {
+    /// A capture installed as this thread's subscriber until the guard drops.
+    fn install() -> (Capture, tracing::subscriber::DefaultGuard) {
+        let capture = Capture::default();
+        let guard = tracing::subscriber::set_default(capture.clone());
+        (capture, guard)
+    }
+
     fn at(&self, level: Level) -> Vec<String> {
         self.0
             .lock()
@@ -56,8 +63,7 @@ impl Capture {
 
 #[tokio::test(start_paused = true)]
 async fn state_changes_are_traced_and_failures_are_warnings() {
-    let capture = Capture::default();
-    let _guard = tracing::subscriber::set_default(capture.clone());
+    let (capture, _guard) = Capture::install();
     let attempts = Arc::new(Mutex::new(0));
     let signal = CloseSignal::new();
     let s2 = signal.clone();
@@ -126,8 +132,7 @@ async fn state_changes_are_traced_and_failures_are_warnings() {
 /// next attempt begins.
 #[tokio::test(start_paused = true)]
 async fn failure_lines_name_the_address_and_the_next_attempt() {
-    let capture = Capture::default();
-    let _guard = tracing::subscriber::set_default(capture.clone());
+    let (capture, _guard) = Capture::install();
     let attempts = Arc::new(Mutex::new(0u32));
     let signal = CloseSignal::new();
     let s2 = signal.clone();
@@ -182,8 +187,7 @@ async fn a_connect_future_that_panics_when_cancelled_is_logged_and_ignored() {
             panic!("dropped a connect future");
         }
     }
-    let capture = Capture::default();
-    let _guard = tracing::subscriber::set_default(capture.clone());
+    let (capture, _guard) = Capture::install();
     let started = Arc::new(tokio::sync::Notify::new());
     let started2 = started.clone();
     let pc: PersistentConnection<u16, WithCloseSignal<u8>, String> = PersistentConnection::builder(
