@@ -1,7 +1,7 @@
 //! Edges that tests elsewhere do not pin (issue 15's survivors that a user can see): a
 //! `Duration::MAX` retry delay on a runtime that has run for a while, what
 //! `CloseSignal::is_close_finished` says before and after, and what the handle's `Debug`
-//! prints (logs are part of the interface).
+//! prints (logs are part of the interface), and R4 with `Keyed` errors.
 
 use std::time::Duration;
 
@@ -146,4 +146,56 @@ async fn r14_a_weak_handle_upgrades_only_while_a_strong_one_exists() {
         "no strong handle is left to upgrade from"
     );
     signal.mark_closed();
+}
+
+/// R4 with [`Keyed`](persistent_connection::Keyed) errors: failures are the same when their
+/// keys are, whatever their messages. Connect fails with "refused (1st)", "refused (2nd)"
+/// (same key: reported once), then "reset" (another key: reported), then "refused (3rd)"
+/// (differs from the previous failure: reported again).
+#[tokio::test(start_paused = true)]
+async fn keyed_failures_are_the_same_when_their_keys_are() {
+    use persistent_connection::{Error, Event, Keyed};
+    use std::sync::{Arc, Mutex};
+    type Failure = Keyed<String, &'static str>;
+    let script = Arc::new(Mutex::new(vec![
+        ("refused (1st)", "refused"),
+        ("refused (2nd)", "refused"),
+        ("reset", "reset"),
+        ("refused (3rd)", "refused"),
+    ]));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let pc: PersistentConnection<u16, WithCloseSignal<u8>, Failure> =
+        PersistentConnection::builder(
+            "keyed",
+            || async { Ok(1u16) },
+            move |_addr, _cx| {
+                let script = script.clone();
+                async move {
+                    let next = {
+                        let mut s = script.lock().unwrap();
+                        (!s.is_empty()).then(|| s.remove(0))
+                    };
+                    match next {
+                        Some((message, key)) => Err(Keyed::with_key(message.to_owned(), key)),
+                        None => std::future::pending().await,
+                    }
+                }
+            },
+        )
+        .on_event(move |e| {
+            if let Event::FailedToConnect(Error::User(f)) = e {
+                seen2.lock().unwrap().push(f.error().clone());
+            }
+            async {}
+        })
+        .retry_delay(Duration::from_millis(10))
+        .build();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(pc.stats().attempts, 5);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["refused (1st)", "reset", "refused (3rd)"]
+    );
+    pc.close().await;
 }
