@@ -729,3 +729,109 @@ async fn a_watch_cache_serves_nothing_stale_while_etcd_is_down() {
     pa.withdraw().await.unwrap();
     drop(etcd);
 }
+
+/// A failed lookup says which catalog failed and why, down to the root cause, once: the
+/// text is what users read in the `FailedToConnect` log line, and it must be the same on
+/// every repeat so that R4 reports a repeated failure once.
+#[tokio::test]
+async fn a_lookup_failure_names_the_catalog_and_its_root_cause_once() {
+    let (client_port, _) = free_ports();
+    let catalog = EtcdCatalog::new([format!("http://127.0.0.1:{client_port}")], PREFIX)
+        .lookup_timeout(Duration::from_secs(5));
+    let first = catalog.lookup().await.unwrap_err();
+    let CatalogError::Lookup {
+        catalog: name,
+        message,
+    } = &first
+    else {
+        panic!("expected a lookup error, got {first:?}");
+    };
+    assert_eq!(name, &format!("etcd prefix {PREFIX:?}"));
+    assert_eq!(
+        message.matches("Connection refused").count(),
+        1,
+        "the root cause, once: {message}"
+    );
+    assert!(message.len() > "Connection refused".len(), "{message}");
+    let second = catalog.lookup().await.unwrap_err();
+    assert_eq!(first, second, "a repeated failure reads the same (R4)");
+}
+
+/// What a catalog says about itself: its prefix, and its settings when printed.
+#[test]
+fn a_catalog_shows_its_prefix_and_settings() {
+    let catalog = EtcdCatalog::new(["http://127.0.0.1:2379"], PREFIX)
+        .lookup_timeout(Duration::from_millis(750))
+        .watch_cache();
+    assert_eq!(catalog.prefix(), PREFIX);
+    let text = format!("{catalog:?}");
+    for part in [
+        "EtcdCatalog",
+        "http://127.0.0.1:2379",
+        "/services/echo/",
+        "750ms",
+        "watch_cache: true",
+    ] {
+        assert!(text.contains(part), "{part} missing from {text}");
+    }
+}
+
+/// The watch cache's task stops when the last clone of the catalog is dropped: no task (and
+/// no watch on etcd) outlives the catalog.
+#[tokio::test]
+async fn the_watch_cache_task_stops_when_the_last_clone_is_dropped() {
+    let etcd = start_etcd().await;
+    let ep = etcd.endpoint();
+    let catalog = EtcdCatalog::new([&ep], PREFIX).watch_cache();
+    let clone = catalog.clone();
+    let alive = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = alive();
+    let _ = catalog.lookup().await; // starts the watch task
+    wait_until("the cache is in sync", || catalog.watch_cache_in_sync()).await;
+    let with_task = alive();
+    assert!(with_task > before, "{before} -> {with_task}");
+    drop(catalog);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(clone.watch_cache_in_sync(), "a clone keeps the task");
+    drop(clone);
+    wait_until("the watch task and its client are gone", || {
+        alive() <= before
+    })
+    .await;
+}
+
+/// The watch starts right after the revision the cache was read at: a history compacted up
+/// to that revision (as etcd's auto-compaction does) must not keep the cache out of sync.
+#[tokio::test]
+async fn a_watch_cache_syncs_over_a_compacted_history() {
+    let etcd = start_etcd().await;
+    let ep = etcd.endpoint();
+    let a = EchoServer::start().await;
+    let mut client = etcd_client::Client::connect([&ep], None).await.unwrap();
+    client
+        .put(format!("{PREFIX}a"), a.addr.to_string(), None)
+        .await
+        .unwrap();
+    let revision = client
+        .put(format!("{PREFIX}a"), a.addr.to_string(), None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client.compact(revision, None).await.unwrap();
+    let catalog = EtcdCatalog::new([&ep], PREFIX).watch_cache();
+    assert_eq!(catalog.lookup().await.unwrap(), [a.addr]);
+    wait_until("the cache is in sync", || catalog.watch_cache_in_sync()).await;
+    // And it stays in sync: a watch started inside the compacted history would be
+    // cancelled by etcd, over and over, leaving lookups to range reads.
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(catalog.watch_cache_in_sync(), "the cache fell out of sync");
+    }
+    assert_eq!(catalog.lookup().await.unwrap(), [a.addr]);
+}
