@@ -304,6 +304,12 @@ async fn lookup_lists_every_published_copy_in_key_order_and_a_withdrawn_one_at_o
     // A clean stop revokes the lease: the next lookup no longer lists it.
     let middle = publishers.remove(1);
     assert_eq!(middle.key(), format!("{PREFIX}copy-1"));
+    let printed = format!("{middle:?}");
+    assert!(
+        printed.starts_with("EtcdPublisher { key: \"/services/echo/copy-1\", lease: ")
+            && printed.contains(&middle.lease_id().to_string()),
+        "{printed}"
+    );
     middle.withdraw().await.unwrap();
     assert_eq!(catalog.lookup().await.unwrap(), [all[0], all[2]]);
 
