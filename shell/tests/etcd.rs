@@ -614,6 +614,10 @@ async fn a_publisher_publishes_again_when_its_lease_is_revoked_behind_its_back()
         .await
         .unwrap();
     let first_lease = publisher.lease_id();
+    // Revoke once the renewal stream is open and has renewed (every third of the TTL), so
+    // the publisher learns of it from a renewal answered with a TTL of 0 — not only from a
+    // stream that fails to open, which a revocation racing the first renewal would test.
+    tokio::time::sleep(TTL * 2 / 3 + Duration::from_millis(100)).await;
     let mut client = etcd_client::Client::connect([&ep], None).await.unwrap();
     client.lease_revoke(first_lease).await.unwrap();
     let catalog = EtcdCatalog::new([&ep], PREFIX);
@@ -840,4 +844,25 @@ async fn a_watch_cache_syncs_over_a_compacted_history() {
         assert!(catalog.watch_cache_in_sync(), "the cache fell out of sync");
     }
     assert_eq!(catalog.lookup().await.unwrap(), [a.addr]);
+}
+
+/// A healthy publisher keeps its one lease alive: over three TTLs its key is listed at every
+/// look, under the same lease (renewals every third of the TTL, none treated as a loss).
+#[tokio::test]
+async fn a_publisher_keeps_its_key_and_its_lease_while_etcd_is_healthy() {
+    let etcd = start_etcd().await;
+    let ep = etcd.endpoint();
+    let server = EchoServer::start().await;
+    let publisher = EtcdPublisher::publish([&ep], format!("{PREFIX}a"), server.addr, TTL)
+        .await
+        .unwrap();
+    let lease = publisher.lease_id();
+    let catalog = EtcdCatalog::new([&ep], PREFIX);
+    let until = tokio::time::Instant::now() + 3 * TTL + TTL / 2;
+    while tokio::time::Instant::now() < until {
+        assert_eq!(catalog.lookup().await.unwrap(), [server.addr]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(publisher.lease_id(), lease, "the lease was never replaced");
+    publisher.withdraw().await.unwrap();
 }
