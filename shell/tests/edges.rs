@@ -71,7 +71,9 @@ async fn the_handle_debug_names_the_server_and_its_state() {
     pc.close().await;
     let text = format!("{pc:?}");
     assert!(
-        text.contains("is_closed: true") && text.contains("is_close_finished: true"),
+        text.contains("is_closed: true")
+            && text.contains("is_close_finished: true")
+            && text.contains("connected: false"),
         "{text}"
     );
     let weak = format!("{:?}", pc.downgrade());
