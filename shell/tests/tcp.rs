@@ -680,6 +680,26 @@ async fn recv_after_a_partial_stream_read_returns_the_rest_of_the_chunk() {
     guard("close", conn.close()).await;
 }
 
+/// Two stream reads of one chunk, a small buffer then a large one: the second gets exactly
+/// the rest of the chunk (no byte repeated, none read past its end).
+#[tokio::test]
+async fn a_larger_read_after_a_partial_one_returns_the_rest_of_the_chunk() {
+    let (mut conn, mut server) = connected_pair().await;
+    server.write_all(b"hello world").await.unwrap();
+    let mut first = [0u8; 5];
+    guard("read", conn.read_exact(&mut first)).await.unwrap();
+    assert_eq!(&first, b"hello");
+    let mut rest = Vec::new();
+    while rest.len() < 6 {
+        let mut buf = [0u8; 64];
+        let n = guard("read the rest", conn.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "end of file after {rest:?}");
+        rest.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(rest, b" world");
+    guard("close", conn.close()).await;
+}
+
 /// `shutdown()` (the stream's half-close) sends a FIN: the peer reads end of file, and
 /// can still answer, which the connection reads before it counts as closed.
 #[tokio::test]
