@@ -467,13 +467,6 @@ impl Shared {
     }
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.shared.mark_closing();
-        // Dropping `stop` (here, with `self`) also stops the reader; nothing else to do.
-    }
-}
-
 /// The background reader: forwards bytes until end of file, an error or a stop request;
 /// then releases both halves and marks the connection finished.
 async fn reader(
