@@ -271,6 +271,31 @@ async fn start_etcd() -> EtcdServer {
         .expect("start etcd")
 }
 
+/// A running etcd with one echo server published under `{PREFIX}a`.
+struct OneCopy {
+    etcd: EtcdServer,
+    ep: String,
+    server: EchoServer,
+    publisher: EtcdPublisher,
+}
+
+impl OneCopy {
+    async fn start() -> OneCopy {
+        let etcd = start_etcd().await;
+        let ep = etcd.endpoint();
+        let server = EchoServer::start().await;
+        let publisher = EtcdPublisher::publish([&ep], format!("{PREFIX}a"), server.addr, TTL)
+            .await
+            .unwrap();
+        OneCopy {
+            etcd,
+            ep,
+            server,
+            publisher,
+        }
+    }
+}
+
 async fn guard<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(GUARD, f)
         .await
@@ -465,12 +490,12 @@ async fn etcd_not_running_at_start_is_a_failed_attempt_until_it_starts() {
 
 #[tokio::test]
 async fn etcd_killed_mid_run_leaves_the_connection_up_and_lookups_recover_when_it_is_back() {
-    let mut etcd = start_etcd().await;
-    let ep = etcd.endpoint();
-    let server = EchoServer::start().await;
-    let publisher = EtcdPublisher::publish([&ep], format!("{PREFIX}a"), server.addr, TTL)
-        .await
-        .unwrap();
+    let OneCopy {
+        mut etcd,
+        ep,
+        server,
+        publisher,
+    } = OneCopy::start().await;
     let catalog = EtcdCatalog::new([&ep], PREFIX).lookup_timeout(Duration::from_millis(500));
     let (pc, log) = connect_through(catalog, Pick::InOrder);
     let conn = guard("connected", pc.connected()).await;
@@ -607,12 +632,12 @@ async fn a_lease_expiring_while_connected_leaves_the_connection_up() {
 
 #[tokio::test]
 async fn a_publisher_publishes_again_when_its_lease_is_revoked_behind_its_back() {
-    let etcd = start_etcd().await;
-    let ep = etcd.endpoint();
-    let server = EchoServer::start().await;
-    let publisher = EtcdPublisher::publish([&ep], format!("{PREFIX}a"), server.addr, TTL)
-        .await
-        .unwrap();
+    let OneCopy {
+        etcd: _etcd,
+        ep,
+        server,
+        publisher,
+    } = OneCopy::start().await;
     let first_lease = publisher.lease_id();
     // Revoke once the renewal stream is open and has renewed (every third of the TTL), so
     // the publisher learns of it from a renewal answered with a TTL of 0 — not only from a
@@ -633,12 +658,12 @@ async fn a_publisher_publishes_again_when_its_lease_is_revoked_behind_its_back()
 
 #[tokio::test]
 async fn a_hung_etcd_is_a_lookup_timeout_not_a_hang() {
-    let etcd = start_etcd().await;
-    let ep = etcd.endpoint();
-    let server = EchoServer::start().await;
-    let publisher = EtcdPublisher::publish([&ep], format!("{PREFIX}a"), server.addr, TTL)
-        .await
-        .unwrap();
+    let OneCopy {
+        etcd,
+        ep,
+        server,
+        publisher,
+    } = OneCopy::start().await;
     let catalog = EtcdCatalog::new([&ep], PREFIX).lookup_timeout(Duration::from_millis(300));
     assert_eq!(catalog.lookup().await.unwrap(), [server.addr]);
 
@@ -850,12 +875,12 @@ async fn a_watch_cache_syncs_over_a_compacted_history() {
 /// look, under the same lease (renewals every third of the TTL, none treated as a loss).
 #[tokio::test]
 async fn a_publisher_keeps_its_key_and_its_lease_while_etcd_is_healthy() {
-    let etcd = start_etcd().await;
-    let ep = etcd.endpoint();
-    let server = EchoServer::start().await;
-    let publisher = EtcdPublisher::publish([&ep], format!("{PREFIX}a"), server.addr, TTL)
-        .await
-        .unwrap();
+    let OneCopy {
+        etcd: _etcd,
+        ep,
+        server,
+        publisher,
+    } = OneCopy::start().await;
     let lease = publisher.lease_id();
     let catalog = EtcdCatalog::new([&ep], PREFIX);
     let until = tokio::time::Instant::now() + 3 * TTL + TTL / 2;

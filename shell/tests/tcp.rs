@@ -663,15 +663,22 @@ async fn a_failed_connect_names_the_address() {
     );
 }
 
-/// Reading part of a chunk as a stream, then with `recv`: `recv` returns the rest of that
-/// chunk first, so no byte is lost or repeated between the two ways of reading.
-#[tokio::test]
-async fn recv_after_a_partial_stream_read_returns_the_rest_of_the_chunk() {
+/// A connection whose peer sent "hello world" in one write, of which "hello" has been read
+/// as a stream (the rest of the chunk waits); and the peer, still open.
+async fn hello_partly_read() -> (TcpConnection, TcpStream) {
     let (mut conn, mut server) = connected_pair().await;
     server.write_all(b"hello world").await.unwrap();
     let mut first = [0u8; 5];
     guard("read", conn.read_exact(&mut first)).await.unwrap();
     assert_eq!(&first, b"hello");
+    (conn, server)
+}
+
+/// Reading part of a chunk as a stream, then with `recv`: `recv` returns the rest of that
+/// chunk first, so no byte is lost or repeated between the two ways of reading.
+#[tokio::test]
+async fn recv_after_a_partial_stream_read_returns_the_rest_of_the_chunk() {
+    let (conn, _server) = hello_partly_read().await;
     let mut rest = Vec::new();
     while rest.len() < 6 {
         rest.extend(guard("recv", conn.recv()).await.expect("open"));
@@ -684,11 +691,7 @@ async fn recv_after_a_partial_stream_read_returns_the_rest_of_the_chunk() {
 /// the rest of the chunk (no byte repeated, none read past its end).
 #[tokio::test]
 async fn a_larger_read_after_a_partial_one_returns_the_rest_of_the_chunk() {
-    let (mut conn, mut server) = connected_pair().await;
-    server.write_all(b"hello world").await.unwrap();
-    let mut first = [0u8; 5];
-    guard("read", conn.read_exact(&mut first)).await.unwrap();
-    assert_eq!(&first, b"hello");
+    let (mut conn, _server) = hello_partly_read().await;
     let mut rest = Vec::new();
     while rest.len() < 6 {
         let mut buf = [0u8; 64];
