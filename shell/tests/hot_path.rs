@@ -41,6 +41,13 @@ fn net_bytes(stats: &stats_alloc::Stats) -> i64 {
     stats.bytes_allocated as i64 - stats.bytes_deallocated as i64
 }
 
+/// Asserts that what `region` saw allocated and not freed is under `bound` bytes.
+fn assert_kept_below(region: &Region<'_, System>, bound: i64, what: &str) {
+    let stats = region.change();
+    let kept = net_bytes(&stats);
+    assert!(kept < bound, "{what} kept {kept} bytes: {stats:?}");
+}
+
 fn current_connection_and_ready_waiters_do_not_allocate_when_connected() {
     let rt = paused_runtime();
     rt.block_on(async {
@@ -105,12 +112,7 @@ fn abandoned_waiters_keep_bounded_memory() {
         for _ in 0..10_000 {
             assert!(pc.connected().now_or_never().is_none(), "not connected");
         }
-        let stats = region.change();
-        let kept = net_bytes(&stats);
-        assert!(
-            kept < 16 * 1024,
-            "10,000 abandoned waiters kept {kept} bytes: {stats:?}"
-        );
+        assert_kept_below(&region, 16 * 1024, "10,000 abandoned waiters");
         pc.close().await;
     });
 }
@@ -145,12 +147,7 @@ fn a_burst_of_waiters_leaves_no_buffer_behind() {
         let conns = futures_util::future::join_all(waiters).await;
         assert!(conns.iter().all(|c| **c == 7));
         drop(conns);
-        let stats = region.change();
-        let kept = net_bytes(&stats);
-        assert!(
-            kept < 32 * 1024,
-            "the burst left {kept} bytes behind: {stats:?}"
-        );
+        assert_kept_below(&region, 32 * 1024, "the burst");
         pc.close().await;
     });
 }
