@@ -166,6 +166,7 @@ mod driven;
 mod driver;
 mod error;
 mod events;
+mod guard;
 mod handle;
 mod health;
 mod shared;

@@ -1,0 +1,213 @@
+//! The one panic guard of the crate (R13 everywhere).
+//!
+//! Every task this crate spawns runs user code: the driver runs `get_address`, `connect`,
+//! `on_event` and the connections' `Closable` futures; the health check task runs the
+//! user's check; [`Driven`](crate::Driven) runs the client's driver future; the etcd
+//! publisher and watch run the etcd client. The rule for all of them: **user code that
+//! panics, in a poll or in a drop, is a failure that is reported, never a hang and never
+//! a silent stop of the task.** This module is the one place that implements it; a task
+//! must not call `catch_unwind` itself.
+//!
+//! - [`Guarded`] wraps a future: each poll runs under `catch_unwind`; when the future
+//!   finishes or panics, it is dropped at once, under `catch_unwind` too; a guarded future
+//!   dropped while still pending (a lost `select!` branch, a cancelled attempt, a task
+//!   shut down) drops the inner one under `catch_unwind` as well. Its output is
+//!   `Result<T, Panic>`: the caller decides what a panic means (a failed attempt, a failed
+//!   check, an ended driver) and reports it. A panic in a drop after the future finished,
+//!   or in the drop of a pending future, has no caller left to tell: it is logged at warn
+//!   with the guard's label.
+//! - [`call`] runs a synchronous user call (a callback that builds a future) the same way.
+//! - [`drop_guarded`] drops any user value, logging a panic instead of unwinding.
+//!
+//! How to use it in a new task:
+//!
+//! ```ignore
+//! tokio::spawn(async move {
+//!     match Guarded::boxed("etcd watch", user_or_client_future).await {
+//!         Ok(v) => { /* normal end */ }
+//!         Err(panic) => tracing::warn!(%panic, "the etcd watch panicked"), // + report it
+//!     }
+//!     // code here always runs: mark closed, wake waiters, ...
+//! });
+//! ```
+//!
+//! A [`Guarded`] needs an `Unpin` future (the crate's futures are boxed already;
+//! [`Guarded::boxed`] boxes one that is not), so it needs no pin projection.
+
+// Some helpers are used only by some features (the etcd tasks); the rest by every build.
+#![allow(dead_code)]
+
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use crate::error::panic_message;
+
+/// A panic caught by the guard: the label of the guarded code and the panic's message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Panic {
+    /// What panicked, as labelled by the guard ("health check", "connection driver", ...).
+    pub(crate) what: &'static str,
+    /// The panic's message (its `&str` or `String` payload).
+    pub(crate) message: String,
+}
+
+impl fmt::Display for Panic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} panicked: {}", self.what, self.message)
+    }
+}
+
+impl Panic {
+    fn new(what: &'static str, payload: &(dyn std::any::Any + Send)) -> Panic {
+        Panic {
+            what,
+            message: panic_message(payload),
+        }
+    }
+}
+
+/// Runs `f` (user code) and turns a panic into `Err(Panic)`.
+pub(crate) fn call<T>(what: &'static str, f: impl FnOnce() -> T) -> Result<T, Panic> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| Panic::new(what, &*p))
+}
+
+/// Drops `value` (which holds user code); a panic in its `Drop` is logged at warn and goes
+/// no further. Returns the panic, if any, for callers that report it otherwise.
+pub(crate) fn drop_guarded<T>(what: &'static str, value: T) -> Option<Panic> {
+    match call(what, move || drop(value)) {
+        Ok(()) => None,
+        Err(panic) => {
+            tracing::warn!(what, panic = %panic.message, "dropping {what} panicked; ignored");
+            Some(panic)
+        }
+    }
+}
+
+/// A future whose polls and drop cannot unwind into the task that runs it: see the
+/// module's documentation. Resolves to `Ok(output)`, or `Err(Panic)` if a poll panicked.
+/// Polled again after it resolved, it stays pending.
+#[must_use = "futures do nothing unless polled"]
+pub(crate) struct Guarded<F> {
+    fut: Option<F>,
+    what: &'static str,
+}
+
+impl<F> fmt::Debug for Guarded<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guarded")
+            .field("what", &self.what)
+            .field("running", &self.fut.is_some())
+            .finish()
+    }
+}
+
+impl<F: Future + Unpin> Guarded<F> {
+    /// Guards `fut`, labelled `what` in logs and in [`Panic`].
+    pub(crate) fn new(what: &'static str, fut: F) -> Self {
+        Guarded {
+            fut: Some(fut),
+            what,
+        }
+    }
+}
+
+impl<T> Guarded<Pin<Box<dyn Future<Output = T> + Send>>> {
+    /// Boxes `fut` and guards it.
+    pub(crate) fn boxed(what: &'static str, fut: impl Future<Output = T> + Send + 'static) -> Self {
+        Guarded::new(what, Box::pin(fut))
+    }
+}
+
+impl<F> Guarded<F> {
+    /// True while the inner future is held (not finished, panicked or dropped).
+    pub(crate) fn is_running(&self) -> bool {
+        self.fut.is_some()
+    }
+}
+
+impl<F: Future + Unpin> Future for Guarded<F> {
+    type Output = Result<F::Output, Panic>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let what = self.what;
+        let Some(fut) = self.fut.as_mut() else {
+            return Poll::Pending;
+        };
+        let result = match call(what, || Pin::new(fut).poll(cx)) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(output)) => Ok(output),
+            Err(panic) => Err(panic),
+        };
+        // Finished or panicked: the inner future goes now, under the guard.
+        if let Some(fut) = self.fut.take() {
+            drop_guarded(what, fut);
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl<F> Drop for Guarded<F> {
+    fn drop(&mut self) {
+        if let Some(fut) = self.fut.take() {
+            drop_guarded(self.what, fut);
+        }
+    }
+}
+
+#[cfg(all(test, not(pc_loom)))]
+mod tests {
+    use super::*;
+
+    struct PanicsOnDrop;
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            panic!("boom in drop");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_poll_is_an_error() {
+        let r = Guarded::boxed("test future", async {
+            panic!("boom");
+        })
+        .await;
+        let p: Result<(), Panic> = r;
+        assert_eq!(
+            p.unwrap_err(),
+            Panic {
+                what: "test future",
+                message: "boom".into()
+            }
+        );
+    }
+
+    /// Ready at once with 7; its drop panics.
+    struct ReadyThenPanicsOnDrop(#[allow(dead_code)] PanicsOnDrop);
+    impl Future for ReadyThenPanicsOnDrop {
+        type Output = u32;
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<u32> {
+            Poll::Ready(7)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_drop_after_the_output_keeps_the_output() {
+        let r = Guarded::boxed("test future", ReadyThenPanicsOnDrop(PanicsOnDrop)).await;
+        assert_eq!(r.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn dropping_a_pending_future_whose_drop_panics_does_not_unwind() {
+        let held = PanicsOnDrop;
+        let g = Guarded::boxed("test future", async move {
+            let _keep = &held;
+            std::future::pending::<()>().await;
+        });
+        drop(g);
+        assert!(drop_guarded("value", PanicsOnDrop).is_some());
+        assert_eq!(call("call", || 3).unwrap(), 3);
+    }
+}
