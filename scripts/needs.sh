@@ -10,12 +10,16 @@ set -euo pipefail
 # - redis-server: the Redis integration tests start it;
 # - etcd (etcd-server): the etcd catalog's integration tests (feature `etcd`) start it;
 # - protoc and Google's well-known .proto files: the etcd client crate compiles etcd's
-#   protobuf definitions when the `etcd` feature is built.
+#   protobuf definitions when the `etcd` feature is built;
+# - ip (iproute2) and nft (nftables): the network lab (netlab/, issue 19) makes hosts of
+#   network namespaces and injects faults with nftables rules.
 needs=(
     "redis-server:redis-server"
     "etcd:etcd-server"
     "protoc:protobuf-compiler"
     "/usr/include/google/protobuf/descriptor.proto:libprotobuf-dev"
+    "ip:iproute2"
+    "nft:nftables"
 )
 missing=()
 for pair in "${needs[@]}"; do
