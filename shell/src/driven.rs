@@ -4,14 +4,21 @@
 use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
 use crate::closable::{Closable, CloseSignal};
-use crate::error::panic_message;
+use crate::guard::Guarded;
+
+/// Marks the connection closed when the driver's task ends, however it ends.
+struct MarkClosedOnDrop(CloseSignal);
+
+impl Drop for MarkClosedOnDrop {
+    fn drop(&mut self) {
+        self.0.mark_closed();
+    }
+}
 
 /// Stops the driver when the last handle goes.
 #[derive(Debug)]
@@ -106,20 +113,24 @@ impl<C> Driven<C> {
         let owner = signal.clone();
         let ended_flag = ended.clone();
         tokio::spawn(async move {
-            let driver = AssertUnwindSafe(driver).catch_unwind();
+            // Marks the connection closed however this task ends, even by a panic that
+            // the guard did not see (R13: `close()` never hangs on a dead driver).
+            let _mark = MarkClosedOnDrop(owner.clone());
+            // The driver's polls and its drop (when it ends, or when `close()` or the last
+            // handle stops it) run under the crate's guard.
+            let driver = Guarded::boxed("connection driver", driver);
             tokio::select! {
                 r = driver => {
                     ended_flag.store(true, std::sync::atomic::Ordering::Release);
                     match r {
                         Ok(_) => tracing::debug!("connection driver ended"),
-                        Err(p) => tracing::warn!(panic = %panic_message(&*p), "connection driver panicked"),
+                        Err(panic) => tracing::warn!(%panic, "connection driver panicked"),
                     }
                 }
                 _ = owner.closing() => {}
                 _ = &mut stop_rx => {}
             }
             // The driver (and the socket it owns) is dropped by now.
-            owner.mark_closed();
         });
         Driven {
             conn,

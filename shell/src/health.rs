@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::closable::Closable;
+use crate::guard::{self, Guarded};
 
 /// When and how often a [`HealthChecked`] connection is checked.
 ///
@@ -33,7 +34,7 @@ pub struct HealthCheck {
     pub interval: Duration,
     /// How long a check may take before it counts as failed.
     pub timeout: Duration,
-    /// Consecutive failed checks that close the connection (at least 1).
+    /// Consecutive failed checks that close the connection; 0 counts as 1.
     pub failures: u32,
 }
 
@@ -91,7 +92,10 @@ struct StopOnDrop {
 /// The task ends when the connection closes (either side, or by the check), or when every
 /// handle of the wrapper is dropped; it holds a clone of `C` meanwhile. The check gets a
 /// clone of the connection; it must not close it (returning an error is how it says the
-/// connection is bad). Cheap to clone when `C` is; dereferences to `C`. Must be created
+/// connection is bad). A check that panics, when called, while it runs or when it is dropped, is a
+/// failed check (R13): the checking goes on. A check that fails while the connection's
+/// owner is already closing it neither closes it again nor claims that close
+/// ([`closed_by_health_check`](HealthChecked::closed_by_health_check) stays false). Cheap to clone when `C` is; dereferences to `C`. Must be created
 /// within a Tokio runtime.
 ///
 /// ```
@@ -155,13 +159,23 @@ where
     {
         let (stop_tx, stop_rx) = oneshot::channel();
         let closed_by_check = Arc::new(AtomicBool::new(false));
-        tokio::spawn(run_checks(
-            conn.clone(),
-            settings,
-            check,
-            stop_rx,
-            closed_by_check.clone(),
-        ));
+        // The check itself is guarded inside (a panic is a failed check); this guard
+        // catches the rest (the connection's own `Closable` impl) and says so.
+        let task = Guarded::boxed(
+            "health check task",
+            run_checks(
+                conn.clone(),
+                settings,
+                check,
+                stop_rx,
+                closed_by_check.clone(),
+            ),
+        );
+        tokio::spawn(async move {
+            if let Err(panic) = task.await {
+                tracing::warn!(%panic, "the health check task ended: the connection is no longer checked");
+            }
+        });
         HealthChecked {
             conn,
             closed_by_check,
@@ -204,7 +218,9 @@ impl<C: Closable + Sync> Closable for HealthChecked<C> {
 }
 
 /// The check task: sleeps, checks, counts failures, closes; ends when the connection
-/// closes or every handle is gone.
+/// closes or every handle is gone. The user's check runs under the crate's guard: a panic
+/// in the call, in the future or in its drop is a failed check (R13), never the end of the
+/// task.
 async fn run_checks<C, F, Fut, E>(
     conn: C,
     settings: HealthCheck,
@@ -217,6 +233,8 @@ async fn run_checks<C, F, Fut, E>(
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: fmt::Display + Send + 'static,
 {
+    // Public fields: `failures: 0` may bypass `new`; it counts as 1, as documented.
+    let failures = settings.failures.max(1);
     let finished = conn.close_finished();
     tokio::pin!(finished);
     let mut failed = 0u32;
@@ -229,23 +247,40 @@ async fn run_checks<C, F, Fut, E>(
         if conn.is_closed() {
             return;
         }
+        let one_check = guard::call("health check", || check(conn.clone()))
+            .map(|fut| tokio::time::timeout(settings.timeout, Guarded::boxed("health check", fut)));
+        let one_check = async move {
+            match one_check {
+                Ok(timed) => Ok(timed.await),
+                Err(panic) => Err(panic),
+            }
+        };
         let outcome = tokio::select! {
             _ = &mut finished => return,
             _ = &mut stop => return,
-            r = tokio::time::timeout(settings.timeout, check(conn.clone())) => r,
+            r = one_check => r,
         };
+        // The connection began closing while the check ran (its owner closed it): the
+        // check's verdict no longer matters, and the close is not the check's.
+        if conn.is_closed() {
+            return;
+        }
         match outcome {
-            Ok(Ok(())) => failed = 0,
-            Ok(Err(e)) => {
+            Ok(Ok(Ok(Ok(())))) => failed = 0,
+            Ok(Ok(Ok(Err(e)))) => {
                 failed += 1;
-                tracing::warn!(failed, of = settings.failures, error = %e, "health check failed");
+                tracing::warn!(failed, of = failures, error = %e, "health check failed");
             }
-            Err(_) => {
+            Ok(Err(_)) => {
                 failed += 1;
-                tracing::warn!(failed, of = settings.failures, timeout = ?settings.timeout, "health check timed out");
+                tracing::warn!(failed, of = failures, timeout = ?settings.timeout, "health check timed out");
+            }
+            Ok(Ok(Err(panic))) | Err(panic) => {
+                failed += 1;
+                tracing::warn!(failed, of = failures, %panic, "health check panicked; a failed check");
             }
         }
-        if failed >= settings.failures {
+        if failed >= failures {
             tracing::warn!(
                 failed,
                 "health check: closing the connection after {failed} failed checks"

@@ -459,3 +459,197 @@ async fn a_driven_connection_closes_when_its_driver_ends_or_panics_and_close_sto
     })
     .await;
 }
+
+// ------------------------------------------------- R13 in the tasks beside the driver
+
+/// Panics when dropped.
+struct PanicsOnDrop;
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("drop bug");
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_panicking_check_is_a_failed_check_and_the_connection_is_still_closed() {
+    // The first call panics before it returns a future, the second's future panics: two
+    // failed checks (S7 with R13), so the connection is closed after 2 intervals.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let start = Instant::now();
+    let conn = HealthChecked::new(
+        CloseSignal::new(),
+        HealthCheck::new(Duration::from_secs(1), Duration::from_secs(1), 2),
+        move |_c: CloseSignal| {
+            if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("check bug, in the call");
+            }
+            async {
+                tokio::task::yield_now().await;
+                panic!("check bug, in the future");
+                #[allow(unreachable_code)]
+                Ok::<(), String>(())
+            }
+        },
+    );
+    guard("closed by the check", conn.close_finished()).await;
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert!(conn.closed_by_health_check());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_check_whose_future_panics_when_dropped_does_not_stop_the_checks() {
+    // The check hangs (a timeout) and its future panics when the timeout drops it: still
+    // a failed check, and the next ones run.
+    let conn = HealthChecked::new(
+        CloseSignal::new(),
+        HealthCheck::new(Duration::from_secs(1), Duration::from_secs(1), 2),
+        |_c: CloseSignal| {
+            let token = PanicsOnDrop;
+            async move {
+                let _token = token;
+                std::future::pending::<Result<(), String>>().await
+            }
+        },
+    );
+    let start = Instant::now();
+    guard("closed by the check", conn.close_finished()).await;
+    assert_eq!(start.elapsed(), Duration::from_secs(4));
+    assert!(conn.closed_by_health_check());
+}
+
+/// A connection whose close takes until its owner marks it closed, counting `close()`s.
+#[derive(Clone)]
+struct SlowClose {
+    signal: CloseSignal,
+    closes: Arc<AtomicUsize>,
+}
+
+impl Closable for SlowClose {
+    fn close(&self) -> impl std::future::Future<Output = ()> + Send {
+        self.closes.fetch_add(1, Ordering::SeqCst);
+        self.signal.close()
+    }
+    fn is_closed(&self) -> bool {
+        self.signal.is_closed()
+    }
+    fn close_finished(&self) -> impl std::future::Future<Output = ()> + Send {
+        self.signal.close_finished()
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_check_that_fails_during_the_users_own_close_does_not_claim_it() {
+    let inner = SlowClose {
+        signal: CloseSignal::owned(),
+        closes: Arc::default(),
+    };
+    // Checks start at 1 s, take 2 s and fail (the connection is going away).
+    let conn = HealthChecked::new(
+        inner.clone(),
+        HealthCheck::new(Duration::from_secs(1), Duration::from_secs(10), 1),
+        |_c: SlowClose| async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Err::<(), _>("no answer")
+        },
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The user's close begins at 1.5 s and finishes at 5 s.
+    let user_close = tokio::spawn({
+        let conn = conn.clone();
+        async move { conn.close().await }
+    });
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    inner.signal.mark_closed();
+    guard("user close", user_close).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        inner.closes.load(Ordering::SeqCst),
+        1,
+        "close() called once, by the user"
+    );
+    assert!(!conn.closed_by_health_check());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn failures_zero_in_a_struct_literal_counts_as_one_and_keeps_a_healthy_connection() {
+    let conn = HealthChecked::new(
+        CloseSignal::new(),
+        HealthCheck {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            failures: 0,
+        },
+        |_c: CloseSignal| async { Ok::<(), String>(()) },
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!conn.is_closed(), "a healthy connection stays open");
+    // And a failing one is closed at its first failure.
+    let script = Script::new(&[Check::Pass, Check::Fail]);
+    let conn = HealthChecked::new(
+        CloseSignal::new(),
+        HealthCheck {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            failures: 0,
+        },
+        script.check(),
+    );
+    guard("closed", conn.close_finished()).await;
+    assert_eq!(script.start.elapsed(), Duration::from_secs(2));
+    assert!(conn.closed_by_health_check());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_driven_driver_whose_drop_panics_still_lets_close_finish() {
+    // close() stops the driver, whose drop panics.
+    let conn = Driven::spawn((), async {
+        let _token = PanicsOnDrop;
+        std::future::pending::<()>().await;
+    });
+    tokio::task::yield_now().await;
+    guard("close of the connection", conn.close()).await;
+    assert!(conn.is_closed() && !conn.driver_ended());
+
+    // The driver ends, and a value it holds panics when dropped as it ends.
+    let conn = Driven::spawn((), async {
+        let _token = PanicsOnDrop;
+        tokio::task::yield_now().await;
+    });
+    guard("driver end noticed", conn.close_finished()).await;
+    assert!(conn.driver_ended());
+
+    // Dropping every handle stops it too, and the task does not die on the way.
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let baseline = metrics.num_alive_tasks();
+    let conn = Driven::spawn((), async {
+        let _token = PanicsOnDrop;
+        std::future::pending::<()>().await;
+    });
+    tokio::task::yield_now().await;
+    drop(conn);
+    guard("no driver task left", async {
+        while metrics.num_alive_tasks() != baseline {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+
+    // As the connection of a persistent connection: its close() finishes.
+    let pc = PersistentConnection::builder(
+        "driven",
+        || async { Ok::<_, String>(1u16) },
+        |_port, _cx| async {
+            Ok(Driven::spawn((), async {
+                let _token = PanicsOnDrop;
+                std::future::pending::<()>().await;
+            }))
+        },
+    )
+    .jitter(Jitter::NonRandom)
+    .build();
+    let c = guard("connected", pc.connected()).await;
+    guard("close of the persistent connection", pc.close()).await;
+    assert!(c.is_closed());
+}
