@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run -p persistent-connection --example redis_failover
+//! cargo run -p persistent-connection --features tls --example redis_failover -- --tls
 //! ```
 //!
 //! It needs `redis-server` on the `PATH` (Debian's `redis-server` package). It starts two
@@ -17,6 +18,12 @@
 //! restarting each dead server before the next fault. It prints every event and, for each
 //! fault, the failover gap: from the fault to the first PING answered by the other server.
 //! It ends by itself in about 5 seconds.
+//!
+//! With `--tls` (and the `tls` feature) the same drill runs over TLS: the servers listen
+//! on their TLS port only (`--port 0 --tls-port P`) with a certificate made at start for
+//! `localhost` by a certificate authority made at start too, and the client connects with
+//! [`TlsConnection`](persistent_connection::tls::TlsConnection), which notices a server
+//! dying as [`TcpConnection`] does.
 //!
 //! How the client is kept alive, with no user code in the request path:
 //!
@@ -90,17 +97,53 @@ pub async fn ping(redis: &Redis, timeout: Duration) -> Result<(), String> {
     }
 }
 
-/// Connects a Redis client to `addr`: the stream, the client over it, its driver in a task
-/// of its own, and a health check.
-pub async fn connect(addr: SocketAddr, health: HealthCheck) -> Result<Conn, Failure> {
-    let options = TcpOptions::new().keepalive(Keepalive::new(
+/// The client's TCP options: keepalive, so that a vanished host is noticed too.
+fn tcp_options() -> TcpOptions {
+    TcpOptions::new().keepalive(Keepalive::new(
         Duration::from_secs(5),
         Duration::from_secs(1),
         3,
-    ));
-    let stream = TcpConnection::connect_with(addr, &options)
+    ))
+}
+
+/// Connects a Redis client to `addr`: the stream, the client over it, its driver in a task
+/// of its own, and a health check.
+pub async fn connect(addr: SocketAddr, health: HealthCheck) -> Result<Conn, Failure> {
+    let stream = TcpConnection::connect_with(addr, &tcp_options())
         .await
         .map_err(|e| failure(io::Error::from(e).into()))?;
+    over(stream, addr, health).await
+}
+
+/// The same as [`connect`] over TLS, trusting the certificate authority of [`certs`].
+#[cfg(feature = "tls")]
+pub async fn connect_tls(addr: SocketAddr, health: HealthCheck) -> Result<Conn, Failure> {
+    let stream = certs::connector()
+        .connect(addr)
+        .await
+        .map_err(|e| failure(io::Error::from(e).into()))?;
+    over(stream, addr, health).await
+}
+
+/// [`connect`] or [`connect_tls`].
+pub async fn connect_to(addr: SocketAddr, health: HealthCheck, tls: bool) -> Result<Conn, Failure> {
+    if tls {
+        #[cfg(feature = "tls")]
+        return connect_tls(addr, health).await;
+        #[cfg(not(feature = "tls"))]
+        return Err(failure(
+            io::Error::new(io::ErrorKind::Unsupported, "--tls needs the `tls` feature").into(),
+        ));
+    }
+    connect(addr, health).await
+}
+
+/// The Redis client over an established stream, its driver in a task of its own, and a
+/// health check.
+async fn over<S>(stream: S, addr: SocketAddr, health: HealthCheck) -> Result<Conn, Failure>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin + 'static,
+{
     // `new_with_config`, not `new`: its driver future is `'static` (it does not borrow the
     // connection info), so it can run in a task of its own.
     let info = RedisConnectionInfo::default();
@@ -136,6 +179,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Print every event as it happens.
     pub verbose: bool,
+    /// Run over TLS (servers on their TLS port only; needs the `tls` feature).
+    pub tls: bool,
 }
 
 impl Settings {
@@ -150,6 +195,7 @@ impl Settings {
             retry_delay: Duration::from_millis(50),
             connect_timeout: Duration::from_millis(500),
             verbose: true,
+            tls: false,
         }
     }
 }
@@ -208,22 +254,52 @@ pub struct RedisServer {
     pub addr: SocketAddr,
     child: Option<Child>,
     dir: PathBuf,
+    tls: bool,
 }
 
 impl RedisServer {
     /// Starts one on a free port and waits until it answers.
     pub async fn start() -> io::Result<RedisServer> {
+        RedisServer::start_with(false).await
+    }
+
+    /// Starts one on a free port, on its TLS port only if `tls` (with the certificate of
+    /// [`certs`]), and waits until it answers.
+    pub async fn start_with(tls: bool) -> io::Result<RedisServer> {
         let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
             .local_addr()?
             .port();
-        RedisServer::start_on(port).await
+        RedisServer::start_on(port, tls).await
     }
 
-    async fn start_on(port: u16) -> io::Result<RedisServer> {
+    async fn start_on(port: u16, tls: bool) -> io::Result<RedisServer> {
         let dir = std::env::temp_dir().join(format!("pc-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        let mut command = Command::new("redis-server");
+        if tls {
+            #[cfg(feature = "tls")]
+            {
+                let pki = certs::files();
+                command
+                    .args(["--port", "0", "--tls-port", &port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(&pki.cert)
+                    .arg("--tls-key-file")
+                    .arg(&pki.key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&pki.ca)
+                    .args(["--tls-auth-clients", "no"]);
+            }
+            #[cfg(not(feature = "tls"))]
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "--tls needs the `tls` feature: cargo run --features tls --example redis_failover -- --tls",
+            ));
+        } else {
+            command.args(["--port", &port.to_string()]);
+        }
+        let child = command
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(["--loglevel", "warning"])
             .arg("--dir")
@@ -242,6 +318,7 @@ impl RedisServer {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             child: Some(child),
             dir,
+            tls,
         };
         server.wait_ready().await?;
         Ok(server)
@@ -249,17 +326,36 @@ impl RedisServer {
 
     /// Waits until it answers a PING (at most 10 s).
     async fn wait_ready(&self) -> io::Result<()> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+        async fn pong(mut s: impl AsyncRead + AsyncWrite + Unpin) -> bool {
+            let mut buf = [0u8; 7];
+            s.write_all(b"PING\r\n").await.is_ok()
+                && s.read_exact(&mut buf).await.is_ok()
+                && &buf == b"+PONG\r\n"
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(mut s) = tokio::net::TcpStream::connect(self.addr).await {
-                let mut buf = [0u8; 7];
-                if s.write_all(b"PING\r\n").await.is_ok()
-                    && s.read_exact(&mut buf).await.is_ok()
-                    && &buf == b"+PONG\r\n"
-                {
-                    return Ok(());
+            let answered = if self.tls {
+                #[cfg(feature = "tls")]
+                let answered = match certs::connector().connect(self.addr).await {
+                    Ok(s) => {
+                        let ok = pong(s.clone()).await;
+                        s.close().await;
+                        ok
+                    }
+                    Err(_) => false,
+                };
+                #[cfg(not(feature = "tls"))]
+                let answered = false;
+                answered
+            } else {
+                match tokio::net::TcpStream::connect(self.addr).await {
+                    Ok(s) => pong(s).await,
+                    Err(_) => false,
                 }
+            };
+            if answered {
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -297,7 +393,7 @@ impl RedisServer {
     pub async fn restart(&mut self) -> io::Result<()> {
         self.kill9();
         let port = self.addr.port();
-        *self = RedisServer::start_on(port).await?;
+        *self = RedisServer::start_on(port, self.tls).await?;
         Ok(())
     }
 }
@@ -340,8 +436,8 @@ async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> io
 
 /// Runs the drill against two fresh `redis-server` processes and reports what it saw.
 pub async fn drill(settings: &Settings) -> io::Result<Report> {
-    let mut primary = RedisServer::start().await?;
-    let mut secondary = RedisServer::start().await?;
+    let mut primary = RedisServer::start_with(settings.tls).await?;
+    let mut secondary = RedisServer::start_with(settings.tls).await?;
     let catalog = Arc::new(Mutex::new(primary.addr));
     let start = Instant::now();
     let events = Arc::new(Mutex::new(Vec::new()));
@@ -353,13 +449,14 @@ pub async fn drill(settings: &Settings) -> io::Result<Report> {
         let events = events.clone();
         let connections = connections.clone();
         let verbose = settings.verbose;
+        let tls = settings.tls;
         PersistentConnection::builder(
             "redis",
             move || {
                 let addr = *catalog.lock().unwrap();
                 async move { Ok(addr) }
             },
-            move |addr, _cx| connect(addr, health),
+            move |addr, _cx| connect_to(addr, health, tls),
         )
         .retry_delay(settings.retry_delay)
         .connect_timeout(settings.connect_timeout)
@@ -517,9 +614,102 @@ pub async fn drill(settings: &Settings) -> io::Result<Report> {
     })
 }
 
+/// A certificate authority and a server certificate for `localhost` and 127.0.0.1, made
+/// once per process (rcgen) and written as PEM files for `redis-server`, and the client's
+/// [`TlsConnector`](persistent_connection::tls::TlsConnector) that trusts that authority.
+#[cfg(feature = "tls")]
+pub mod certs {
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use persistent_connection::tls::TlsConnector;
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+
+    /// The PEM texts and the files they were written to.
+    #[derive(Debug)]
+    pub struct Pki {
+        /// The certificate authority's certificate.
+        pub ca_pem: String,
+        /// The server's certificate.
+        pub cert_pem: String,
+        /// The server's private key.
+        pub key_pem: String,
+        /// Where `ca_pem` is written.
+        pub ca: PathBuf,
+        /// Where `cert_pem` is written.
+        pub cert: PathBuf,
+        /// Where `key_pem` is written.
+        pub key: PathBuf,
+    }
+
+    /// A new certificate authority and a server certificate it signed, for `names`.
+    pub fn make(names: &[&str]) -> (String, String, String) {
+        // Each authority has a name of its own, so that a certificate from another one is
+        // an unknown issuer to a client, not a bad signature.
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        let n = MADE.fetch_add(1, Ordering::Relaxed);
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(
+            DnType::CommonName,
+            format!(
+                "persistent-connection example CA {} #{n}",
+                std::process::id()
+            ),
+        );
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
+            .expect("CA certificate");
+        let key = KeyPair::generate().expect("server key");
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = CertificateParams::new(names)
+            .expect("server params")
+            .signed_by(&key, &ca)
+            .expect("server certificate");
+        (ca.pem(), cert.pem(), key.serialize_pem())
+    }
+
+    /// This process's certificates, made and written on first use.
+    pub fn files() -> &'static Pki {
+        static PKI: OnceLock<Pki> = OnceLock::new();
+        PKI.get_or_init(|| {
+            let (ca_pem, cert_pem, key_pem) = make(&["localhost", "127.0.0.1"]);
+            let dir = std::env::temp_dir().join(format!("pc-redis-tls-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("certificate directory");
+            let write = |name: &str, text: &str| {
+                let path = dir.join(name);
+                std::fs::write(&path, text).expect("certificate file");
+                path
+            };
+            Pki {
+                ca: write("ca.pem", &ca_pem),
+                cert: write("server.pem", &cert_pem),
+                key: write("server.key", &key_pem),
+                ca_pem,
+                cert_pem,
+                key_pem,
+            }
+        })
+    }
+
+    /// A connector that trusts [`files`]' authority and verifies the name `localhost`.
+    pub fn connector() -> TlsConnector {
+        TlsConnector::from_pem_roots(files().ca_pem.as_bytes(), "localhost")
+            .expect("the authority's certificate parses")
+    }
+}
+
 #[tokio::main]
 async fn main() {
-    match drill(&Settings::example()).await {
+    let tls = std::env::args().skip(1).any(|a| a == "--tls");
+    let settings = Settings {
+        tls,
+        ..Settings::example()
+    };
+    if tls {
+        println!("== over TLS (redis-server on its TLS port only)");
+    }
+    match drill(&settings).await {
         Ok(report) => print!("\n{}", report.summary()),
         Err(e) => {
             eprintln!("redis_failover: {e}");

@@ -162,6 +162,8 @@
 mod builder;
 pub mod catalog;
 mod closable;
+#[cfg(feature = "connector")]
+pub mod connector;
 mod driven;
 mod driver;
 mod error;
@@ -169,10 +171,16 @@ mod events;
 mod guard;
 mod handle;
 mod health;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod shared;
 mod status;
 mod sync;
 mod tcp;
+#[cfg(feature = "tls")]
+pub mod tls;
+#[cfg(feature = "tower")]
+pub mod tower;
 mod waiters;
 
 pub use persistent_connection_core as core;
