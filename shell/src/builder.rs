@@ -353,6 +353,7 @@ where
             self.events
                 .get_or_insert_with(|| broadcast::Sender::new(capacity))
                 .subscribe(),
+            capacity,
         )
     }
 

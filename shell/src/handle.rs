@@ -255,7 +255,8 @@ where
     /// # }
     /// ```
     pub fn events(&self) -> EventStream<A, C, E> {
-        EventStream::new(self.shared.subscribe())
+        let (rx, capacity) = self.shared.subscribe();
+        EventStream::new(rx, capacity)
     }
 
     /// What the persistent connection is doing now: connecting, waiting to retry until a

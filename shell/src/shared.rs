@@ -542,18 +542,20 @@ where
     }
 
     /// A receiver of every event from now on; an ended one after close finished (S4).
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event<A, C, E>> {
+    /// With the receiver comes the capacity the stream lags by (S4).
+    pub(crate) fn subscribe(&self) -> (broadcast::Receiver<Event<A, C, E>>, usize) {
         let mut inner = lock(&self.inner);
         if inner.ended {
             let (tx, rx) = broadcast::channel(1);
             drop(tx);
-            return rx;
+            return (rx, 1);
         }
         let capacity = inner.event_capacity as usize;
-        inner
+        let rx = inner
             .events
             .get_or_insert_with(|| broadcast::Sender::new(capacity))
-            .subscribe()
+            .subscribe();
+        (rx, capacity)
     }
 }
 

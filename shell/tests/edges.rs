@@ -201,3 +201,55 @@ async fn keyed_failures_are_the_same_when_their_keys_are() {
     );
     pc.close().await;
 }
+
+/// S4: an observer `n` events behind, `n` beyond the capacity, is told it missed exactly
+/// `n - capacity` and then reads the newest `capacity` events, whether or not the capacity
+/// is a power of two (Tokio's broadcast channel rounds it up).
+#[tokio::test(start_paused = true)]
+async fn an_observer_lags_by_exactly_what_exceeds_the_event_capacity() {
+    use futures_util::FutureExt;
+    use persistent_connection::{Event, Jitter, Lagged};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    for capacity in [3usize, 4, 5] {
+        // 7 distinct lookup failures, then an address: AttemptingToConnect, 7 ×
+        // FailedToConnect, ObtainedAddress, Connected = 10 events.
+        let calls = Arc::new(AtomicU32::new(0));
+        let mut builder = PersistentConnection::builder(
+            "lagging",
+            move || {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < 7 {
+                        Err(format!("e{n}"))
+                    } else {
+                        Ok(80u16)
+                    }
+                }
+            },
+            |_addr, _cx| async { Ok(WithCloseSignal::new(0u8, CloseSignal::new())) },
+        )
+        .retry_delay(Duration::ZERO)
+        .jitter(Jitter::NonRandom)
+        .event_capacity(capacity);
+        let mut events = builder.events();
+        let pc = builder.build();
+        pc.connected().await;
+        let mut read = Vec::new();
+        while let Some(Some(e)) = events.recv().now_or_never() {
+            read.push(match e {
+                Err(Lagged(n)) => format!("Lagged({n})"),
+                Ok(Event::FailedToConnect(e)) => format!("Failed({e})"),
+                Ok(e) => format!("{:?}", e.kind()),
+            });
+        }
+        let newest = ["Failed(e6)", "ObtainedAddress", "Connected"];
+        let mut expected = vec![format!("Lagged({})", 10 - capacity)];
+        let older = ["Failed(e5)", "Failed(e4)"];
+        expected.extend(older[..capacity - 3].iter().rev().map(|s| s.to_string()));
+        expected.extend(newest.iter().map(|s| s.to_string()));
+        assert_eq!(read, expected, "capacity {capacity}");
+        pc.close().await;
+    }
+}
