@@ -197,7 +197,7 @@ pub use events::{EventStream, Lagged};
 pub use handle::{AttemptOutcome, ConnectContext, PersistentConnection, WeakPersistentConnection};
 pub use health::{HealthCheck, HealthChecked};
 pub use status::{State, Stats};
-pub use tcp::{Keepalive, TcpConnection, TcpOptions};
+pub use tcp::{DEFAULT_KEEPALIVE, DEFAULT_USER_TIMEOUT, Keepalive, TcpConnection, TcpOptions};
 
 /// An event as `on_event` and [`PersistentConnection::events`] see it: the core's event
 /// with the shell's [`Error`] around the user's error.

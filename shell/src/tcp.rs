@@ -28,8 +28,17 @@ const CHUNK_SIZE: usize = 8 * 1024;
 /// TCP keepalive settings (`SO_KEEPALIVE` with `TCP_KEEPIDLE`, `TCP_KEEPINTVL`,
 /// `TCP_KEEPCNT`): after `idle` without traffic the kernel sends a probe every `interval`,
 /// and resets the connection after `retries` unanswered probes, which the connection then
-/// notices like any reset. It catches a peer host that vanished, not a hung process (its
+/// notices like any reset.
+///
+/// It catches a peer host that vanished (or a path that black-holes) **only while the
+/// connection is idle**: Linux sends no keepalive probe while sent data is unacknowledged,
+/// so a connection with a request in flight to a vanished host is caught by the
+/// [user timeout](TcpOptions::user_timeout) instead (measured in the network lab, issue 19:
+/// with keepalive 1 s / 1 s / 3 probes and no user timeout, a black-holed connection that
+/// kept sending was still up after 90 s). It does not catch a hung process either (its
 /// kernel still answers the probes): use a [health check](crate::HealthChecked) for that.
+/// With a user timeout set, Linux also uses it for keepalive: the connection is reset once
+/// probes have gone unanswered for the user timeout, whatever `retries` says.
 ///
 /// ```
 /// use std::time::Duration;
@@ -59,23 +68,60 @@ impl Keepalive {
     }
 }
 
-/// Socket options for [`TcpConnection::connect_with`]. The default is what
-/// [`TcpConnection::connect`] uses: `TCP_NODELAY` on, no keepalive, any local address.
+/// The default [`TcpOptions::user_timeout`]: 20 s, the keepalive timeout from which gRPC
+/// sets `TCP_USER_TIMEOUT`. A peer that stops acknowledging what was sent (its host
+/// vanished, a black hole on the path) is given up 20 s after the oldest unacknowledged
+/// byte was sent, instead of after the kernel's ~15 min (`tcp_retries2 = 15`). Long enough
+/// to ride out a few seconds of loss (TCP keeps retransmitting meanwhile, and a congested
+/// or briefly re-routed path is not cut), short enough that a stuck connection is
+/// replaced within the same order of time as the default retry delay.
+pub const DEFAULT_USER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The default [`Keepalive`]: a probe after 10 s idle, then every 5 s, 3 probes; with the
+/// default user timeout, an idle connection to a vanished host is reset 20–25 s after the
+/// last thing it received. One empty segment per 10 s idle per connection; it also keeps
+/// middleboxes' idle state (NAT, conntrack, load balancers) from expiring.
+pub const DEFAULT_KEEPALIVE: Keepalive = Keepalive {
+    idle: Duration::from_secs(10),
+    interval: Duration::from_secs(5),
+    retries: 3,
+};
+
+/// Socket options for [`TcpConnection::connect_with`] (and [`TcpOptions::apply`] for a
+/// stream you connected yourself). The default is what [`TcpConnection::connect`] uses:
+/// `TCP_NODELAY` on, [keepalive](DEFAULT_KEEPALIVE) 10 s / 5 s / 3 probes,
+/// [`TCP_USER_TIMEOUT`](DEFAULT_USER_TIMEOUT) 20 s, any local address.
+///
+/// Which failure each option notices, and how fast (issue 19's network lab):
+///
+/// | failure | noticed by | default settings |
+/// | --- | --- | --- |
+/// | peer closes or resets, process killed | the connection's reader (end of file, reset) | at once |
+/// | peer host vanished / black hole, **request in flight** | the user timeout (unacknowledged data) | ~20 s |
+/// | peer host vanished / black hole, **connection idle** | keepalive probes (bounded by the user timeout) | 20–25 s |
+/// | server up but hung (its kernel still acknowledges) | neither: a [health check](crate::HealthChecked) | never without one |
+///
+/// The recommended settings for fast failover (the crate documentation's "Noticing
+/// failures" section) shorten the user timeout and add a health check.
 ///
 /// ```
 /// use std::time::Duration;
-/// use persistent_connection::{Keepalive, TcpOptions};
+/// use persistent_connection::{Keepalive, TcpOptions, DEFAULT_USER_TIMEOUT};
 ///
 /// let options = TcpOptions::new()
 ///     .nodelay(true)
 ///     .keepalive(Keepalive::new(Duration::from_secs(10), Duration::from_secs(2), 3))
+///     .user_timeout(Duration::from_secs(5))
 ///     .local_addr("127.0.0.1:0".parse().unwrap());
 /// assert!(options.nodelay_enabled());
+/// assert_eq!(options.user_timeout_value(), Duration::from_secs(5));
+/// assert_eq!(TcpOptions::new().user_timeout_value(), DEFAULT_USER_TIMEOUT);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpOptions {
     nodelay: bool,
     keepalive: Option<Keepalive>,
+    user_timeout: Duration,
     local_addr: Option<SocketAddr>,
 }
 
@@ -86,11 +132,13 @@ impl Default for TcpOptions {
 }
 
 impl TcpOptions {
-    /// `TCP_NODELAY` on, no keepalive, any local address.
+    /// `TCP_NODELAY` on, keepalive [`DEFAULT_KEEPALIVE`], user timeout
+    /// [`DEFAULT_USER_TIMEOUT`], any local address.
     pub fn new() -> TcpOptions {
         TcpOptions {
             nodelay: true,
-            keepalive: None,
+            keepalive: Some(DEFAULT_KEEPALIVE),
+            user_timeout: DEFAULT_USER_TIMEOUT,
             local_addr: None,
         }
     }
@@ -102,9 +150,36 @@ impl TcpOptions {
         self
     }
 
-    /// Turn TCP keepalive on with these settings (default off).
+    /// TCP keepalive with these settings (default [`DEFAULT_KEEPALIVE`]). Keepalive
+    /// probes only an idle connection; see [`Keepalive`].
     pub fn keepalive(mut self, keepalive: Keepalive) -> Self {
         self.keepalive = Some(keepalive);
+        self
+    }
+
+    /// No TCP keepalive: a vanished peer of an idle connection is then noticed only when
+    /// something is sent to it (and the user timeout runs out).
+    pub fn no_keepalive(mut self) -> Self {
+        self.keepalive = None;
+        self
+    }
+
+    /// `TCP_USER_TIMEOUT` (default [`DEFAULT_USER_TIMEOUT`], 20 s): how long sent data may
+    /// stay unacknowledged (and, with keepalive, probes unanswered) before the kernel
+    /// gives up and resets the connection, which the connection then notices like any
+    /// reset. This is what notices a peer host that vanished, or a black hole, while a
+    /// request is in flight; keepalive cannot (it sends no probe while data is
+    /// unacknowledged). `Duration::ZERO` leaves the kernel's own limit (about 15 minutes
+    /// with `tcp_retries2 = 15`). Shorter is faster failover but cuts connections on a
+    /// path that loses everything for that long and then recovers; keep it above a few
+    /// round trips plus the longest stall you want to ride out. Sub-millisecond parts are
+    /// dropped; values above `u32::MAX` ms are clamped.
+    ///
+    /// Linux (and Android) only: elsewhere the option is not set and the OS's own
+    /// retransmission limit applies (on macOS and Windows, tens of seconds to minutes, with
+    /// no per-socket setting through this type).
+    pub fn user_timeout(mut self, timeout: Duration) -> Self {
+        self.user_timeout = timeout;
         self
     }
 
@@ -124,9 +199,64 @@ impl TcpOptions {
         self.keepalive
     }
 
+    /// The user timeout (`Duration::ZERO`: the kernel's own limit).
+    pub fn user_timeout_value(&self) -> Duration {
+        self.user_timeout
+    }
+
     /// The local address to bind, if any.
     pub fn bound_local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
+    }
+
+    /// Sets these options but the local address (`TCP_NODELAY`, keepalive, user timeout)
+    /// on a connected stream: for a stream you connected yourself before
+    /// [`TcpConnection::from_stream`], which sets only `TCP_NODELAY`.
+    ///
+    /// ```
+    /// use persistent_connection::{TcpConnection, TcpOptions};
+    ///
+    /// # tokio_test::block_on(async {
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    /// TcpOptions::new().apply(&stream).unwrap(); // the defaults connect() would set
+    /// let conn = TcpConnection::from_stream(stream).unwrap();
+    /// # drop(conn);
+    /// # });
+    /// ```
+    pub fn apply(&self, stream: &TcpStream) -> io::Result<()> {
+        self.apply_steps(stream)
+            .map_err(|(step, e)| io::Error::new(e.kind(), format!("{step}: {e}")))
+    }
+
+    /// [`apply`](TcpOptions::apply), naming the option that failed.
+    fn apply_steps(&self, stream: &TcpStream) -> Result<(), (&'static str, io::Error)> {
+        stream
+            .set_nodelay(self.nodelay)
+            .map_err(|e| ("TCP_NODELAY", e))?;
+        let socket = socket2::SockRef::from(stream);
+        match self.keepalive {
+            Some(k) => {
+                let keepalive = socket2::TcpKeepalive::new()
+                    .with_time(k.idle)
+                    .with_interval(k.interval)
+                    .with_retries(k.retries);
+                socket
+                    .set_tcp_keepalive(&keepalive)
+                    .map_err(|e| ("keepalive", e))?;
+            }
+            None => socket.set_keepalive(false).map_err(|e| ("keepalive", e))?,
+        }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        socket
+            .set_tcp_user_timeout(if self.user_timeout.is_zero() {
+                None
+            } else {
+                // At least 1 ms: socket2 truncates to whole milliseconds, and 0 means "off".
+                Some(self.user_timeout.max(Duration::from_millis(1)))
+            })
+            .map_err(|e| ("TCP_USER_TIMEOUT", e))?;
+        Ok(())
     }
 }
 
@@ -289,23 +419,19 @@ impl TcpConnection {
             .connect(addr)
             .await
             .map_err(|e| failed("connect to", e))?;
-        stream
-            .set_nodelay(options.nodelay)
-            .map_err(|e| failed("TCP_NODELAY on the connection to", e))?;
-        if let Some(k) = options.keepalive {
-            let keepalive = socket2::TcpKeepalive::new()
-                .with_time(k.idle)
-                .with_interval(k.interval)
-                .with_retries(k.retries);
-            socket2::SockRef::from(&stream)
-                .set_tcp_keepalive(&keepalive)
-                .map_err(|e| failed("keepalive on the connection to", e))?;
-        }
+        options
+            .apply_steps(&stream)
+            .map_err(|(step, e)| failed(&format!("{step} on the connection to"), e))?;
         TcpConnection::start(stream).map_err(|e| failed("start the connection to", e))
     }
 
     /// Wraps an established stream (setting `TCP_NODELAY`) and starts the background
     /// reader. Must be called within a Tokio runtime.
+    ///
+    /// It sets no keepalive and no user timeout: without them, a peer host that vanishes
+    /// is noticed only after the kernel's ~15 minutes. Call [`TcpOptions::apply`] on the
+    /// stream first (`TcpOptions::new().apply(&stream)` gives what
+    /// [`connect`](TcpConnection::connect) sets).
     pub fn from_stream(stream: TcpStream) -> io::Result<TcpConnection> {
         stream.set_nodelay(true)?;
         TcpConnection::start(stream)
@@ -528,5 +654,77 @@ impl Closable for TcpConnection {
         async move {
             let _ = finished.wait_for(|f| *f).await;
         }
+    }
+}
+
+#[cfg(all(test, not(pc_loom)))]
+mod tests {
+    use super::*;
+
+    /// What the kernel has on `conn`'s socket (getsockopt through socket2).
+    #[derive(Debug)]
+    struct OnSocket {
+        nodelay: bool,
+        keepalive: bool,
+        user_timeout: Option<Duration>,
+        idle: Duration,
+        interval: Duration,
+    }
+
+    fn on_socket(conn: &TcpConnection) -> OnSocket {
+        let writer = lock(&conn.inner.shared.writer);
+        let stream: &TcpStream = writer.as_ref().expect("open").as_ref();
+        let socket = socket2::SockRef::from(stream);
+        OnSocket {
+            nodelay: socket.tcp_nodelay().unwrap(),
+            keepalive: socket.keepalive().unwrap(),
+            user_timeout: socket.tcp_user_timeout().unwrap(),
+            idle: socket.tcp_keepalive_time().unwrap(),
+            interval: socket.tcp_keepalive_interval().unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn connect_sets_the_default_user_timeout_and_keepalive_on_the_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conn = TcpConnection::connect(addr).await.unwrap();
+        let s = on_socket(&conn);
+        assert!(s.nodelay && s.keepalive, "{s:?}");
+        assert_eq!(s.user_timeout, Some(DEFAULT_USER_TIMEOUT));
+        assert_eq!(s.idle, DEFAULT_KEEPALIVE.idle);
+        assert_eq!(s.interval, DEFAULT_KEEPALIVE.interval);
+
+        let options = TcpOptions::new()
+            .user_timeout(Duration::from_millis(2500))
+            .keepalive(Keepalive::new(
+                Duration::from_secs(3),
+                Duration::from_secs(1),
+                2,
+            ));
+        let s = on_socket(&TcpConnection::connect_with(addr, &options).await.unwrap());
+        assert!(s.keepalive);
+        assert_eq!(s.user_timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(
+            (s.idle, s.interval),
+            (Duration::from_secs(3), Duration::from_secs(1))
+        );
+
+        let off = TcpOptions::new()
+            .user_timeout(Duration::ZERO)
+            .no_keepalive()
+            .nodelay(false);
+        let s = on_socket(&TcpConnection::connect_with(addr, &off).await.unwrap());
+        assert!(!s.nodelay && !s.keepalive, "{s:?}");
+        assert_eq!(s.user_timeout, None);
+
+        // from_stream sets TCP_NODELAY only; apply() gives what connect() sets.
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let s = on_socket(&TcpConnection::from_stream(stream).unwrap());
+        assert_eq!(s.user_timeout, None);
+        let stream = TcpStream::connect(addr).await.unwrap();
+        TcpOptions::new().apply(&stream).unwrap();
+        let s = on_socket(&TcpConnection::from_stream(stream).unwrap());
+        assert_eq!(s.user_timeout, Some(DEFAULT_USER_TIMEOUT));
     }
 }

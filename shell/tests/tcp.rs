@@ -732,11 +732,16 @@ async fn shutdown_half_closes_and_the_peer_can_still_answer() {
 
 #[tokio::test]
 async fn tcp_options_hold_what_they_are_given() {
-    use persistent_connection::{Keepalive, TcpOptions};
+    use persistent_connection::{DEFAULT_KEEPALIVE, DEFAULT_USER_TIMEOUT, Keepalive, TcpOptions};
     let default = TcpOptions::default();
     assert_eq!(default, TcpOptions::new());
     assert!(default.nodelay_enabled(), "TCP_NODELAY is on by default");
-    assert_eq!(default.keepalive_settings(), None);
+    // Keepalive and TCP_USER_TIMEOUT are on by default (issue 19): a vanished peer is
+    // noticed in bounded time, idle (keepalive) or with data in flight (user timeout).
+    assert_eq!(default.keepalive_settings(), Some(DEFAULT_KEEPALIVE));
+    assert_eq!(default.user_timeout_value(), DEFAULT_USER_TIMEOUT);
+    assert_eq!(DEFAULT_USER_TIMEOUT, Duration::from_secs(20));
+    assert_eq!(default.no_keepalive().keepalive_settings(), None);
     assert_eq!(default.bound_local_addr(), None);
     let k = Keepalive::new(Duration::from_secs(7), Duration::from_secs(2), 4);
     let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
