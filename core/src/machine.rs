@@ -377,11 +377,15 @@ where
     pub fn handle(&mut self, now: Instant, input: Input<A, C, E>) {
         match input {
             Input::AddressResult { attempt, result } => match self.phase {
-                // The attempt that aborted (R12) ended: close can finish.
-                Phase::Resolving(a) if a == attempt && self.closed => {
-                    self.phase = Phase::Closing;
-                    self.check_finished();
-                }
+                // The attempt in flight when `abort` came (R12) ended: a failure is
+                // reported as the original does; an address is not connected to.
+                Phase::Resolving(a) if a == attempt && self.closed => match result {
+                    Ok(_) => {
+                        self.phase = Phase::Closing;
+                        self.check_finished();
+                    }
+                    Err(e) => self.on_aborted_failure(e),
+                },
                 Phase::Resolving(a) if a == attempt => match result {
                     Ok(address) => self.on_address(attempt, address),
                     Err(e) => self.on_failure(now, e),
@@ -389,15 +393,17 @@ where
                 _ => {}
             },
             Input::ConnectResult { attempt, result } => match (&self.phase, result) {
-                // The attempt that aborted (R12) ended; a connection it still made is
-                // closed like any stray one, before close finishes (I6).
-                (Phase::Connecting(a), result) if *a == attempt && self.closed => {
-                    self.phase = Phase::Closing;
-                    if let Ok(c) = result {
+                // The attempt that aborted (R12) ended. As in the original, a failure is
+                // still reported (R4); a connection it still made is closed like any stray
+                // one, without `Connected`, before close finishes (I6).
+                (Phase::Connecting(a), result) if *a == attempt && self.closed => match result {
+                    Ok(c) => {
+                        self.phase = Phase::Closing;
                         self.close_stray(c);
+                        self.check_finished();
                     }
-                    self.check_finished();
-                }
+                    Err(e) => self.on_aborted_failure(e),
+                },
                 (Phase::Connecting(a), Ok(c)) if *a == attempt => self.on_connected(c),
                 (Phase::Connecting(a), Err(e)) if *a == attempt => self.on_failure(now, e),
                 // A connection outside its attempt (cancelled, stale, duplicate): close it.
@@ -619,6 +625,21 @@ where
         }
     }
 
+    /// R12: the failure of the attempt in flight when `abort` came. Reported as any
+    /// failure (R4: counted, de-duplicated, its handler awaited); then close finishes.
+    /// R10 waiters already have their answer (the abort's error, then `Closed`).
+    fn on_aborted_failure(&mut self, error: E) {
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        if self.last_failure.as_ref() == Some(&error) {
+            self.phase = Phase::Closing;
+            self.check_finished();
+        } else {
+            self.last_failure = Some(error.clone());
+            // The handler's continuation sees `closed` and finishes close.
+            self.emit(Event::FailedToConnect(error), Then::AfterFailure);
+        }
+    }
+
     /// R5.
     fn on_connected(&mut self, connection: C) {
         self.consecutive_failures = 0;
@@ -747,9 +768,10 @@ where
     }
 
     /// R12: stop as R11. `abort` is called from inside an attempt, so an attempt in flight
-    /// is not cancelled: it is about to return, and its result, a connection included, is
-    /// awaited (and that connection closed) before close finishes, so that nothing of ours
-    /// is open after `CloseFinished` (I6). A `close()` meanwhile cancels it.
+    /// is not cancelled: as in the original, it runs to its end and what it returns is
+    /// still reported: a failure as `FailedToConnect` (R4), a connection closed without
+    /// `Connected`, before close finishes, so that nothing of ours is open after
+    /// `CloseFinished` (I6). A `close()` meanwhile cancels it.
     fn abort(&mut self) {
         match self.phase {
             Phase::Resolving(_) | Phase::Connecting(_) if self.current.is_none() => {

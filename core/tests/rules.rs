@@ -909,11 +909,96 @@ fn r12_abort_while_connecting_stops_and_reports_the_error_to_waiters() {
     // `abort` comes from inside the attempt: it is awaited, not cancelled.
     assert!(!effects.contains(&Effect::CancelAttempt { attempt }));
     assert!(!effects.contains(&Effect::CloseFinished));
+    // As in the original, the aborting attempt's failure is still reported (R4), and
+    // close finishes once its handler returned.
     let effects = h.feed(Input::ConnectResult {
         attempt,
         result: Err("bad credentials"),
     });
+    assert_eq!(
+        events(&effects),
+        vec![Event::FailedToConnect("bad credentials")]
+    );
+    assert!(!effects.contains(&Effect::CloseFinished), "{effects:?}");
+    assert!(
+        outcomes(&effects).is_empty(),
+        "waiters already have their answer"
+    );
+    assert_eq!(h.handled(), vec![Effect::CloseFinished]);
+    assert_eq!(h.m.consecutive_unsuccessful_attempts(), 1);
+}
+
+/// R12, R4: the aborting attempt's failure is de-duplicated like any other: the same error
+/// as the round's last failure is not emitted again, and close finishes at once.
+#[test]
+fn r12_the_aborting_attempts_failure_is_de_duplicated() {
+    let mut h = H::constant(0.0);
+    h.handled();
+    h.address(Ok("a"));
+    h.handled();
+    h.connect_result(Err("refused"));
+    h.handled(); // FailedToConnect(refused)
+    h.address(Ok("a")); // the next attempt, same address: no ObtainedAddress
+    let attempt = h.connecting();
+    h.feed(Input::Abort { error: "give up" });
+    let effects = h.feed(Input::ConnectResult {
+        attempt,
+        result: Err("refused"),
+    });
     assert_eq!(effects, vec![Effect::CloseFinished]);
+    // A different failure would have been reported.
+    let mut h = H::constant(0.0);
+    h.handled();
+    h.address(Ok("a"));
+    h.handled();
+    h.connect_result(Err("refused"));
+    h.handled();
+    h.address(Ok("a"));
+    let attempt = h.connecting();
+    h.feed(Input::Abort { error: "give up" });
+    let effects = h.feed(Input::ConnectResult {
+        attempt,
+        result: Err("timed out"),
+    });
+    assert_eq!(events(&effects), vec![Event::FailedToConnect("timed out")]);
+    assert_eq!(h.handled(), vec![Effect::CloseFinished]);
+}
+
+/// R12, R8: a `close()` while the aborting attempt's failure is being handled waits for
+/// that handler, as for any handler.
+#[test]
+fn r12_close_while_the_aborting_failure_is_handled_waits_for_its_handler() {
+    let mut h = H::constant(1.0);
+    h.handled();
+    h.address(Ok("a"));
+    h.handled();
+    let attempt = h.connecting();
+    h.feed(Input::Abort { error: "stop" });
+    h.feed(Input::ConnectResult {
+        attempt,
+        result: Err("refused"),
+    });
+    assert!(h.feed(Input::CloseRequested).is_empty());
+    assert_eq!(h.handled(), vec![Effect::CloseFinished]);
+}
+
+/// R12 with a context kept from an earlier attempt: an abort during the lookup lets the
+/// lookup end; its failure is reported as an attempt's failure (R4).
+#[test]
+fn r12_a_lookup_failure_after_abort_is_reported() {
+    let mut h = H::constant(1.0);
+    h.handled();
+    let attempt = h.lookup();
+    h.feed(Input::Abort { error: "stop" });
+    let effects = h.feed(Input::AddressResult {
+        attempt,
+        result: Err("no such host"),
+    });
+    assert_eq!(
+        events(&effects),
+        vec![Event::FailedToConnect("no such host")]
+    );
+    assert_eq!(h.handled(), vec![Effect::CloseFinished]);
 }
 
 /// Bug 9 of issue 10: `connect` calls `abort` and still returns a connection. Before the

@@ -351,6 +351,9 @@ pub struct Coverage {
     pub stops_after_current: u64,
     /// `abort` through the connect context (R12).
     pub aborts: u64,
+    /// Failures of the attempt in flight when `abort` came, reported as the original does
+    /// (R12).
+    pub aborted_attempt_failures: u64,
     /// Connections arriving outside their attempt, closed at once (R8).
     pub late_connections: u64,
     /// Inputs answering nothing outstanding (stale, duplicate, never issued).
@@ -370,12 +373,13 @@ impl Coverage {
         self.closes_while_connected += o.closes_while_connected;
         self.stops_after_current += o.stops_after_current;
         self.aborts += o.aborts;
+        self.aborted_attempt_failures += o.aborted_attempt_failures;
         self.late_connections += o.late_connections;
         self.stale_inputs += o.stale_inputs;
     }
 
     /// Each counter with its name.
-    pub fn counters(&self) -> [(&'static str, u64); 12] {
+    pub fn counters(&self) -> [(&'static str, u64); 13] {
         [
             ("deduplicated addresses", self.deduplicated_addresses),
             ("deduplicated failures", self.deduplicated_failures),
@@ -393,6 +397,10 @@ impl Coverage {
             ("closes while connected", self.closes_while_connected),
             ("stops after current (R11)", self.stops_after_current),
             ("aborts (R12)", self.aborts),
+            (
+                "aborted attempts' failures (R12)",
+                self.aborted_attempt_failures,
+            ),
             ("late connections", self.late_connections),
             ("stale inputs", self.stale_inputs),
         ]
@@ -588,7 +596,12 @@ where
                 if self.inflight == Some((*attempt, Op::Lookup)) {
                     self.inflight = None;
                     if self.closed {
-                        // The attempt that aborted (R12) ended: nothing follows it.
+                        // The attempt that aborted (R12) ended: its failure is reported as
+                        // any failure (R4), as the original does; an address is not
+                        // connected to.
+                        if let Err(e) = result {
+                            self.on_aborted_failure(e);
+                        }
                         return self.settled(now);
                     }
                     match result {
@@ -618,7 +631,11 @@ where
                         self.coverage.late_connections += 1;
                         self.expects.push(Expect::CloseStray)
                     }
-                    Err(_) if ours && self.closed => self.inflight = None,
+                    // Its failure is reported (R12 as in the original, R4).
+                    Err(e) if ours && self.closed => {
+                        self.inflight = None;
+                        self.on_aborted_failure(e);
+                    }
                     Ok(_) if ours => {
                         self.inflight = None;
                         self.failures = 0;
@@ -708,6 +725,20 @@ where
             self.coverage.deduplicated_failures += 1;
             self.waiting = Some(Wait::Retry);
             self.just_waiting = true;
+        } else {
+            self.expects.push(Expect::EmitFailed(e.clone()));
+        }
+    }
+
+    /// R12: the failure of the attempt in flight when `abort` came: counted and
+    /// de-duplicated as any failure (R4), its `FailedToConnect` awaited before close
+    /// finishes. R10 waiters were answered by the abort already.
+    fn on_aborted_failure(&mut self, e: &E) {
+        self.failures = self.failures.saturating_add(1);
+        self.coverage.aborted_attempt_failures += 1;
+        let repeat = self.round.as_ref().and_then(|r| r.last_failure.as_ref()) == Some(e);
+        if repeat {
+            self.coverage.deduplicated_failures += 1;
         } else {
             self.expects.push(Expect::EmitFailed(e.clone()));
         }
@@ -1192,7 +1223,10 @@ where
         } else if self.expects.iter().any(|x| {
             matches!(
                 x,
-                Expect::EmitDisconnected | Expect::EmitConnected | Expect::EmitAttempting
+                Expect::EmitDisconnected
+                    | Expect::EmitConnected
+                    | Expect::EmitAttempting
+                    | Expect::EmitFailed(_)
             )
         }) {
             Some("an event is still owed (R8)".to_string())
