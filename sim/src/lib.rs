@@ -11,6 +11,8 @@
 //! - [`storm`]: reconnect storms of up to millions of clients (real core machines) against
 //!   one server with a bounded accept rate, on the virtual clock: attempts and accepts per
 //!   second, time until everyone is back, per retry policy, as a table and an SVG plot.
+//! - [`timeline`]: one seeded run drawn over virtual time (attempts, connections, events,
+//!   close), so a failing seed can be looked at.
 //!
 //! The binary runs many seeds, replays one, prints its trace and shrinks failures:
 //! `cargo run --release -p persistent-connection-sim -- --seeds 2000`; and runs storms:
@@ -31,6 +33,7 @@ pub mod checker;
 pub mod mutants;
 pub mod report;
 pub mod storm;
+pub mod timeline;
 pub mod trace;
 pub mod world;
 

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! persistent-connection-sim [--seeds N] [--first-seed F] [--mutant NAME]
-//! persistent-connection-sim --seed S [--trace] [--mutant NAME]
+//! persistent-connection-sim --seed S [--trace] [--timeline FILE.svg] [--mutant NAME]
 //! persistent-connection-sim storm [--clients N] [--outage D] [--accept-rate R] [--backlog B]
 //!     [--rtt D] [--kill-time D] [--delay D] [--policies a,b,..] [--seed S] [--check]
 //!     [--out FILE.svg] [--threads T]
@@ -16,7 +16,9 @@
 //! `--seeds N` runs seeds `F..F+N` (default 2000 from 0) and replays every 64th seed to
 //! check its trace hash (I9). `--seed S` runs one seed twice, prints its world settings,
 //! totals and trace hash; with `--trace`, its full trace goes to stdout, identical on every
-//! run. Wall-clock figures go to stderr. On a failure: the seed, the violation, the trace's
+//! run. With `--timeline FILE.svg`, the run is also drawn over virtual time (attempts,
+//! connections, events, close and any violation: see the library's `timeline` module),
+//! passing or failing. Wall-clock figures go to stderr. On a failure: the seed, the violation, the trace's
 //! tail, the shrunk input sequence and the command that reproduces it; exit code 1.
 
 #![forbid(unsafe_code)]
@@ -29,10 +31,11 @@ use persistent_connection_sim::report::{failure_report, reproduce_command, setti
 use persistent_connection_sim::storm::{
     Policy, StormConfig, bytes_per_client, run_storm_with, svg, table,
 };
+use persistent_connection_sim::timeline::record_seed;
 use persistent_connection_sim::world::{DEFAULT_SEEDS, RunOptions, Totals, run_seed};
 
 const USAGE: &str = "usage: persistent-connection-sim [--seeds N] [--first-seed F] [--mutant NAME]
-       persistent-connection-sim --seed S [--trace] [--mutant NAME]
+       persistent-connection-sim --seed S [--trace] [--timeline FILE.svg] [--mutant NAME]
        persistent-connection-sim storm [--clients N] [--outage D] [--accept-rate R]
            [--backlog B] [--rtt D] [--kill-time D] [--delay D] [--policies a,b,..]
            [--seed S] [--check] [--out FILE.svg] [--threads T]
@@ -49,6 +52,7 @@ struct Args {
     first_seed: u64,
     seed: Option<u64>,
     trace: bool,
+    timeline: Option<String>,
     mutant: Option<Mutant>,
 }
 
@@ -58,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
         first_seed: 0,
         seed: None,
         trace: false,
+        timeline: None,
         mutant: None,
     };
     let mut it = std::env::args().skip(1);
@@ -72,6 +77,9 @@ fn parse_args() -> Result<Args, String> {
             "--first-seed" => args.first_seed = number("--first-seed", it.next())?,
             "--seed" => args.seed = Some(number("--seed", it.next())?),
             "--trace" => args.trace = true,
+            "--timeline" => {
+                args.timeline = Some(it.next().ok_or("--timeline needs a file name")?);
+            }
             "--mutant" => {
                 let v = it.next().ok_or("--mutant needs a name")?;
                 args.mutant = Some(v.parse()?);
@@ -82,6 +90,9 @@ fn parse_args() -> Result<Args, String> {
     }
     if args.trace && args.seed.is_none() {
         return Err("--trace needs --seed S".into());
+    }
+    if args.timeline.is_some() && args.seed.is_none() {
+        return Err("--timeline needs --seed S".into());
     }
     Ok(args)
 }
@@ -136,11 +147,37 @@ fn print_totals(t: &Totals) {
     println!("coverage: {}", coverage.join(", "));
 }
 
+/// Draws seed `seed`'s run into `path` (the run is repeated: a seed fixes everything).
+fn write_timeline(seed: u64, options: &RunOptions, path: &str) -> Result<(), String> {
+    let (result, timeline) = record_seed(seed, options);
+    let mutant = options
+        .mutant
+        .map_or(String::new(), |m| format!(", mutant {m}"));
+    let verdict = match &result {
+        Ok(_) => "passed".to_owned(),
+        Err(f) => format!("FAILED: {}", f.violation.invariant),
+    };
+    let title = format!("persistent-connection-sim --seed {seed}{mutant}: {verdict}");
+    std::fs::write(path, timeline.svg(&title)).map_err(|e| format!("cannot write {path}: {e}"))?;
+    eprintln!("timeline in {path}");
+    Ok(())
+}
+
 fn one_seed(seed: u64, args: &Args) -> ExitCode {
     let options = RunOptions {
         keep_trace: args.trace,
         mutant: args.mutant,
     };
+    if let Some(path) = &args.timeline {
+        let draw = RunOptions {
+            keep_trace: false,
+            mutant: args.mutant,
+        };
+        if let Err(e) = write_timeline(seed, &draw, path) {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let start = WallClock::now();
     let first = run_seed(seed, &options);
     let wall = start.elapsed();

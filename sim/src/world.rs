@@ -442,6 +442,19 @@ pub trait Watch<M> {
 /// Watches nothing.
 impl<M> Watch<M> for () {}
 
+/// A watcher lent to a run, kept by its owner afterwards.
+impl<M, T: Watch<M> + ?Sized> Watch<M> for &mut T {
+    fn on_input(&mut self, now: Instant, input: &SimInput, machine: &M) {
+        (**self).on_input(now, input, machine);
+    }
+    fn on_effect(&mut self, now: Instant, effect: &SimEffect) {
+        (**self).on_effect(now, effect);
+    }
+    fn after_step(&mut self, now: Instant, machine: &M) {
+        (**self).after_step(now, machine);
+    }
+}
+
 /// Something the world now owes the machine, as a step left it: the seeded driver
 /// schedules each one on the virtual clock; an operation driver (the fuzzer) picks among
 /// what is pending with [`WorldOp`]s instead. See [`World::take_owed`].
@@ -1207,10 +1220,10 @@ enum Ev {
     Noise,
 }
 
-struct Seeded<M> {
+struct Seeded<M, W = ()> {
     s: Settings,
     rng: ChaCha8Rng,
-    world: World<M>,
+    world: World<M, W>,
     queue: BTreeMap<(Instant, u64), Ev>,
     seq: u64,
     timer_at: Option<Instant>,
@@ -1221,7 +1234,7 @@ struct Seeded<M> {
     plan: Vec<(Duration, Ev)>,
 }
 
-impl<M: SimMachine<Addr, Conn, SimError>> Seeded<M> {
+impl<M: SimMachine<Addr, Conn, SimError>, W: Watch<M>> Seeded<M, W> {
     fn at(&mut self, when: Instant, ev: Ev) {
         self.seq += 1;
         self.queue.insert((when, self.seq), ev);
@@ -1525,19 +1538,37 @@ impl<M: SimMachine<Addr, Conn, SimError>> Seeded<M> {
 
 /// Runs one seed with the real machine or a mutant.
 pub fn run_seed(seed: u64, options: &RunOptions) -> Result<RunReport, Box<Failure>> {
+    run_seed_watched(seed, options, &mut ())
+}
+
+/// [`run_seed`] with `watch` shown every input and effect of the run (the same run: the
+/// watcher changes nothing). The timeline picture is drawn this way
+/// ([`crate::timeline`]).
+pub fn run_seed_watched<W>(
+    seed: u64,
+    options: &RunOptions,
+    watch: &mut W,
+) -> Result<RunReport, Box<Failure>>
+where
+    W: Watch<Machine<Addr, Conn, SimError>> + Watch<MutantMachine>,
+{
     let settings = Settings::from_seed(seed);
     match options.mutant {
-        None => run_with(settings, options, Machine::new),
-        Some(m) => run_with(settings, options, |c| {
-            MutantMachine::new(m, Machine::new(c))
-        }),
+        None => run_with(settings, options, Machine::new, watch),
+        Some(m) => run_with(
+            settings,
+            options,
+            |c| MutantMachine::new(m, Machine::new(c)),
+            watch,
+        ),
     }
 }
 
-fn run_with<M: SimMachine<Addr, Conn, SimError>>(
+fn run_with<M: SimMachine<Addr, Conn, SimError>, W: Watch<M>>(
     settings: Settings,
     options: &RunOptions,
     build: impl FnOnce(Config) -> M,
+    watch: W,
 ) -> Result<RunReport, Box<Failure>> {
     let machine = build(settings.config());
     let mut trace = Trace::new(options.keep_trace);
@@ -1547,7 +1578,7 @@ fn run_with<M: SimMachine<Addr, Conn, SimError>>(
         settings.checker_settings(),
         settings.servers,
         trace,
-        (),
+        watch,
     );
     let world = match world {
         Ok(w) => w,
