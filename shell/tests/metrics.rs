@@ -1,15 +1,17 @@
-//! Metrics export (feature `metrics`) into a recording `metrics` recorder
-//! (metrics-util's `DebuggingRecorder`, installed globally: the exporter's task records
-//! from the runtime's threads), for persistent connections over real TCP on 127.0.0.1.
-//! Real sockets need the real clock: every wait is bounded by a generous guard.
+//! Metrics export (feature `metrics`) into a recording `metrics` recorder — a recorder
+//! over metrics-util's `Registry` with atomic storage, installed globally (the exporter's
+//! task records from the runtime's threads) and read without resetting anything, so tests
+//! running at once do not disturb each other — for persistent connections over real TCP
+//! on 127.0.0.1. Real sockets need the real clock: every wait is bounded by a generous
+//! guard.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use metrics_util::MetricKind;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use metrics_util::registry::{AtomicStorage, Registry};
 use persistent_connection::metrics::{
     ATTEMPTS, CONNECTIONS, CONSECUTIVE_FAILURES, DISCONNECTIONS, FAILOVER_GAP, FAILURES, STATE,
     STATE_LABELS, export,
@@ -25,85 +27,88 @@ async fn guard<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("{what}: not within {GUARD:?}"))
 }
 
-/// What was recorded for one server name, accumulated over snapshots (a snapshot resets
-/// counters and gauges to zero and drains histograms).
-#[derive(Default, Debug)]
+/// A recorder that keeps every value where the tests can read it.
+struct Recording(Arc<Registry<Key, AtomicStorage>>);
+
+impl Recorder for Recording {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        self.0
+            .get_or_create_counter(key, |c| Counter::from_arc(c.clone()))
+    }
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        self.0
+            .get_or_create_gauge(key, |g| Gauge::from_arc(g.clone()))
+    }
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        self.0
+            .get_or_create_histogram(key, |h| Histogram::from_arc(h.clone()))
+    }
+}
+
+fn registry() -> &'static Registry<Key, AtomicStorage> {
+    static REGISTRY: OnceLock<Arc<Registry<Key, AtomicStorage>>> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let registry = Arc::new(Registry::atomic());
+        metrics::set_global_recorder(Recording(registry.clone()))
+            .expect("the only recorder of this test binary");
+        registry
+    })
+}
+
+/// What was recorded for one server name.
 struct Recorded {
-    counters: HashMap<(String, Vec<(String, String)>), u64>,
-    gauges: HashMap<(String, Vec<(String, String)>), f64>,
-    histograms: HashMap<String, Vec<f64>>,
+    server: &'static str,
 }
 
 impl Recorded {
-    fn take(&mut self, snapshotter: &Snapshotter, server: &str) {
-        for (key, _unit, _desc, value) in snapshotter.snapshot().into_vec() {
-            let kind = key.kind();
-            let key = key.key();
-            let mut labels: Vec<(String, String)> = key
-                .labels()
-                .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                .collect();
-            if !labels.contains(&("server_name".into(), server.into())) {
-                continue;
-            }
-            labels.retain(|(k, _)| k != "server_name");
-            labels.sort();
-            let id = (key.name().to_owned(), labels);
-            match (kind, value) {
-                (MetricKind::Counter, DebugValue::Counter(n)) => {
-                    *self.counters.entry(id).or_default() += n;
-                }
-                (MetricKind::Gauge, DebugValue::Gauge(v)) => {
-                    self.gauges.insert(id, v.into_inner());
-                }
-                (MetricKind::Histogram, DebugValue::Histogram(vs)) => self
-                    .histograms
-                    .entry(id.0)
-                    .or_default()
-                    .extend(vs.into_iter().map(|v| v.into_inner())),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
+    /// The metric `name` with these labels besides `server_name`.
+    fn key(&self, name: &str, labels: &[(&str, &str)]) -> Key {
+        let mut all = vec![metrics::Label::new("server_name", self.server)];
+        all.extend(
+            labels
+                .iter()
+                .map(|(k, v)| metrics::Label::new(k.to_string(), v.to_string())),
+        );
+        Key::from_parts(name.to_owned(), all)
     }
 
     fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        let labels = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        self.counters
-            .get(&(name.to_owned(), labels))
-            .copied()
-            .unwrap_or(0)
+        let handles = registry().get_counter_handles();
+        handles
+            .get(&self.key(name, labels))
+            .map_or(0, |c| c.load(Ordering::SeqCst))
     }
 
-    fn state(&self) -> Vec<(&'static str, f64)> {
+    fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let handles = registry().get_gauge_handles();
+        handles
+            .get(&self.key(name, labels))
+            .map(|g| f64::from_bits(g.load(Ordering::SeqCst)))
+    }
+
+    fn histogram(&self, name: &str) -> Vec<f64> {
+        let handles = registry().get_histogram_handles();
+        handles
+            .get(&self.key(name, &[]))
+            .map(|h| h.data())
+            .unwrap_or_default()
+    }
+
+    fn state(&self) -> Vec<(&'static str, Option<f64>)> {
         STATE_LABELS
             .iter()
-            .map(|s| {
-                let id = (STATE.to_owned(), vec![("state".to_owned(), s.to_string())]);
-                (*s, self.gauges.get(&id).copied().unwrap_or(f64::NAN))
-            })
+            .map(|s| (*s, self.gauge(STATE, &[("state", s)])))
             .collect()
     }
 
     fn in_state(&self, state: &str) -> bool {
         self.state()
             .iter()
-            .all(|(s, v)| *v == if *s == state { 1.0 } else { 0.0 })
+            .all(|(s, v)| *v == Some(if *s == state { 1.0 } else { 0.0 }))
     }
-}
-
-fn snapshotter() -> &'static Snapshotter {
-    static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
-    SNAPSHOTTER.get_or_init(|| {
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        recorder
-            .install()
-            .expect("the only recorder of this test binary");
-        snapshotter
-    })
 }
 
 async fn echo_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
@@ -128,8 +133,11 @@ fn refused_addr() -> SocketAddr {
 /// failover gap is one histogram value at least as long as the refused stretch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_state_and_failover_gap_reach_the_recorder() {
-    let snapshotter = snapshotter();
-    let server = "metrics-failover";
+    let recorded = Recorded {
+        server: "metrics-failover",
+    };
+    let server = recorded.server;
+    registry(); // installed before anything is exported
     let (a, server_a) = echo_server().await;
     let (b, server_b) = echo_server().await;
     let catalog = Arc::new(Mutex::new(a));
@@ -145,12 +153,10 @@ async fn counters_state_and_failover_gap_reach_the_recorder() {
     .retry_delay(Duration::from_millis(10))
     .build();
     let exporter = export(&pc);
-    let mut recorded = Recorded::default();
 
     guard("connected to A", pc.connected()).await;
     guard("the state gauge says connected", async {
         loop {
-            recorded.take(snapshotter, server);
             if recorded.in_state("connected") {
                 break;
             }
@@ -183,7 +189,6 @@ async fn counters_state_and_failover_gap_reach_the_recorder() {
     guard("the exporter ends after close", exporter)
         .await
         .unwrap();
-    recorded.take(snapshotter, server);
     let stats = pc.stats();
     assert_eq!(pc.state(), State::Closed);
 
@@ -203,10 +208,9 @@ async fn counters_state_and_failover_gap_reach_the_recorder() {
     assert_eq!(recorded.counter(DISCONNECTIONS, &[]), stats.disconnections);
     assert_eq!(recorded.counter(DISCONNECTIONS, &[]), 2);
     assert!(recorded.in_state("closed"), "{:?}", recorded.state());
-    let consecutive = (CONSECUTIVE_FAILURES.to_owned(), Vec::new());
-    assert_eq!(recorded.gauges.get(&consecutive), Some(&0.0));
+    assert_eq!(recorded.gauge(CONSECUTIVE_FAILURES, &[]), Some(0.0));
 
-    let gaps = &recorded.histograms[FAILOVER_GAP];
+    let gaps = recorded.histogram(FAILOVER_GAP);
     assert_eq!(gaps.len(), 1, "{gaps:?}");
     let gap = Duration::from_secs_f64(gaps[0]);
     assert!(
@@ -220,8 +224,11 @@ async fn counters_state_and_failover_gap_reach_the_recorder() {
 /// connection (R14), and the exporter then ends with the state gauge at closed.
 #[tokio::test]
 async fn the_exporter_does_not_keep_the_persistent_connection_alive() {
-    let snapshotter = snapshotter();
-    let server = "metrics-dropped";
+    let recorded = Recorded {
+        server: "metrics-dropped",
+    };
+    let server = recorded.server;
+    registry(); // installed before anything is exported
     let (a, task) = echo_server().await;
     let pc = PersistentConnection::builder(
         server,
@@ -234,8 +241,6 @@ async fn the_exporter_does_not_keep_the_persistent_connection_alive() {
     let exporter = export(&pc);
     drop(pc);
     guard("the exporter ends", exporter).await.unwrap();
-    let mut recorded = Recorded::default();
-    recorded.take(snapshotter, server);
     assert_eq!(recorded.counter(ATTEMPTS, &[]), 1);
     assert_eq!(recorded.counter(CONNECTIONS, &[]), 1);
     assert_eq!(recorded.counter(DISCONNECTIONS, &[]), 1);
