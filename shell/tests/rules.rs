@@ -982,6 +982,53 @@ async fn r12_a_connection_returned_after_abort_is_closed_and_never_current() {
     assert_eq!(*events.lock().unwrap(), vec!["Attempting", "Obtained(1)"]);
 }
 
+/// R12 as in the original: the attempt that called `abort` runs to its end, and its
+/// failure is reported as any failure (R4): `FailedToConnect`, whose handler close waits
+/// for. Waiters still get the abort's error.
+#[tokio::test(start_paused = true)]
+async fn r12_the_aborting_attempts_failure_is_reported_and_awaited_before_close_finishes() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev2 = events.clone();
+    let start = Instant::now();
+    let pc: Pc = PersistentConnection::builder(
+        "abort-then-fail",
+        || async { Ok(1u16) },
+        |_addr, cx: ConnectContext<String>| async move {
+            cx.abort("wrong server".to_owned());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err("refused".to_owned())
+        },
+    )
+    .on_event(move |e| {
+        let ev = ev2.clone();
+        async move {
+            let failed = matches!(e, Event::FailedToConnect(_));
+            ev.lock().unwrap().push(describe(&e));
+            if failed {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    })
+    .build();
+    let waiter = pc.connected_or_failed_to_connect();
+    assert_eq!(
+        within(waiter).await.unwrap_err(),
+        AttemptError::Aborted(Error::User("wrong server".into()))
+    );
+    assert!(pc.is_closed());
+    within(pc.close_finished()).await;
+    assert_eq!(
+        *events.lock().unwrap(),
+        vec!["Attempting", "Obtained(1)", "Failed(refused)"]
+    );
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(250),
+        "close finished once the failure's handler returned"
+    );
+    assert_eq!(pc.consecutive_unsuccessful_attempts(), 1);
+}
+
 // ------------------------------------------------------------------ R13: misbehaving callbacks
 
 #[tokio::test(start_paused = true)]
