@@ -580,7 +580,7 @@ async fn trials(n: u64) {
             EtcdPublisher::publish(
                 [&ep],
                 format!("{prefix}{i}"),
-                format!("127.0.0.1:{}", 7000 + i),
+                SocketAddr::from(([127, 0, 0, 1], 7000 + i)),
                 TTL,
             )
             .await

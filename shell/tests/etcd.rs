@@ -817,14 +817,15 @@ fn a_catalog_shows_its_prefix_and_settings() {
 async fn the_watch_cache_task_stops_when_the_last_clone_is_dropped() {
     let etcd = start_etcd().await;
     let ep = etcd.endpoint();
-    let catalog = EtcdCatalog::new([&ep], PREFIX).watch_cache();
-    let clone = catalog.clone();
     let alive = || {
         tokio::runtime::Handle::current()
             .metrics()
             .num_alive_tasks()
     };
     let before = alive();
+    // Inside a runtime, the watch task starts with the catalog.
+    let catalog = EtcdCatalog::new([&ep], PREFIX).watch_cache();
+    let clone = catalog.clone();
     let _ = catalog.lookup().await; // starts the watch task
     wait_until("the cache is in sync", || catalog.watch_cache_in_sync()).await;
     let with_task = alive();
@@ -890,4 +891,213 @@ async fn a_publisher_keeps_its_key_and_its_lease_while_etcd_is_healthy() {
     }
     assert_eq!(publisher.lease_id(), lease, "the lease was never replaced");
     publisher.withdraw().await.unwrap();
+}
+
+// ---- issue 20 point 3: the catalog as a new user meets it ---------------------------------
+
+/// Keeps `(level, message and fields)` of every `tracing` event on this thread.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<(tracing::Level, String)>>>);
+
+struct Text(String);
+impl tracing::field::Visit for Text {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!(" {}={:?}", field.name(), value));
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut text = Text(String::new());
+        event.record(&mut text);
+        self.0
+            .lock()
+            .unwrap()
+            .push((*event.metadata().level(), text.0));
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+impl Capture {
+    /// A capture installed as this thread's subscriber until the guard drops (the tests'
+    /// runtime is current-thread, so spawned tasks log into it too).
+    fn install() -> (Capture, tracing::subscriber::DefaultGuard) {
+        let capture = Capture::default();
+        let guard = tracing::subscriber::set_default(capture.clone());
+        (capture, guard)
+    }
+
+    /// The events at `level` whose text contains `needle`.
+    fn find(&self, level: tracing::Level, needle: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(l, t)| *l == level && t.contains(needle))
+            .map(|(_, t)| t.clone())
+            .collect()
+    }
+}
+
+/// A prefix without its trailing slash lists only the keys of its own service, not those of
+/// a service whose name starts the same (`/services/echo` is not `/services/echo-admin/`).
+#[tokio::test]
+async fn a_prefix_without_a_trailing_slash_lists_only_its_own_service() {
+    let etcd = start_etcd().await;
+    let ep = etcd.endpoint();
+    let echo = EchoServer::start().await;
+    let admin = EchoServer::start().await;
+    let _pe = EtcdPublisher::publish([&ep], "/services/echo/a", echo.addr, TTL)
+        .await
+        .unwrap();
+    let _pa = EtcdPublisher::publish([&ep], "/services/echo-admin/a", admin.addr, TTL)
+        .await
+        .unwrap();
+    let catalog = EtcdCatalog::new([&ep], "/services/echo");
+    assert_eq!(catalog.prefix(), "/services/echo/");
+    assert_eq!(catalog.lookup().await.unwrap(), [echo.addr]);
+}
+
+/// A publisher's failure says what failed: publishing (or withdrawing) a key, not a lookup.
+#[tokio::test]
+async fn a_publish_failure_says_publish_not_lookup() {
+    let ep = format!("http://{}", refused_addr());
+    let e = EtcdPublisher::publish([&ep], "/services/echo/a", refused_addr(), TTL)
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(!text.contains("lookup"), "{text}");
+    assert!(
+        text.starts_with("etcd publish of key \"/services/echo/a\" failed: "),
+        "{text}"
+    );
+    assert!(text.contains("Connection refused"), "{text}");
+}
+
+/// A withdraw that cannot reach etcd says it was a withdraw.
+#[tokio::test]
+async fn a_withdraw_failure_says_withdraw() {
+    let OneCopy {
+        mut etcd,
+        ep: _,
+        server: _server,
+        publisher,
+    } = OneCopy::start().await;
+    etcd.stop();
+    let e = publisher.withdraw().await.unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.starts_with("etcd withdraw of key \"/services/echo/a\" "),
+        "{text}"
+    );
+    assert!(!text.contains("lookup"), "{text}");
+}
+
+/// The builder's lookup timeout shorter than the catalog's: the builder cuts the lookup
+/// short. The catalog notices, says so in the log naming itself and both settings, and
+/// starts its client afresh (as its own timeout would have).
+#[tokio::test]
+async fn a_builder_timeout_below_the_catalogs_is_named_in_the_log() {
+    let (capture, _guard) = Capture::install();
+    let OneCopy {
+        etcd,
+        ep,
+        server: _server,
+        publisher: _publisher,
+    } = OneCopy::start().await;
+    let catalog = EtcdCatalog::new([&ep], PREFIX).lookup_timeout(Duration::from_secs(5));
+    assert_eq!(catalog.lookup().await.unwrap().len(), 1);
+    etcd.pause();
+    let pc = PersistentConnection::builder(
+        "echo",
+        catalog.get_address::<IoError>(Pick::InOrder),
+        |addr: SocketAddr, _cx| TcpConnection::connect(addr),
+    )
+    .lookup_timeout(Duration::from_millis(300))
+    .retry_delay(Duration::from_millis(50))
+    .build();
+    let failure = guard("the builder's timeout", pc.connected_or_failed_to_connect())
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{failure:?}").contains("LookupTimedOut"),
+        "{failure:?}"
+    );
+    wait_until("the catalog says it was cut short", || {
+        !capture
+            .find(tracing::Level::WARN, "etcd prefix \"/services/echo/\"")
+            .iter()
+            .filter(|t| t.contains("lookup_timeout") && t.contains("5s"))
+            .collect::<Vec<_>>()
+            .is_empty()
+    })
+    .await;
+    etcd.resume();
+    pc.close().await;
+}
+
+/// The watch cache syncs as soon as it is asked for inside a runtime, before any lookup.
+#[tokio::test]
+async fn a_watch_cache_syncs_before_the_first_lookup() {
+    let OneCopy {
+        etcd: _etcd,
+        ep,
+        server: _server,
+        publisher: _publisher,
+    } = OneCopy::start().await;
+    let catalog = EtcdCatalog::new([&ep], PREFIX).watch_cache();
+    wait_until("the cache is in sync without a lookup", || {
+        catalog.watch_cache_in_sync()
+    })
+    .await;
+}
+
+/// The recommended error of a real client, `Keyed<RedisError, String>`, takes catalog
+/// failures directly: `get_address::<Keyed<RedisError, String>>` with no wrapper closure,
+/// the failure names the catalog, and a repeated one is announced once (R4, by its key).
+#[tokio::test]
+async fn the_recommended_keyed_error_takes_catalog_failures_directly() {
+    type Failure = persistent_connection::Keyed<redis::RedisError, String>;
+    let catalog = EtcdCatalog::new([format!("http://{}", refused_addr())], PREFIX)
+        .lookup_timeout(Duration::from_millis(500));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let f = failures.clone();
+    let pc = PersistentConnection::builder(
+        "redis",
+        catalog.get_address::<Failure>(Pick::InOrder),
+        |addr: SocketAddr, _cx| async move {
+            TcpConnection::connect(addr).await.map_err(|e| {
+                let e = redis::RedisError::from(std::io::Error::new(e.kind(), e.to_string()));
+                Failure::new(e, |e| e.to_string())
+            })
+        },
+    )
+    .retry_delay(Duration::from_millis(20))
+    .jitter(Jitter::NonRandom)
+    .on_event(move |e| {
+        if let Event::FailedToConnect(e) = &e {
+            f.lock().unwrap().push(e.to_string());
+        }
+        async {}
+    })
+    .build();
+    let failure = guard("a failed lookup", pc.connected_or_failed_to_connect())
+        .await
+        .unwrap_err();
+    let text = format!("{failure:?}");
+    assert!(text.contains("etcd prefix"), "{text}");
+    wait_until("several attempts", || pc.stats().attempts >= 4).await;
+    let failures = failures.lock().unwrap().clone();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].contains("etcd prefix"), "{failures:?}");
+    pc.close().await;
 }

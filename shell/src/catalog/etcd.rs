@@ -2,33 +2,73 @@
 //! one key per copy, each held by a lease they keep alive; clients list the prefix before
 //! every attempt.
 //!
-//! - [`EtcdPublisher`] (server side): registers an address under a key with a lease and
-//!   keeps the lease alive. A copy that stops cleanly ([`EtcdPublisher::withdraw`] or
-//!   drop) revokes its lease and disappears from the catalog at once; a copy that dies
-//!   (`kill -9`, a crash, a lost network) stops renewing and disappears after its TTL.
+//! - [`EtcdPublisher`] (server side): registers a [`SocketAddr`] under a key with a lease
+//!   and keeps the lease alive. [`publish`](EtcdPublisher::publish) fails if etcd cannot be
+//!   reached now; [`start`](EtcdPublisher::start) keeps trying until it can (a server that
+//!   starts before etcd, or while etcd is down), logging what happens. A copy that stops
+//!   cleanly ([`EtcdPublisher::withdraw`] or drop) revokes its lease and disappears from the
+//!   catalog at once; a copy that dies (`kill -9`, a crash, a lost network) stops renewing
+//!   and disappears after its TTL.
 //! - [`EtcdCatalog`] (client side): a [`Catalog`] listing the values under the prefix.
 //!   Every lookup is one range read with a timeout; etcd being down is a failed attempt
 //!   ([`CatalogError::Lookup`] or [`CatalogError::TimedOut`]), logged, de-duplicated and
 //!   retried on the persistent connection's schedule, never a panic or a hang.
+//! - [`EtcdOptions`]: how both reach the cluster: endpoints, user and password, and the
+//!   timeout of each request.
+//!
+//! # Keys and prefixes
+//!
+//! A catalog's prefix is a directory: [`EtcdCatalog::new`] adds the trailing `/` when it is
+//! missing, so `"/services/echo"` lists `/services/echo/copy-1` but never
+//! `/services/echo-admin/…`. Publish each copy under its own key below it.
+//!
+//! # Timeouts: the catalog's and the builder's
+//!
+//! Each etcd request of the catalog (connecting included) and of the publisher is bounded
+//! by [`EtcdOptions::timeout`] (default [`DEFAULT_TIMEOUT`], 2 s): a lookup that runs out
+//! fails with [`CatalogError::TimedOut`] naming the catalog, and the catalog starts its etcd
+//! client afresh (a client stuck on a dead member is replaced). The persistent connection's
+//! own [`lookup_timeout`](crate::Builder::lookup_timeout) (default 10 s) is a backstop for
+//! any `get_address`; **keep the catalog's timeout below it** (the defaults are). If the
+//! builder's is shorter, it cuts the lookup first: the failure is then the builder's
+//! [`Error::LookupTimedOut`](crate::Error::LookupTimedOut), which names no catalog, so the
+//! catalog logs a warning naming itself and its timeout, and starts its client afresh all
+//! the same.
+//!
+//! # Choosing the TTL
+//!
+//! A lease must outlive every etcd stall you want to ride out: while etcd cannot renew it
+//! (a leader election, a member restarting, a slow disk, a network partition) the TTL is
+//! all a copy has, and etcd expires every lease that runs out at once — every copy of the
+//! service disappears together, although they all still run. An election alone takes one
+//! to two election timeouts (1 s each by default) and a member that restarts takes
+//! seconds, so take **at least 10 s** (15–30 s on a loaded or distant cluster; Kubernetes'
+//! leader leases use 15 s). What a long TTL costs is small here: a copy killed without
+//! withdrawing stays listed until its TTL runs out, but the picker moves on after one
+//! refused connect and tries every other listed copy before it comes back to it. Short
+//! TTLs (1–2 s, as in this crate's tests) only suit a local single-member etcd.
+//!
+//! # Example
 //!
 //! ```no_run
 //! use std::net::SocketAddr;
 //! use std::time::Duration;
-//! use persistent_connection::catalog::etcd::{EtcdCatalog, EtcdPublisher};
+//! use persistent_connection::catalog::etcd::{EtcdCatalog, EtcdOptions, EtcdPublisher};
 //! use persistent_connection::catalog::{Catalog, Pick};
 //! use persistent_connection::{IoError, PersistentConnection, TcpConnection};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let endpoints = ["http://127.0.0.1:2379"];
-//! // In each server process:
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! let me = listener.local_addr()?;
+//! let etcd = EtcdOptions::new(["http://10.0.0.1:2379", "http://10.0.0.2:2379"])
+//!     .user("echo", "secret")
+//!     .timeout(Duration::from_secs(1));
+//! // In each server process: publish, and keep trying while etcd is unreachable.
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:7000").await?;
+//! let me: SocketAddr = "10.0.1.5:7000".parse()?;
 //! let publication =
-//!     EtcdPublisher::publish(&endpoints, "/services/echo/copy-1", me, Duration::from_secs(2))
-//!         .await?;
+//!     EtcdPublisher::start(etcd.clone(), "/services/echo/copy-1", me, Duration::from_secs(15));
 //!
 //! // In the client:
-//! let catalog = EtcdCatalog::new(&endpoints, "/services/echo/");
+//! let catalog = EtcdCatalog::with_options(etcd, "/services/echo");
 //! let pc = PersistentConnection::builder(
 //!     "echo",
 //!     catalog.get_address::<IoError>(Pick::Random { seed: 7 }),
@@ -42,6 +82,22 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! What a publisher publishes is what the catalog parses: a [`SocketAddr`], so a host name
+//! cannot be published by mistake and then skipped as malformed by every client:
+//!
+//! ```compile_fail
+//! # use std::time::Duration;
+//! # use persistent_connection::catalog::etcd::EtcdPublisher;
+//! # async fn demo() {
+//! // Does not compile: "localhost:7000" is not a SocketAddr.
+//! let p = EtcdPublisher::publish(["http://127.0.0.1:2379"], "/services/echo/a",
+//!     "localhost:7000", Duration::from_secs(15)).await;
+//! # }
+//! ```
+//!
+//! TLS to etcd is not offered: the etcd client's TLS feature would add rustls and ring to
+//! the build; use a plain-text endpoint on a trusted network, with user and password.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -49,13 +105,13 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, WatchOptions,
 };
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{Catalog, CatalogError, with_timeout};
@@ -66,6 +122,100 @@ pub use etcd_client;
 
 /// How long one etcd request of the catalog or the publisher may take by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How to reach an etcd cluster, for [`EtcdCatalog`] and [`EtcdPublisher`]: the member
+/// endpoints, the user to authenticate as, and the timeout of each request.
+///
+/// List every member: the client spreads its requests over them and goes on with the
+/// others when one is down. Requests go only to members that have a leader (etcd's
+/// `require_leader`), so a member cut off from its cluster's majority answers at once that
+/// it has no leader, rather than after the timeout.
+///
+/// ```
+/// use std::time::Duration;
+/// use persistent_connection::catalog::etcd::EtcdOptions;
+///
+/// let options = EtcdOptions::new(["http://10.0.0.1:2379", "http://10.0.0.2:2379"])
+///     .user("echo", "secret")
+///     .timeout(Duration::from_millis(800));
+/// assert_eq!(options.endpoints().len(), 2);
+/// assert_eq!(options.request_timeout(), Duration::from_millis(800));
+/// // The password is never printed.
+/// assert!(!format!("{options:?}").contains("secret"));
+/// ```
+#[derive(Clone)]
+pub struct EtcdOptions {
+    endpoints: Vec<String>,
+    user: Option<(String, String)>,
+    timeout: Duration,
+}
+
+impl fmt::Debug for EtcdOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdOptions")
+            .field("endpoints", &self.endpoints)
+            .field("user", &self.user.as_ref().map(|(name, _)| name))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl EtcdOptions {
+    /// The cluster at `endpoints` (e.g. `["http://127.0.0.1:2379"]`), without
+    /// authentication, each request bounded by [`DEFAULT_TIMEOUT`].
+    pub fn new(endpoints: impl IntoIterator<Item = impl AsRef<str>>) -> EtcdOptions {
+        EtcdOptions {
+            endpoints: endpoints
+                .into_iter()
+                .map(|e| e.as_ref().to_owned())
+                .collect(),
+            user: None,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Authenticate as `name` with `password` (etcd's `auth enable`): every new client
+    /// asks etcd for a token first.
+    pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> EtcdOptions {
+        self.user = Some((name.into(), password.into()));
+        self
+    }
+
+    /// How long one request may take, connecting (and authenticating) included: a catalog
+    /// lookup, a publish, a renewal, a withdraw. Keep it below the persistent connection's
+    /// [`lookup_timeout`](crate::Builder::lookup_timeout) (see the [module docs](self)).
+    pub fn timeout(mut self, timeout: Duration) -> EtcdOptions {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The endpoints.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// The timeout of one request.
+    pub fn request_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The client's options. No per-request timeout in the client: every request is
+    /// bounded by our own timeout (one error per operation), and a keep-alive stream must
+    /// not expire.
+    fn connect_options(&self) -> ConnectOptions {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(self.timeout)
+            .with_require_leader(true);
+        if let Some((name, password)) = &self.user {
+            options = options.with_user(name.clone(), password.clone());
+        }
+        options
+    }
+
+    async fn connect(&self) -> Result<Client, etcd_client::Error> {
+        Client::connect(&self.endpoints, Some(self.connect_options())).await
+    }
+}
 
 fn etcd_error(catalog: &str, e: etcd_client::Error) -> CatalogError {
     CatalogError::Lookup {
@@ -99,21 +249,16 @@ fn describe_etcd_error(e: &etcd_client::Error) -> String {
     text
 }
 
-async fn connect(endpoints: &[String], timeout: Duration) -> Result<Client, etcd_client::Error> {
-    // No per-request timeout in the client: every request is bounded by our own timeout
-    // (one error type, `CatalogError::TimedOut`), and a keep-alive stream must not expire.
-    let options = ConnectOptions::new().with_connect_timeout(timeout);
-    Client::connect(endpoints, Some(options)).await
-}
-
 /// The live addresses under a key prefix in etcd, in key order: one key per published copy
 /// (see [`EtcdPublisher`]). Values are parsed as `A` (default [`SocketAddr`]) with
 /// `FromStr`.
 ///
-/// A value that does not parse is skipped with a warning naming its key; if no value under
-/// the prefix parses, the lookup fails with [`CatalogError::Malformed`] naming the first
-/// bad key. An empty prefix fails with [`CatalogError::Empty`]. Every lookup is bounded by
-/// the lookup timeout (default [`DEFAULT_TIMEOUT`]).
+/// The prefix always ends with `/` ([`new`](EtcdCatalog::new) adds it), so it never lists
+/// another service whose name starts the same. A value that does not parse is skipped with
+/// a warning naming its key; if no value under the prefix parses, the lookup fails with
+/// [`CatalogError::Malformed`] naming the first bad key. An empty prefix fails with
+/// [`CatalogError::Empty`]. Every lookup is bounded by the request timeout (default
+/// [`DEFAULT_TIMEOUT`]; see the [module docs](self) on the builder's timeout).
 ///
 /// By default every lookup is one range read of the prefix. With
 /// [`watch_cache`](EtcdCatalog::watch_cache), a background task keeps a local copy of the
@@ -129,10 +274,9 @@ pub struct EtcdCatalog<A = SocketAddr> {
 
 #[derive(Clone, Debug)]
 struct Settings {
-    endpoints: Vec<String>,
+    options: EtcdOptions,
     prefix: String,
     describe: String,
-    timeout: Duration,
     watch_cache: bool,
 }
 
@@ -141,7 +285,8 @@ struct CatalogInner {
     client: tokio::sync::Mutex<Option<Client>>,
     /// The watch-fed copy of the prefix, when enabled.
     cache: Option<Arc<Mutex<CacheState>>>,
-    /// The task feeding it, started by the first lookup.
+    /// The task feeding it, started by `watch_cache()` inside a runtime, else by the first
+    /// lookup.
     cache_task: OnceLock<JoinHandle<()>>,
 }
 
@@ -178,23 +323,42 @@ impl<A> fmt::Debug for EtcdCatalog<A> {
     }
 }
 
+/// `prefix` as a directory: with its trailing `/`.
+fn directory(prefix: String) -> String {
+    if prefix.ends_with('/') {
+        prefix
+    } else {
+        prefix + "/"
+    }
+}
+
 impl EtcdCatalog<SocketAddr> {
-    /// A catalog of the socket addresses under `prefix`, read from the etcd cluster at
-    /// `endpoints` (e.g. `["http://127.0.0.1:2379"]`). Nothing is contacted until the
-    /// first lookup. Use [`parse_as`](EtcdCatalog::parse_as) for another address type.
+    /// A catalog of the socket addresses under `prefix` (a `/` is added if it does not end
+    /// with one), read from the etcd cluster at `endpoints` (e.g.
+    /// `["http://127.0.0.1:2379"]`). Nothing is contacted until the first lookup. Use
+    /// [`parse_as`](EtcdCatalog::parse_as) for another address type.
+    ///
+    /// ```
+    /// use persistent_connection::catalog::etcd::EtcdCatalog;
+    ///
+    /// let catalog = EtcdCatalog::new(["http://127.0.0.1:2379"], "/services/echo");
+    /// assert_eq!(catalog.prefix(), "/services/echo/"); // never /services/echo-admin/…
+    /// ```
     pub fn new(
         endpoints: impl IntoIterator<Item = impl AsRef<str>>,
         prefix: impl Into<String>,
     ) -> EtcdCatalog<SocketAddr> {
-        let prefix = prefix.into();
+        EtcdCatalog::with_options(EtcdOptions::new(endpoints), prefix)
+    }
+
+    /// A catalog of the socket addresses under `prefix` (a `/` is added if it does not end
+    /// with one), in the etcd cluster reached with `options` (user, password, timeout).
+    pub fn with_options(options: EtcdOptions, prefix: impl Into<String>) -> EtcdCatalog {
+        let prefix = directory(prefix.into());
         EtcdCatalog::from_settings(Settings {
-            endpoints: endpoints
-                .into_iter()
-                .map(|e| e.as_ref().to_owned())
-                .collect(),
+            options,
             describe: format!("etcd prefix {prefix:?}"),
             prefix,
-            timeout: DEFAULT_TIMEOUT,
             watch_cache: false,
         })
     }
@@ -205,13 +369,17 @@ impl<A> EtcdCatalog<A> {
         let cache = settings
             .watch_cache
             .then(|| Arc::new(Mutex::new(CacheState::default())));
+        let inner = Arc::new(CatalogInner {
+            settings,
+            client: tokio::sync::Mutex::new(None),
+            cache,
+            cache_task: OnceLock::new(),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            inner.start_watch();
+        }
         EtcdCatalog {
-            inner: Arc::new(CatalogInner {
-                settings,
-                client: tokio::sync::Mutex::new(None),
-                cache,
-                cache_task: OnceLock::new(),
-            }),
+            inner,
             _address: PhantomData,
         }
     }
@@ -225,24 +393,27 @@ impl<A> EtcdCatalog<A> {
     }
 
     /// How long a lookup may take (connecting included) before the attempt fails with
-    /// [`CatalogError::TimedOut`]. Returns a new catalog (clones made before keep their
-    /// setting).
+    /// [`CatalogError::TimedOut`]: sets [`EtcdOptions::timeout`]. Keep it below the
+    /// persistent connection's [`lookup_timeout`](crate::Builder::lookup_timeout). Returns a
+    /// new catalog (clones made before keep their setting).
     pub fn lookup_timeout(self, timeout: Duration) -> EtcdCatalog<A> {
         let mut settings = self.inner.settings.clone();
-        settings.timeout = timeout;
+        settings.options.timeout = timeout;
         EtcdCatalog::from_settings(settings)
     }
 
     /// Keep a local copy of the prefix, fed by an etcd watch, and answer lookups from it:
-    /// a lookup is then a local read (no round trip to etcd). The first lookup starts the
-    /// watch task on the current Tokio runtime; it stops when the last clone of the catalog
-    /// is dropped.
+    /// a lookup is then a local read (no round trip to etcd). The watch task starts at
+    /// once when called inside a Tokio runtime (else at the first lookup, on the runtime
+    /// that runs it), so the copy is usually in sync before the first attempt; it stops
+    /// when the last clone of the catalog is dropped.
     ///
     /// The copy is used only while the watch is healthy (the connection to etcd is checked
-    /// with HTTP/2 keep-alives every second). Before the first sync and whenever the watch
-    /// breaks, lookups fall back to a range read, so they fail while etcd is down exactly as
-    /// without the cache, and never serve a list that etcd no longer vouches for. Returns a
-    /// new catalog (clones made before keep their setting).
+    /// with HTTP/2 keep-alives every second, and etcd ends the watch of a member that lost
+    /// its leader). Before the first sync and whenever the watch breaks, lookups fall back
+    /// to a range read, so they fail while etcd is down exactly as without the cache, and
+    /// never serve a list that etcd no longer vouches for. Returns a new catalog (clones
+    /// made before keep their setting).
     pub fn watch_cache(self) -> EtcdCatalog<A> {
         let mut settings = self.inner.settings.clone();
         settings.watch_cache = true;
@@ -258,9 +429,14 @@ impl<A> EtcdCatalog<A> {
             .is_some_and(|c| c.lock().unwrap_or_else(|p| p.into_inner()).synced)
     }
 
-    /// The key prefix.
+    /// The key prefix, ending with `/`.
     pub fn prefix(&self) -> &str {
         &self.inner.settings.prefix
+    }
+
+    /// How the catalog reaches etcd.
+    pub fn options(&self) -> &EtcdOptions {
+        &self.inner.settings.options
     }
 }
 
@@ -273,7 +449,9 @@ impl CatalogInner {
         let mut client = match &*slot {
             Some(c) => c.clone(),
             None => {
-                let c = connect(&s.endpoints, s.timeout)
+                let c = s
+                    .options
+                    .connect()
                     .await
                     .map_err(|e| etcd_error(&s.describe, e))?;
                 *slot = Some(c.clone());
@@ -293,6 +471,14 @@ impl CatalogInner {
         }
     }
 
+    /// Starts the watch task, if the cache is enabled and the task is not running yet.
+    fn start_watch(&self) {
+        if let Some(cache) = &self.cache {
+            self.cache_task
+                .get_or_init(|| tokio::spawn(watch_prefix(self.settings.clone(), cache.clone())));
+        }
+    }
+
     /// The cached listing, parsed, if the cache is enabled and in sync; starts the watch
     /// task on first use.
     fn cached<A>(&self) -> Option<Result<Vec<A>, CatalogError>>
@@ -301,8 +487,7 @@ impl CatalogInner {
         A::Err: fmt::Display,
     {
         let cache = self.cache.as_ref()?;
-        self.cache_task
-            .get_or_init(|| tokio::spawn(watch_prefix(self.settings.clone(), cache.clone())));
+        self.start_watch();
         let state = cache.lock().unwrap_or_else(|p| p.into_inner());
         if !state.synced {
             return None;
@@ -334,13 +519,14 @@ async fn sync_and_watch(
 ) -> Result<(), CatalogError> {
     let describe = &settings.describe;
     let err = |e| etcd_error(describe, e);
-    let timeout = settings.timeout;
-    let options = ConnectOptions::new()
-        .with_connect_timeout(timeout)
+    let timeout = settings.options.timeout;
+    let options = settings
+        .options
+        .connect_options()
         .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
         .with_keep_alive_while_idle(true);
     let read = async {
-        let mut client = Client::connect(&settings.endpoints, Some(options))
+        let mut client = Client::connect(&settings.options.endpoints, Some(options))
             .await
             .map_err(err)?;
         let mut response = client
@@ -441,6 +627,36 @@ where
     Ok(listed)
 }
 
+/// Armed while a lookup runs: a lookup dropped before it finished was cut short by its
+/// caller (the builder's lookup timeout, or a close). It says so in the log, naming the
+/// catalog and its own timeout, and starts the client afresh as the catalog's own timeout
+/// would have (the client may be stuck on a dead member).
+struct LookupInFlight {
+    inner: Arc<CatalogInner>,
+    started: tokio::time::Instant,
+    armed: bool,
+}
+
+impl Drop for LookupInFlight {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let settings = &self.inner.settings;
+        tracing::warn!(
+            catalog = %settings.describe,
+            after = ?self.started.elapsed(),
+            lookup_timeout = ?settings.options.timeout,
+            "etcd lookup cancelled before it finished: the persistent connection's \
+             lookup_timeout is shorter than this catalog's (set it above), or it was closed; \
+             the catalog's etcd client is started afresh"
+        );
+        if let Ok(mut slot) = self.inner.client.try_lock() {
+            *slot = None;
+        }
+    }
+}
+
 impl<A> Catalog for EtcdCatalog<A>
 where
     A: FromStr + Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
@@ -454,9 +670,15 @@ where
             if let Some(listed) = inner.cached() {
                 return listed;
             }
+            let mut in_flight = LookupInFlight {
+                inner: inner.clone(),
+                started: tokio::time::Instant::now(),
+                armed: true,
+            };
             let describe = inner.settings.describe.clone();
-            let timeout = inner.settings.timeout;
+            let timeout = inner.settings.options.timeout;
             let listed = with_timeout(|| describe.clone(), timeout, inner.list()).await;
+            in_flight.armed = false;
             match listed {
                 Ok(kvs) => parse_listing(
                     &inner.settings.describe,
@@ -474,9 +696,119 @@ where
     }
 }
 
+/// What a publisher was doing when it failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PublishOperation {
+    /// Granting a lease and writing the key under it.
+    Publish,
+    /// Revoking the lease (and so deleting the key).
+    Withdraw,
+}
+
+impl fmt::Display for PublishOperation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PublishOperation::Publish => "publish",
+            PublishOperation::Withdraw => "withdraw",
+        })
+    }
+}
+
+/// Why [`EtcdPublisher::publish`] or [`EtcdPublisher::withdraw`] failed: which operation, on
+/// which key, and the etcd error or the timeout.
+///
+/// ```
+/// # use persistent_connection::catalog::etcd::{PublishError, PublishOperation};
+/// # fn show(e: PublishError) {
+/// // e.g. `etcd publish of key "/services/echo/a" failed: Unavailable: tcp connect error (...)`
+/// //   or `etcd withdraw of key "/services/echo/a" timed out after 2s`
+/// println!("{e}");
+/// assert!(matches!(e.operation(), PublishOperation::Publish | PublishOperation::Withdraw));
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishError {
+    operation: PublishOperation,
+    key: String,
+    timed_out: Option<Duration>,
+    message: String,
+}
+
+impl PublishError {
+    fn etcd(operation: PublishOperation, key: &str, e: &etcd_client::Error) -> PublishError {
+        PublishError {
+            operation,
+            key: key.to_owned(),
+            timed_out: None,
+            message: describe_etcd_error(e),
+        }
+    }
+
+    fn timed_out(operation: PublishOperation, key: &str, after: Duration) -> PublishError {
+        PublishError {
+            operation,
+            key: key.to_owned(),
+            timed_out: Some(after),
+            message: String::new(),
+        }
+    }
+
+    /// What failed.
+    pub fn operation(&self) -> PublishOperation {
+        self.operation
+    }
+
+    /// The key published or withdrawn.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The timeout, if the operation ran out of time (rather than failed).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timed_out
+    }
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let PublishError { operation, key, .. } = self;
+        match self.timed_out {
+            Some(after) => write!(
+                f,
+                "etcd {operation} of key {key:?} timed out after {after:?}"
+            ),
+            None => write!(
+                f,
+                "etcd {operation} of key {key:?} failed: {}",
+                self.message
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PublishError {}
+
+/// Runs one publisher operation under `timeout`.
+async fn bounded<T>(
+    operation: PublishOperation,
+    key: &str,
+    timeout: Duration,
+    f: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, PublishError> {
+    match tokio::time::timeout(timeout, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(PublishError::etcd(operation, key, &e)),
+        Err(_) => Err(PublishError::timed_out(operation, key, timeout)),
+    }
+}
+
 /// A server's entry in an etcd catalog: `key = address`, attached to a lease of `ttl` that a
 /// background task keeps alive (renewing every third of the TTL).
 ///
+/// - [`publish`](EtcdPublisher::publish) publishes now or fails;
+///   [`start`](EtcdPublisher::start) keeps trying until etcd answers (see
+///   [`wait_published`](EtcdPublisher::wait_published)).
 /// - [`withdraw`](EtcdPublisher::withdraw) (or dropping the publisher inside a Tokio
 ///   runtime) revokes the lease: the key is deleted at once.
 /// - If the process dies, renewals stop and etcd deletes the key when the TTL runs out.
@@ -484,14 +816,19 @@ where
 ///   meanwhile (or was revoked by someone else), it grants a new one and writes the key
 ///   again, so a copy that outlives an etcd outage is listed again once etcd is back.
 ///
+/// Its task logs what happens (`tracing`): `published in etcd` at info (with the lease
+/// id and how many tries it took), a failure at warn the first time it is seen and at
+/// debug while it repeats, `etcd lease is gone; publishing again` at warn.
+///
 /// etcd rounds the TTL up to whole seconds and to its own minimum (about 1.5 × its
-/// election timeout). Give each copy its own key under the catalog's prefix (two
-/// publishers of one key overwrite each other).
+/// election timeout); see the [module docs](self) on choosing it (10 s or more in
+/// production). Give each copy its own key under the catalog's prefix (two publishers of
+/// one key overwrite each other).
 pub struct EtcdPublisher {
     key: String,
-    lease: Arc<AtomicI64>,
-    client: Client,
-    timeout: Duration,
+    lease: watch::Receiver<i64>,
+    client: Arc<Mutex<Option<Client>>>,
+    options: EtcdOptions,
     keeper: Option<JoinHandle<()>>,
 }
 
@@ -532,48 +869,102 @@ async fn register(
 impl EtcdPublisher {
     /// Publishes `address` under `key` with a lease of `ttl`, in the etcd cluster at
     /// `endpoints`, and starts keeping it alive on the current Tokio runtime. Fails if
-    /// etcd cannot be reached within [`DEFAULT_TIMEOUT`].
+    /// etcd cannot be reached within [`DEFAULT_TIMEOUT`]; use
+    /// [`start`](EtcdPublisher::start) to keep trying instead.
     pub async fn publish(
         endpoints: impl IntoIterator<Item = impl AsRef<str>>,
         key: impl Into<String>,
-        address: impl fmt::Display,
+        address: SocketAddr,
         ttl: Duration,
-    ) -> Result<EtcdPublisher, CatalogError> {
-        let endpoints: Vec<String> = endpoints
-            .into_iter()
-            .map(|e| e.as_ref().to_owned())
-            .collect();
+    ) -> Result<EtcdPublisher, PublishError> {
+        EtcdPublisher::publish_with(EtcdOptions::new(endpoints), key, address, ttl).await
+    }
+
+    /// [`publish`](EtcdPublisher::publish) with the cluster reached through `options`
+    /// (user, password, timeout).
+    pub async fn publish_with(
+        options: EtcdOptions,
+        key: impl Into<String>,
+        address: SocketAddr,
+        ttl: Duration,
+    ) -> Result<EtcdPublisher, PublishError> {
         let key = key.into();
         let value = address.to_string();
         let ttl_secs = ttl_seconds(ttl);
-        let timeout = DEFAULT_TIMEOUT;
-        let describe = format!("etcd key {key:?}");
-        let setup = async {
-            let mut client = connect(&endpoints, timeout)
-                .await
-                .map_err(|e| etcd_error(&describe, e))?;
-            let lease = register(&mut client, &key, &value, ttl_secs)
-                .await
-                .map_err(|e| etcd_error(&describe, e))?;
+        let op = PublishOperation::Publish;
+        let (client, lease) = bounded(op, &key, options.timeout, async {
+            let mut client = options.connect().await?;
+            let lease = register(&mut client, &key, &value, ttl_secs).await?;
             Ok((client, lease))
-        };
-        let (client, lease) = with_timeout(|| describe.clone(), timeout, setup).await?;
-        let lease = Arc::new(AtomicI64::new(lease));
-        let keeper = tokio::spawn(keep_alive(
-            client.clone(),
-            key.clone(),
+        })
+        .await?;
+        tracing::info!(key = %key, lease, ttl = ttl_secs, "published in etcd");
+        Ok(EtcdPublisher::spawn(
+            options,
+            key,
             value,
             ttl_secs,
-            lease.clone(),
-        ));
-        tracing::info!(key = %key, ttl = ttl_secs, "published in etcd");
-        Ok(EtcdPublisher {
-            key,
+            Some(client),
             lease,
+        ))
+    }
+
+    /// Publishes `address` under `key` with a lease of `ttl` in the background, trying until
+    /// etcd answers (every second, or every third of the TTL if shorter), then keeping it
+    /// alive: for a server that may start before etcd, or while etcd is down. Its progress is
+    /// in the logs; [`wait_published`](EtcdPublisher::wait_published) waits for the first
+    /// success. Must be called inside a Tokio runtime (it spawns its task there).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use persistent_connection::catalog::etcd::{EtcdOptions, EtcdPublisher};
+    /// # async fn demo() {
+    /// let etcd = EtcdOptions::new(["http://127.0.0.1:2379"]);
+    /// let me = "10.0.1.5:7000".parse().unwrap();
+    /// let publisher = EtcdPublisher::start(etcd, "/services/echo/copy-1", me, Duration::from_secs(15));
+    /// // Serve at once; the key appears as soon as etcd answers.
+    /// publisher.wait_published().await;
+    /// assert_ne!(publisher.lease_id(), 0);
+    /// # }
+    /// ```
+    pub fn start(
+        options: EtcdOptions,
+        key: impl Into<String>,
+        address: SocketAddr,
+        ttl: Duration,
+    ) -> EtcdPublisher {
+        let key = key.into();
+        tracing::info!(key = %key, "publishing in etcd");
+        EtcdPublisher::spawn(options, key, address.to_string(), ttl_seconds(ttl), None, 0)
+    }
+
+    fn spawn(
+        options: EtcdOptions,
+        key: String,
+        value: String,
+        ttl: i64,
+        client: Option<Client>,
+        lease: i64,
+    ) -> EtcdPublisher {
+        let (lease_tx, lease_rx) = watch::channel(lease);
+        let client = Arc::new(Mutex::new(client));
+        let keeper = Keeper {
+            options: options.clone(),
+            key: key.clone(),
+            value,
+            ttl,
+            lease: lease_tx,
+            client: client.clone(),
+            last_problem: None,
+            tries: 0,
+        };
+        EtcdPublisher {
+            key,
+            lease: lease_rx,
             client,
-            timeout,
-            keeper: Some(keeper),
-        })
+            options,
+            keeper: Some(tokio::spawn(keeper.run())),
+        }
     }
 
     /// The key this copy is published under.
@@ -582,28 +973,54 @@ impl EtcdPublisher {
     }
 
     /// The id of the lease that holds the key now (it changes if the lease had to be
-    /// granted again).
+    /// granted again); 0 until the key is first published.
     pub fn lease_id(&self) -> i64 {
-        self.lease.load(Ordering::Relaxed)
+        *self.lease.borrow()
+    }
+
+    /// Whether the key has been published (at least once).
+    pub fn is_published(&self) -> bool {
+        self.lease_id() != 0
+    }
+
+    /// Waits until the key has been published (at once after
+    /// [`publish`](EtcdPublisher::publish)).
+    pub async fn wait_published(&self) {
+        let mut lease = self.lease.clone();
+        // An error means the task is gone (withdrawn): nothing more to wait for.
+        let _ = lease.wait_for(|id| *id != 0).await;
     }
 
     /// Stops keeping the lease alive and revokes it: the key is deleted at once. Fails if
-    /// etcd cannot be reached within [`DEFAULT_TIMEOUT`]; the key then disappears when the
-    /// TTL runs out.
-    pub async fn withdraw(mut self) -> Result<(), CatalogError> {
+    /// etcd cannot be reached within the request timeout; the key then disappears when the
+    /// TTL runs out. A publisher that never got to publish has nothing to withdraw.
+    pub async fn withdraw(mut self) -> Result<(), PublishError> {
         if let Some(keeper) = self.keeper.take() {
             keeper.abort();
         }
-        let describe = format!("etcd key {:?}", self.key);
-        let mut client = self.client.clone();
         let lease = self.lease_id();
-        with_timeout(|| describe.clone(), self.timeout, async {
-            client
-                .lease_revoke(lease)
-                .await
-                .map(drop)
-                .map_err(|e| etcd_error(&describe, e))
-        })
+        if lease == 0 {
+            tracing::info!(key = %self.key, "withdrawn before it was ever published in etcd");
+            return Ok(());
+        }
+        let stored = self
+            .client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let options = &self.options;
+        bounded(
+            PublishOperation::Withdraw,
+            &self.key,
+            options.timeout,
+            async {
+                let mut client = match stored {
+                    Some(c) => c,
+                    None => options.connect().await?,
+                };
+                client.lease_revoke(lease).await.map(drop)
+            },
+        )
         .await?;
         tracing::info!(key = %self.key, "withdrawn from etcd");
         Ok(())
@@ -618,74 +1035,187 @@ impl Drop for EtcdPublisher {
             return;
         };
         keeper.abort();
+        let lease = self.lease_id();
+        if lease == 0 {
+            return;
+        }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let mut client = self.client.clone();
-            let lease = self.lease_id();
-            let timeout = self.timeout;
+            let stored = self
+                .client
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let options = self.options.clone();
             runtime.spawn(async move {
-                let _ = tokio::time::timeout(timeout, client.lease_revoke(lease)).await;
+                let _ = tokio::time::timeout(options.timeout, async {
+                    let mut client = match stored {
+                        Some(c) => c,
+                        None => options.connect().await?,
+                    };
+                    client.lease_revoke(lease).await.map(drop)
+                })
+                .await;
             });
         }
     }
 }
 
-/// The renewal task: one keep-alive stream, a renewal every third of the TTL; when the
-/// stream breaks, start over after a pause; whenever the lease turns out to be gone
-/// (expired during an outage, or revoked by someone else), register again.
-async fn keep_alive(
-    mut client: Client,
+/// The publisher's task: gets a client and a lease (trying until etcd answers), then renews
+/// the lease every third of the TTL over one keep-alive stream; when the stream breaks,
+/// starts over after a pause; whenever the lease turns out to be gone (expired during an
+/// outage, or revoked by someone else), registers again.
+struct Keeper {
+    options: EtcdOptions,
     key: String,
     value: String,
     ttl: i64,
-    lease: Arc<AtomicI64>,
-) {
-    let ttl_duration = Duration::from_secs(u64::try_from(ttl).unwrap_or(1));
-    let every = (ttl_duration / 3).max(Duration::from_millis(100));
-    let request_timeout = every.max(DEFAULT_TIMEOUT);
-    loop {
-        let id = lease.load(Ordering::Relaxed);
-        let opened = tokio::time::timeout(request_timeout, client.lease_keep_alive(id)).await;
-        let mut lease_gone = match opened {
+    lease: watch::Sender<i64>,
+    /// Shared with the publisher, for `withdraw`.
+    client: Arc<Mutex<Option<Client>>>,
+    /// The last failure logged at warn: a repeat goes to debug (no log storm while etcd is
+    /// down).
+    last_problem: Option<String>,
+    /// Failed tries to publish since the last success.
+    tries: u32,
+}
+
+impl Keeper {
+    fn report(&mut self, problem: String) {
+        if self.last_problem.as_ref() == Some(&problem) {
+            tracing::debug!(key = %self.key, "{problem}; retrying");
+        } else {
+            tracing::warn!(key = %self.key, "{problem}; retrying");
+            self.last_problem = Some(problem);
+        }
+    }
+
+    fn stored_client(&self) -> Option<Client> {
+        self.client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn store_client(&self, client: Option<Client>) {
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = client;
+    }
+
+    /// Connects if needed, grants a lease and writes the key; `false` after a failure.
+    async fn register(&mut self) -> bool {
+        let timeout = self.options.timeout;
+        let stored = self.stored_client();
+        let options = &self.options;
+        let (key, value, ttl) = (&self.key, &self.value, self.ttl);
+        let result = bounded(PublishOperation::Publish, key, timeout, async {
+            let mut client = match stored {
+                Some(c) => c,
+                None => options.connect().await?,
+            };
+            let lease = register(&mut client, key, value, ttl).await?;
+            Ok((client, lease))
+        })
+        .await;
+        match result {
+            Ok((client, lease)) => {
+                self.store_client(Some(client));
+                self.lease.send_replace(lease);
+                tracing::info!(
+                    key = %self.key,
+                    lease,
+                    ttl = self.ttl,
+                    failed_tries = self.tries,
+                    "published in etcd"
+                );
+                self.tries = 0;
+                self.last_problem = None;
+                true
+            }
+            Err(e) => {
+                // A fresh client next time: this one may be stuck on a dead member.
+                self.store_client(None);
+                self.tries += 1;
+                self.report(e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Renews the lease over one keep-alive stream until it breaks; `true` if etcd says the
+    /// lease is gone.
+    async fn renew(&mut self, client: &mut Client, id: i64, every: Duration) -> bool {
+        let timeout = self.options.timeout.max(every);
+        let opened = tokio::time::timeout(timeout, client.lease_keep_alive(id)).await;
+        match opened {
             Ok(Ok((mut keeper, mut responses))) => loop {
                 // Opening renewed once already.
                 tokio::time::sleep(every).await;
                 if keeper.keep_alive().await.is_err() {
-                    break false;
+                    return false;
                 }
-                match tokio::time::timeout(request_timeout, responses.message()).await {
+                match tokio::time::timeout(timeout, responses.message()).await {
                     Ok(Ok(Some(r))) if r.ttl() > 0 => {}
-                    Ok(Ok(Some(_))) => break true,
-                    Ok(Ok(None)) | Ok(Err(_)) | Err(_) => break false,
+                    Ok(Ok(Some(_))) => return true,
+                    Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return false,
                 }
             },
             // The client's word for a keep-alive answered with a TTL of 0.
             Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => true,
             Ok(Err(e)) => {
-                tracing::warn!(key = %key, error = %describe_etcd_error(&e), "etcd keep-alive failed; retrying");
+                let problem = format!(
+                    "etcd renewal of key {:?} failed: {}",
+                    self.key,
+                    describe_etcd_error(&e)
+                );
+                self.report(problem);
                 false
             }
             Err(_) => {
-                tracing::warn!(key = %key, "etcd keep-alive timed out; retrying");
+                let problem = format!(
+                    "etcd renewal of key {:?} timed out after {timeout:?}",
+                    self.key
+                );
+                self.report(problem);
                 false
             }
-        };
-        if !lease_gone {
-            // Ask whether the lease itself still exists: etcd answers a TTL of -1 for a
-            // lease that expired or was revoked.
-            let asked =
-                tokio::time::timeout(request_timeout, client.lease_time_to_live(id, None)).await;
-            lease_gone = matches!(asked, Ok(Ok(r)) if r.ttl() <= 0);
         }
-        if lease_gone {
-            tracing::warn!(key = %key, lease = id, "etcd lease is gone; publishing again");
-            match tokio::time::timeout(request_timeout, register(&mut client, &key, &value, ttl))
-                .await
-            {
-                Ok(Ok(new)) => lease.store(new, Ordering::Relaxed),
-                _ => tokio::time::sleep(every).await,
+    }
+
+    async fn run(mut self) {
+        let ttl = Duration::from_secs(u64::try_from(self.ttl).unwrap_or(1));
+        let every = (ttl / 3).max(Duration::from_millis(100));
+        let retry = every.min(Duration::from_secs(1));
+        let mut lease_gone = *self.lease.borrow() == 0;
+        loop {
+            if lease_gone {
+                if *self.lease.borrow() != 0 {
+                    tracing::warn!(key = %self.key, lease = *self.lease.borrow(), "etcd lease is gone; publishing again");
+                }
+                if self.register().await {
+                    lease_gone = false;
+                } else {
+                    tokio::time::sleep(retry).await;
+                }
+                continue;
             }
-        } else {
-            tokio::time::sleep(every).await;
+            let id = *self.lease.borrow();
+            let Some(mut client) = self.stored_client() else {
+                lease_gone = true;
+                continue;
+            };
+            lease_gone = self.renew(&mut client, id, every).await;
+            if !lease_gone {
+                // Ask whether the lease itself still exists: etcd answers a TTL of -1 for a
+                // lease that expired or was revoked.
+                let asked = tokio::time::timeout(
+                    self.options.timeout.max(every),
+                    client.lease_time_to_live(id, None),
+                )
+                .await;
+                lease_gone = matches!(asked, Ok(Ok(r)) if r.ttl() <= 0);
+            }
+            if !lease_gone {
+                tokio::time::sleep(every).await;
+            }
         }
     }
 }
@@ -701,5 +1231,12 @@ mod tests {
         assert_eq!(ttl_seconds(Duration::from_secs(2)), 2);
         assert_eq!(ttl_seconds(Duration::from_millis(2001)), 3);
         assert_eq!(ttl_seconds(Duration::MAX), i64::MAX);
+    }
+
+    #[test]
+    fn a_prefix_is_a_directory() {
+        assert_eq!(directory("/services/echo".into()), "/services/echo/");
+        assert_eq!(directory("/services/echo/".into()), "/services/echo/");
+        assert_eq!(directory(String::new()), "/");
     }
 }

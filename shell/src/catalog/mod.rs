@@ -87,7 +87,7 @@ use std::time::Duration;
 use persistent_connection_core::rand_chacha::ChaCha8Rng;
 use persistent_connection_core::rand_chacha::rand_core::{Rng, SeedableRng};
 
-use crate::error::IoError;
+use crate::error::{IoError, Keyed};
 
 mod dns;
 #[cfg(feature = "etcd")]
@@ -104,8 +104,10 @@ pub type LookupFuture<A, E> = Pin<Box<dyn Future<Output = Result<A, E>> + Send +
 /// catalog, which key, the message), so repeated identical failures are de-duplicated into
 /// one `FailedToConnect` event per round (R4).
 ///
-/// Convert it into the persistent connection's error type with `From`: [`IoError`] and
-/// `String` are provided.
+/// Convert it into the persistent connection's error type with `From`: [`IoError`],
+/// `String`, and [`Keyed<E, String>`](Keyed) for any client error `E` made from an
+/// `io::Error` (`redis::RedisError`, `hyper` clients' errors…) are provided, so
+/// [`Catalog::get_address`] works with them directly.
 ///
 /// ```
 /// use std::io;
@@ -201,6 +203,30 @@ impl From<CatalogError> for IoError {
 impl From<CatalogError> for String {
     fn from(e: CatalogError) -> String {
         e.to_string()
+    }
+}
+
+/// The recommended error of a real client, `Keyed<ClientError, String>` (see [`Keyed`]):
+/// the catalog failure becomes the client's own error through its `From<io::Error>`
+/// ([`CatalogError::kind`] and the failure's text), keyed by that text, so a repeated
+/// catalog failure is reported once (R4) and a different one is reported.
+///
+/// ```
+/// use persistent_connection::Keyed;
+/// use persistent_connection::catalog::{Catalog, CatalogError, Pick, StaticList};
+///
+/// type Failure = Keyed<std::io::Error, String>; // e.g. Keyed<redis::RedisError, String>
+/// # tokio_test::block_on(async {
+/// let get_address = StaticList::<u16>::new([]).get_address::<Failure>(Pick::InOrder);
+/// let e = get_address().await.unwrap_err();
+/// assert_eq!(e.key(), "no address listed in a static list");
+/// assert_eq!(e.error().kind(), std::io::ErrorKind::NotFound);
+/// # });
+/// ```
+impl<E: From<io::Error>> From<CatalogError> for Keyed<E, String> {
+    fn from(e: CatalogError) -> Keyed<E, String> {
+        let text = e.to_string();
+        Keyed::with_key(E::from(io::Error::new(e.kind(), text.clone())), text)
     }
 }
 
