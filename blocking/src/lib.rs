@@ -18,9 +18,10 @@
 //!   until `connect` returns; a connection it still makes is closed at once, and the
 //!   driver thread stays alive in the background until then. Give `connect` a timeout
 //!   (as [`TcpConnection::connect`] does).
-//! - It offers `connected_timeout`, `current_connection`, `close`, `is_closed` and
-//!   `close_when_current_connection_is_closed`; no `connected_or_failed_to_connect` (R10),
-//!   connect context (R12) or event stream.
+//! - It offers `connected_timeout`, `current_connection`, `close`, `is_closed`,
+//!   `close_when_current_connection_is_closed` and a connect context
+//!   ([`PersistentConnection::spawn_with_context`], R12); no
+//!   `connected_or_failed_to_connect` (R10) or event stream.
 //!
 //! ```
 //! use std::net::{SocketAddr, TcpListener};
@@ -62,6 +63,39 @@ pub trait Connection: Clone + Send + 'static {
     fn close(&self);
     /// Blocks until the connection has closed, whichever side closed it.
     fn wait_closed(&self);
+}
+
+/// What `connect` is given by [`PersistentConnection::spawn_with_context`] (R12).
+pub struct ConnectContext<E> {
+    consecutive_unsuccessful_attempts: u32,
+    abort: Arc<dyn Fn(E) + Send + Sync>,
+}
+
+impl<E> fmt::Debug for ConnectContext<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectContext")
+            .field(
+                "consecutive_unsuccessful_attempts",
+                &self.consecutive_unsuccessful_attempts,
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E> ConnectContext<E> {
+    /// Unsuccessful attempts since the last successful connect, not counting this one: 0
+    /// on the first attempt (R12).
+    pub fn consecutive_unsuccessful_attempts(&self) -> u32 {
+        self.consecutive_unsuccessful_attempts
+    }
+
+    /// Stops the persistent connection for good (R12): no attempt follows, and it counts
+    /// as closed from now on. This attempt is not cancelled: what `connect` returns is
+    /// still handled (a failure reported, a connection closed) before close finishes.
+    /// Calling it again, or after close, changes nothing.
+    pub fn abort(&self, error: E) {
+        (self.abort)(error)
+    }
 }
 
 /// Why an attempt failed: the user's error, or a callback that panicked (R13).
@@ -141,6 +175,50 @@ where
     where
         G: Fn() -> Result<A, E> + Send + Sync + 'static,
         K: Fn(A) -> Result<C, E> + Send + Sync + 'static,
+        F: FnMut(Event<A, C, E>) + Send + 'static,
+    {
+        Self::spawn_with_context(config, get_address, move |a, _cx| connect(a), on_event)
+    }
+
+    /// As [`spawn`](Self::spawn), with a [`ConnectContext`] for `connect` (R12): the
+    /// number of consecutive unsuccessful attempts, and `abort(error)`, which stops the
+    /// loop for good. As in the original, the attempt that called `abort` runs to its
+    /// end: a failure it returns is still reported (`FailedToConnect`, de-duplicated as
+    /// usual, `on_event` called), a connection it returns is closed without `Connected`,
+    /// and close finishes after that.
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use std::time::Duration;
+    /// use persistent_connection_blocking::{Config, Event, PersistentConnection, RetryPolicy, TcpConnection};
+    ///
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let pc = PersistentConnection::spawn_with_context(
+    ///     Config { seed: 1, retry: RetryPolicy::constant(Duration::from_millis(10)) },
+    ///     || Ok::<_, &'static str>("127.0.0.1:9".parse().unwrap()),
+    ///     |_addr, cx| {
+    ///         cx.abort("wrong credentials"); // give up for good
+    ///         Err::<TcpConnection, _>("handshake refused")
+    ///     },
+    ///     move |event: Event<SocketAddr, TcpConnection, &str>| {
+    ///         let _ = tx.send(format!("{event:?}"));
+    ///     },
+    /// );
+    /// // The aborting attempt's failure is still reported; nothing follows it.
+    /// let failed = rx.iter().find(|e| e.starts_with("FailedToConnect")).unwrap();
+    /// assert_eq!(failed, r#"FailedToConnect(User("handshake refused"))"#);
+    /// pc.close();
+    /// assert!(pc.is_closed());
+    /// ```
+    pub fn spawn_with_context<G, K, F>(
+        config: Config,
+        get_address: G,
+        connect: K,
+        on_event: F,
+    ) -> Self
+    where
+        G: Fn() -> Result<A, E> + Send + Sync + 'static,
+        K: Fn(A, &ConnectContext<E>) -> Result<C, E> + Send + Sync + 'static,
         F: FnMut(Event<A, C, E>) + Send + 'static,
     {
         let (tx, rx) = mpsc::channel();
@@ -258,7 +336,7 @@ where
     C: Connection,
     E: Clone + PartialEq + Send + 'static,
     G: Fn() -> Result<A, E> + Send + Sync + 'static,
-    K: Fn(A) -> Result<C, E> + Send + Sync + 'static,
+    K: Fn(A, &ConnectContext<E>) -> Result<C, E> + Send + Sync + 'static,
     F: FnMut(Event<A, C, E>) + Send + 'static,
 {
     fn now(&self) -> Instant {
@@ -320,12 +398,18 @@ where
                 });
             }
             Effect::Connect {
-                attempt, address, ..
+                attempt,
+                address,
+                consecutive_unsuccessful_attempts,
             } => {
                 let connect = self.connect.clone();
+                let cx = ConnectContext {
+                    consecutive_unsuccessful_attempts,
+                    abort: self.abort_fn(),
+                };
                 self.helper(move || Input::ConnectResult {
                     attempt,
-                    result: guarded(|| connect(address)),
+                    result: guarded(|| connect(address, &cx)),
                 });
             }
             Effect::BecameCurrent { conn, connection } => {
@@ -350,6 +434,23 @@ where
             Effect::StartTimer { .. } | Effect::CancelAttempt { .. } => {}
             Effect::AttemptOutcome(_) => {}
         }
+    }
+
+    /// What a connect context's `abort` does: closed at once for the handle (as R11),
+    /// and the machine told, before the attempt's own result (one channel, in order).
+    fn abort_fn(&self) -> Arc<dyn Fn(E) + Send + Sync> {
+        let tx = self.tx.clone();
+        let shared = self.shared.clone();
+        Arc::new(move |error: E| {
+            shared.lock().closed = true;
+            shared.changed.notify_all();
+            let _ = tx.send(Msg {
+                input: Input::Abort {
+                    error: Error::User(error),
+                },
+                from_thread: false,
+            });
+        })
     }
 
     /// Runs `f` on a thread of its own; its result comes back as an input.

@@ -297,3 +297,45 @@ fn a_panicking_connect_is_a_failed_attempt_and_the_loop_goes_on() {
     pc.close();
     assert_eq!(rx.recv_timeout(WAIT), Ok("Disconnected".to_string()));
 }
+
+/// R12 as in the original: `connect` calls `abort` and then fails; the loop stops (no new
+/// attempt), and the aborting attempt's failure is still reported as `FailedToConnect`
+/// before close finishes.
+#[test]
+fn an_aborting_connects_failure_is_reported_and_no_attempt_follows() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let (tx, rx) = mpsc::channel();
+    let (aborted_tx, aborted_rx) = mpsc::channel();
+    let pc = PersistentConnection::spawn_with_context(
+        Config {
+            seed: 1,
+            retry: RetryPolicy::constant(Duration::from_millis(10)),
+        },
+        move || Ok::<_, std::io::ErrorKind>(SocketAddr::from((Ipv4Addr::LOCALHOST, 9))),
+        move |_addr, cx| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            assert_eq!(cx.consecutive_unsuccessful_attempts(), 0);
+            cx.abort(std::io::ErrorKind::PermissionDenied);
+            let _ = aborted_tx.send(());
+            Err::<TcpConnection, _>(std::io::ErrorKind::ConnectionRefused)
+        },
+        move |event: Ev| {
+            let _ = tx.send(show(&event));
+        },
+    );
+    aborted_rx.recv_timeout(WAIT).expect("connect ran");
+    assert!(pc.is_closed(), "closed as soon as abort returned");
+    let events = events_until(&rx, "FailedToConnect(User(ConnectionRefused))");
+    assert_eq!(
+        events,
+        [
+            "AttemptingToConnect".to_string(),
+            "ObtainedAddress(9)".to_string(),
+            "FailedToConnect(User(ConnectionRefused))".to_string(),
+        ]
+    );
+    pc.close();
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "no attempt after abort");
+    assert!(rx.try_recv().is_err(), "nothing after the failure");
+}
