@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_server::{EtcdServer, free_ports};
-use persistent_connection::catalog::etcd::{EtcdCatalog, EtcdPublisher};
+use persistent_connection::catalog::etcd::{EtcdCatalog, EtcdOptions, EtcdPublisher};
 use persistent_connection::catalog::{Catalog, CatalogError, Pick};
 use persistent_connection::{
     Closable, Error, Event, IoError, Jitter, PersistentConnection, TcpConnection,
@@ -1100,4 +1100,99 @@ async fn the_recommended_keyed_error_takes_catalog_failures_directly() {
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(failures[0].contains("etcd prefix"), "{failures:?}");
     pc.close().await;
+}
+
+/// A server that starts before etcd: `EtcdPublisher::start` keeps trying (its failure logged
+/// once at warn while it repeats, not once per try) and publishes as soon as etcd is up.
+#[tokio::test]
+async fn a_started_publisher_keeps_trying_until_etcd_is_up() {
+    let (capture, _guard) = Capture::install();
+    let (client_port, peer_port) = free_ports();
+    let ep = format!("http://127.0.0.1:{client_port}");
+    let server = EchoServer::start().await;
+    let options = EtcdOptions::new([&ep]).timeout(Duration::from_millis(300));
+    let publisher = EtcdPublisher::start(options, format!("{PREFIX}a"), server.addr, TTL);
+    wait_until("a failed try is logged", || {
+        !capture
+            .find(
+                tracing::Level::WARN,
+                "etcd publish of key \"/services/echo/a\"",
+            )
+            .is_empty()
+    })
+    .await;
+    // Several tries (one every third of the 1 s TTL), still unpublished.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!publisher.is_published());
+    assert_eq!(publisher.lease_id(), 0);
+    let warned = capture
+        .find(tracing::Level::WARN, "etcd publish of key")
+        .len();
+    let repeats = capture
+        .find(tracing::Level::DEBUG, "etcd publish of key")
+        .len();
+    assert!(repeats >= 1, "the repeats go to debug");
+    assert!(
+        warned <= 2,
+        "one warning while the failure repeats: {warned}"
+    );
+
+    let etcd = tokio::task::spawn_blocking(move || EtcdServer::start_on(client_port, peer_port))
+        .await
+        .unwrap();
+    guard("published once etcd is up", publisher.wait_published()).await;
+    assert!(publisher.is_published());
+    let published = capture.find(tracing::Level::INFO, "published in etcd");
+    assert!(
+        published.iter().any(|t| !t.contains("failed_tries=0")),
+        "{published:?}"
+    );
+    let catalog = EtcdCatalog::new([etcd.endpoint()], PREFIX);
+    assert_eq!(catalog.lookup().await.unwrap(), [server.addr]);
+    publisher.withdraw().await.unwrap();
+    assert!(matches!(
+        catalog.lookup().await,
+        Err(CatalogError::Empty { .. })
+    ));
+}
+
+/// A cluster with authentication on: the catalog and the publisher log in with the user
+/// and password of their options; without them, the lookup fails naming the catalog.
+#[tokio::test]
+async fn user_and_password_reach_a_cluster_with_authentication() {
+    let etcd = start_etcd().await;
+    let ep = etcd.endpoint();
+    let mut root = etcd_client::Client::connect([&ep], None).await.unwrap();
+    root.user_add("root", "root-pw", None).await.unwrap();
+    root.user_grant_role("root", "root").await.unwrap();
+    root.auth_enable().await.unwrap();
+
+    let server = EchoServer::start().await;
+    let options = EtcdOptions::new([&ep]).user("root", "root-pw");
+    let printed = format!("{options:?}");
+    assert!(
+        printed.contains("root") && !printed.contains("root-pw"),
+        "{printed}"
+    );
+    let publisher =
+        EtcdPublisher::publish_with(options.clone(), format!("{PREFIX}a"), server.addr, TTL)
+            .await
+            .unwrap();
+    let catalog = EtcdCatalog::with_options(options, PREFIX);
+    assert_eq!(catalog.lookup().await.unwrap(), [server.addr]);
+
+    let anonymous = EtcdCatalog::new([&ep], PREFIX).lookup().await.unwrap_err();
+    assert!(
+        matches!(&anonymous, CatalogError::Lookup { catalog, .. } if catalog.contains(PREFIX)),
+        "{anonymous:?}"
+    );
+    let wrong = EtcdCatalog::with_options(EtcdOptions::new([&ep]).user("root", "nope"), PREFIX)
+        .lookup()
+        .await
+        .unwrap_err();
+    assert!(
+        wrong.to_string().contains("authentication failed"),
+        "{wrong}"
+    );
+    publisher.withdraw().await.unwrap();
 }
