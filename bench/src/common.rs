@@ -74,6 +74,19 @@ impl Catalog {
     }
 }
 
+/// The same list seen through the library's catalog trait: `lookup` lists every address,
+/// and the library's picker chooses (skipping the copy it handed out last, so the dead
+/// copy is not retried first). The failover bench's two-copies case uses it.
+impl persistent_connection::catalog::Catalog for Catalog {
+    type Address = SocketAddr;
+
+    async fn lookup(
+        &self,
+    ) -> Result<Vec<SocketAddr>, persistent_connection::catalog::CatalogError> {
+        Ok(self.inner.lock().expect("not poisoned").0.clone())
+    }
+}
+
 /// `TcpStream::connect`, counted in [`ATTEMPTS`] and [`CONNECTS`].
 pub async fn tcp_connect(addr: SocketAddr) -> io::Result<TcpStream> {
     ATTEMPTS.fetch_add(1, Ordering::Relaxed);
@@ -150,6 +163,10 @@ impl EchoConn {
             }
             if let Some(inner) = weak.upgrade() {
                 inner.closed.send_replace(true);
+                // A request in flight lost its reply to the close or reset: fail it now
+                // (its sender dropped), so the client can resend at once instead of
+                // waiting out its reply timeout (issue 21: that timeout was the tail).
+                inner.pending.lock().expect("not poisoned").take();
             }
         });
         *inner.reader.lock().expect("not poisoned") = Some(task);
@@ -157,10 +174,19 @@ impl EchoConn {
     }
 
     /// Sends request `seq` and waits for its reply, at most `timeout`. Returns the id of
-    /// the server that answered.
+    /// the server that answered. Fails at once (`ConnectionReset`) when the connection closes or resets with the
+    /// request in flight, and (`NotConnected`) if it was already closed.
     pub async fn request(&self, seq: u64, timeout: Duration) -> io::Result<u64> {
         let (tx, rx) = oneshot::channel();
-        *self.inner.pending.lock().expect("not poisoned") = Some((seq, tx));
+        {
+            let mut pending = self.inner.pending.lock().expect("not poisoned");
+            // Checked under the lock the reader takes to fail a pending request, so a
+            // close cannot slip between this check and the request being registered.
+            if self.is_closed() {
+                return Err(io::ErrorKind::NotConnected.into());
+            }
+            *pending = Some((seq, tx));
+        }
         {
             let mut w = self.inner.writer.lock().await;
             let Some(w) = w.as_mut() else {
@@ -315,4 +341,39 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that resets the connection as soon as it has read one request.
+    async fn resetting_server() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; REQUEST_LEN];
+            s.read_exact(&mut req).await.unwrap();
+            s.set_zero_linger().unwrap();
+            drop(s);
+        });
+        addr
+    }
+
+    // Issue 21: a reply lost to a reset failed only after the reply timeout, so every
+    // client's failover tail showed the bench's timeout. It must fail as a reset, at once.
+    #[tokio::test]
+    async fn a_request_in_flight_fails_as_reset_not_at_its_timeout() {
+        let conn = EchoConn::connect(resetting_server().await).await.unwrap();
+        let t = Instant::now();
+        let err = conn.request(1, Duration::from_secs(30)).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+        // Generous: the point is not waiting out the 30 s timeout.
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        assert!(conn.is_closed());
+        // Once closed, a request fails at once without being sent.
+        let err = conn.request(2, Duration::from_secs(30)).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotConnected, "{err}");
+    }
 }

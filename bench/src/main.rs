@@ -8,8 +8,11 @@
 //! ```
 //!
 //! Scenarios: `baseline`, `failover` (includes `baseline`), `storm`, `drop`, `memory`,
-//! `all`. Flags (defaults in parentheses): `--libs ours,stubborn,tower,hand`, `--trials N`
-//! (100), `--delay-ms` (100), `--stale-ms` (1000), `--steady-ms` (300), `--timeout-ms` (10),
+//! `all`. Flags (defaults in parentheses): `--libs ours,stubborn,tower,hand,hand-jitter`,
+//! `--trials N` (100), `--delay-ms` (100), `--stale-ms` (1000), `--variants
+//! removed,stale,two-copies` (all: the failover variants), `--failover-runs N` (1: above 1,
+//! the failover tables give medians and ranges of interleaved runs), `--steady-ms` (300),
+//! `--timeout-ms` (10),
 //! `--clients N` (2000), `--outage-s` (5), `--storm-delay-ms` (1000), `--storm-runs N` (1:
 //! above 1, the storm table gives medians and ranges), `--drop-clients N` (10), `--drop-s`
 //! (5), `--drop-delay-ms` (100), `--conns N` (10000), `--quick`.
@@ -73,6 +76,19 @@ fn main() -> io::Result<()> {
             Long("trials") => {
                 opts.trials = num(&mut parser)? as usize;
                 explicit.push("trials");
+            }
+            Long("variants") => {
+                let v: String = parser.value().map_err(bad)?.string().map_err(bad)?;
+                opts.variants = v
+                    .split(',')
+                    .map(|s| {
+                        scenarios::Variant::parse(s)
+                            .ok_or_else(|| bad(format!("unknown failover variant {s:?}")))
+                    })
+                    .collect::<io::Result<_>>()?;
+            }
+            Long("failover-runs") => {
+                opts.failover_runs = num(&mut parser)?.clamp(1, 100) as usize;
             }
             Long("delay-ms") => opts.failover_delay = Duration::from_millis(num(&mut parser)?),
             Long("stale-ms") => opts.stale = Duration::from_millis(num(&mut parser)?),

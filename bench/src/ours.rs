@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use persistent_connection::catalog::{Catalog as _, Pick};
 use persistent_connection::{Closable, IoError, PersistentConnection};
 
 use crate::common::EchoConn;
@@ -29,20 +30,32 @@ pub type Pc = PersistentConnection<std::net::SocketAddr, EchoConn, IoError>;
 /// Builds one on the current runtime, with `event_capacity` if given (the `events()`
 /// broadcast buffer; the default otherwise).
 pub fn build_with(setup: &Setup, event_capacity: Option<usize>) -> Pc {
-    let catalog = setup.catalog.clone();
-    let builder = PersistentConnection::builder(
-        "bench",
-        move || {
+    let connect = |addr, _cx| async move { EchoConn::connect(addr).await.map_err(IoError::from) };
+    // The two `get_address` closures have different types, hence the macro.
+    macro_rules! build {
+        ($get_address:expr) => {{
+            let builder = PersistentConnection::builder("bench", $get_address, connect)
+                .retry_delay(setup.delay)
+                .seed(setup.seed);
+            match event_capacity {
+                Some(n) => builder.event_capacity(n).build(),
+                None => builder.build(),
+            }
+        }};
+    }
+    if setup.picker {
+        build!(
+            setup
+                .catalog
+                .clone()
+                .get_address::<IoError>(Pick::Random { seed: setup.seed })
+        )
+    } else {
+        let catalog = setup.catalog.clone();
+        build!(move || {
             let r = catalog.lookup().map_err(IoError::from);
             async move { r }
-        },
-        |addr, _cx| async move { EchoConn::connect(addr).await.map_err(IoError::from) },
-    )
-    .retry_delay(setup.delay)
-    .seed(setup.seed);
-    match event_capacity {
-        Some(n) => builder.event_capacity(n).build(),
-        None => builder.build(),
+        })
     }
 }
 
@@ -64,10 +77,14 @@ pub async fn run_with(mut setup: Setup, mode: Mode, event_capacity: Option<usize
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut seq = 0u64;
+            let mut resend = false;
             loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stopped(&mut setup.stop) => break,
+                // A request that failed (its reply lost to a reset) is resent at once.
+                if !resend {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stopped(&mut setup.stop) => break,
+                    }
                 }
                 // Waits while disconnected; at once when connected (R9).
                 let conn = tokio::select! {
@@ -75,8 +92,12 @@ pub async fn run_with(mut setup: Setup, mode: Mode, event_capacity: Option<usize
                     _ = stopped(&mut setup.stop) => break,
                 };
                 seq += 1;
-                if let Ok(server) = conn.request(seq, timeout).await {
-                    let _ = sink.send((Instant::now(), server));
+                match conn.request(seq, timeout).await {
+                    Ok(server) => {
+                        resend = false;
+                        let _ = sink.send((Instant::now(), server));
+                    }
+                    Err(_) => resend = true,
                 }
             }
         }

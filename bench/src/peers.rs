@@ -8,6 +8,12 @@
 //! | `stubborn-io` 0.3 | `ExpBackoffStrategy::new(base, 2.0, 0.05)` (its own defaults but the base) | sleeps the next delay *before* every reconnect, including the first after a drop; the schedule restarts after each success |
 //! | `tower` 0.5 `Reconnect` | none built in: the caller sleeps `base` after a failed connect | reconnects lazily on the next `poll_ready` after the service fails; no delay after a connection that succeeded then dropped |
 //! | hand-rolled loop (baseline) | sleeps `base` after a failed connect | `loop { connect; wait until closed }` |
+//! | hand-rolled loop, jittered (issue 21's fair storm peer) | sleeps `base` × a uniform factor in [0.7, 1.3] after a failed connect | the same loop, with this project's default ±30 % spread |
+//!
+//! Every client that sends requests resends at once after a request failed (its reply
+//! lost to a reset, or the connection already gone) instead of waiting for its next tick,
+//! so the failover gap shows the library's reconnect, not the bench's period or reply
+//! timeout.
 
 use std::future::Future;
 use std::io;
@@ -39,11 +45,20 @@ pub enum Lib {
     Tower,
     /// A hand-rolled `loop { connect; wait until closed; on error sleep }`.
     Hand,
+    /// The same loop sleeping `base` × a uniform factor in [0.7, 1.3]: the ±30 % jitter this
+    /// project applies by default, so the storm compares like with like (issue 21).
+    HandJitter,
 }
 
 impl Lib {
     /// All of them, in table order.
-    pub const ALL: [Lib; 4] = [Lib::Ours, Lib::Stubborn, Lib::Tower, Lib::Hand];
+    pub const ALL: [Lib; 5] = [
+        Lib::Ours,
+        Lib::Stubborn,
+        Lib::Tower,
+        Lib::Hand,
+        Lib::HandJitter,
+    ];
 
     /// The name used in tables and on the command line.
     pub fn name(self) -> &'static str {
@@ -52,6 +67,7 @@ impl Lib {
             Lib::Stubborn => "stubborn-io",
             Lib::Tower => "tower reconnect",
             Lib::Hand => "hand-rolled loop",
+            Lib::HandJitter => "hand-rolled loop, ±30 % jitter",
         }
     }
 
@@ -62,6 +78,7 @@ impl Lib {
             "stubborn" | "stubborn-io" => Some(Lib::Stubborn),
             "tower" => Some(Lib::Tower),
             "hand" => Some(Lib::Hand),
+            "hand-jitter" => Some(Lib::HandJitter),
             _ => None,
         }
     }
@@ -93,8 +110,12 @@ pub struct Setup {
     pub delay: Duration,
     /// Becomes true when the client must stop.
     pub stop: watch::Receiver<bool>,
-    /// Seed for this project's jitter.
+    /// Seed for this project's jitter (and the jittered loop's).
     pub seed: u64,
+    /// This project only: pick among the listed copies with the library's own picker
+    /// (`catalog::Catalog::get_address`, which skips the copy handed out last) instead of
+    /// the bench catalog's random pick. The failover bench's two-copies case.
+    pub picker: bool,
 }
 
 /// Starts one client of `lib` on the current runtime.
@@ -103,7 +124,8 @@ pub fn spawn(lib: Lib, setup: Setup, mode: Mode) -> JoinHandle<()> {
         Lib::Ours => tokio::spawn(crate::ours::run(setup, mode)),
         Lib::Stubborn => tokio::spawn(stubborn(setup, mode)),
         Lib::Tower => tokio::spawn(tower_client(setup, mode)),
-        Lib::Hand => tokio::spawn(hand(setup, mode)),
+        Lib::Hand => tokio::spawn(hand(setup, mode, false)),
+        Lib::HandJitter => tokio::spawn(hand(setup, mode, true)),
     }
 }
 
@@ -164,11 +186,15 @@ async fn stubborn(mut setup: Setup, mode: Mode) {
         } => {
             let mut tick = interval(every);
             let mut seq = 0u64;
+            let mut resend = false;
             loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stopped(&mut setup.stop) => return,
+                if !resend {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stopped(&mut setup.stop) => return,
+                    }
                 }
+                resend = true;
                 seq += 1;
                 let request = seq.to_le_bytes();
                 // While disconnected, the write waits for stubborn-io's reconnect.
@@ -186,6 +212,7 @@ async fn stubborn(mut setup: Setup, mode: Mode) {
                                 let server =
                                     u64::from_le_bytes(buf[REQUEST_LEN..].try_into().expect("8"));
                                 let _ = sink.send((Instant::now(), server));
+                                resend = false;
                                 break;
                             }
                         }
@@ -272,9 +299,10 @@ async fn tower_client(mut setup: Setup, mode: Mode) {
         Mode::Idle => None,
     };
     let mut seq = 0u64;
+    let mut resend = false;
     // Bounded by `stop`: every iteration awaits a connect, a request or a tick.
     loop {
-        if let Some(t) = tick.as_mut() {
+        if let Some(t) = tick.as_mut().filter(|_| !resend) {
             tokio::select! {
                 _ = t.tick() => {}
                 _ = stopped(&mut setup.stop) => return,
@@ -295,6 +323,7 @@ async fn tower_client(mut setup: Setup, mode: Mode) {
             r = call => r,
             _ = stopped(&mut setup.stop) => return,
         };
+        resend = result.is_err();
         match result {
             Ok(server) => {
                 if let Mode::Requests { sink, .. } = &mode {
@@ -313,15 +342,27 @@ async fn tower_client(mut setup: Setup, mode: Mode) {
 
 // ---- hand-rolled baseline ----
 
-async fn hand(mut setup: Setup, mode: Mode) {
+/// A factor in [0.7, 1.3] from a xorshift generator: what a hand-rolled loop would write
+/// for ±30 % jitter.
+fn jitter_factor(x: &mut u64) -> f64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    0.7 + 0.6 * (*x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+async fn hand(mut setup: Setup, mode: Mode, jitter: bool) {
     let mut conn: Option<EchoConn> = None;
     let mut tick = match &mode {
         Mode::Requests { every, .. } => Some(interval(*every)),
         Mode::Idle => None,
     };
     let mut seq = 0u64;
+    let mut resend = false;
+    // Never zero (xorshift's fixed point), distinct per client.
+    let mut rng = setup.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     loop {
-        if let Some(t) = tick.as_mut() {
+        if let Some(t) = tick.as_mut().filter(|_| !resend) {
             tokio::select! {
                 _ = t.tick() => {}
                 _ = stopped(&mut setup.stop) => break,
@@ -339,7 +380,12 @@ async fn hand(mut setup: Setup, mode: Mode) {
             match r {
                 Ok(c) => conn = Some(c),
                 Err(_) => {
-                    if sleep_or_stop(setup.delay, &mut setup.stop).await {
+                    let delay = if jitter {
+                        setup.delay.mul_f64(jitter_factor(&mut rng))
+                    } else {
+                        setup.delay
+                    };
+                    if sleep_or_stop(delay, &mut setup.stop).await {
                         break;
                     }
                     continue;
@@ -356,13 +402,38 @@ async fn hand(mut setup: Setup, mode: Mode) {
             }
             Mode::Requests { timeout, sink, .. } => {
                 seq += 1;
-                if let Ok(server) = c.request(seq, *timeout).await {
-                    let _ = sink.send((Instant::now(), server));
+                match c.request(seq, *timeout).await {
+                    Ok(server) => {
+                        resend = false;
+                        let _ = sink.send((Instant::now(), server));
+                    }
+                    Err(_) => resend = true,
                 }
             }
         }
     }
     if let Some(c) = conn {
         c.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jitter_factor;
+
+    #[test]
+    fn the_jittered_loop_spreads_its_delay_over_plus_minus_30_percent() {
+        for seed in [1u64, 2, 0x9E37_79B9_7F4A_7C15 | 1] {
+            let mut x = seed;
+            let draws: Vec<f64> = (0..10_000).map(|_| jitter_factor(&mut x)).collect();
+            assert!(draws.iter().all(|f| (0.7..1.3).contains(f)));
+            let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+            assert!((mean - 1.0).abs() < 0.01, "mean {mean}");
+            // Spread over the whole range, not bunched: each tenth of it is drawn.
+            for k in 0..10 {
+                let lo = 0.7 + 0.06 * f64::from(k);
+                assert!(draws.iter().any(|f| (lo..lo + 0.06).contains(f)), "{lo}");
+            }
+        }
     }
 }

@@ -28,6 +28,11 @@ pub struct Opts {
     pub failover_delay: Duration,
     /// Failover, second variant: how long the dead server stays listed.
     pub stale: Duration,
+    /// Failover: which variants to run.
+    pub variants: Vec<Variant>,
+    /// Failover: runs per client and variant (order rotated each run); above 1, the table
+    /// gives each figure's median and range.
+    pub failover_runs: usize,
     /// Failover: how long each trial runs on one server before it is killed.
     pub steady: Duration,
     /// Request period.
@@ -62,6 +67,8 @@ impl Default for Opts {
             trials: 100,
             failover_delay: Duration::from_millis(100),
             stale: Duration::from_millis(1000),
+            variants: Variant::ALL.to_vec(),
+            failover_runs: 1,
             steady: Duration::from_millis(300),
             every: Duration::from_millis(1),
             req_timeout: Duration::from_millis(10),
@@ -93,6 +100,15 @@ impl Opts {
 
 fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1e3)
+}
+
+/// [`ratio`] with two decimals, for the goals stated to a tenth (≤ 1.1×).
+fn ratio2(x: f64, base: f64) -> String {
+    if base > 0.0 && x.is_finite() {
+        format!("{:.2}×", x / base)
+    } else {
+        "–".to_owned()
+    }
 }
 
 fn ratio(x: f64, base: f64) -> String {
@@ -145,60 +161,116 @@ struct FailoverResult {
     failed: usize,
 }
 
-/// Failover, both variants, one table each.
+/// How the catalog treats the dead server during a failover trial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// Removed from the catalog at once: only the live copy is listed.
+    Removed,
+    /// Still listed for `--stale-ms`, then removed.
+    Stale,
+    /// Both copies stay listed for the whole trial (the dead one refuses connects); this
+    /// project picks with the library's picker, which skips the copy it handed out last;
+    /// the others pick one listed copy at random per attempt, as in the other variants.
+    TwoCopies,
+}
+
+impl Variant {
+    /// All of them, in table order.
+    pub const ALL: [Variant; 3] = [Variant::Removed, Variant::Stale, Variant::TwoCopies];
+
+    /// Parses a command-line name.
+    pub fn parse(s: &str) -> Option<Variant> {
+        match s {
+            "removed" => Some(Variant::Removed),
+            "stale" => Some(Variant::Stale),
+            "two-copies" => Some(Variant::TwoCopies),
+            _ => None,
+        }
+    }
+
+    fn name(self, opts: &Opts) -> String {
+        match self {
+            Variant::Removed => "dead server removed from the catalog at once".to_owned(),
+            Variant::Stale => format!("dead server still listed for {} ms", ms(opts.stale)),
+            Variant::TwoCopies => {
+                "both copies stay listed (this project: the library's picker)".to_owned()
+            }
+        }
+    }
+}
+
+/// Failover, one table per variant.
 pub async fn failover(opts: &Opts, base_p50: Duration) -> io::Result<()> {
-    for stale in [None, Some(opts.stale)] {
-        let mut rows = Vec::new();
-        for &lib in &opts.libs {
-            eprintln!("failover ({}) {}…", variant_name(stale), lib.name());
-            let r = failover_one(opts, lib, stale).await?;
-            rows.push((lib, r));
+    let runs = opts.failover_runs.max(1);
+    for &variant in &opts.variants {
+        let mut rows: Vec<(Lib, Vec<FailoverResult>)> =
+            opts.libs.iter().map(|&l| (l, Vec::new())).collect();
+        for run in 0..runs {
+            // Each run starts one client later, so no client always goes first or last.
+            for k in 0..rows.len() {
+                let i = (run + k) % rows.len();
+                let lib = rows[i].0;
+                eprintln!(
+                    "failover ({}) {} (run {} of {runs})…",
+                    variant.name(opts),
+                    lib.name(),
+                    run + 1
+                );
+                let r = failover_one(opts, lib, variant).await?;
+                rows[i].1.push(r);
+            }
         }
         println!(
             "\n### Failover, {}: gap from kill to the first reply from the other server\n",
-            variant_name(stale)
+            variant.name(opts)
         );
         println!(
-            "base delay {} ms, a request every {} ms (reply timeout {} ms), {} trials; ratio = \
-             p50 / bare connect+request p50 ({} ms) measured in the same run\n",
+            "base delay {} ms, a request every {} ms (reply timeout {} ms; a request whose \
+             reply the reset lost is resent at once), {} trials; ratio = p50 / bare \
+             connect+request p50 ({} ms) measured in the same run{}\n",
             ms(opts.failover_delay),
             ms(opts.every),
             ms(opts.req_timeout),
             opts.trials,
-            ms(base_p50)
+            ms(base_p50),
+            if runs > 1 {
+                format!(
+                    ". Each figure is the median of {runs} runs (clients interleaved, the \
+                     order rotated each run), its range in brackets"
+                )
+            } else {
+                String::new()
+            }
         );
         println!(
             "| client | p50 ms | p99 ms | max ms | p50 ratio | trials without failover (10 s) |"
         );
         println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-        for (lib, r) in rows {
-            let p50 = quantile(&r.gaps, 0.5);
+        for (lib, rs) in rows {
+            let q =
+                |q: f64| Spread::of(rs.iter().map(|r| quantile(&r.gaps, q).as_secs_f64() * 1e3));
+            let p50 = q(0.5);
             println!(
                 "| {} | {} | {} | {} | {} | {} |",
                 lib.name(),
-                ms(p50),
-                ms(quantile(&r.gaps, 0.99)),
-                ms(quantile(&r.gaps, 1.0)),
-                ratio(p50.as_secs_f64(), base_p50.as_secs_f64()),
-                r.failed
+                p50.show(runs, 3),
+                q(0.99).show(runs, 3),
+                q(1.0).show(runs, 3),
+                ratio(p50.median / 1e3, base_p50.as_secs_f64()),
+                rs.iter().map(|r| r.failed).sum::<usize>()
             );
         }
     }
     Ok(())
 }
 
-fn variant_name(stale: Option<Duration>) -> String {
-    match stale {
-        None => "dead server removed from the catalog at once".to_owned(),
-        Some(d) => format!("dead server still listed for {} ms", ms(d)),
-    }
-}
-
-async fn failover_one(
-    opts: &Opts,
-    lib: Lib,
-    stale: Option<Duration>,
-) -> io::Result<FailoverResult> {
+async fn failover_one(opts: &Opts, lib: Lib, variant: Variant) -> io::Result<FailoverResult> {
+    let stale = match variant {
+        Variant::Removed => None,
+        Variant::Stale => Some(opts.stale),
+        // Past the give-up time: never removed during a trial.
+        Variant::TwoCopies => Some(Duration::from_secs(3600)),
+    };
     let mut servers = Servers::spawn().await?;
     let (addr_a, id_a) = servers.start("a", "echo", 0).await?;
     let (addr_b, id_b) = servers.start("b", "echo", 0).await?;
@@ -215,6 +287,7 @@ async fn failover_one(
             delay: opts.failover_delay,
             stop: stop_rx,
             seed: 1,
+            picker: variant == Variant::TwoCopies,
         },
         Mode::Requests {
             every: opts.every,
@@ -318,7 +391,8 @@ pub async fn storm(opts: &Opts) -> io::Result<()> {
         "Attempts: `TcpStream::connect` calls while the server is down (including the \
          reconnect right after the reset). CPU: client process, user+system, from the kill \
          until 99 % are back. Peak accepts: most accepts in any 100 ms window after the \
-         restart, per second. Ratios against the hand-rolled loop.{}\n",
+         restart, per second. Ratios against the hand-rolled loop, and (the columns marked \
+         \"jit.\") against the same loop with ±30 % jitter, the fair peer (issue 21).{}\n",
         if runs > 1 {
             format!(
                 " Each figure is the median of {runs} runs (clients interleaved, the order \
@@ -329,9 +403,9 @@ pub async fn storm(opts: &Opts) -> io::Result<()> {
         }
     );
     println!(
-        "| client | attempts/s during outage | ratio | client CPU s | ratio | peak accepts/s | time to 99 % reconnected, s | clients back within 60 s |"
+        "| client | attempts/s during outage | ratio | client CPU s | ratio | ratio jit. | peak accepts/s | ratio jit. | time to 99 % reconnected, s | clients back within 60 s |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let summaries: Vec<(Lib, StormSummary)> = rows
         .iter()
         .map(|(l, rs)| (*l, StormSummary::of(rs)))
@@ -340,16 +414,23 @@ pub async fn storm(opts: &Opts) -> io::Result<()> {
         .iter()
         .find(|(l, _)| *l == Lib::Hand)
         .map(|(_, s)| (s.attempts_per_s.median, s.cpu.median));
+    let jittered = summaries
+        .iter()
+        .find(|(l, _)| *l == Lib::HandJitter)
+        .map(|(_, s)| (s.cpu.median, s.peak_accepts.median));
     for (lib, s) in &summaries {
         let (ba, bc) = base.unwrap_or((f64::NAN, f64::NAN));
+        let (jc, jp) = jittered.unwrap_or((f64::NAN, f64::NAN));
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             lib.name(),
             s.attempts_per_s.show(runs, 0),
             ratio(s.attempts_per_s.median, ba),
             s.cpu.show(runs, 2),
             ratio(s.cpu.median, bc),
+            ratio2(s.cpu.median, jc),
             s.peak_accepts.show(runs, 0),
+            ratio2(s.peak_accepts.median, jp),
             s.t99
                 .as_ref()
                 .map_or("not reached".to_owned(), |t| t.show(runs, 2)),
@@ -462,6 +543,7 @@ async fn storm_one(opts: &Opts, lib: Lib) -> io::Result<StormResult> {
                     delay: opts.storm_delay,
                     stop: stop_rx.clone(),
                     seed: i,
+                    picker: false,
                 },
                 Mode::Idle,
             )
@@ -520,6 +602,7 @@ pub async fn accept_drop(opts: &Opts) -> io::Result<()> {
                         delay: opts.drop_delay,
                         stop: stop_rx.clone(),
                         seed: i,
+                        picker: false,
                     },
                     Mode::Idle,
                 )
@@ -577,6 +660,7 @@ impl Holder {
             Holder::Lib(Lib::Stubborn) => "stubborn",
             Holder::Lib(Lib::Tower) => "tower",
             Holder::Lib(Lib::Hand) => "hand",
+            Holder::Lib(Lib::HandJitter) => "hand-jitter",
             Holder::OursSmallEvents => "ours-cap1",
         }
     }
@@ -697,6 +781,7 @@ pub async fn memory_child(holder: Holder, conns: usize, addr: SocketAddr) -> io:
                     delay: Duration::from_secs(1),
                     stop: stop_rx.clone(),
                     seed: i,
+                    picker: false,
                 };
                 clients.push(match holder {
                     Holder::Lib(lib) => peers::spawn(lib, setup, Mode::Idle),
