@@ -1,1 +1,103 @@
-//! placeholder
+//! The catalog connector (feature `connector`) under a real hyper client and real hyper
+//! servers on 127.0.0.1: the `hyper_failover` example's drill, shorter, and the
+//! connector's own errors. Real sockets need the real clock: every wait is bounded by a
+//! generous guard.
+
+#[path = "../examples/hyper_failover.rs"]
+#[allow(dead_code)]
+mod example;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use persistent_connection::catalog::{Pick, StaticList};
+use persistent_connection::connector::CatalogConnector;
+use tower::ServiceExt;
+
+const GUARD: Duration = Duration::from_secs(30);
+
+async fn guard<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(GUARD, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {GUARD:?}"))
+}
+
+fn refused_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// hyper's pool reconnects through the connector: each kill of the copy that answers is
+/// followed by replies from the other copy, with the same static catalog throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hyper_client_fails_over_between_two_servers_through_the_catalog() {
+    let settings = example::Settings {
+        kills: 3,
+        every: Duration::from_millis(10),
+        hold: Duration::from_millis(50),
+        verbose: false,
+    };
+    let failovers = guard("the drill", example::drill(settings))
+        .await
+        .expect("the drill ran");
+    println!("{failovers:#?}");
+    assert_eq!(failovers.len(), 3);
+    for f in &failovers {
+        assert_ne!(f.answered_by, f.killed, "{f:?}");
+        assert!(["A", "B"].contains(&f.answered_by.as_str()), "{f:?}");
+    }
+    // The copies take turns: A, then B, then A again was killed.
+    let killed: Vec<_> = failovers.iter().map(|f| f.killed).collect();
+    assert_ne!(killed[0], killed[1]);
+    assert_eq!(killed[0], killed[2]);
+}
+
+/// One call tries each listed copy at most once, skipping those that refuse; when none
+/// accepts, the error says how many were tried and the last one's failure.
+#[tokio::test]
+async fn the_connector_skips_refusing_copies_and_says_when_none_accepts() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let live = listener.local_addr().unwrap();
+    let (r1, r2) = (refused_addr(), refused_addr());
+
+    let connector = CatalogConnector::new(StaticList::new([r1, r2, live]), Pick::InOrder);
+    let uri: http::Uri = "http://service/".parse().unwrap();
+    let stream = guard("connect", connector.clone().oneshot(uri.clone()))
+        .await
+        .unwrap();
+    assert_eq!(stream.inner().peer_addr().unwrap(), live);
+
+    let none = CatalogConnector::new(StaticList::new([r1, r2]), Pick::InOrder);
+    let err = guard("connect", none.oneshot(uri.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(
+        err.message()
+            .starts_with("no listed copy accepted (2 tried); last: connect to "),
+        "{err}"
+    );
+
+    let empty = CatalogConnector::new(StaticList::<SocketAddr>::new([]), Pick::InOrder);
+    let err = guard("connect", empty.oneshot(uri)).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    assert_eq!(err.message(), "no address listed in a static list");
+}
+
+/// New connections go to the copies in turn (round robin), so a client's pool spreads
+/// over the listed copies.
+#[tokio::test]
+async fn new_connections_take_turns_over_the_listed_copies() {
+    let la = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let lb = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (a, b) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
+    let connector = CatalogConnector::new(StaticList::new([a, b]), Pick::RoundRobin);
+    let mut peers = Vec::new();
+    for _ in 0..4 {
+        let s = guard("connect", connector.connect()).await.unwrap();
+        peers.push(s.inner().peer_addr().unwrap());
+    }
+    assert_eq!(peers, [a, b, a, b]);
+}
