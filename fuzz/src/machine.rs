@@ -463,6 +463,9 @@ struct StepInput<A, C, E> {
     current_closed: bool,
     /// `close()` was asked.
     close_requested: bool,
+    /// The failure of the attempt that was in flight when `abort` came (R12): reported
+    /// after close as the original does.
+    aborted_failure: Option<E>,
 }
 
 /// What the step being checked produced.
@@ -474,6 +477,7 @@ impl<A, C, E> Default for StepInput<A, C, E> {
             accepted_connect_error: None,
             current_closed: false,
             close_requested: false,
+            aborted_failure: None,
         }
     }
 }
@@ -572,9 +576,14 @@ where
         self.unhandled = Some(id);
         self.step_out.emitted.push(event.clone());
         if self.was_closed {
+            let aborted_failure = matches!(
+                (event, &self.step_in.aborted_failure),
+                (Event::FailedToConnect(e), Some(f)) if e == f
+            );
             assert!(
-                matches!(event, Event::Disconnected),
-                "R8: only Disconnected may follow close(), got {event:?}"
+                matches!(event, Event::Disconnected) || aborted_failure,
+                "R8: only Disconnected (or the failure of the attempt that aborted, R12) may \
+                 follow close(), got {event:?}"
             );
         }
         match (self.grammar, event) {
@@ -610,6 +619,13 @@ where
             (Grammar::Connected, Event::Disconnected) => self.grammar = Grammar::RoundStart,
             (g, e) => panic!("I1: {e:?} out of grammar at {g:?}"),
         }
+    }
+
+    /// R12: the aborting attempt's failure counts (no `AttemptOutcome` says so: waiters
+    /// were answered by the abort) and may be announced.
+    fn on_aborted_failure(&mut self, e: &E) {
+        self.failures = self.failures.saturating_add(1);
+        self.step_in.aborted_failure = Some(e.clone());
     }
 
     fn check_timer(&mut self, now: Instant, attempt: AttemptId, base: Duration, delay: Duration) {
@@ -669,18 +685,27 @@ where
         let state = m.state();
         match input {
             Input::AddressResult { attempt, result } => {
-                // After close (an aborted attempt finishing, R12) nothing is announced.
                 if state == State::Resolving(*attempt) && !self.was_closed {
                     self.step_in.accepted_address = Some(result.clone());
                     if let Ok(a) = result {
                         self.address_for = Some((*attempt, a.clone()));
                     }
+                } else if state == State::Resolving(*attempt)
+                    && let Err(e) = result
+                {
+                    // After close only an attempt that aborted (R12) is still in flight:
+                    // its address is not announced, its failure is (R4).
+                    self.on_aborted_failure(e);
+                    self.step_in.accepted_address = Some(Err(e.clone()));
                 }
             }
             Input::ConnectResult { attempt, result } => match result {
                 Ok(c) => self.step_in.connection = Some(c.clone()),
                 Err(e) => {
-                    if state == State::Connecting(*attempt) && !self.was_closed {
+                    if state == State::Connecting(*attempt) {
+                        if self.was_closed {
+                            self.on_aborted_failure(e);
+                        }
                         self.step_in.accepted_connect_error = Some(e.clone());
                     }
                 }
