@@ -425,9 +425,38 @@ impl<E> ConnectContext<E> {
     /// does, and give `error` to pending
     /// [`connected_or_failed_to_connect`](PersistentConnection::connected_or_failed_to_connect)
     /// waiters as `Err(Aborted(Error::User(error)))`. The persistent connection counts as
-    /// closed before this returns (S2). This attempt is not cancelled: `abort` is called
-    /// from inside it, so close finishes once it returns; a connection it still returns is
-    /// closed first, never made current (R12).
+    /// closed before this returns (S2). This attempt is not cancelled: as in the original,
+    /// it runs to its end and what it returns is still reported (R12). A failure is an
+    /// ordinary `FailedToConnect` event (de-duplicated, its handler awaited); a connection
+    /// it still returns is closed, never made current, without `Connected`. Close finishes
+    /// after that.
+    ///
+    /// ```
+    /// use persistent_connection::{AttemptError, CloseSignal, Error, Event, PersistentConnection};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let mut builder = PersistentConnection::builder(
+    ///     "aborting",
+    ///     || async { Ok::<_, String>(1u16) },
+    ///     |_port, cx| async move {
+    ///         cx.abort("wrong credentials".to_owned()); // give up for good
+    ///         Err::<CloseSignal, _>("handshake refused".to_owned())
+    ///     },
+    /// );
+    /// let events = builder.events();
+    /// let pc = builder.build();
+    /// assert_eq!(
+    ///     pc.connected_or_failed_to_connect().await.unwrap_err(),
+    ///     AttemptError::Aborted(Error::User("wrong credentials".to_owned()))
+    /// );
+    /// pc.close_finished().await;
+    /// // The aborting attempt's failure was still reported.
+    /// use futures_util::StreamExt;
+    /// let last = events.map(|e| e.unwrap()).collect::<Vec<_>>().await.pop();
+    /// assert!(matches!(last, Some(Event::FailedToConnect(Error::User(e))) if e == "handshake refused"));
+    /// # }
+    /// ```
     pub fn abort(&self, error: E) {
         if let Some(target) = self.abort.upgrade() {
             target.abort(error);
