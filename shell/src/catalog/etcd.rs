@@ -115,6 +115,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{Catalog, CatalogError, with_timeout};
+use crate::guard::Guarded;
 
 /// The etcd client crate this module is built on, for direct use of etcd beside the
 /// catalog (same version, no second copy in the build).
@@ -474,8 +475,16 @@ impl CatalogInner {
     /// Starts the watch task, if the cache is enabled and the task is not running yet.
     fn start_watch(&self) {
         if let Some(cache) = &self.cache {
-            self.cache_task
-                .get_or_init(|| tokio::spawn(watch_prefix(self.settings.clone(), cache.clone())));
+            self.cache_task.get_or_init(|| {
+                let settings = self.settings.clone();
+                let cache = cache.clone();
+                let unsync = cache.clone();
+                tokio::spawn(guarded_task(
+                    "etcd watch",
+                    move || watch_prefix(settings.clone(), cache.clone()),
+                    move || unsync.lock().unwrap_or_else(|p| p.into_inner()).synced = false,
+                ))
+            });
         }
     }
 
@@ -496,6 +505,28 @@ impl CatalogInner {
             &self.settings.describe,
             state.kvs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
         ))
+    }
+}
+
+/// Runs the task made by `make` under the crate's panic guard (R13): if it panics, the
+/// panic is logged at warn, `on_panic` runs, and a fresh task is made after a second. The
+/// publisher's and the watch's tasks run no user code, only the etcd client and this
+/// module; the guard keeps a panic there from silently ending them (a key no longer
+/// renewed, a cache no longer fed).
+async fn guarded_task<F, Fut>(what: &'static str, mut make: F, on_panic: impl Fn())
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match Guarded::boxed(what, make()).await {
+            Ok(()) => return,
+            Err(panic) => {
+                on_panic();
+                tracing::warn!(%panic, "the {what} task panicked; starting it again in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 
@@ -953,17 +984,18 @@ impl EtcdPublisher {
             key: key.clone(),
             value,
             ttl,
-            lease: lease_tx,
+            lease: Arc::new(lease_tx),
             client: client.clone(),
             last_problem: None,
             tries: 0,
         };
+        let task = guarded_task("etcd publisher", move || keeper.clone().run(), || {});
         EtcdPublisher {
             key,
             lease: lease_rx,
             client,
             options,
-            keeper: Some(tokio::spawn(keeper.run())),
+            keeper: Some(tokio::spawn(task)),
         }
     }
 
@@ -1063,13 +1095,15 @@ impl Drop for EtcdPublisher {
 /// The publisher's task: gets a client and a lease (trying until etcd answers), then renews
 /// the lease every third of the TTL over one keep-alive stream; when the stream breaks,
 /// starts over after a pause; whenever the lease turns out to be gone (expired during an
-/// outage, or revoked by someone else), registers again.
+/// outage, or revoked by someone else), registers again. Cloned to start afresh after a
+/// panic (the lease and the client are shared).
+#[derive(Clone)]
 struct Keeper {
     options: EtcdOptions,
     key: String,
     value: String,
     ttl: i64,
-    lease: watch::Sender<i64>,
+    lease: Arc<watch::Sender<i64>>,
     /// Shared with the publisher, for `withdraw`.
     client: Arc<Mutex<Option<Client>>>,
     /// The last failure logged at warn: a repeat goes to debug (no log storm while etcd is
@@ -1231,6 +1265,32 @@ mod tests {
         assert_eq!(ttl_seconds(Duration::from_secs(2)), 2);
         assert_eq!(ttl_seconds(Duration::from_millis(2001)), 3);
         assert_eq!(ttl_seconds(Duration::MAX), i64::MAX);
+    }
+
+    /// A panic in a guarded task is logged and the task is made afresh, after `on_panic`.
+    #[tokio::test(start_paused = true)]
+    async fn a_guarded_task_that_panics_starts_again() {
+        let runs = Arc::new(Mutex::new(0));
+        let panics = Arc::new(Mutex::new(0));
+        let (r, p) = (runs.clone(), panics.clone());
+        guarded_task(
+            "test",
+            move || {
+                let r = r.clone();
+                async move {
+                    let n = {
+                        let mut runs = r.lock().unwrap();
+                        *runs += 1;
+                        *runs
+                    };
+                    assert!(n >= 3, "run {n} panics");
+                }
+            },
+            move || *p.lock().unwrap() += 1,
+        )
+        .await;
+        assert_eq!(*runs.lock().unwrap(), 3);
+        assert_eq!(*panics.lock().unwrap(), 2);
     }
 
     #[test]
