@@ -27,7 +27,7 @@
 //! | [`Lab::drop_one_way`]`(from, to)` | packets from `from` to `to` are lost; the other way works | the same, one direction |
 //! | [`Lab::partition`]`(side_a, side_b)` | a black hole between every host of one side and every host of the other | the same, for every pair |
 //! | [`Lab::reject`]`(a, b)` | TCP segments between `a` and `b` are answered by a reset, other packets (but ICMP) by ICMP port unreachable, both ways (a firewall that rejects) | `reject` in the receiving host's `inet lab` input chain (this kernel's bridge family has no `reject`) |
-//! | [`Lab::flap`]`(a, b, period)` | a black hole between `a` and `b` for `period`, then none for `period`, and so on | a thread of the lab that adds and removes the black hole |
+//! | [`Lab::flap`]`(a, b, period)`, [`Lab::flap_partition`] | a black hole between `a` and `b` (or a partition) for `period`, then none for `period`, and so on | a thread of the lab that adds and removes the rules |
 //!
 //! Each call returns a [`FaultId`]; [`Lab::lift`] removes that fault and [`Lab::heal`]
 //! removes all of them. The rules are replaced in one `nft -f` transaction per namespace,
@@ -82,6 +82,8 @@
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod drills;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -533,8 +535,13 @@ impl Lab {
     /// A black hole between `a` and `b` that comes and goes: on at once for `period`, then
     /// off for `period`, and so on until lifted (or [`heal`](Lab::heal)ed).
     pub fn flap(&self, a: &Host, b: &Host, period: Duration) -> FaultId {
+        self.flap_partition(&[a], &[b], period)
+    }
+
+    /// A [`partition`](Lab::partition) that comes and goes like [`flap`](Lab::flap).
+    pub fn flap_partition(&self, side_a: &[&Host], side_b: &[&Host], period: Duration) -> FaultId {
         let on = Arc::new(AtomicBool::new(true));
-        let id = self.add(Fault::Flapping(pairs(&[a], &[b]), on.clone()));
+        let id = self.add(Fault::Flapping(pairs(side_a, side_b), on.clone()));
         let stop = Arc::new(AtomicBool::new(false));
         let state = self.state.clone();
         let stop2 = stop.clone();
