@@ -20,6 +20,10 @@
 //!   task on the current runtime) or `.build_on(&handle)`.
 //!   `get_address: Fn() -> impl Future<Output = Result<A, E>>`,
 //!   `connect: Fn(A, ConnectContext<E>) -> impl Future<Output = Result<C, E>>`.
+//!   **`A`, `C` and `E` must each be `Clone + Debug + Send + Sync + 'static`**, `A` and `E`
+//!   also `PartialEq`, `C` also [`Closable`]. Without `Debug` the compiler reports the next
+//!   builder method (`retry_delay`, `build`…) as not found rather than the missing bound:
+//!   derive `Debug` (or implement it by hand for a type that cannot derive it).
 //! - Handle [`PersistentConnection<A, C, E>`] (cheap `Clone`; the last drop closes, R14):
 //!   [`connected()`](PersistentConnection::connected) (R9),
 //!   [`connected_or_failed_to_connect()`](PersistentConnection::connected_or_failed_to_connect)
