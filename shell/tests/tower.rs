@@ -57,6 +57,9 @@ fn persistent(catalog: Arc<Mutex<SocketAddr>>) -> Pc {
     .build()
 }
 
+/// A request's future.
+type Reply = std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, BoxError>> + Send>>;
+
 /// One request: send the line, read its echo. A lock per service keeps request/reply
 /// pairs together when the limit lets two requests in at once.
 fn service(
@@ -65,26 +68,21 @@ fn service(
     SocketAddr,
     TcpConnection,
     IoError,
-    impl FnMut(
-        TcpConnection,
-        String,
-    )
-        -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, BoxError>> + Send>>
-    + Clone,
+    impl FnMut(TcpConnection, String) -> Reply + Clone,
 > {
     let turn = Arc::new(tokio::sync::Mutex::new(()));
-    PersistentService::new(pc, move |conn: TcpConnection, req: String| {
+    PersistentService::new(pc, move |conn: TcpConnection, req: String| -> Reply {
         let turn = turn.clone();
         Box::pin(async move {
             let _turn = turn.lock().await;
             conn.send(req.as_bytes()).await?;
             let reply = conn.recv().await.ok_or("closed before the reply")?;
             Ok(String::from_utf8(reply)?)
-        }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+        })
     })
 }
 
-/// Retries a failed request up to `left` more times.
+/// Retries a failed request up to this many more times.
 #[derive(Clone)]
 struct Attempts(usize);
 
