@@ -1,4 +1,4 @@
-//! A persistent connection's counters and state through the [`metrics`](::metrics) facade
+//! A persistent connection's counters and state through the [`metrics`] facade
 //! (cargo feature `metrics`), for whatever recorder the program installed (Prometheus,
 //! StatsD, OpenTelemetry…).
 //!
