@@ -946,11 +946,13 @@ pub fn table(config: &StormConfig, results: &[StormResult]) -> String {
 
 const COLOURS: [&str; 5] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
 
-/// The picture: connected clients (top) and attempts per second (bottom) over time, one
-/// line per policy, as an SVG document. Deterministic: the same results give the same
+/// The picture: connected clients (top) and attempts per second (middle) over time, one
+/// line per policy, and (bottom) connected clients again against the time since the
+/// restart on a logarithmic axis, with each policy's 99 % point marked, so that recoveries
+/// of 100 s and of 2,000 s can both be read (issue 22). An SVG document. Deterministic: the same results give the same
 /// bytes.
 pub fn svg(config: &StormConfig, results: &[StormResult]) -> String {
-    let (w, h) = (960.0f64, 720.0f64);
+    let (w, h) = (960.0f64, 1070.0f64);
     let (left, right) = (90.0, 200.0);
     let plot_w = w - left - right;
     let panel_h = 260.0;
@@ -973,7 +975,7 @@ pub fn svg(config: &StormConfig, results: &[StormResult]) -> String {
     let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
         out,
-        r#"<text x="{left}" y="24" font-size="15">Reconnect storm: {} clients, server down {:.1} s, accepts ≤ {}/s, backlog {}, base delay {:.3} s, seed {}</text>"#,
+        r#"<text x="{left}" y="24" font-size="13">Reconnect storm: {} clients, server down {:.1} s, accepts ≤ {}/s, backlog {}, base delay {:.3} s, seed {}</text>"#,
         thousands(u64::from(config.clients)),
         config.outage.as_secs_f64(),
         thousands(u64::from(config.accept_rate)),
@@ -1061,6 +1063,7 @@ pub fn svg(config: &StormConfig, results: &[StormResult]) -> String {
             );
         }
     }
+    log_panel(&mut out, config, results, tops[1] + panel_h + 90.0, panel_h);
     for (i, r) in results.iter().enumerate() {
         let ly = 60.0 + 22.0 * i as f64;
         let lx = left + plot_w + 16.0;
@@ -1076,6 +1079,117 @@ pub fn svg(config: &StormConfig, results: &[StormResult]) -> String {
     }
     out.push_str("</svg>\n");
     out
+}
+
+/// The third panel of [`svg`]: connected clients against the time since the restart, on a
+/// log axis from one bucket to the end of the run, with each policy's 99 % point.
+fn log_panel(
+    out: &mut String,
+    config: &StormConfig,
+    results: &[StormResult],
+    top: f64,
+    panel_h: f64,
+) {
+    let (left, plot_w) = (90.0, 960.0 - 90.0 - 200.0);
+    let bucket = config.bucket.as_secs_f64();
+    let restart = (config.kill_time + config.outage).as_secs_f64();
+    let buckets = results
+        .iter()
+        .map(|r| r.connected_curve.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let lo = bucket.max(1e-6);
+    let hi = (buckets as f64 * bucket - restart).max(lo * 10.0);
+    let (llo, lhi) = (lo.log10(), hi.log10());
+    let x = |t: f64| left + plot_w * (t.max(lo).log10() - llo) / (lhi - llo);
+    let max = f64::from(config.clients.max(1));
+    let y = |v: f64| top + panel_h - panel_h * v / max;
+    let _ = writeln!(
+        out,
+        r##"<text x="{left}" y="{}" font-size="13">connected clients after the restart (log time axis; dot: 99 % back)</text>"##,
+        top - 8.0
+    );
+    let _ = writeln!(
+        out,
+        r##"<rect x="{left}" y="{top}" width="{plot_w}" height="{panel_h}" fill="none" stroke="#888"/>"##
+    );
+    for k in 0..=4 {
+        let v = max * f64::from(k) / 4.0;
+        let _ = writeln!(
+            out,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+            left - 6.0,
+            y(v) + 4.0,
+            thousands(v.round() as u64)
+        );
+    }
+    // Ticks at 1, 2 and 5 times each power of ten within the range.
+    let mut decade = 10f64.powf(llo.floor());
+    while decade <= hi {
+        for m in [1.0, 2.0, 5.0] {
+            let t = decade * m;
+            if t < lo * 0.999 || t > hi * 1.001 {
+                continue;
+            }
+            let label = if t >= 1.0 {
+                thousands(t.round() as u64)
+            } else {
+                format!("{t}")
+            };
+            let _ = writeln!(
+                out,
+                r##"<line x1="{0:.1}" y1="{top}" x2="{0:.1}" y2="{1:.1}" stroke="#eee"/><text x="{0:.1}" y="{2:.1}" text-anchor="middle">{label}</text>"##,
+                x(t),
+                top + panel_h,
+                top + panel_h + 16.0
+            );
+        }
+        decade *= 10.0;
+    }
+    let _ = writeln!(
+        out,
+        r##"<text x="{:.1}" y="{:.1}" text-anchor="middle">seconds since the server came back (log scale)</text>"##,
+        left + plot_w / 2.0,
+        top + panel_h + 34.0
+    );
+    for (i, r) in results.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        // The bucket ending at `t` since the restart; the log axis gives each decade the
+        // same width, so keep about 300 points a decade, each the largest of its buckets.
+        let first = ((restart / bucket).floor() as usize).min(r.connected_curve.len());
+        let mut points = String::new();
+        let mut last_x = f64::MIN;
+        let mut best = f64::MIN;
+        for (k, &c) in r.connected_curve.iter().enumerate().skip(first) {
+            let t = (k + 1) as f64 * bucket - restart;
+            if t <= 0.0 {
+                continue;
+            }
+            best = best.max(f64::from(c));
+            let px = x(t);
+            if px - last_x >= plot_w / ((lhi - llo) * 300.0) || k + 1 == r.connected_curve.len() {
+                let _ = write!(points, "{px:.1},{:.1} ", y(best));
+                last_x = px;
+                best = f64::MIN;
+            }
+        }
+        let _ = writeln!(
+            out,
+            r##"<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>"##,
+            points.trim_end()
+        );
+        if let Some(t99) = r.time_to[1] {
+            let t = t99.as_secs_f64();
+            let _ = writeln!(
+                out,
+                r##"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{colour}"><title>{}: 99 % back {t:.1} s after the restart</title></circle>"##,
+                x(t),
+                y(max * 0.99),
+                r.policy
+            );
+        }
+    }
 }
 
 #[cfg(test)]

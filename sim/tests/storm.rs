@@ -55,6 +55,34 @@ fn the_same_seed_gives_the_same_table_and_picture_and_another_seed_differs() {
     assert_ne!(c, a[0], "the seed drives the jitter");
 }
 
+// Issue 22: the linear time axis spent its width on the slowest policy's recovery. A third
+// panel puts the recovery on a log axis of the time since the restart, one line and one
+// 99 % mark per policy.
+#[test]
+fn the_picture_shows_each_recovery_on_a_log_axis_with_its_99_percent_point() {
+    let config = StormConfig {
+        check: false,
+        ..small()
+    };
+    let results: Vec<_> = Policy::ALL
+        .iter()
+        .map(|&p| run_storm(&config, p).expect("passes"))
+        .collect();
+    let picture = svg(&config, &results);
+    assert!(picture.contains("seconds since the server came back (log scale)"));
+    // Three panels of one line per policy.
+    assert_eq!(picture.matches("<polyline").count(), 3 * Policy::ALL.len());
+    for r in &results {
+        let t99 = r.time_to[1].expect("everyone is back in the small storm");
+        let mark = format!(
+            "{}: 99 % back {:.1} s after the restart",
+            r.policy,
+            t99.as_secs_f64()
+        );
+        assert!(picture.contains(&mark), "{mark}");
+    }
+}
+
 #[test]
 fn the_policies_keep_their_shapes() {
     let config = StormConfig {
