@@ -105,6 +105,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -127,10 +128,13 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How to reach an etcd cluster, for [`EtcdCatalog`] and [`EtcdPublisher`]: the member
 /// endpoints, the user to authenticate as, and the timeout of each request.
 ///
-/// List every member: the client spreads its requests over them and goes on with the
-/// others when one is down. Requests go only to members that have a leader (etcd's
-/// `require_leader`), so a member cut off from its cluster's majority answers at once that
-/// it has no leader, rather than after the timeout.
+/// List every member. A catalog lookup asks the member that answered last and, if it
+/// fails, each other member in turn (each try within the timeout divided by the number of
+/// members), so a dead or cut-off member costs one failed try, not a failed lookup; when
+/// every member fails, the error lists each member's answer in endpoint order. The
+/// publisher's client spreads its requests over the members. Requests go only to members
+/// that have a leader (etcd's `require_leader`), so a member cut off from its cluster's
+/// majority answers at once that it has no leader, rather than after the timeout.
 ///
 /// ```
 /// use std::time::Duration;
@@ -283,7 +287,10 @@ struct Settings {
 
 struct CatalogInner {
     settings: Settings,
-    client: tokio::sync::Mutex<Option<Client>>,
+    /// One client per member (made on first use, dropped when it fails).
+    clients: tokio::sync::Mutex<Vec<Option<Client>>>,
+    /// The member that answered last: the next lookup asks it first.
+    preferred: AtomicUsize,
     /// The watch-fed copy of the prefix, when enabled.
     cache: Option<Arc<Mutex<CacheState>>>,
     /// The task feeding it, started by `watch_cache()` inside a runtime, else by the first
@@ -370,9 +377,11 @@ impl<A> EtcdCatalog<A> {
         let cache = settings
             .watch_cache
             .then(|| Arc::new(Mutex::new(CacheState::default())));
+        let members = settings.options.endpoints.len().max(1);
         let inner = Arc::new(CatalogInner {
             settings,
-            client: tokio::sync::Mutex::new(None),
+            clients: tokio::sync::Mutex::new(vec![None; members]),
+            preferred: AtomicUsize::new(0),
             cache,
             cache_task: OnceLock::new(),
         });
@@ -442,33 +451,97 @@ impl<A> EtcdCatalog<A> {
 }
 
 impl CatalogInner {
-    /// One range read of the prefix. A failure drops the client so the next lookup makes
-    /// a new one.
+    /// One range read of the prefix, from one member: the one that answered last, then, if
+    /// it fails, each other member in turn (each try bounded by the timeout divided by the
+    /// number of members). A failed member's client is dropped, so the next try of it makes
+    /// a new one. When every member fails, the error lists each member's answer in endpoint
+    /// order: stable while the members' states are, so a repeated failure is announced once
+    /// (R4).
     async fn list(&self) -> Result<Vec<KeyValue>, CatalogError> {
         let s = &self.settings;
-        let mut slot = self.client.lock().await;
-        let mut client = match &*slot {
-            Some(c) => c.clone(),
+        let n = s.options.endpoints.len();
+        if n <= 1 {
+            return self
+                .list_at(0)
+                .await
+                .map_err(|message| CatalogError::Lookup {
+                    catalog: s.describe.clone(),
+                    message,
+                });
+        }
+        let per_try = s.options.timeout / u32::try_from(n).unwrap_or(u32::MAX);
+        let first = self.preferred.load(Ordering::Relaxed) % n;
+        let mut failures = Vec::new();
+        for k in 0..n {
+            let i = (first + k) % n;
+            let outcome = match tokio::time::timeout(per_try, self.list_at(i)).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    self.forget(i).await;
+                    Err(format!("timed out after {per_try:?}"))
+                }
+            };
+            match outcome {
+                Ok(kvs) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(kvs);
+                }
+                Err(message) => failures.push((i, message)),
+            }
+        }
+        failures.sort_by_key(|(i, _)| *i);
+        let answers: Vec<String> = failures
+            .into_iter()
+            .map(|(i, message)| format!("{}: {message}", s.options.endpoints[i]))
+            .collect();
+        Err(CatalogError::Lookup {
+            catalog: s.describe.clone(),
+            message: format!("no member answered ({})", answers.join("; ")),
+        })
+    }
+
+    /// One range read from member `i` (its client made if needed); the error's text.
+    async fn list_at(&self, i: usize) -> Result<Vec<KeyValue>, String> {
+        let s = &self.settings;
+        let mut slots = self.clients.lock().await;
+        let mut client = match slots.get(i).cloned().flatten() {
+            Some(c) => c,
             None => {
-                let c = s
-                    .options
-                    .connect()
+                let endpoint = s.options.endpoints.get(i).map(String::as_str);
+                let c = Client::connect(endpoint.as_slice(), Some(s.options.connect_options()))
                     .await
-                    .map_err(|e| etcd_error(&s.describe, e))?;
-                *slot = Some(c.clone());
+                    .map_err(|e| describe_etcd_error(&e))?;
+                if let Some(slot) = slots.get_mut(i) {
+                    *slot = Some(c.clone());
+                }
                 c
             }
         };
-        drop(slot);
+        drop(slots);
         match client
             .get(s.prefix.as_bytes(), Some(GetOptions::new().with_prefix()))
             .await
         {
             Ok(mut response) => Ok(response.take_kvs()),
             Err(e) => {
-                *self.client.lock().await = None;
-                Err(etcd_error(&s.describe, e))
+                self.forget(i).await;
+                Err(describe_etcd_error(&e))
             }
+        }
+    }
+
+    /// Drops member `i`'s client: the next try makes a new one.
+    async fn forget(&self, i: usize) {
+        if let Some(slot) = self.clients.lock().await.get_mut(i) {
+            *slot = None;
+        }
+    }
+
+    /// Drops every client (a lookup cut short may have left one stuck on a dead member);
+    /// skipped if a lookup holds them now.
+    fn forget_all_now(&self) {
+        if let Ok(mut slots) = self.clients.try_lock() {
+            slots.iter_mut().for_each(|slot| *slot = None);
         }
     }
 
@@ -682,9 +755,7 @@ impl Drop for LookupInFlight {
              lookup_timeout is shorter than this catalog's (set it above), or it was closed; \
              the catalog's etcd client is started afresh"
         );
-        if let Ok(mut slot) = self.inner.client.try_lock() {
-            *slot = None;
-        }
+        self.inner.forget_all_now();
     }
 }
 
@@ -717,8 +788,8 @@ where
                 ),
                 Err(e) => {
                     if matches!(e, CatalogError::TimedOut { .. }) {
-                        // The client may be stuck on a dead endpoint: start afresh.
-                        *inner.client.lock().await = None;
+                        // A client may be stuck on a dead endpoint: start afresh.
+                        inner.forget_all_now();
                     }
                     Err(e)
                 }
