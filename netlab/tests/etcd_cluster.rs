@@ -1,0 +1,580 @@
+//! Drill 6 of issue 19: the etcd catalog against a real three-member etcd cluster, one
+//! member per lab host (`e0`, `e1`, `e2`), echo servers publishing themselves with
+//! `EtcdPublisher::start` on `s0` and `s1`, and a client host whose `EtcdCatalog` lists all
+//! three endpoints. Three faults, in one run:
+//!
+//! 1. **the leader is killed** (`kill -9`): every request of a linearizable read goes
+//!    through it, so it is the member the client depends on; lookups must go on through the
+//!    other two;
+//! 2. **a minority is partitioned**: one follower cut off from the other two members (the
+//!    client still reaches it, and it answers that it has no leader); lookups go on through
+//!    the majority;
+//! 3. **quorum is lost** (two members killed), then restored: lookups fail with a clear
+//!    error, announced once per round (R4), while the client's current connection is left
+//!    alone; once both members are back, the publishers' keys are listed again, and the
+//!    time that takes is measured.
+//!
+//! Each phase measures the lookups that failed and the gap (fault to the first lookup that
+//! lists both copies). The short pass runs once (`cargo test --workspace --all-features`);
+//! `NETLAB_REPS=n` runs it n times and prints a row per run for BENCHMARKS.md. Needs root,
+//! `ip`, `nft` and `etcd` (`bash scripts/needs.sh`); fails saying what is missing.
+
+#![cfg(feature = "etcd")]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use persistent_connection::catalog::etcd::{EtcdCatalog, EtcdOptions, EtcdPublisher, etcd_client};
+use persistent_connection::catalog::{Catalog, Pick};
+use persistent_connection::{Error, Event, IoError, PersistentConnection, TcpConnection};
+use persistent_connection_netlab::{Host, HostRuntime, Lab};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PREFIX: &str = "/services/echo/";
+const ECHO_PORT: u16 = 7000;
+/// The publishers' lease: long enough to ride out the drill's outages (module docs of the
+/// catalog: a TTL must outlive every stall).
+const TTL: Duration = Duration::from_secs(10);
+/// Each etcd request of the catalog and the publishers.
+const ETCD_TIMEOUT: Duration = Duration::from_millis(900);
+/// How often the probe looks the catalog up.
+const PROBE_EVERY: Duration = Duration::from_millis(50);
+/// How long each fault is held.
+const HOLD: Duration = Duration::from_secs(3);
+
+fn reps() -> usize {
+    std::env::var("NETLAB_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1)
+}
+
+// ---- the cluster -----------------------------------------------------------------------
+
+/// One etcd member in a lab host; `kill -9` on drop.
+struct Member {
+    name: String,
+    host: Host,
+    dir: PathBuf,
+    cluster: String,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn client_url(&self) -> String {
+        format!("http://{}", self.host.addr(2379))
+    }
+
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already runs", self.name);
+        let peer = format!("http://{}", self.host.addr(2380));
+        let client = self.client_url();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))
+            .expect("etcd log file");
+        let child = self
+            .host
+            .command("etcd")
+            .arg(format!("--name={}", self.name))
+            .arg(format!("--data-dir={}", self.dir.join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster={}", self.cluster))
+            .arg("--initial-cluster-state=new")
+            .arg("--initial-cluster-token=drill6")
+            // Fast elections, as on a LAN: a leader is noticed gone after 500 ms.
+            .arg("--heartbeat-interval=50")
+            .arg("--election-timeout=500")
+            .arg("--log-level=warn")
+            .env_remove("ETCDCTL_API")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run `etcd` ({e}): install Debian's etcd-server (`bash scripts/needs.sh`)")
+            });
+        self.child = Some(child);
+    }
+
+    /// `kill -9` (`ip netns exec` execs etcd, so the child is etcd itself).
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn data_dir(lab: &Lab, name: &str) -> PathBuf {
+    let base = if std::path::Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!("{}-{name}", lab.prefix()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("etcd data directory");
+    dir
+}
+
+/// Asks `endpoint` for its status: `(its member id, the leader it knows)`, or why not.
+async fn status(endpoint: String) -> Result<(u64, u64), String> {
+    let ask = async {
+        let mut c = etcd_client::Client::connect([endpoint], None).await?;
+        let s = c.status().await?;
+        Ok::<_, etcd_client::Error>((s.header().map_or(0, |h| h.member_id()), s.leader()))
+    };
+    match tokio::time::timeout(Duration::from_millis(500), ask).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// Waits until every running member reports the same leader, one of the running ones;
+/// returns the leader's index.
+fn wait_for_leader(rt: &HostRuntime, members: &[Member], within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let urls: Vec<(usize, String)> = members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.child.is_some())
+            .map(|(i, m)| (i, m.client_url()))
+            .collect();
+        let answers = rt.block_on(async move {
+            let mut out = Vec::new();
+            for (i, url) in urls {
+                out.push((i, status(url).await));
+            }
+            out
+        });
+        let ok: Vec<(usize, u64, u64)> = answers
+            .iter()
+            .filter_map(|(i, r)| r.as_ref().ok().map(|(id, leader)| (*i, *id, *leader)))
+            .collect();
+        if ok.len() == answers.len() && !ok.is_empty() {
+            let leader = ok[0].2;
+            if leader != 0 && ok.iter().all(|(_, _, l)| *l == leader) {
+                if let Some((i, _, _)) = ok.iter().find(|(_, id, _)| *id == leader) {
+                    return *i;
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = members
+                .iter()
+                .map(|m| format!("--- {}:\n{}", m.name, m.log()))
+                .collect();
+            panic!(
+                "no agreed leader within {within:?}: {answers:?}\n{}",
+                logs.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---- servers, client and probe -----------------------------------------------------------
+
+/// An echo server on `ECHO_PORT` that publishes itself with `EtcdPublisher::start`.
+fn start_server(rt: &HostRuntime, host: &Host, endpoints: Vec<String>) -> Arc<EtcdPublisher> {
+    let addr = host.addr(ECHO_PORT);
+    let key = format!("{PREFIX}{}", host.name());
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let options = EtcdOptions::new(endpoints).timeout(ETCD_TIMEOUT);
+        Arc::new(EtcdPublisher::start(options, key, addr, TTL))
+    })
+}
+
+/// One lookup of the probe: when it started, and what it listed (or its error).
+#[derive(Clone, Debug)]
+struct Probe {
+    at: Instant,
+    took: Duration,
+    listed: Result<Vec<SocketAddr>, String>,
+}
+
+type Pc = PersistentConnection<SocketAddr, TcpConnection, IoError>;
+
+/// What the client host runs: the connection kept through the catalog (which must be left
+/// alone), a second one whose connects always fail (so that it looks the catalog up on
+/// every attempt, and its `FailedToConnect` events show how catalog failures are
+/// announced), and a probe that looks the catalog up every 50 ms.
+struct Client {
+    pc: Pc,
+    probe_pc: Pc,
+    failures: Arc<Mutex<Vec<(Instant, String)>>>,
+    main_events: Arc<Mutex<Vec<String>>>,
+    probes: Arc<Mutex<Vec<Probe>>>,
+}
+
+fn start_client(rt: &HostRuntime, endpoints: Vec<String>) -> Client {
+    rt.block_on(async move {
+        let options = EtcdOptions::new(endpoints).timeout(ETCD_TIMEOUT);
+        let main_events = Arc::new(Mutex::new(Vec::new()));
+        let m = main_events.clone();
+        let pc = PersistentConnection::builder(
+            "echo",
+            EtcdCatalog::with_options(options.clone(), PREFIX)
+                .get_address::<IoError>(Pick::InOrder),
+            |addr: SocketAddr, _cx| TcpConnection::connect(addr),
+        )
+        .retry_delay(Duration::from_millis(100))
+        .on_event(move |e| {
+            m.lock().unwrap().push(match &e {
+                Event::Connected(c) => format!("Connected({})", c.peer_addr()),
+                other => format!("{other:?}").chars().take(60).collect(),
+            });
+            async {}
+        })
+        .build();
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let f = failures.clone();
+        let probe_pc = PersistentConnection::builder(
+            "probe",
+            EtcdCatalog::with_options(options.clone(), PREFIX)
+                .get_address::<IoError>(Pick::InOrder),
+            |_addr: SocketAddr, _cx| async {
+                Err::<TcpConnection, _>(IoError::new(
+                    std::io::ErrorKind::Other,
+                    "probe: never connects",
+                ))
+            },
+        )
+        .retry_delay(Duration::from_millis(100))
+        .on_event(move |e| {
+            if let Event::FailedToConnect(e) = &e {
+                let text = match e {
+                    Error::User(e) => e.to_string(),
+                    other => format!("{other:?}"),
+                };
+                f.lock().unwrap().push((Instant::now(), text));
+            }
+            async {}
+        })
+        .build();
+        let probes = Arc::new(Mutex::new(Vec::new()));
+        let p = probes.clone();
+        let catalog = EtcdCatalog::with_options(options, PREFIX);
+        tokio::spawn(async move {
+            loop {
+                let at = Instant::now();
+                let listed = catalog.lookup().await.map_err(|e| e.to_string());
+                p.lock().unwrap().push(Probe {
+                    at,
+                    took: at.elapsed(),
+                    listed,
+                });
+                tokio::time::sleep(PROBE_EVERY).await;
+            }
+        });
+        Client {
+            pc,
+            probe_pc,
+            failures,
+            main_events,
+            probes,
+        }
+    })
+}
+
+impl Client {
+    fn probes_since(&self, t: Instant) -> Vec<Probe> {
+        self.probes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.at >= t)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until a lookup started after `t` lists every one of `want`; returns when it
+    /// finished, measured from `t`.
+    fn wait_listing(&self, t: Instant, want: &[SocketAddr], within: Duration) -> Duration {
+        let deadline = t + within;
+        loop {
+            let done = self.probes_since(t).into_iter().find(|p| {
+                p.listed
+                    .as_ref()
+                    .is_ok_and(|l| want.iter().all(|a| l.contains(a)))
+            });
+            if let Some(p) = done {
+                return (p.at + p.took) - t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no lookup listed {want:?} within {within:?} of the fault; lookups since: {:#?}",
+                summarise(&self.probes_since(t))
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The distinct outcomes of `probes`, with their counts, in order of first appearance.
+fn summarise(probes: &[Probe]) -> Vec<(String, usize)> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for p in probes {
+        let text = match &p.listed {
+            Ok(l) => format!("ok {l:?}"),
+            Err(e) => e.clone(),
+        };
+        match out.iter_mut().find(|(t, _)| *t == text) {
+            Some((_, n)) => *n += 1,
+            None => out.push((text, 1)),
+        }
+    }
+    out
+}
+
+/// One phase's figures.
+#[derive(Debug)]
+struct Phase {
+    what: &'static str,
+    lookups: usize,
+    failed: usize,
+    gap: Duration,
+    slowest: Duration,
+}
+
+fn phase(client: &Client, what: &'static str, from: Instant, to: Instant, gap: Duration) -> Phase {
+    let probes: Vec<Probe> = client
+        .probes_since(from)
+        .into_iter()
+        .filter(|p| p.at < to)
+        .collect();
+    Phase {
+        what,
+        lookups: probes.len(),
+        failed: probes.iter().filter(|p| p.listed.is_err()).count(),
+        gap,
+        slowest: probes.iter().map(|p| p.took).max().unwrap_or_default(),
+    }
+}
+
+// ---- the drill ---------------------------------------------------------------------------
+
+fn drill() -> Vec<Phase> {
+    let lab = Lab::new();
+    let hosts: Vec<Host> = ["e0", "e1", "e2"].iter().map(|n| lab.host(n)).collect();
+    let servers: Vec<Host> = ["s0", "s1"].iter().map(|n| lab.host(n)).collect();
+    let client_host = lab.host("client");
+    let cluster = hosts
+        .iter()
+        .map(|h| format!("{}=http://{}", h.name(), h.addr(2380)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut members: Vec<Member> = hosts
+        .iter()
+        .map(|h| Member {
+            name: h.name().to_owned(),
+            host: h.clone(),
+            dir: data_dir(&lab, h.name()),
+            cluster: cluster.clone(),
+            child: None,
+        })
+        .collect();
+    for m in &mut members {
+        m.start();
+    }
+    let endpoints: Vec<String> = members.iter().map(Member::client_url).collect();
+    let rt = client_host.runtime_with(2);
+    wait_for_leader(&rt, &members, Duration::from_secs(20));
+
+    let server_rts: Vec<HostRuntime> = servers.iter().map(|h| h.runtime()).collect();
+    let publishers: Vec<Arc<EtcdPublisher>> = servers
+        .iter()
+        .zip(&server_rts)
+        .map(|(h, srt)| start_server(srt, h, endpoints.clone()))
+        .collect();
+    let copies: Vec<SocketAddr> = servers.iter().map(|h| h.addr(ECHO_PORT)).collect();
+    let client = start_client(&rt, endpoints.clone());
+    let t0 = Instant::now();
+    client.wait_listing(t0, &copies, Duration::from_secs(20));
+    let pc = client.pc.clone();
+    let conn = rt.block_on(async move {
+        tokio::time::timeout(Duration::from_secs(10), pc.connected())
+            .await
+            .expect("connected through the catalog")
+    });
+    let conn_local = conn.local_addr();
+    let mut phases = Vec::new();
+
+    // 1. The leader is killed.
+    let leader = wait_for_leader(&rt, &members, Duration::from_secs(10));
+    let t = Instant::now();
+    members[leader].kill();
+    let gap = client.wait_listing(t, &copies, Duration::from_secs(10));
+    std::thread::sleep(HOLD);
+    phases.push(phase(&client, "kill -9 the leader", t, Instant::now(), gap));
+    members[leader].start();
+    wait_for_leader(&rt, &members, Duration::from_secs(20));
+
+    // 2. A follower is partitioned from the other two (the client still reaches it).
+    let leader = wait_for_leader(&rt, &members, Duration::from_secs(10));
+    let minority = (leader + 1) % 3;
+    let majority: Vec<&Host> = (0..3)
+        .filter(|&i| i != minority)
+        .map(|i| &hosts[i])
+        .collect();
+    let t = Instant::now();
+    let cut = lab.partition(&[&hosts[minority]], &majority);
+    let gap = client.wait_listing(t, &copies, Duration::from_secs(10));
+    std::thread::sleep(HOLD);
+    phases.push(phase(
+        &client,
+        "partition a follower from the majority",
+        t,
+        Instant::now(),
+        gap,
+    ));
+    lab.lift(cut);
+    wait_for_leader(&rt, &members, Duration::from_secs(20));
+
+    // 3. Quorum lost: two members killed; then both restarted.
+    let leader = wait_for_leader(&rt, &members, Duration::from_secs(10));
+    let second = (leader + 1) % 3;
+    let before_failures = client.failures.lock().unwrap().len();
+    let t_lost = Instant::now();
+    members[leader].kill();
+    members[second].kill();
+    std::thread::sleep(HOLD);
+    let lost = phase(&client, "quorum lost", t_lost, Instant::now(), HOLD);
+    let during: Vec<(Instant, String)> =
+        client.failures.lock().unwrap()[before_failures..].to_vec();
+    let attempts = client.probe_pc.stats().attempts;
+    let t_back = Instant::now();
+    members[leader].start();
+    members[second].start();
+    let gap = client.wait_listing(t_back, &copies, Duration::from_secs(30));
+    phases.push(phase(
+        &client,
+        "quorum restored: keys listed again",
+        t_back,
+        Instant::now(),
+        gap,
+    ));
+
+    for p in phases
+        .iter()
+        .take(2)
+        .chain([&lost])
+        .chain(phases.iter().skip(2))
+    {
+        println!("drill 6: {p:?}");
+    }
+    println!("drill 6: catalog failures announced while quorum was lost: {during:#?}");
+    // ---- assertions -------------------------------------------------------------------
+    // Quorum lost: every lookup in the hold failed (after the first second, once the third
+    // member knows it has no leader), with an error that names the catalog and says why.
+    let late: Vec<Probe> = client
+        .probes_since(t_lost + Duration::from_secs(1))
+        .into_iter()
+        .filter(|p| p.at < t_back)
+        .collect();
+    assert!(!late.is_empty());
+    for p in &late {
+        let e = p
+            .listed
+            .as_ref()
+            .expect_err("a lookup succeeded without quorum");
+        assert!(e.contains("etcd prefix"), "{e}");
+        assert!(
+            e.contains("no leader") || e.contains("refused") || e.contains("timed out"),
+            "{e}"
+        );
+    }
+    // De-duplicated: the probe connection's attempts went on, but the catalog failure was
+    // announced only when it changed (a few times while the cluster noticed), not per
+    // attempt.
+    let catalog_failures: Vec<&String> = during
+        .iter()
+        .map(|(_, t)| t)
+        .filter(|t| t.contains("etcd prefix"))
+        .collect();
+    assert!(
+        !catalog_failures.is_empty() && catalog_failures.len() <= 4,
+        "catalog failures announced while quorum was lost ({attempts} attempts so far): {catalog_failures:#?}"
+    );
+    // The current connection was left alone throughout.
+    let still = client.pc.current_connection().expect("still connected");
+    assert_eq!(
+        still.local_addr(),
+        conn_local,
+        "the connection was replaced"
+    );
+    let events = client.main_events.lock().unwrap().clone();
+    assert!(
+        !events.iter().any(|e| e.starts_with("Disconnected")),
+        "{events:?}"
+    );
+    // Lookups went on through the other members.
+    for p in &phases[..2] {
+        assert!(p.gap <= Duration::from_secs(3), "{p:?}");
+        assert!(p.failed <= 2, "{p:?}");
+    }
+    assert!(phases[2].gap <= Duration::from_secs(20), "{:?}", phases[2]);
+    for p in publishers.iter() {
+        assert!(p.is_published());
+    }
+    let mut all = phases;
+    all.insert(2, lost);
+    drop(publishers);
+    drop(client);
+    drop(server_rts);
+    drop(rt);
+    drop(members);
+    all
+}
+
+#[test]
+fn drill6_three_member_etcd_cluster() {
+    let mut rows = Vec::new();
+    for rep in 0..reps() {
+        for p in drill() {
+            println!(
+                "drill 6 run {rep}: {:<40} lookups {:>3}, failed {:>3}, gap {:>6.2} s, slowest lookup {:>5.2} s",
+                p.what,
+                p.lookups,
+                p.failed,
+                p.gap.as_secs_f64(),
+                p.slowest.as_secs_f64()
+            );
+            rows.push(p);
+        }
+    }
+}
