@@ -84,6 +84,7 @@
 #![warn(missing_docs)]
 
 pub mod drills;
+pub mod peers;
 
 use std::collections::HashMap;
 use std::fmt;
