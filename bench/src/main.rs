@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Scenarios: `baseline`, `failover` (includes `baseline`), `storm`, `drop`, `memory`,
-//! `all`. Flags (defaults in parentheses): `--libs ours,stubborn,tower,hand,hand-jitter`,
+//! `all`. Flags (defaults in parentheses):
+//! `--libs ours,stubborn,tower,ours-tower,hand,hand-jitter`,
 //! `--trials N` (100), `--delay-ms` (100), `--stale-ms` (1000), `--variants
 //! removed,stale,two-copies` (all: the failover variants), `--failover-runs N` (1: above 1,
 //! the failover tables give medians and ranges of interleaved runs), `--steady-ms` (300),

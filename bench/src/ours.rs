@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use persistent_connection::catalog::{Catalog as _, Pick};
+use persistent_connection::tower::PersistentService;
 use persistent_connection::{Closable, IoError, PersistentConnection};
+use tower::{Service, ServiceExt};
 
 use crate::common::EchoConn;
 use crate::peers::{Mode, Setup, stopped};
@@ -98,6 +100,54 @@ pub async fn run_with(mut setup: Setup, mode: Mode, event_capacity: Option<usize
                         let _ = sink.send((Instant::now(), server));
                     }
                     Err(_) => resend = true,
+                }
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), pc.close()).await;
+}
+
+/// The same persistent connection behind its `tower::Service` adapter, driven the way a
+/// tower user drives `Reconnect` (`ready().await`, then `call`): a request that fails is
+/// resent at once, and `poll_ready` waits while disconnected.
+pub async fn run_tower(mut setup: Setup, mode: Mode) {
+    let pc = build_with(&setup, None);
+    match mode {
+        Mode::Idle => stopped(&mut setup.stop).await,
+        Mode::Requests {
+            every,
+            timeout,
+            sink,
+        } => {
+            let mut svc =
+                PersistentService::new(pc.clone(), move |conn: EchoConn, seq: u64| async move {
+                    conn.request(seq, timeout).await
+                });
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut seq = 0u64;
+            let mut resend = false;
+            loop {
+                if !resend {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stopped(&mut setup.stop) => break,
+                    }
+                }
+                seq += 1;
+                let call = async {
+                    match svc.ready().await {
+                        Ok(s) => s.call(seq).await,
+                        Err(e) => Err(e),
+                    }
+                };
+                let result = tokio::select! {
+                    r = call => r,
+                    _ = stopped(&mut setup.stop) => break,
+                };
+                resend = result.is_err();
+                if let Ok(server) = result {
+                    let _ = sink.send((Instant::now(), server));
                 }
             }
         }

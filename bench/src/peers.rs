@@ -7,6 +7,7 @@
 //! | this project | `RetryDelay::constant(base)`, default ±30 % jitter | timer counted from each attempt's start (R2); after a long-lived connection, reconnects at once (R6) |
 //! | `stubborn-io` 0.3 | `ExpBackoffStrategy::new(base, 2.0, 0.05)` (its own defaults but the base) | sleeps the next delay *before* every reconnect, including the first after a drop; the schedule restarts after each success |
 //! | `tower` 0.5 `Reconnect` | none built in: the caller sleeps `base` after a failed connect | reconnects lazily on the next `poll_ready` after the service fails; no delay after a connection that succeeded then dropped |
+//! | this project as a `tower::Service` (`persistent_connection::tower::PersistentService`) | as this project | the persistent connection above; the caller's loop is tower's own (`ready().await`, then `call`), as for `Reconnect`; `poll_ready` waits for a connection |
 //! | hand-rolled loop (baseline) | sleeps `base` after a failed connect | `loop { connect; wait until closed }` |
 //! | hand-rolled loop, jittered (issue 21's fair storm peer) | sleeps `base` × a uniform factor in [0.7, 1.3] after a failed connect | the same loop, with this project's default ±30 % spread |
 //!
@@ -43,6 +44,8 @@ pub enum Lib {
     Stubborn,
     /// `tower::reconnect::Reconnect`.
     Tower,
+    /// This project behind its `tower::Service` adapter, driven as `Reconnect` is.
+    OursTower,
     /// A hand-rolled `loop { connect; wait until closed; on error sleep }`.
     Hand,
     /// The same loop sleeping `base` × a uniform factor in [0.7, 1.3]: the ±30 % jitter this
@@ -52,10 +55,11 @@ pub enum Lib {
 
 impl Lib {
     /// All of them, in table order.
-    pub const ALL: [Lib; 5] = [
+    pub const ALL: [Lib; 6] = [
         Lib::Ours,
         Lib::Stubborn,
         Lib::Tower,
+        Lib::OursTower,
         Lib::Hand,
         Lib::HandJitter,
     ];
@@ -66,6 +70,7 @@ impl Lib {
             Lib::Ours => "persistent-connection",
             Lib::Stubborn => "stubborn-io",
             Lib::Tower => "tower reconnect",
+            Lib::OursTower => "persistent-connection as tower Service",
             Lib::Hand => "hand-rolled loop",
             Lib::HandJitter => "hand-rolled loop, ±30 % jitter",
         }
@@ -77,6 +82,7 @@ impl Lib {
             "ours" | "persistent-connection" => Some(Lib::Ours),
             "stubborn" | "stubborn-io" => Some(Lib::Stubborn),
             "tower" => Some(Lib::Tower),
+            "ours-tower" => Some(Lib::OursTower),
             "hand" => Some(Lib::Hand),
             "hand-jitter" => Some(Lib::HandJitter),
             _ => None,
@@ -124,6 +130,7 @@ pub fn spawn(lib: Lib, setup: Setup, mode: Mode) -> JoinHandle<()> {
         Lib::Ours => tokio::spawn(crate::ours::run(setup, mode)),
         Lib::Stubborn => tokio::spawn(stubborn(setup, mode)),
         Lib::Tower => tokio::spawn(tower_client(setup, mode)),
+        Lib::OursTower => tokio::spawn(crate::ours::run_tower(setup, mode)),
         Lib::Hand => tokio::spawn(hand(setup, mode, false)),
         Lib::HandJitter => tokio::spawn(hand(setup, mode, true)),
     }

@@ -659,6 +659,7 @@ impl Holder {
             Holder::Lib(Lib::Ours) => "ours",
             Holder::Lib(Lib::Stubborn) => "stubborn",
             Holder::Lib(Lib::Tower) => "tower",
+            Holder::Lib(Lib::OursTower) => "ours-tower",
             Holder::Lib(Lib::Hand) => "hand",
             Holder::Lib(Lib::HandJitter) => "hand-jitter",
             Holder::OursSmallEvents => "ours-cap1",
