@@ -3,7 +3,6 @@
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +13,11 @@ use tokio::sync::broadcast;
 use crate::Event;
 use crate::closable::Closable;
 use crate::driver::Driver;
-use crate::error::{Callback, Error, panic_message};
+use crate::error::{Callback, Error};
 use crate::events::EventStream;
+use crate::guard;
 use crate::handle::{ConnectContext, PersistentConnection};
 use crate::shared::Shared;
-use futures_util::FutureExt;
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// What an attempt's future yields: the lookup's or the connect's result.
@@ -100,24 +99,26 @@ where
     E: Send + 'static,
     F: Future<Output = Result<T, E>> + Send + 'static,
 {
-    Box::pin(
-        // The call itself runs inside the guard too (R13).
-        AssertUnwindSafe(async move {
-            match tokio::time::timeout(timeout, call()).await {
-                Ok(r) => r.map_err(Error::User),
-                Err(_) => Err(timed_out(timeout)),
-            }
+    let what = match callback {
+        Callback::GetAddress => "get_address",
+        Callback::Connect => "connect",
+    };
+    Box::pin(async move {
+        // The call itself runs inside the guard too (R13); so does the drop of the user's
+        // future, when it finishes, times out or is cancelled (R8).
+        let result = match guard::call(what, call) {
+            Ok(fut) => tokio::time::timeout(timeout, guard::run(what, fut)).await,
+            Err(panic) => Ok(Err(panic)),
+        };
+        output(match result {
+            Ok(Ok(r)) => r.map_err(Error::User),
+            Ok(Err(panic)) => Err(Error::Panicked {
+                callback,
+                message: panic.message,
+            }),
+            Err(_elapsed) => Err(timed_out(timeout)),
         })
-        .catch_unwind()
-        .map(move |r| {
-            output(r.unwrap_or_else(|p| {
-                Err(Error::Panicked {
-                    callback,
-                    message: panic_message(&*p),
-                })
-            }))
-        }),
-    )
+    })
 }
 
 /// `on_event` with its panic guard; `Err` carries a panic's message.
@@ -245,11 +246,13 @@ where
         let on_event = Arc::new(on_event);
         self.callbacks.on_event = Some(Arc::new(move |e| {
             let on_event = on_event.clone();
-            Box::pin(
-                AssertUnwindSafe(async move { on_event(e).await })
-                    .catch_unwind()
-                    .map(|r| r.map_err(|p| panic_message(&*p))),
-            )
+            Box::pin(async move {
+                match guard::call("on_event", || on_event(e)) {
+                    Ok(fut) => guard::run("on_event", fut).await,
+                    Err(panic) => Err(panic),
+                }
+                .map_err(|panic| panic.message)
+            })
         }));
         self
     }
@@ -422,20 +425,22 @@ where
 /// variant runs user code; the others are kept as they are.
 fn guard_retry_delay(delay: RetryDelay, server: Arc<str>) -> RetryDelay {
     match delay {
-        RetryDelay::Custom(mut f) => RetryDelay::from_fn(move |failures| {
-            match std::panic::catch_unwind(AssertUnwindSafe(|| f(failures))) {
-                Ok(d) => d,
-                Err(payload) => {
-                    tracing::warn!(
-                        server = %server,
-                        panic = %crate::error::panic_message(&*payload),
-                        "retry_delay panicked; using the default {:?}",
+        RetryDelay::Custom(mut f) => {
+            RetryDelay::from_fn(
+                move |failures| match guard::call("retry_delay", || f(failures)) {
+                    Ok(d) => d,
+                    Err(panic) => {
+                        tracing::warn!(
+                            server = %server,
+                            panic = %panic.message,
+                            "retry_delay panicked; using the default {:?}",
+                            RetryDelay::DEFAULT
+                        );
                         RetryDelay::DEFAULT
-                    );
-                    RetryDelay::DEFAULT
-                }
-            }
-        }),
+                    }
+                },
+            )
+        }
         other => other,
     }
 }

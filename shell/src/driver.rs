@@ -4,20 +4,18 @@
 
 use std::fmt;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use persistent_connection_core::{
     AttemptId, ConnId, Effect, Event as CoreEvent, EventId, Input, Instant,
 };
 
 use crate::builder::{AttemptOutput, BoxFuture, Callbacks};
 use crate::closable::Closable;
-use crate::error::panic_message;
+use crate::guard;
 use crate::handle::ConnectContext;
 use crate::shared::{AbortTarget, CoreEffect, CoreInput, Shared};
 
@@ -57,13 +55,6 @@ where
     timer: Option<(Instant, Pin<Box<tokio::time::Sleep>>)>,
     finished: bool,
     seed: u64,
-}
-
-/// Drops a user future without letting a panic in its `Drop` kill the driver (R13).
-fn drop_guarded<T>(server: &str, what: &str, value: T) {
-    if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(move || drop(value))) {
-        tracing::warn!(server = %server, panic = %panic_message(&*p), "dropping the {what} future panicked; ignored");
-    }
 }
 
 // Every future the driver holds is boxed; nothing in it is structurally pinned.
@@ -288,8 +279,9 @@ where
             Effect::CancelAttempt { attempt } => {
                 if self.attempt.as_ref().is_some_and(|(a, _)| *a == attempt) {
                     tracing::debug!(server = %server, %attempt, "attempt cancelled");
+                    // Its user future is dropped under the guard (`guard::run`).
                     let cancelled = self.attempt.take();
-                    drop_guarded(server, "cancelled attempt's", cancelled);
+                    guard::drop_guarded("the cancelled attempt", cancelled);
                 }
             }
             Effect::BecameCurrent { conn, connection } => {
@@ -363,12 +355,12 @@ fn guarded(
     conn: ConnId,
     fut: impl Future<Output = ()> + Send + 'static,
 ) -> BoxFuture<ConnId> {
-    Box::pin(AssertUnwindSafe(fut).catch_unwind().map(move |r| {
-        if let Err(p) = r {
-            tracing::warn!(server = %server, %conn, panic = %panic_message(&*p), "Closable impl panicked; the connection counts as closed");
+    Box::pin(async move {
+        if let Err(panic) = guard::run("Closable impl", fut).await {
+            tracing::warn!(server = %server, %conn, panic = %panic.message, "Closable impl panicked; the connection counts as closed");
         }
         conn
-    }))
+    })
 }
 
 /// The inline sizes of what an idle persistent connection holds, for the memory table of

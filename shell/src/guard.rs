@@ -34,9 +34,6 @@
 //! A [`Guarded`] needs an `Unpin` future (the crate's futures are boxed already;
 //! [`Guarded::boxed`] boxes one that is not), so it needs no pin projection.
 
-// Some helpers are used only by some features (the etcd tasks); the rest by every build.
-#![allow(dead_code)]
-
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -86,6 +83,47 @@ pub(crate) fn drop_guarded<T>(what: &'static str, value: T) -> Option<Panic> {
     }
 }
 
+/// Runs `fut` as [`Guarded`] does, without boxing it: for a future that is not `Unpin`,
+/// inside an `async` block that the caller boxes anyway. The future lives in a pinned
+/// slot of this function's state; it is polled under the guard and dropped in place under
+/// the guard, when it finishes or panics, and also when this function's future is dropped
+/// while pending.
+pub(crate) async fn run<F: Future>(what: &'static str, fut: F) -> Result<F::Output, Panic> {
+    let slot = std::pin::pin!(Some(fut));
+    let mut slot = DropInSlot { slot, what };
+    let output = std::future::poll_fn(|cx| {
+        let Some(fut) = slot.slot.as_mut().as_pin_mut() else {
+            return Poll::Pending;
+        };
+        match call(what, || fut.poll(cx)) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    })
+    .await;
+    // Finished or panicked: the future goes now, under the guard.
+    drop(slot);
+    output
+}
+
+/// Drops the future in its pinned slot, in place, under the guard.
+struct DropInSlot<'a, F> {
+    slot: Pin<&'a mut Option<F>>,
+    what: &'static str,
+}
+
+impl<F> Drop for DropInSlot<'_, F> {
+    fn drop(&mut self) {
+        if self.slot.is_some() {
+            let slot = &mut self.slot;
+            if let Err(panic) = call(self.what, || slot.set(None)) {
+                tracing::warn!(what = self.what, panic = %panic.message, "dropping {} panicked; ignored", self.what);
+            }
+        }
+    }
+}
+
 /// A future whose polls and drop cannot unwind into the task that runs it: see the
 /// module's documentation. Resolves to `Ok(output)`, or `Err(Panic)` if a poll panicked.
 /// Polled again after it resolved, it stays pending.
@@ -118,13 +156,6 @@ impl<T> Guarded<Pin<Box<dyn Future<Output = T> + Send>>> {
     /// Boxes `fut` and guards it.
     pub(crate) fn boxed(what: &'static str, fut: impl Future<Output = T> + Send + 'static) -> Self {
         Guarded::new(what, Box::pin(fut))
-    }
-}
-
-impl<F> Guarded<F> {
-    /// True while the inner future is held (not finished, panicked or dropped).
-    pub(crate) fn is_running(&self) -> bool {
-        self.fut.is_some()
     }
 }
 
@@ -197,6 +228,26 @@ mod tests {
     async fn a_panicking_drop_after_the_output_keeps_the_output() {
         let r = Guarded::boxed("test future", ReadyThenPanicsOnDrop(PanicsOnDrop)).await;
         assert_eq!(r.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn run_guards_polls_and_drops_without_boxing() {
+        let r: Result<(), Panic> = run("inline", async { panic!("boom") }).await;
+        assert_eq!(r.unwrap_err().message, "boom");
+        assert_eq!(
+            run("inline", ReadyThenPanicsOnDrop(PanicsOnDrop)).await,
+            Ok(7)
+        );
+        // Dropped while pending: the inner future's drop panics, caught.
+        let held = PanicsOnDrop;
+        let mut pending = Box::pin(run("inline", async move {
+            let _keep = &held;
+            std::future::pending::<()>().await;
+        }));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(pending.as_mut().poll(&mut cx).is_pending());
+        drop(pending);
     }
 
     #[tokio::test]

@@ -1076,6 +1076,41 @@ async fn r13_a_panic_in_connect_is_a_failed_attempt_and_the_loop_goes_on() {
     within(pc.close()).await;
 }
 
+/// R13 with the crate's one guard: a `connect` future that gives a connection and then
+/// panics when dropped still gave that connection; it becomes current (R5) instead of
+/// being lost unclosed (I6). Before, the drop's panic turned the attempt into a failure and
+/// the connection leaked, open and never closed.
+#[tokio::test(start_paused = true)]
+async fn r13_a_connect_future_that_panics_when_dropped_after_giving_its_connection_keeps_it() {
+    struct ReadyThenPanics(Option<Conn>);
+    impl Future for ReadyThenPanics {
+        type Output = Result<Conn, String>;
+        fn poll(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Self::Output> {
+            std::task::Poll::Ready(Ok(self.0.take().expect("polled once")))
+        }
+    }
+    impl Drop for ReadyThenPanics {
+        fn drop(&mut self) {
+            panic!("drop bug");
+        }
+    }
+    let w = World::new();
+    let w2 = w.clone();
+    let pc: Pc = PersistentConnection::builder(
+        "drop-panics",
+        || async { Ok(1u16) },
+        move |_addr, _cx: ConnectContext<String>| ReadyThenPanics(Some(w2.new_conn())),
+    )
+    .build();
+    let c = within(pc.connected()).await;
+    assert_eq!((*c, w.conn_count()), (1, 1), "the first connection is current");
+    within(pc.close()).await;
+    assert!(w.conn(0).is_closed(), "the connection was ours, and closed");
+}
+
 #[tokio::test(start_paused = true)]
 async fn r13_a_panic_in_on_event_counts_as_handled() {
     let w = World::new();
