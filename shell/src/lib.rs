@@ -50,7 +50,8 @@
 //!   [`WithCloseSignal<T>`] (any handle plus a close signal).
 //! - Real connections: [`TcpConnection`] is `AsyncRead + AsyncWrite` (works under
 //!   `tokio_util::codec::Framed` and clients that take a stream), with [`TcpOptions`]
-//!   (`TCP_NODELAY`, [`Keepalive`], local address); [`HealthChecked<C>`] runs a
+//!   (`TCP_NODELAY`, [`Keepalive`], `TCP_USER_TIMEOUT`, local address; see "Noticing
+//!   failures" below); [`HealthChecked<C>`] runs a
 //!   [`HealthCheck`] on any connection and closes it when the checks keep failing (S7);
 //!   [`Driven<C>`] closes a client's connection when its background driver future ends;
 //!   [`Keyed<E, K>`] compares failures by a key of your choice (de-duplication, R4).
@@ -74,6 +75,8 @@
 //! | connect timeout ([`Builder::connect_timeout`]) | [`DEFAULT_CONNECT_TIMEOUT`] (10 s) | a `connect` that hangs (a host that drops packets, a full accept queue) fails the attempt with [`Error::TimedOut`] after 10 s; a server slower than that to accept is never reached; `Duration::MAX` waits until the OS gives up or `close()` cancels it |
 //! | lookup timeout ([`Builder::lookup_timeout`]) | [`DEFAULT_LOOKUP_TIMEOUT`] (10 s) | a `get_address` that hangs fails the attempt with [`Error::LookupTimedOut`] after 10 s instead of stopping all reconnecting |
 //! | event capacity ([`Builder::event_capacity`]) | [`DEFAULT_EVENT_CAPACITY`] (64) | an [`events()`](PersistentConnection::events) observer further behind is told how many it missed |
+//! | `TCP_USER_TIMEOUT` ([`TcpOptions::user_timeout`], [`TcpConnection::connect`]) | [`DEFAULT_USER_TIMEOUT`] (20 s) | a connection whose sent data stays unacknowledged for 20 s (peer host gone, black hole) is reset by the kernel and replaced, instead of after ~15 min |
+//! | TCP keepalive ([`TcpOptions::keepalive`]) | [`DEFAULT_KEEPALIVE`] (10 s idle, every 5 s) | an idle connection to a vanished host is reset 20–25 s after it last heard from it |
 //!
 //! **The delay is counted from the start of the attempt that made the connection** (R6 in
 //! [`core::behaviour`]). A connection that lived longer than the delay is replaced at
@@ -90,6 +93,77 @@
 //!   fast first retries, gentle on a long outage;
 //! - [`RetryDelay::exponential`] or [`Builder::retry_delay_fn`] for your own curve, and
 //!   [`RetryPolicy::non_random`] / [`Jitter::NonRandom`] to drop the jitter.
+//!
+//! # Noticing failures
+//!
+//! A connection is replaced only once something notices that it is gone. What notices
+//! which failure, and how fast, measured in the network lab (`netlab/`,
+//! `bash scripts/netlab.sh`; tables in `BENCHMARKS.md`), with the default settings and
+//! with the recommended ones below:
+//!
+//! | failure | noticed by | defaults | recommended |
+//! | --- | --- | --- | --- |
+//! | server process exits or crashes, connection reset, a firewall that rejects | the connection's reader (end of file, reset) | at once | at once |
+//! | server host vanished, black hole, one-way loss — **request in flight** | `TCP_USER_TIMEOUT` ([`TcpOptions::user_timeout`]); keepalive cannot (no probe while data is unacknowledged) | ~20 s ([`DEFAULT_USER_TIMEOUT`]) | the health check: < 1 s |
+//! | the same — **connection idle** | keepalive probes, bounded by the user timeout | 20–25 s ([`DEFAULT_KEEPALIVE`]) | the health check: < 1 s |
+//! | server up but hung (stopped process, deadlock): its kernel still acknowledges and answers probes | only a health check ([`HealthChecked`]) | never | < 1 s |
+//! | a listed copy whose host is gone (SYNs unanswered) | the connect timeout, then the next copy | 10 s | 1 s |
+//!
+//! Once noticed, the next attempt starts when R6 allows: at once after a connection that
+//! lived longer than the retry delay, else when the delay counted from the attempt that
+//! made it runs out (7–13 s with the default 10 s). So with the defaults, a connection a
+//! few seconds old that is reset is replaced 5–13 s later; keep that rule in mind when a
+//! health check closes a young connection, and choose the retry delay for the outage you
+//! accept (a short one, or [`RetryPolicy::grpc`], 1 s first).
+//!
+//! **Recommended settings for fast failover** (drill 1, a black hole of the server in use
+//! with live copies listed: service back within 1 s):
+//!
+//! - a health check on the connection, [`HealthCheck::new`]`(100 ms, 200 ms, 2)`: closes a
+//!   silent or hung connection within 2 × (100 + 200) ms; use your protocol's ping (Redis
+//!   `PING`, an RPC heartbeat). Its timeout must stay well above the server's worst
+//!   latency and the client's scheduling delays: on a machine loaded far beyond its cores
+//!   the lab saw a 200 ms check time out and move a healthy connection;
+//! - [`Builder::retry_delay`]`(500 ms)`: a connection closed young is replaced within
+//!   0.35–0.65 s (R6), and a server that refuses is retried twice a second;
+//! - [`Builder::connect_timeout`]`(1 s)`: a listed copy that is gone costs 1 s;
+//! - [`TcpOptions::user_timeout`]`(5 s)`: the kernel's own bound, for traffic the health
+//!   check does not cover (keepalive stays on by default for idle connections).
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use std::time::Duration;
+//! use persistent_connection::catalog::{Catalog, Pick, StaticList};
+//! use persistent_connection::{
+//!     HealthCheck, HealthChecked, IoError, PersistentConnection, TcpConnection, TcpOptions,
+//! };
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! # let copy_a = listener.local_addr().unwrap();
+//! # let copy_b: SocketAddr = "127.0.0.1:9".parse().unwrap();
+//! let options = TcpOptions::new().user_timeout(Duration::from_secs(5));
+//! let health = HealthCheck::new(Duration::from_millis(100), Duration::from_millis(200), 2);
+//! let pc = PersistentConnection::builder(
+//!     "echo",
+//!     StaticList::new([copy_a, copy_b]).get_address::<IoError>(Pick::InOrder),
+//!     move |addr: SocketAddr, _cx| async move {
+//!         let conn = TcpConnection::connect_with(addr, &options).await?;
+//!         // Your protocol's ping goes here; an error or a timeout is a failed check.
+//!         Ok(HealthChecked::new(conn, health, |_conn: TcpConnection| async {
+//!             Ok::<(), String>(())
+//!         }))
+//!     },
+//! )
+//! .retry_delay(Duration::from_millis(500))
+//! .connect_timeout(Duration::from_secs(1))
+//! .build();
+//! let conn = pc.connected().await;
+//! assert_eq!(conn.peer_addr(), copy_a);
+//! pc.close().await;
+//! # }
+//! ```
 //!
 //! # Example
 //!
@@ -164,6 +238,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod builder;
+mod callbacks;
 pub mod catalog;
 mod closable;
 #[cfg(feature = "connector")]
@@ -194,11 +269,12 @@ pub use builder::{
     Builder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_CAPACITY, DEFAULT_LOOKUP_TIMEOUT,
     MAX_EVENT_CAPACITY,
 };
+pub use callbacks::ConnectContext;
 pub use closable::{Closable, CloseSignal, WithCloseSignal};
 pub use driven::Driven;
 pub use error::{Callback, Error, IoError, Keyed};
 pub use events::{EventStream, Lagged};
-pub use handle::{AttemptOutcome, ConnectContext, PersistentConnection, WeakPersistentConnection};
+pub use handle::{AttemptOutcome, PersistentConnection, WeakPersistentConnection};
 pub use health::{HealthCheck, HealthChecked};
 pub use status::{State, Stats};
 pub use tcp::{DEFAULT_KEEPALIVE, DEFAULT_USER_TIMEOUT, Keepalive, TcpConnection, TcpOptions};
