@@ -167,7 +167,8 @@ impl TcpOptions {
     /// `TCP_USER_TIMEOUT` (default [`DEFAULT_USER_TIMEOUT`], 20 s): how long sent data may
     /// stay unacknowledged (and, with keepalive, probes unanswered) before the kernel
     /// gives up and resets the connection, which the connection then notices like any
-    /// reset. This is what notices a peer host that vanished, or a black hole, while a
+    /// reset. [`TcpConnection::connect_with`] sets it before connecting, so it bounds an
+    /// unanswered connect too (the builder's connect timeout still applies on top). This is what notices a peer host that vanished, or a black hole, while a
     /// request is in flight; keepalive cannot (it sends no probe while data is
     /// unacknowledged). `Duration::ZERO` leaves the kernel's own limit (about 15 minutes
     /// with `tcp_retries2 = 15`). Shorter is faster failover but cuts connections on a
@@ -225,16 +226,16 @@ impl TcpOptions {
     /// # });
     /// ```
     pub fn apply(&self, stream: &TcpStream) -> io::Result<()> {
-        self.apply_steps(stream)
+        self.apply_steps(socket2::SockRef::from(stream))
             .map_err(|(step, e)| io::Error::new(e.kind(), format!("{step}: {e}")))
     }
 
-    /// [`apply`](TcpOptions::apply), naming the option that failed.
-    fn apply_steps(&self, stream: &TcpStream) -> Result<(), (&'static str, io::Error)> {
-        stream
-            .set_nodelay(self.nodelay)
+    /// [`apply`](TcpOptions::apply) to a socket, connected or not, naming the option that
+    /// failed.
+    fn apply_steps(&self, socket: socket2::SockRef<'_>) -> Result<(), (&'static str, io::Error)> {
+        socket
+            .set_tcp_nodelay(self.nodelay)
             .map_err(|e| ("TCP_NODELAY", e))?;
-        let socket = socket2::SockRef::from(stream);
         match self.keepalive {
             Some(k) => {
                 let keepalive = socket2::TcpKeepalive::new()
@@ -415,13 +416,16 @@ impl TcpConnection {
                 .bind(local)
                 .map_err(|e| failed(&format!("bind {local} to connect to"), e))?;
         }
+        // Before the SYN goes out: the user timeout then also bounds the connect (a host
+        // that vanished fails it after the user timeout, not the kernel's ~2 min of SYN
+        // retries), and the connection has its options from its first segment.
+        options
+            .apply_steps(socket2::SockRef::from(&socket))
+            .map_err(|(step, e)| failed(&format!("{step} on the connection to"), e))?;
         let stream = socket
             .connect(addr)
             .await
             .map_err(|e| failed("connect to", e))?;
-        options
-            .apply_steps(&stream)
-            .map_err(|(step, e)| failed(&format!("{step} on the connection to"), e))?;
         TcpConnection::start(stream).map_err(|e| failed("start the connection to", e))
     }
 
