@@ -211,7 +211,7 @@ async fn a_connect_future_that_panics_when_cancelled_is_logged_and_ignored() {
     // itself, and said what happened.
     let warn = capture.at(Level::WARN).join("\n");
     assert!(
-        warn.contains("dropping the cancelled attempt's future panicked; ignored")
+        warn.contains("dropping connect panicked; ignored")
             && warn.contains("dropped a connect future"),
         "{warn}\n{:?}",
         capture.0.lock().unwrap()

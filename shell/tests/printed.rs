@@ -60,7 +60,10 @@ async fn the_event_stream_and_connect_context_say_what_they_are() {
         },
     )
     .build();
-    assert_eq!(format!("{:?}", pc.events()), "EventStream { .. }");
+    assert_eq!(
+        format!("{:?}", pc.events()),
+        "EventStream { capacity: 64, .. }"
+    );
     pc.connected().await;
     assert_eq!(
         *seen.lock().unwrap(),
