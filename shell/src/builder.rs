@@ -3,7 +3,6 @@
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,128 +10,13 @@ use persistent_connection_core::{Config, Jitter, Machine, RetryDelay, RetryPolic
 use tokio::sync::broadcast;
 
 use crate::Event;
+use crate::callbacks::{Callbacks, ConnectContext};
 use crate::closable::Closable;
 use crate::driver::Driver;
-use crate::error::{Callback, Error};
 use crate::events::EventStream;
 use crate::guard;
-use crate::handle::{ConnectContext, PersistentConnection};
+use crate::handle::PersistentConnection;
 use crate::shared::Shared;
-
-pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-/// What an attempt's future yields: the lookup's or the connect's result.
-pub(crate) enum AttemptOutput<A, C, E> {
-    Address(Result<A, Error<E>>),
-    Connect(Result<C, Error<E>>),
-}
-
-/// The user's `get_address` and `connect`, behind one allocation. Each call returns one
-/// boxed future that includes the timeout (S5) and the panic guard (R13): the user's
-/// future is not boxed separately.
-pub(crate) trait Attempts<A, C, E>: Send + Sync {
-    fn get_address(self: Arc<Self>, timeout: Duration) -> BoxFuture<AttemptOutput<A, C, E>>;
-    fn connect(
-        self: Arc<Self>,
-        address: A,
-        cx: ConnectContext<E>,
-        timeout: Duration,
-    ) -> BoxFuture<AttemptOutput<A, C, E>>;
-}
-
-struct UserFns<G, K> {
-    get_address: G,
-    connect: K,
-}
-
-impl<A, C, E, G, GF, K, KF> Attempts<A, C, E> for UserFns<G, K>
-where
-    A: Send + 'static,
-    C: Send + 'static,
-    E: Send + 'static,
-    G: Fn() -> GF + Send + Sync + 'static,
-    GF: Future<Output = Result<A, E>> + Send + 'static,
-    K: Fn(A, ConnectContext<E>) -> KF + Send + Sync + 'static,
-    KF: Future<Output = Result<C, E>> + Send + 'static,
-{
-    fn get_address(self: Arc<Self>, timeout: Duration) -> BoxFuture<AttemptOutput<A, C, E>> {
-        guarded_attempt(
-            Callback::GetAddress,
-            timeout,
-            Error::LookupTimedOut,
-            AttemptOutput::Address,
-            move || (self.get_address)(),
-        )
-    }
-
-    fn connect(
-        self: Arc<Self>,
-        address: A,
-        cx: ConnectContext<E>,
-        timeout: Duration,
-    ) -> BoxFuture<AttemptOutput<A, C, E>> {
-        guarded_attempt(
-            Callback::Connect,
-            timeout,
-            Error::TimedOut,
-            AttemptOutput::Connect,
-            move || (self.connect)(address, cx),
-        )
-    }
-}
-
-/// `AttemptOutput::Address` or `AttemptOutput::Connect`.
-type WrapOutput<T, A, C, E> = fn(Result<T, Error<E>>) -> AttemptOutput<A, C, E>;
-
-/// One boxed future for a user callback: the call and its future run under the panic
-/// guard (R13) and the timeout (S5); the result is wrapped as `output`.
-fn guarded_attempt<T, A, C, E, F>(
-    callback: Callback,
-    timeout: Duration,
-    timed_out: fn(Duration) -> Error<E>,
-    output: WrapOutput<T, A, C, E>,
-    call: impl FnOnce() -> F + Send + 'static,
-) -> BoxFuture<AttemptOutput<A, C, E>>
-where
-    T: Send + 'static,
-    A: Send + 'static,
-    C: Send + 'static,
-    E: Send + 'static,
-    F: Future<Output = Result<T, E>> + Send + 'static,
-{
-    let what = match callback {
-        Callback::GetAddress => "get_address",
-        Callback::Connect => "connect",
-    };
-    Box::pin(async move {
-        // The call itself runs inside the guard too (R13); so does the drop of the user's
-        // future, when it finishes, times out or is cancelled (R8).
-        let result = match guard::call(what, call) {
-            Ok(fut) => tokio::time::timeout(timeout, guard::run(what, fut)).await,
-            Err(panic) => Ok(Err(panic)),
-        };
-        output(match result {
-            Ok(Ok(r)) => r.map_err(Error::User),
-            Ok(Err(panic)) => Err(Error::Panicked {
-                callback,
-                message: panic.message,
-            }),
-            Err(_elapsed) => Err(timed_out(timeout)),
-        })
-    })
-}
-
-/// `on_event` with its panic guard; `Err` carries a panic's message.
-pub(crate) type OnEventFn<A, C, E> =
-    Arc<dyn Fn(Event<A, C, E>) -> BoxFuture<Result<(), String>> + Send + Sync>;
-
-/// The user's callbacks and the settings the driver needs.
-pub(crate) struct Callbacks<A, C, E> {
-    pub(crate) attempts: Arc<dyn Attempts<A, C, E>>,
-    /// `None` when the user set none: events are then handled at once, without a future.
-    pub(crate) on_event: Option<OnEventFn<A, C, E>>,
-    pub(crate) lookup_timeout: Duration,
-    pub(crate) connect_timeout: Duration,
-}
 
 /// How long `get_address` may take before the attempt fails with
 /// [`Error::LookupTimedOut`](crate::Error::LookupTimedOut) (S5): 10 s. A lookup that never
@@ -220,15 +104,12 @@ where
     {
         Builder {
             server_name,
-            callbacks: Callbacks {
-                attempts: Arc::new(UserFns {
-                    get_address,
-                    connect,
-                }),
-                on_event: None,
-                lookup_timeout: DEFAULT_LOOKUP_TIMEOUT,
-                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            },
+            callbacks: Callbacks::new(
+                get_address,
+                connect,
+                DEFAULT_LOOKUP_TIMEOUT,
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
             retry: RetryPolicy::default(),
             seed: None,
             event_capacity: DEFAULT_EVENT_CAPACITY,
@@ -400,6 +281,35 @@ where
         // `Instant::now()` is read inside the task, so the base is on the runtime's clock.
         runtime.spawn(driver);
         PersistentConnection { shared }
+    }
+}
+
+impl<A, C, E> PersistentConnection<A, C, E>
+where
+    A: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
+    C: Closable + Clone + fmt::Debug + Send + Sync + 'static,
+    E: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
+{
+    /// A builder with the original's defaults: no `on_event`, `retry_delay` a constant 10 s
+    /// jittered ±30%, a seed from OS randomness; and this library's lookup and connect
+    /// timeouts of 10 s each (S5).
+    ///
+    /// `get_address` is called before every attempt; `connect(address, context)` makes a
+    /// connection (see [`ConnectContext`]). Both futures may fail with `E`, may panic (the
+    /// attempt then fails with [`Error::Panicked`](crate::Error::Panicked), R13) and are dropped when close cancels
+    /// the attempt (R8).
+    pub fn builder<G, GF, K, KF>(
+        server_name: impl Into<Arc<str>>,
+        get_address: G,
+        connect: K,
+    ) -> Builder<A, C, E>
+    where
+        G: Fn() -> GF + Send + Sync + 'static,
+        GF: Future<Output = Result<A, E>> + Send + 'static,
+        K: Fn(A, ConnectContext<E>) -> KF + Send + Sync + 'static,
+        KF: Future<Output = Result<C, E>> + Send + 'static,
+    {
+        Builder::new(server_name.into(), get_address, connect)
     }
 }
 

@@ -13,10 +13,9 @@ use persistent_connection_core::{
     AttemptId, ConnId, Effect, Event as CoreEvent, EventId, Input, Instant,
 };
 
-use crate::builder::{AttemptOutput, BoxFuture, Callbacks};
+use crate::callbacks::{AttemptOutput, BoxFuture, Callbacks, ConnectContext};
 use crate::closable::Closable;
 use crate::guard;
-use crate::handle::ConnectContext;
 use crate::shared::{AbortTarget, CoreEffect, CoreInput, Shared};
 
 type Slot<I, T> = Option<(I, BoxFuture<T>)>;

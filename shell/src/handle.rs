@@ -6,10 +6,9 @@ use std::sync::{Arc, Weak};
 
 use persistent_connection_core::Input;
 
-use crate::builder::Builder;
 use crate::closable::Closable;
 use crate::events::EventStream;
-use crate::shared::{AbortTarget, Shared};
+use crate::shared::Shared;
 use crate::status::{State, Stats};
 use crate::{AttemptError, Error};
 
@@ -87,34 +86,6 @@ impl<A, C, E> fmt::Debug for PersistentConnection<A, C, E> {
 
 impl<A, C, E> PersistentConnection<A, C, E>
 where
-    A: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
-    C: Closable + Clone + fmt::Debug + Send + Sync + 'static,
-    E: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
-{
-    /// A builder with the original's defaults: no `on_event`, `retry_delay` a constant 10 s
-    /// jittered ±30%, a seed from OS randomness, no connect timeout.
-    ///
-    /// `get_address` is called before every attempt; `connect(address, context)` makes a
-    /// connection (see [`ConnectContext`]). Both futures may fail with `E`, may panic (the
-    /// attempt then fails with [`Error::Panicked`], R13) and are dropped when close cancels
-    /// the attempt (R8).
-    pub fn builder<G, GF, K, KF>(
-        server_name: impl Into<Arc<str>>,
-        get_address: G,
-        connect: K,
-    ) -> Builder<A, C, E>
-    where
-        G: Fn() -> GF + Send + Sync + 'static,
-        GF: Future<Output = Result<A, E>> + Send + 'static,
-        K: Fn(A, ConnectContext<E>) -> KF + Send + Sync + 'static,
-        KF: Future<Output = Result<C, E>> + Send + 'static,
-    {
-        Builder::new(server_name.into(), get_address, connect)
-    }
-}
-
-impl<A, C, E> PersistentConnection<A, C, E>
-where
     A: Clone + PartialEq + Send + 'static,
     C: Closable + Clone + Send + Sync + 'static,
     E: Clone + PartialEq + Send + 'static,
@@ -177,7 +148,7 @@ where
     /// R10: `Ok(c)` at once if connected; `Err(Closed)` at once if closed; otherwise the
     /// outcome of the next attempt to end after this call, exactly (S1): `Ok(c)`,
     /// `Err(Failed(e))` (not de-duplicated), `Err(Aborted(e))` after
-    /// [`ConnectContext::abort`], or `Err(Closed)` when closed.
+    /// [`ConnectContext::abort`](crate::ConnectContext::abort), or `Err(Closed)` when closed.
     ///
     /// The waiter is registered when this is called; the future does not borrow the
     /// handle (S6).
@@ -198,7 +169,7 @@ where
     /// True once [`close`](Self::close) was called, once the persistent connection counts
     /// as closed after
     /// [`close_when_current_connection_is_closed`](Self::close_when_current_connection_is_closed)
-    /// or [`ConnectContext::abort`] (true before those calls return when not connected:
+    /// or [`ConnectContext::abort`](crate::ConnectContext::abort) (true before those calls return when not connected:
     /// S2), or once its driver task is gone (S3).
     pub fn is_closed(&self) -> bool {
         self.shared.is_closed()
@@ -227,10 +198,10 @@ where
     /// A [`Stream`](futures_util::Stream) of every event from now on, for observers
     /// besides `on_event` (S4): each event as the driver hands it to `on_event`, in order.
     /// An observer that falls behind by more than the builder's
-    /// [`event_capacity`](Builder::event_capacity) gets `Err(Lagged(n))` with the number of
+    /// [`event_capacity`](crate::Builder::event_capacity) gets `Err(Lagged(n))` with the number of
     /// events it missed, and observers never hold up the persistent connection. The stream
     /// ends after the last event, once close has finished. To see every event from the
-    /// first, subscribe on the builder with [`Builder::events`].
+    /// first, subscribe on the builder with [`Builder::events`](crate::Builder::events).
     ///
     /// ```
     /// use persistent_connection::{CloseSignal, Event, PersistentConnection};
@@ -348,118 +319,5 @@ impl<A, C, E> WeakPersistentConnection<A, C, E> {
         shared
             .try_add_handle()
             .then_some(PersistentConnection { shared })
-    }
-}
-
-/// What `connect` is told about its attempt (R12).
-///
-/// ```
-/// use persistent_connection::{AttemptError, CloseSignal, Error, PersistentConnection};
-///
-/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-/// # async fn main() {
-/// let pc = PersistentConnection::builder(
-///     "picky",
-///     || async { Ok::<_, String>("10.0.0.1:1") },
-///     |_addr, cx| async move {
-///         if cx.consecutive_unsuccessful_attempts() >= 2 {
-///             cx.abort("giving up".to_owned()); // stop for good (R12)
-///         }
-///         Err::<CloseSignal, _>("refused".to_owned())
-///     },
-/// )
-/// .retry_delay(std::time::Duration::from_millis(10))
-/// .build();
-/// let mut outcomes = Vec::new();
-/// loop {
-///     match pc.connected_or_failed_to_connect().await {
-///         Err(AttemptError::Closed) => break,
-///         other => outcomes.push(other.map(|_| ())),
-///     }
-/// }
-/// assert_eq!(
-///     outcomes,
-///     [
-///         Err(AttemptError::Failed(Error::User("refused".to_owned()))),
-///         Err(AttemptError::Failed(Error::User("refused".to_owned()))),
-///         Err(AttemptError::Aborted(Error::User("giving up".to_owned()))),
-///     ]
-/// );
-/// assert!(pc.is_closed());
-/// # }
-/// ```
-pub struct ConnectContext<E> {
-    pub(crate) consecutive_unsuccessful_attempts: u32,
-    /// The shared state, weakly (a context kept beyond its attempt keeps nothing alive,
-    /// R14), behind a trait so that the context needs only `E`.
-    pub(crate) abort: Weak<dyn AbortTarget<E>>,
-}
-
-impl<E> Clone for ConnectContext<E> {
-    fn clone(&self) -> Self {
-        ConnectContext {
-            consecutive_unsuccessful_attempts: self.consecutive_unsuccessful_attempts,
-            abort: self.abort.clone(),
-        }
-    }
-}
-
-impl<E> fmt::Debug for ConnectContext<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConnectContext")
-            .field(
-                "consecutive_unsuccessful_attempts",
-                &self.consecutive_unsuccessful_attempts,
-            )
-            .finish_non_exhaustive()
-    }
-}
-
-impl<E> ConnectContext<E> {
-    /// Unsuccessful attempts since the last successful connect: 0 on the first attempt.
-    pub fn consecutive_unsuccessful_attempts(&self) -> u32 {
-        self.consecutive_unsuccessful_attempts
-    }
-
-    /// Stop as [`close_when_current_connection_is_closed`](PersistentConnection::close_when_current_connection_is_closed)
-    /// does, and give `error` to pending
-    /// [`connected_or_failed_to_connect`](PersistentConnection::connected_or_failed_to_connect)
-    /// waiters as `Err(Aborted(Error::User(error)))`. The persistent connection counts as
-    /// closed before this returns (S2). This attempt is not cancelled: as in the original,
-    /// it runs to its end and what it returns is still reported (R12). A failure is an
-    /// ordinary `FailedToConnect` event (de-duplicated, its handler awaited); a connection
-    /// it still returns is closed, never made current, without `Connected`. Close finishes
-    /// after that.
-    ///
-    /// ```
-    /// use persistent_connection::{AttemptError, CloseSignal, Error, Event, PersistentConnection};
-    ///
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// let mut builder = PersistentConnection::builder(
-    ///     "aborting",
-    ///     || async { Ok::<_, String>(1u16) },
-    ///     |_port, cx| async move {
-    ///         cx.abort("wrong credentials".to_owned()); // give up for good
-    ///         Err::<CloseSignal, _>("handshake refused".to_owned())
-    ///     },
-    /// );
-    /// let events = builder.events();
-    /// let pc = builder.build();
-    /// assert_eq!(
-    ///     pc.connected_or_failed_to_connect().await.unwrap_err(),
-    ///     AttemptError::Aborted(Error::User("wrong credentials".to_owned()))
-    /// );
-    /// pc.close_finished().await;
-    /// // The aborting attempt's failure was still reported.
-    /// use futures_util::StreamExt;
-    /// let last = events.map(|e| e.unwrap()).collect::<Vec<_>>().await.pop();
-    /// assert!(matches!(last, Some(Event::FailedToConnect(Error::User(e))) if e == "handshake refused"));
-    /// # }
-    /// ```
-    pub fn abort(&self, error: E) {
-        if let Some(target) = self.abort.upgrade() {
-            target.abort(error);
-        }
     }
 }

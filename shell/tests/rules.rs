@@ -1106,7 +1106,11 @@ async fn r13_a_connect_future_that_panics_when_dropped_after_giving_its_connecti
     )
     .build();
     let c = within(pc.connected()).await;
-    assert_eq!((*c, w.conn_count()), (1, 1), "the first connection is current");
+    assert_eq!(
+        (*c, w.conn_count()),
+        (1, 1),
+        "the first connection is current"
+    );
     within(pc.close()).await;
     assert!(w.conn(0).is_closed(), "the connection was ours, and closed");
 }
