@@ -5,7 +5,8 @@
 //!
 //! - **noticed**: fault → the client's `Disconnected` event (the connection given up), and
 //!   by which mechanism (the configuration's: user timeout, health check, reset);
-//! - **gap**: fault → the end of the first successful request started after the fault;
+//! - **gap**: fault → the end of the first request started after the fault that another
+//!   copy answered;
 //! - **failed**: requests started after the fault that failed (each with an error, none
 //!   taking longer than its timeout: [`Run::slowest`] is checked against it), and that
 //!   every request issued got an outcome ([`Run::issued`] = ok + failed).
@@ -276,6 +277,23 @@ pub fn client(
                     Event::Disconnected => "disconnected".to_string(),
                 };
                 log.lock().unwrap().events.push((at, text));
+                if let Event::Connected(c) = e {
+                    // Which mechanism closed it: the health check, or the connection
+                    // itself (end of file, reset, TCP_USER_TIMEOUT, keepalive).
+                    let log = log.clone();
+                    tokio::spawn(async move {
+                        c.close_finished().await;
+                        let by = if c.closed_by_health_check() {
+                            "closed by the health check"
+                        } else {
+                            "closed by the connection"
+                        };
+                        log.lock()
+                            .unwrap()
+                            .events
+                            .push((t0.elapsed(), by.to_string()));
+                    });
+                }
                 async {}
             },
         );
@@ -326,7 +344,8 @@ pub fn start_requests(
 pub struct Run {
     /// Fault → `Disconnected` (None: not within the run).
     pub noticed: Option<Duration>,
-    /// Fault → the end of the first successful request started after it (None: none).
+    /// Fault → the end of the first request started after it that a copy other than the
+    /// faulted one answered (None: none).
     pub gap: Option<Duration>,
     /// Requests started after the fault that failed.
     pub failed: usize,
@@ -334,23 +353,30 @@ pub struct Run {
     pub issued: usize,
     /// The longest request (none may exceed [`REQUEST_TIMEOUT`] by more than scheduling).
     pub slowest: Duration,
-    /// The server that answered the first successful request after the fault.
+    /// The server that answered the first successful request after the fault (from
+    /// another copy than the faulted one).
     pub served_by: Option<u8>,
-    /// The server the fault was put on (the one serving just before it).
+    /// The server the fault was put on (the one serving when it was chosen).
     pub faulted: u8,
     /// Every event of the run, in seconds from the fault (negative: before it).
     pub events: Vec<(f64, String)>,
+    /// What closed the faulted connection, as measured: "closed by the health check" or
+    /// "closed by the connection" (end of file, reset, user timeout, keepalive).
+    pub closed_by: Option<String>,
 }
 
 impl Run {
-    /// Reads the figures from `log` for a fault at `fault` (since the drill's start).
-    pub fn from_log(log: &Log, fault: Duration) -> Run {
+    /// Reads the figures from `log` for a fault on server `faulted` that started at
+    /// `fault` (since the drill's start; the rule change takes a few ms more).
+    pub fn from_log(log: &Log, fault: Duration, faulted: u8) -> Run {
         let after: Vec<_> = log
             .requests
             .iter()
             .filter(|(start, _, _)| *start >= fault)
             .collect();
-        let first_ok = after.iter().find(|(_, _, r)| r.is_ok());
+        let first_ok = after
+            .iter()
+            .find(|(_, _, r)| matches!(r, Ok(i) if *i != faulted));
         Run {
             noticed: log
                 .events
@@ -367,7 +393,12 @@ impl Run {
                 .max()
                 .unwrap_or_default(),
             served_by: first_ok.and_then(|(_, _, r)| r.as_ref().ok().copied()),
-            faulted: current_server(log, fault).unwrap_or(0),
+            faulted,
+            closed_by: log
+                .events
+                .iter()
+                .find(|(at, e)| *at >= fault && e.starts_with("closed by"))
+                .map(|(_, e)| e.clone()),
             events: log
                 .events
                 .iter()
@@ -405,12 +436,12 @@ pub fn wait_until(
     }
 }
 
-/// Whether some request started at or after `from` succeeded and `settle` has passed
-/// since.
-fn served_since(log: &Log, from: Duration) -> bool {
+/// Whether some request started at or after `from` was answered by a server other than
+/// `not` (any server: `None`).
+pub fn served_since(log: &Log, from: Duration, not: Option<u8>) -> bool {
     log.requests
         .iter()
-        .any(|(start, _, r)| *start >= from && r.is_ok())
+        .any(|(start, _, r)| *start >= from && matches!(r, Ok(i) if Some(*i) != not))
 }
 
 /// The faults of drills 1 and 3 on the current server.
@@ -457,14 +488,15 @@ pub fn fault_on_current(
     let pc = client(&bed, bed.addrs(), settings, log.clone(), t0);
     let stop = start_requests(&bed, pc, log.clone(), t0);
     wait_until(&log, t0, Duration::from_secs(10), |l| {
-        served_since(l, Duration::ZERO)
+        served_since(l, Duration::ZERO, None)
     });
     std::thread::sleep(warmup);
     // The fault goes on the server in use now (a loaded machine may have moved the
-    // client already: a health check that timed out).
+    // client already: a health check that timed out). Times count from the start of the
+    // rule change (it takes a few ms, one `nft` run per namespace changed).
     let current = current_server(&log.lock().unwrap(), t0.elapsed()).unwrap_or(0);
     let (client, s0) = (&bed.client, &bed.servers[current as usize]);
-    // Times count from the moment the rules are in force (the call returns).
+    let at = t0.elapsed();
     let id = match fault {
         Fault::Blackhole => bed.lab.blackhole(client, s0),
         Fault::Reject => bed.lab.reject(client, s0),
@@ -472,15 +504,14 @@ pub fn fault_on_current(
         Fault::DropToClient => bed.lab.drop_one_way(s0, client),
         Fault::Partition => bed.lab.partition(&[client], &[s0]),
     };
-    let at = t0.elapsed();
     let since = Instant::now();
-    wait_until(&log, since, limit, |l| served_since(l, at));
+    wait_until(&log, since, limit, |l| served_since(l, at, Some(current)));
     std::thread::sleep(Duration::from_millis(300));
     bed.lab.lift(id);
     let _ = stop.send(());
     std::thread::sleep(Duration::from_millis(50));
     let log = log.lock().unwrap().clone();
-    Run::from_log(&log, at)
+    Run::from_log(&log, at, current)
 }
 
 /// Drill 2: the catalog lists first a copy whose host is gone (isolated: its SYNs
@@ -493,12 +524,12 @@ pub fn dead_address_in_catalog(settings: Settings, limit: Duration) -> Run {
     let t0 = Instant::now();
     let pc = client(&bed, bed.addrs(), settings, log.clone(), t0);
     let stop = start_requests(&bed, pc, log.clone(), t0);
-    wait_until(&log, t0, limit, |l| served_since(l, Duration::ZERO));
+    wait_until(&log, t0, limit, |l| served_since(l, Duration::ZERO, None));
     std::thread::sleep(Duration::from_millis(200));
     let _ = stop.send(());
     std::thread::sleep(Duration::from_millis(50));
     let log = log.lock().unwrap().clone();
-    let mut run = Run::from_log(&log, Duration::ZERO);
+    let mut run = Run::from_log(&log, Duration::ZERO, 0);
     // "Noticed": the failed attempt on the dead copy.
     run.noticed = log
         .events
@@ -519,7 +550,7 @@ pub fn partition_then_heal(settings: Settings, warmup: Duration, limit: Duration
     let pc = client(&bed, bed.addrs(), settings, log.clone(), t0);
     let stop = start_requests(&bed, pc, log.clone(), t0);
     wait_until(&log, t0, Duration::from_secs(10), |l| {
-        served_since(l, Duration::ZERO)
+        served_since(l, Duration::ZERO, None)
     });
     std::thread::sleep(warmup);
     let current = current_server(&log.lock().unwrap(), t0.elapsed()).unwrap_or(0) as usize;
@@ -528,24 +559,29 @@ pub fn partition_then_heal(settings: Settings, warmup: Duration, limit: Duration
         &bed.servers[current],
         &bed.servers[1 - current],
     );
-    let cut = bed.lab.partition(&[client], &[s0]);
     let cut_at = t0.elapsed();
-    wait_until(&log, Instant::now(), limit, |l| served_since(l, cut_at));
+    let cut = bed.lab.partition(&[client], &[s0]);
+    wait_until(&log, Instant::now(), limit, |l| {
+        served_since(l, cut_at, Some(current as u8))
+    });
     bed.lab.lift(cut);
     // Let the connection to s1 age past the retry delay (R6), then break it.
     std::thread::sleep(warmup);
-    let reject = bed.lab.reject(client, s1);
     let reject_at = t0.elapsed();
-    wait_until(&log, Instant::now(), limit, |l| served_since(l, reject_at));
+    let reject = bed.lab.reject(client, s1);
+    let other = 1 - current as u8;
+    wait_until(&log, Instant::now(), limit, |l| {
+        served_since(l, reject_at, Some(other))
+    });
     std::thread::sleep(Duration::from_millis(200));
     bed.lab.lift(reject);
     let _ = stop.send(());
     std::thread::sleep(Duration::from_millis(50));
     let log = log.lock().unwrap().clone();
-    let mut partition = Run::from_log(&log, cut_at);
+    let mut partition = Run::from_log(&log, cut_at, current as u8);
     let reject_after = (reject_at - cut_at).as_secs_f64();
     partition.events.retain(|(at, _)| *at < reject_after);
-    (partition, Run::from_log(&log, reject_at))
+    (partition, Run::from_log(&log, reject_at, other))
 }
 
 /// Drill 5's figures.
@@ -603,7 +639,7 @@ pub fn flapping_link(settings: Settings, period: Duration, flapping: Duration) -
     let pc = client(&bed, bed.addrs(), settings, log.clone(), t0);
     let stop = start_requests(&bed, pc, log.clone(), t0);
     wait_until(&log, t0, Duration::from_secs(10), |l| {
-        served_since(l, Duration::ZERO)
+        served_since(l, Duration::ZERO, None)
     });
     let servers: Vec<&Host> = bed.servers.iter().collect();
     let flap = bed.lab.flap_partition(&[&bed.client], &servers, period);
@@ -612,9 +648,9 @@ pub fn flapping_link(settings: Settings, period: Duration, flapping: Duration) -
     bed.lab.lift(flap);
     let until = t0.elapsed();
     wait_until(&log, Instant::now(), Duration::from_secs(30), |l| {
-        served_since(l, until)
+        served_since(l, until, None)
     });
-    let recovered = served_since(&log.lock().unwrap(), until);
+    let recovered = served_since(&log.lock().unwrap(), until, None);
     let _ = stop.send(());
     // The request task closes the client; its tasks end with it.
     let closing = Instant::now();

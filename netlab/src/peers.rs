@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 use tower::{Service, ServiceExt};
 
 use crate::drills::{
-    Bed, Fault, Log, REQUEST_EVERY, REQUEST_TIMEOUT, Run, current_server, wait_until,
+    Bed, Log, REQUEST_EVERY, REQUEST_TIMEOUT, Run, current_server, served_since, wait_until,
 };
 
 /// The base retry delay given to every peer.
@@ -329,33 +329,30 @@ pub fn drill(peer: Peer, drill: u32, warmup: Duration, limit: Duration) -> Run {
             }
         }
     });
-    let served =
-        |l: &Log, from: Duration| l.requests.iter().any(|(s, _, r)| *s >= from && r.is_ok());
-    let at = if drill == 2 {
-        Duration::ZERO
+    let (at, faulted) = if drill == 2 {
+        (Duration::ZERO, 0)
     } else {
         wait_until(&log, t0, Duration::from_secs(10), |l| {
-            served(l, Duration::ZERO)
+            served_since(l, Duration::ZERO, None)
         });
         std::thread::sleep(warmup);
         let current = current_server(&log.lock().unwrap(), t0.elapsed()).unwrap_or(0);
         let s = &bed.servers[current as usize];
-        let fault = match drill {
-            1 => Fault::Blackhole,
-            3 => Fault::Reject,
-            _ => Fault::Partition,
+        let at = t0.elapsed();
+        let _id = match drill {
+            3 => bed.lab.reject(&bed.client, s),
+            1 => bed.lab.blackhole(&bed.client, s),
+            _ => bed.lab.partition(&[&bed.client], &[s]),
         };
-        let _id = match fault {
-            Fault::Reject => bed.lab.reject(&bed.client, s),
-            _ => bed.lab.blackhole(&bed.client, s),
-        };
-        t0.elapsed()
+        (at, current)
     };
-    wait_until(&log, Instant::now(), limit, |l| served(l, at));
+    wait_until(&log, Instant::now(), limit, |l| {
+        served_since(l, at, Some(faulted))
+    });
     std::thread::sleep(Duration::from_millis(200));
     let _ = stop_tx.send(());
     let _ = dead;
     bed.lab.heal();
     let log = log.lock().unwrap().clone();
-    Run::from_log(&log, at)
+    Run::from_log(&log, at, faulted)
 }

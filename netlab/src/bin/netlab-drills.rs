@@ -224,6 +224,19 @@ fn summarize(name: &str, mechanism: &str, runs: &[Run]) -> String {
         .iter()
         .filter(|r| r.served_by.is_some() && r.served_by != Some(r.faulted))
         .count();
+    let by_check = runs
+        .iter()
+        .filter(|r| r.closed_by.as_deref() == Some("closed by the health check"))
+        .count();
+    let by_conn = runs
+        .iter()
+        .filter(|r| r.closed_by.as_deref() == Some("closed by the connection"))
+        .count();
+    let mechanism = if by_check + by_conn > 0 {
+        format!("{mechanism} (closed: {by_check} by the health check, {by_conn} by the connection)")
+    } else {
+        mechanism.to_string()
+    };
     format!(
         "| {name} | {} | {mechanism} | {} | {} | {} (max {}) | {} ms | {other}/{} |",
         runs.len(),
