@@ -1318,9 +1318,10 @@ impl Keeper {
                 .await;
                 lease_gone = matches!(asked, Ok(Ok(r)) if r.ttl() <= 0);
             }
-            if !lease_gone {
-                tokio::time::sleep(every).await;
+            if lease_gone {
+                continue;
             }
+            tokio::time::sleep(every).await;
         }
     }
 }
