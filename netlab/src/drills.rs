@@ -514,6 +514,41 @@ pub fn fault_on_current(
     Run::from_log(&log, at, current)
 }
 
+/// Drill 1 on an idle connection: the client connects and sends nothing; the copy in use
+/// is black-holed; the time to `Disconnected` (keepalive probes, bounded by the user
+/// timeout) and what closed it. `None`: not within `limit`.
+pub fn idle_blackhole(settings: Settings, limit: Duration) -> (Option<Duration>, Option<String>) {
+    let bed = Bed::new(2);
+    let log = Arc::new(Mutex::new(Log::default()));
+    let t0 = Instant::now();
+    let pc = client(&bed, bed.addrs(), settings, log.clone(), t0);
+    let conn = bed.client_rt.block_on({
+        let pc = pc.clone();
+        async move { pc.connected().await }
+    });
+    let current = bed
+        .servers
+        .iter()
+        .position(|h| h.ip() == conn.peer().ip())
+        .expect("connected to a server of the bed");
+    drop(conn);
+    let at = t0.elapsed();
+    let _hole = bed.lab.blackhole(&bed.client, &bed.servers[current]);
+    let noticed = |l: &Log| {
+        l.events
+            .iter()
+            .any(|(t, e)| *t >= at && e.starts_with("closed by"))
+    };
+    wait_until(&log, Instant::now(), limit, noticed);
+    bed.client_rt.block_on(async move { pc.close().await });
+    let log = log.lock().unwrap().clone();
+    let closed = log
+        .events
+        .iter()
+        .find(|(t, e)| *t >= at && e.starts_with("closed by"));
+    (closed.map(|(t, _)| *t - at), closed.map(|(_, e)| e.clone()))
+}
+
 /// Drill 2: the catalog lists first a copy whose host is gone (isolated: its SYNs
 /// unanswered), then two live ones. The client starts with the dead copy; the connect
 /// timeout ends that attempt and the round moves on. The "fault" is the client's start.

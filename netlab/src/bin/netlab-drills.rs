@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use persistent_connection_netlab::drills::{
     Fault, FlapRun, Run, Settings, dead_address_in_catalog, fault_on_current, flapping_link,
-    partition_then_heal, secs,
+    idle_blackhole, partition_then_heal, secs,
 };
 use persistent_connection_netlab::peers::{self, Peer};
 
@@ -61,6 +61,28 @@ fn main() {
                 ),
             ],
         );
+    }
+    if only.contains(&1) {
+        println!(
+            "## Drill 1 on an idle connection: black hole of the server in use, no request in flight\n"
+        );
+        println!("| configuration | runs | to notice, median (range) | closed by |");
+        println!("| --- | --- | --- | --- |");
+        for settings in [Settings::Defaults, Settings::Recommended] {
+            let runs = repeat(reps, 5, || idle_blackhole(settings, secs_(40)));
+            let noticed: Vec<_> = runs.iter().map(|(n, _)| *n).collect();
+            let mut by: Vec<String> = runs.iter().filter_map(|(_, b)| b.clone()).collect();
+            by.sort();
+            by.dedup();
+            println!(
+                "| {} | {} | {} | {} |",
+                settings.name(),
+                runs.len(),
+                range(&noticed),
+                by.join(", ")
+            );
+        }
+        println!();
     }
     if only.contains(&2) {
         table(
