@@ -42,7 +42,8 @@ const USAGE: &str = "usage: persistent-connection-sim [--seeds N] [--first-seed 
 policies: constant, exponential, grpc, loop, stubborn (default: all)
 durations: seconds (5, 0.5) or with a unit (500ms, 100us, 2s)
 mutants: skip-dedup, delay-from-failure, early-disconnected, forget-late-close,
-         suppress-failure, early-retry, late-close-finished, drop-failure-outcome, busy-timer";
+         suppress-failure, early-retry, late-close-finished, drop-failure-outcome,
+         drop-aborted-failure, busy-timer";
 
 /// Every this many seeds is run twice to compare trace hashes (I9).
 const DETERMINISM_EVERY: u64 = 64;

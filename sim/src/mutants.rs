@@ -36,6 +36,9 @@ pub enum Mutant {
     LateCloseFinished,
     /// Forgets to tell R10 waiters about a failed attempt (breaks R10).
     DropFailureOutcome,
+    /// Drops the failure of the attempt in flight when `abort` came, as this library did
+    /// before it followed the original (breaks R12, R4).
+    DropAbortedFailure,
     /// Asks for a timer that is always due, so time never advances: no checker rule sees
     /// it, the simulator's liveness cap must.
     BusyTimer,
@@ -43,7 +46,7 @@ pub enum Mutant {
 
 impl Mutant {
     /// Every mutant.
-    pub const ALL: [Mutant; 9] = [
+    pub const ALL: [Mutant; 10] = [
         Mutant::SkipDedup,
         Mutant::DelayFromFailure,
         Mutant::EarlyDisconnected,
@@ -52,6 +55,7 @@ impl Mutant {
         Mutant::EarlyRetry,
         Mutant::LateCloseFinished,
         Mutant::DropFailureOutcome,
+        Mutant::DropAbortedFailure,
         Mutant::BusyTimer,
     ];
 
@@ -66,6 +70,7 @@ impl Mutant {
             Mutant::EarlyRetry => "early-retry",
             Mutant::LateCloseFinished => "late-close-finished",
             Mutant::DropFailureOutcome => "drop-failure-outcome",
+            Mutant::DropAbortedFailure => "drop-aborted-failure",
             Mutant::BusyTimer => "busy-timer",
         }
     }
@@ -293,6 +298,23 @@ impl MutantMachine {
             Mutant::DropFailureOutcome => {
                 for e in &effects {
                     if let Effect::AttemptOutcome(Err(AttemptError::Failed(_))) = e {
+                        continue;
+                    }
+                    self.out.push_back(e.clone());
+                }
+            }
+            Mutant::DropAbortedFailure => {
+                for e in &effects {
+                    if let Effect::Emit {
+                        id,
+                        event: Event::FailedToConnect(_),
+                    } = e
+                        && self.inner.is_closed()
+                    {
+                        // After abort: handled at once, never shown.
+                        self.inner
+                            .handle(self.inner_now(now), Input::EventHandled { event: *id });
+                        self.pump(now, None);
                         continue;
                     }
                     self.out.push_back(e.clone());

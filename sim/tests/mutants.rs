@@ -83,6 +83,12 @@ fn dropping_a_failure_outcome_is_caught_by_i8() {
 }
 
 #[test]
+fn dropping_the_aborting_attempts_failure_is_caught_by_i7() {
+    // Close finishes while the failure is still owed (R12, R8).
+    caught_by(Mutant::DropAbortedFailure, Invariant::I7);
+}
+
+#[test]
 fn a_timer_that_stops_time_is_caught_by_the_liveness_cap() {
     caught_by(Mutant::BusyTimer, Invariant::I9);
 }
@@ -90,5 +96,5 @@ fn a_timer_that_stops_time_is_caught_by_the_liveness_cap() {
 #[test]
 fn every_mutant_has_a_test_above() {
     // Adding a mutant without a test here would let it rot.
-    assert_eq!(Mutant::ALL.len(), 9);
+    assert_eq!(Mutant::ALL.len(), 10);
 }
