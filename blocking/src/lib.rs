@@ -419,7 +419,9 @@ where
             }
             Effect::NoLongerCurrent { .. } => self.shared.lock().current = None,
             Effect::CloseConnection { conn, connection } => {
-                connection.close();
+                // A panicking `close` must not kill the driver thread (R13); the watcher
+                // reports the close as usual.
+                let _ = catch_unwind(AssertUnwindSafe(|| connection.close()));
                 self.watch(conn, connection);
             }
             Effect::CloseFinished => {
@@ -470,7 +472,9 @@ where
         if !self.watched.contains(&conn) {
             self.watched.push(conn);
             self.helper(move || {
-                connection.wait_closed();
+                // A panic in `wait_closed` counts as closed (R13): the thread still reports,
+                // so that nothing waits for it forever.
+                let _ = catch_unwind(AssertUnwindSafe(|| connection.wait_closed()));
                 Input::Closed { conn }
             });
         }

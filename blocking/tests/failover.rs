@@ -339,3 +339,58 @@ fn an_aborting_connects_failure_is_reported_and_no_attempt_follows() {
     assert_eq!(calls.load(Ordering::SeqCst), 1, "no attempt after abort");
     assert!(rx.try_recv().is_err(), "nothing after the failure");
 }
+
+/// R13 in the blocking driver's threads: a connection whose `close` or `wait_closed`
+/// panics counts as closed; `close()` returns instead of waiting forever for a watcher
+/// thread that died.
+#[test]
+fn a_connection_whose_close_and_wait_closed_panic_does_not_wedge_close() {
+    #[derive(Clone)]
+    struct Bad(Arc<(Mutex<bool>, std::sync::Condvar)>);
+    impl persistent_connection_blocking::Connection for Bad {
+        fn close(&self) {
+            *self.0.0.lock().unwrap() = true;
+            self.0.1.notify_all();
+            panic!("close bug");
+        }
+        fn wait_closed(&self) {
+            let mut closed = self.0.0.lock().unwrap();
+            while !*closed {
+                closed = self.0.1.wait(closed).unwrap();
+            }
+            drop(closed);
+            panic!("wait_closed bug");
+        }
+    }
+    let (tx, rx) = mpsc::channel();
+    let pc = PersistentConnection::spawn(
+        Config {
+            seed: 1,
+            retry: RetryPolicy::constant(Duration::from_millis(10)),
+        },
+        || Ok::<_, ()>(1u8),
+        |_addr| Ok(Bad(Arc::default())),
+        move |event: Event<u8, Bad, ()>| {
+            let _ = tx.send(format!("{:?}", event.kind()));
+        },
+    );
+    assert!(pc.connected_timeout(WAIT).is_some());
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        pc.close();
+        let _ = done_tx.send(());
+    });
+    done_rx
+        .recv_timeout(WAIT)
+        .expect("close() returned although the connection's close and wait_closed panicked");
+    let events: Vec<String> = rx.try_iter().collect();
+    assert_eq!(
+        events,
+        [
+            "AttemptingToConnect",
+            "ObtainedAddress",
+            "Connected",
+            "Disconnected"
+        ]
+    );
+}
