@@ -230,6 +230,13 @@ where
             }),
             changed: Condvar::new(),
         });
+        let config = Config {
+            seed: config.seed,
+            retry: RetryPolicy {
+                delay: guard_retry_delay(config.retry.delay),
+                jitter: config.retry.jitter,
+            },
+        };
         let driver = Driver {
             machine: Machine::new(config),
             rx,
@@ -490,6 +497,17 @@ impl<A, C, E, G, K, F> Drop for Driver<A, C, E, G, K, F> {
         status.close_finished = true;
         drop(status);
         self.shared.changed.notify_all();
+    }
+}
+
+/// R13: a custom retry delay that panics must not kill the driver thread; that attempt
+/// uses the default delay, as in the Tokio shell.
+fn guard_retry_delay(delay: RetryDelay) -> RetryDelay {
+    match delay {
+        RetryDelay::Custom(mut f) => RetryDelay::from_fn(move |failures| {
+            catch_unwind(AssertUnwindSafe(|| f(failures))).unwrap_or(RetryDelay::DEFAULT)
+        }),
+        other => other,
     }
 }
 

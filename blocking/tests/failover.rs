@@ -394,3 +394,39 @@ fn a_connection_whose_close_and_wait_closed_panic_does_not_wedge_close() {
         ]
     );
 }
+
+/// R13: a custom retry delay that panics falls back to the default delay for that attempt,
+/// as in the Tokio shell, instead of killing the driver thread.
+#[test]
+fn a_panicking_retry_delay_does_not_stop_the_driver() {
+    #[derive(Clone, Debug)]
+    struct Nothing;
+    impl persistent_connection_blocking::Connection for Nothing {
+        fn close(&self) {}
+        fn wait_closed(&self) {}
+    }
+    let (tx, rx) = mpsc::channel();
+    let pc = PersistentConnection::spawn(
+        Config {
+            seed: 1,
+            retry: RetryPolicy {
+                delay: persistent_connection_blocking::RetryDelay::from_fn(|_| {
+                    panic!("retry_delay bug")
+                }),
+                jitter: persistent_connection_blocking::Jitter::NonRandom,
+            },
+        },
+        || Err::<u8, _>("down"),
+        |_addr| Ok(Nothing),
+        move |event: Event<u8, Nothing, &str>| {
+            let _ = tx.send(format!("{event:?}"));
+        },
+    );
+    let events = events_until(&rx, "FailedToConnect(User(\"down\"))");
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(
+        !pc.is_closed(),
+        "the loop goes on, waiting for the default delay"
+    );
+    pc.close();
+}
