@@ -103,7 +103,8 @@
 //! - **R11** [`Input::CloseWhenCurrentConnectionIsClosed`]: keep the current connection,
 //!   start no new round.
 //! - **R12** [`Machine::consecutive_unsuccessful_attempts`] for the connect context, and
-//!   [`Input::Abort`] to stop as R11 with an error for R10 waiters.
+//!   [`Input::Abort`] to stop as R11 with an error for R10 waiters; as in the original,
+//!   the attempt in flight runs to its end and its failure is still reported.
 //! - **R13, R14** are the driver's: report a panicking callback as a failed attempt or a
 //!   handled event; close when the last handle is dropped.
 
