@@ -16,7 +16,7 @@
 //!
 //! Each phase measures the lookups that failed, the slowest lookup, and the gap: fault to
 //! the end of the first lookup listing both copies after the last failed one (zero when
-//! none failed). The short pass runs once (`cargo test --workspace --all-features`);
+//! none failed); for the restore, the restart to the end of the first lookup listing both. The short pass runs once (`cargo test --workspace --all-features`);
 //! `NETLAB_REPS=n` runs it n times and prints a row per run for BENCHMARKS.md. Needs root,
 //! `ip`, `nft` and `etcd` (`bash scripts/needs.sh`); fails saying what is missing.
 
@@ -538,13 +538,17 @@ fn drill() -> Vec<Phase> {
     let t_back = Instant::now();
     members[leader].start();
     members[second].start();
-    client.wait_listing(t_back, &copies, Duration::from_secs(30));
-    phases.push(phase(
+    let back = client.wait_listing(t_back, &copies, Duration::from_secs(30));
+    let mut restored = phase(
         &client,
         "quorum restored: keys listed again",
         t_back,
         Instant::now(),
-    ));
+    );
+    // Here the gap is the restart to the first listing (the lookups before it may have
+    // waited for the members rather than failed).
+    restored.gap = Some(back);
+    phases.push(restored);
 
     for p in phases
         .iter()
