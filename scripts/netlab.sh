@@ -3,7 +3,8 @@
 # (scripts/needs.sh: iproute2, nftables), builds, runs the lab's own tests and every drill's
 # test (the short pass CI runs too), then the drills' tables (netlab-drills), and tears
 # everything down: every network namespace whose name starts with the lab's prefix
-# (`pclab-`) is deleted when the script ends, also after a failure or Ctrl-C. (The
+# (`pclab-<pid>-`) is deleted when the script ends, also after a failure or Ctrl-C, unless
+# its process is still running (a lab of another run beside this one). (The
 # namespaces carry the veth pairs and the nft tables with them; the lab never touches the
 # root namespace's network.)
 #
@@ -38,19 +39,31 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 teardown() {
-    local left
-    left="$(ip netns list 2>/dev/null | awk '{print $1}' | grep '^pclab-' || true)"
-    for ns in $left; do
+    # A lab's namespaces are named pclab-<pid>-<n>-<host>, <pid> the process that made it.
+    # Delete those whose process is gone (this script's runs, when it ends, also killed
+    # ones); leave alone the labs of processes still running (another run of this script,
+    # a `cargo test` beside it).
+    local ns pid
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^pclab-' || true); do
+        pid="${ns#pclab-}"
+        pid="${pid%%-*}"
+        if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+            continue
+        fi
         # Processes started inside (servers of a test that was killed), by id.
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
         ip netns delete "$ns" 2>/dev/null || true
     done
-    if ip netns list 2>/dev/null | grep -q '^pclab-'; then
-        echo "netlab: namespaces left behind:" >&2
-        ip netns list | grep '^pclab-' >&2
+    local left
+    left="$(ip netns list 2>/dev/null | awk '{print $1}' | grep '^pclab-' | while read -r ns; do
+        pid="${ns#pclab-}"; pid="${pid%%-*}"
+        kill -0 "$pid" 2>/dev/null || echo "$ns"
+    done)"
+    if [ -n "$left" ]; then
+        echo "netlab: namespaces left behind: $left" >&2
         return 1
     fi
-    echo "== netlab: torn down (no pclab- namespace left)"
+    echo "== netlab: torn down (no pclab- namespace of a finished process left)"
 }
 trap teardown EXIT
 
