@@ -1196,3 +1196,73 @@ async fn user_and_password_reach_a_cluster_with_authentication() {
     );
     publisher.withdraw().await.unwrap();
 }
+
+/// With several endpoints, a lookup goes on to the next member when one refuses or hangs
+/// (each try within the timeout divided by the number of members); when every member
+/// fails, one error lists each member's answer in endpoint order, the same on a repeat (R4).
+#[tokio::test]
+async fn a_lookup_goes_on_to_the_next_member_and_a_failure_of_all_lists_each() {
+    let OneCopy {
+        etcd: live,
+        ep,
+        server,
+        publisher: _publisher,
+    } = OneCopy::start().await;
+    let hung = start_etcd().await;
+    let refused = format!("http://{}", refused_addr());
+    // (The "hung" etcd is another cluster, empty: only ever asked while it is paused.)
+    let catalog = EtcdCatalog::new([&refused, &ep, &hung.endpoint()], PREFIX)
+        .lookup_timeout(Duration::from_millis(1500));
+    assert_eq!(catalog.lookup().await.unwrap(), [server.addr]);
+
+    // The member that answered is asked first: the refused one before it costs nothing now.
+    hung.pause();
+    let started = tokio::time::Instant::now();
+    assert_eq!(catalog.lookup().await.unwrap(), [server.addr]);
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A fresh catalog meets the refused and the hung member first: one try each.
+    let fresh = EtcdCatalog::new([&refused, &hung.endpoint(), &ep], PREFIX)
+        .lookup_timeout(Duration::from_millis(1500));
+    let started = tokio::time::Instant::now();
+    assert_eq!(fresh.lookup().await.unwrap(), [server.addr]);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(490) && took < Duration::from_millis(1490),
+        "{took:?}"
+    );
+
+    // Every member down or hung: one error naming each, in endpoint order, stable.
+    let mut live = live;
+    live.stop();
+    // (The first lookup may meet the killed member's open connection: a transport error.)
+    let _ = fresh.lookup().await.unwrap_err();
+    let first = fresh.lookup().await.unwrap_err();
+    let CatalogError::Lookup { catalog, message } = &first else {
+        panic!("expected a lookup error, got {first:?}");
+    };
+    assert_eq!(catalog, &format!("etcd prefix {PREFIX:?}"));
+    let hung_ep = hung.endpoint();
+    let at = |needle: &str| {
+        message
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle} missing from {message}"))
+    };
+    assert!(message.starts_with("no member answered ("), "{message}");
+    assert!(
+        at(&refused) < at(&hung_ep) && at(&hung_ep) < at(&ep),
+        "{message}"
+    );
+    assert!(message.contains("timed out after 500ms"), "{message}");
+    assert_eq!(
+        message.matches("Connection refused").count(),
+        2,
+        "{message}"
+    );
+    assert_eq!(fresh.lookup().await.unwrap_err(), first, "stable (R4)");
+    hung.resume();
+}
