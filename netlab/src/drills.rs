@@ -638,18 +638,38 @@ pub struct FlapRun {
     pub slowest: Duration,
     /// Tasks alive in the client's runtime before the client and after it closed.
     pub tasks: (usize, usize),
-    /// Open file descriptors of the process before and after.
-    pub fds: (usize, usize),
-    /// Resident memory (KiB) before and after.
+    /// TCP sockets with a file descriptor (an inode) in the client host, before the client
+    /// and after it closed: a leaked socket stays (closed ones the kernel still finishes,
+    /// FIN_WAIT or TIME_WAIT without a descriptor, do not count). Per host, so labs
+    /// running beside it do not blur it.
+    pub sockets: (usize, usize),
+    /// The same count while connected, before the flapping (at least 1: the count sees
+    /// the client's connection).
+    pub sockets_connected: usize,
+    /// Resident memory (KiB) of the whole process before and after (other drills running
+    /// in the same process blur it).
     pub rss_kib: (u64, u64),
     /// Whether service came back after the flapping stopped.
     pub recovered: bool,
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0)
+/// TCP sockets that have a file descriptor in `host` (`/proc/thread-self/net/tcp` read
+/// from a thread inside it: inode not 0).
+pub fn sockets_in(host: &Host) -> usize {
+    host.thread(|| {
+        ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .map(|t| {
+                t.lines()
+                    .skip(1)
+                    .filter(|l| l.split_whitespace().nth(9).is_some_and(|i| i != "0"))
+                    .count()
+            })
+            .sum()
+    })
+    .join()
+    .expect("reading the host's sockets")
 }
 
 fn rss_kib() -> u64 {
@@ -668,7 +688,7 @@ fn rss_kib() -> u64 {
 pub fn flapping_link(settings: Settings, period: Duration, flapping: Duration) -> FlapRun {
     let bed = Bed::new(2);
     let tasks = |bed: &Bed| bed.client_rt.handle().metrics().num_alive_tasks();
-    let before = (tasks(&bed), open_fds(), rss_kib());
+    let before = (tasks(&bed), sockets_in(&bed.client), rss_kib());
     let log = Arc::new(Mutex::new(Log::default()));
     let t0 = Instant::now();
     let pc = client(&bed, bed.addrs(), settings, log.clone(), t0);
@@ -676,6 +696,7 @@ pub fn flapping_link(settings: Settings, period: Duration, flapping: Duration) -
     wait_until(&log, t0, Duration::from_secs(10), |l| {
         served_since(l, Duration::ZERO, None)
     });
+    let sockets_connected = sockets_in(&bed.client);
     let servers: Vec<&Host> = bed.servers.iter().collect();
     let flap = bed.lab.flap_partition(&[&bed.client], &servers, period);
     let from = t0.elapsed();
@@ -692,7 +713,7 @@ pub fn flapping_link(settings: Settings, period: Duration, flapping: Duration) -
     while tasks(&bed) > before.0 && closing.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let after = (tasks(&bed), open_fds(), rss_kib());
+    let after = (tasks(&bed), sockets_in(&bed.client), rss_kib());
     let log = log.lock().unwrap().clone();
     let during: Vec<_> = log
         .events
@@ -730,7 +751,8 @@ pub fn flapping_link(settings: Settings, period: Duration, flapping: Duration) -
             .max()
             .unwrap_or_default(),
         tasks: (before.0, after.0),
-        fds: (before.1, after.1),
+        sockets: (before.1, after.1),
+        sockets_connected,
         rss_kib: (before.2, after.2),
         recovered,
     }

@@ -150,7 +150,7 @@ fn main() {
         );
     }
     if only.contains(&5) {
-        let runs = repeat(reps, 5, || {
+        let runs = repeat(reps, 1, || {
             flapping_link(Settings::Recommended, Duration::from_secs(1), secs_(30))
         });
         flap_table(&runs);
@@ -289,7 +289,7 @@ fn flap_table(runs: &[FlapRun]) {
         runs.first().map_or(0, |r| r.flapping.as_secs())
     );
     println!(
-        "| run | events | Disconnected | repeated failures in a round (R4) | requests (failed) | slowest request | tasks before/after | fds before/after | RSS KiB before/after | service back |"
+        "| run | events | Disconnected | repeated failures in a round (R4) | requests (failed) | slowest request | tasks before/after | client sockets before/after | process RSS KiB before/after | service back |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (i, r) in runs.iter().enumerate() {
@@ -304,8 +304,8 @@ fn flap_table(runs: &[FlapRun]) {
             r.slowest.as_millis(),
             r.tasks.0,
             r.tasks.1,
-            r.fds.0,
-            r.fds.1,
+            r.sockets.0,
+            r.sockets.1,
             r.rss_kib.0,
             r.rss_kib.1,
             if r.recovered { "yes" } else { "no" }
