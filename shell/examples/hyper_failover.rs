@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Two hyper HTTP/1 servers on 127.0.0.1 ("A" and "B") are listed in a
-//! [`StaticList`](persistent_connection::catalog::StaticList). hyper-util's legacy
+//! [`StaticList`]. hyper-util's legacy
 //! `Client`, built with the connector, sends `GET /` every 20 ms. The drill kills the copy
 //! that answers (its listener and every connection it accepted), restarts it 500 ms later
 //! on the same port, and does that four times. For each kill it prints the failover gap:

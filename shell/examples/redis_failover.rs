@@ -115,7 +115,7 @@ pub async fn connect(addr: SocketAddr, health: HealthCheck) -> Result<Conn, Fail
     over(stream, addr, health).await
 }
 
-/// The same as [`connect`] over TLS, trusting the certificate authority of [`certs`].
+/// The same as [`connect`] over TLS, trusting the certificate authority of `certs`.
 #[cfg(feature = "tls")]
 pub async fn connect_tls(addr: SocketAddr, health: HealthCheck) -> Result<Conn, Failure> {
     let stream = certs::connector()
@@ -125,7 +125,7 @@ pub async fn connect_tls(addr: SocketAddr, health: HealthCheck) -> Result<Conn, 
     over(stream, addr, health).await
 }
 
-/// [`connect`] or [`connect_tls`].
+/// [`connect`] or `connect_tls` (feature `tls`).
 pub async fn connect_to(addr: SocketAddr, health: HealthCheck, tls: bool) -> Result<Conn, Failure> {
     if tls {
         #[cfg(feature = "tls")]
@@ -264,7 +264,7 @@ impl RedisServer {
     }
 
     /// Starts one on a free port, on its TLS port only if `tls` (with the certificate of
-    /// [`certs`]), and waits until it answers.
+    /// `certs`), and waits until it answers.
     pub async fn start_with(tls: bool) -> io::Result<RedisServer> {
         let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
             .local_addr()?
