@@ -83,44 +83,62 @@ pub(crate) fn drop_guarded<T>(what: &'static str, value: T) -> Option<Panic> {
     }
 }
 
-/// Runs `fut` as [`Guarded`] does, without boxing it: for a future that is not `Unpin`,
-/// inside an `async` block that the caller boxes anyway. The future lives in a pinned
-/// slot of this function's state; it is polled under the guard and dropped in place under
-/// the guard, when it finishes or panics, and also when this function's future is dropped
-/// while pending.
-pub(crate) async fn run<F: Future>(what: &'static str, fut: F) -> Result<F::Output, Panic> {
-    let slot = std::pin::pin!(Some(fut));
-    let mut slot = DropInSlot { slot, what };
-    let output = std::future::poll_fn(|cx| {
-        let Some(fut) = slot.slot.as_mut().as_pin_mut() else {
-            return Poll::Pending;
-        };
-        match call(what, || fut.poll(cx)) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-            Err(panic) => Poll::Ready(Err(panic)),
+/// Runs `fut` as [`Guarded`] does, without boxing it: for a future that is not `Unpin`.
+/// The future lives in a pinned slot of the returned future (once: an `async fn` would keep
+/// its argument and the slot, twice the size, issue 21); it is polled under the guard and
+/// dropped in place under the guard, when it finishes or panics, and also when the
+/// returned future is dropped while pending.
+pub(crate) fn run<F: Future>(what: &'static str, fut: F) -> Run<F> {
+    Run {
+        slot: Some(fut),
+        what,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`run`]'s future. Resolves to `Ok(output)`, or `Err(Panic)` if a poll panicked;
+    /// polled again after it resolved, it stays pending.
+    #[must_use = "futures do nothing unless polled"]
+    pub(crate) struct Run<F> {
+        #[pin]
+        slot: Option<F>,
+        what: &'static str,
+    }
+
+    impl<F> PinnedDrop for Run<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            drop_in_slot(this.what, this.slot);
         }
-    })
-    .await;
-    // Finished or panicked: the future goes now, under the guard.
-    drop(slot);
-    output
+    }
 }
 
 /// Drops the future in its pinned slot, in place, under the guard.
-struct DropInSlot<'a, F> {
-    slot: Pin<&'a mut Option<F>>,
-    what: &'static str,
+fn drop_in_slot<F>(what: &'static str, mut slot: Pin<&mut Option<F>>) {
+    if slot.is_some()
+        && let Err(panic) = call(what, || slot.set(None))
+    {
+        tracing::warn!(what, panic = %panic.message, "dropping {what} panicked; ignored");
+    }
 }
 
-impl<F> Drop for DropInSlot<'_, F> {
-    fn drop(&mut self) {
-        if self.slot.is_some() {
-            let slot = &mut self.slot;
-            if let Err(panic) = call(self.what, || slot.set(None)) {
-                tracing::warn!(what = self.what, panic = %panic.message, "dropping {} panicked; ignored", self.what);
-            }
-        }
+impl<F: Future> Future for Run<F> {
+    type Output = Result<F::Output, Panic>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let what = *this.what;
+        let Some(fut) = this.slot.as_mut().as_pin_mut() else {
+            return Poll::Pending;
+        };
+        let output = match call(what, || fut.poll(cx)) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(output)) => Ok(output),
+            Err(panic) => Err(panic),
+        };
+        // Finished or panicked: the future goes now, under the guard.
+        drop_in_slot(what, this.slot);
+        Poll::Ready(output)
     }
 }
 
@@ -197,6 +215,25 @@ mod tests {
         fn drop(&mut self) {
             panic!("boom in drop");
         }
+    }
+
+    // Issue 21: as an `async fn`, `run` kept its argument and the pinned slot it moved
+    // it into, so a guarded future was twice the user's (the driver's boxed close watcher
+    // held three copies: 688 B per idle connection instead of about 250).
+    #[test]
+    fn run_holds_the_future_once() {
+        let big = [0u8; 512];
+        let fut = async move {
+            tokio::task::yield_now().await;
+            big.len()
+        };
+        let user = std::mem::size_of_val(&fut);
+        let guarded = run("test future", fut);
+        assert!(
+            std::mem::size_of_val(&guarded) <= user + 32,
+            "guarded {} B for a {user} B future",
+            std::mem::size_of_val(&guarded)
+        );
     }
 
     #[tokio::test]
