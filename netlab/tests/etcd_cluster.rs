@@ -618,6 +618,12 @@ fn drill() -> Vec<Phase> {
         !catalog_failures.is_empty() && catalog_failures.len() <= 5,
         "catalog failures announced while quorum was lost ({attempts} attempts so far): {catalog_failures:#?}"
     );
+    // The watch cache stops answering from its copy within about one request timeout of
+    // the cluster losing quorum (its check every half timeout fails).
+    assert!(
+        cached_served.is_none_or(|d| d <= ETCD_TIMEOUT + Duration::from_millis(300)),
+        "the watch cache answered {cached_served:?} after quorum was lost"
+    );
     // The current connection was left alone throughout.
     let still = client.pc.current_connection().expect("still connected");
     assert_eq!(

@@ -418,12 +418,14 @@ impl<A> EtcdCatalog<A> {
     /// that runs it), so the copy is usually in sync before the first attempt; it stops
     /// when the last clone of the catalog is dropped.
     ///
-    /// The copy is used only while the watch is healthy (the connection to etcd is checked
-    /// with HTTP/2 keep-alives every second, and etcd ends the watch of a member that lost
-    /// its leader). Before the first sync and whenever the watch breaks, lookups fall back
-    /// to a range read, so they fail while etcd is down exactly as without the cache, and
-    /// never serve a list that etcd no longer vouches for. Returns a new catalog (clones
-    /// made before keep their setting).
+    /// The copy is used only while the watch is healthy: the connection to etcd is checked
+    /// with HTTP/2 keep-alives every second, and every half request timeout the cluster
+    /// must vouch for the copy (a linearizable count of the prefix, which fails at once
+    /// without quorum). Before the first sync and whenever the watch or a check fails,
+    /// lookups fall back to a range read, so they fail while etcd is down as without the
+    /// cache. The copy can thus be served for at most about one request timeout after the
+    /// cluster stopped vouching for it (a member died, quorum was lost); a range read
+    /// never is. Returns a new catalog (clones made before keep their setting).
     pub fn watch_cache(self) -> EtcdCatalog<A> {
         let mut settings = self.inner.settings.clone();
         settings.watch_cache = true;
@@ -655,7 +657,7 @@ async fn sync_and_watch(
             .map_err(err)?;
         Ok::<_, CatalogError>((client, kvs, stream))
     };
-    let (_client, kvs, mut stream) = with_timeout(|| describe.clone(), timeout, read).await?;
+    let (mut client, kvs, mut stream) = with_timeout(|| describe.clone(), timeout, read).await?;
     {
         let mut state = cache.lock().unwrap_or_else(|p| p.into_inner());
         state.kvs = kvs
@@ -664,7 +666,35 @@ async fn sync_and_watch(
             .collect();
         state.synced = true;
     }
-    while let Some(response) = stream.message().await.map_err(err)? {
+    // Every half timeout, the cluster must vouch for the copy: a linearizable count of the
+    // prefix, which fails at once without quorum (no leader). A watch stream alone can stay
+    // open for seconds on a member that died or lost its cluster (found by drill 6).
+    let every = (timeout / 2).max(Duration::from_millis(50));
+    let mut vouch = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    vouch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let response = tokio::select! {
+            message = stream.message() => match message.map_err(err)? {
+                Some(response) => response,
+                None => break,
+            },
+            _ = vouch.tick() => {
+                let count = client.get(
+                    settings.prefix.as_bytes(),
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                );
+                match tokio::time::timeout(every, count).await {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => return Err(err(e)),
+                    Err(_) => {
+                        return Err(CatalogError::TimedOut {
+                            catalog: describe.clone(),
+                            after: every,
+                        });
+                    }
+                }
+            }
+        };
         if response.canceled() {
             return Err(CatalogError::Lookup {
                 catalog: describe.clone(),
