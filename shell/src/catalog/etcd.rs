@@ -26,8 +26,10 @@
 //!
 //! Each etcd request of the catalog (connecting included) and of the publisher is bounded
 //! by [`EtcdOptions::timeout`] (default [`DEFAULT_TIMEOUT`], 2 s): a lookup that runs out
-//! fails with [`CatalogError::TimedOut`] naming the catalog, and the catalog starts its etcd
-//! client afresh (a client stuck on a dead member is replaced). The persistent connection's
+//! fails with [`CatalogError::TimedOut`] naming the catalog (with several members, each try
+//! gets an equal share, and a lookup no member answered fails with
+//! [`CatalogError::Lookup`] listing each member's answer), and the catalog starts its etcd
+//! clients afresh (a client stuck on a dead member is replaced). The persistent connection's
 //! own [`lookup_timeout`](crate::Builder::lookup_timeout) (default 10 s) is a backstop for
 //! any `get_address`; **keep the catalog's timeout below it** (the defaults are). If the
 //! builder's is shorter, it cuts the lookup first: the failure is then the builder's
