@@ -47,6 +47,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -215,6 +216,7 @@ impl TlsConnector {
         Ok(TlsConnection {
             tcp,
             tls: Arc::new(Mutex::new(stream)),
+            writer: Arc::new(AtomicWaker::new()),
         })
     }
 }
@@ -232,6 +234,11 @@ impl TlsConnector {
 pub struct TlsConnection {
     tcp: TcpConnection,
     tls: Arc<Mutex<TlsStream<TcpConnection>>>,
+    /// The task last blocked writing. `close` polls the TCP connection's write side itself
+    /// (for `close_notify`), which replaces that task's waker there, so `close` wakes it
+    /// from here once closing has begun: a write blocked on a peer that does not read then
+    /// fails with `NotConnected` instead of waiting forever.
+    writer: Arc<AtomicWaker>,
 }
 
 impl fmt::Debug for TlsConnection {
@@ -290,15 +297,18 @@ impl AsyncWrite for TlsConnection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.writer.register(cx.waker());
         Pin::new(&mut *self.stream()).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.writer.register(cx.waker());
         Pin::new(&mut *self.stream()).poll_flush(cx)
     }
 
     /// Sends `close_notify`, then a TCP FIN (half-close).
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.writer.register(cx.waker());
         Pin::new(&mut *self.stream()).poll_shutdown(cx)
     }
 }
@@ -310,7 +320,10 @@ impl Closable for TlsConnection {
             // that does not read.
             let _ = poll_fn(|cx| Pin::new(&mut *self.stream()).poll_shutdown(cx)).now_or_never();
         }
-        self.tcp.close()
+        // Marks the connection closing before it returns.
+        let closing = self.tcp.close();
+        self.writer.wake();
+        closing
     }
 
     fn is_closed(&self) -> bool {

@@ -229,6 +229,68 @@ async fn a_certificate_that_does_not_verify_is_a_clear_prompt_deduplicated_failu
     assert!(pc.stats().deduplicated_failures >= 4, "{:?}", pc.stats());
 }
 
+/// Equality of handshake failures compares their cause: the same failure twice is equal
+/// (one `FailedToConnect` per round, R4), another cause at the same address is not.
+#[tokio::test]
+async fn handshake_failures_are_equal_exactly_when_their_cause_is() {
+    let (ca, config) = server_config(&["localhost"]);
+    let addr = tls_server(config, Then::Echo).await;
+    let (other_ca, _) = server_config(&["localhost"]);
+    let untrusted = TlsConnector::from_pem_roots(other_ca.as_bytes(), "localhost").unwrap();
+    let misnamed = TlsConnector::from_pem_roots(ca.as_bytes(), "cache.example").unwrap();
+    let a1 = guard("handshake", untrusted.connect(addr))
+        .await
+        .unwrap_err();
+    let a2 = guard("handshake", untrusted.connect(addr))
+        .await
+        .unwrap_err();
+    let b = guard("handshake", misnamed.connect(addr))
+        .await
+        .unwrap_err();
+    assert_eq!(a1, a2);
+    assert_ne!(a1, b);
+}
+
+/// Closing never waits for a peer that does not read, even with a write blocked on it.
+#[tokio::test]
+async fn close_does_not_wait_for_a_peer_that_does_not_read() {
+    let (ca, config) = server_config(&["localhost"]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let (accepted, held) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = acceptor.accept(tcp).await.unwrap();
+        let _ = accepted.send(());
+        // Holds the connection and never reads.
+        std::future::pending::<()>().await;
+        drop(tls);
+    });
+    let connector = TlsConnector::from_pem_roots(ca.as_bytes(), "localhost").unwrap();
+    let conn = guard("connect", connector.connect(addr)).await.unwrap();
+    guard("accepted", held).await.unwrap();
+    let mut writer = conn.clone();
+    let blocked = tokio::spawn(async move {
+        let chunk = vec![0u8; 64 * 1024];
+        loop {
+            if let Err(e) = writer.write_all(&chunk).await {
+                return e;
+            }
+        }
+    });
+    // Let the socket buffers fill up.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !blocked.is_finished(),
+        "the peer never reads: the writer must be blocked"
+    );
+    guard("close", conn.close()).await;
+    assert!(conn.is_closed());
+    let err = guard("the blocked write gives up", blocked).await.unwrap();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotConnected, "{err}");
+}
+
 /// The two steps are told apart: a refused TCP connect, and a server that accepts TCP but
 /// never answers the handshake (the handshake timeout, named).
 #[tokio::test]
