@@ -64,6 +64,14 @@
 //! - Events: [`Event<A, C, E>`] = core's `Event<A, C, Error<E>>`: `AttemptingToConnect`,
 //!   `ObtainedAddress(A)`, `FailedToConnect(Error<E>)`, `Connected(C)`, `Disconnected`.
 //! - Logs: a `tracing` event for every state change, failures at warn.
+//! - Cargo features, each off by default (the default build pulls in none of their
+//!   dependencies): `tls` — `tls::TlsConnector` and `tls::TlsConnection` (rustls, a TLS
+//!   connection that notices the peer closing as [`TcpConnection`] does); `tower` —
+//!   `tower::PersistentService`, a `tower::Service` over a persistent connection; `metrics`
+//!   — `metrics::export`, the counters, state and failover gap through the `metrics`
+//!   facade; `connector` — `connector::CatalogConnector`, a `tower::Service<Uri>` over any
+//!   [`catalog::Catalog`] for hyper's and tonic's own reconnecting clients; `etcd` — the
+//!   etcd catalog.
 //!
 //! # Defaults and what they mean
 //!
