@@ -621,7 +621,7 @@ fn drill() -> Vec<Phase> {
     // The watch cache stops answering from its copy within about one request timeout of
     // the cluster losing quorum (its check every half timeout fails).
     assert!(
-        cached_served.is_none_or(|d| d <= ETCD_TIMEOUT + Duration::from_millis(300)),
+        cached_served.is_none_or(|d| d <= ETCD_TIMEOUT + Duration::from_millis(600)),
         "the watch cache answered {cached_served:?} after quorum was lost"
     );
     // The current connection was left alone throughout.
