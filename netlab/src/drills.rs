@@ -565,6 +565,8 @@ pub fn dead_address_in_catalog(settings: Settings, limit: Duration) -> Run {
     std::thread::sleep(Duration::from_millis(50));
     let log = log.lock().unwrap().clone();
     let mut run = Run::from_log(&log, Duration::ZERO, 0);
+    // No connection was faulted: the only close is the drill's own at the end.
+    run.closed_by = None;
     // "Noticed": the failed attempt on the dead copy.
     run.noticed = log
         .events
