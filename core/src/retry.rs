@@ -172,11 +172,11 @@ impl Jitter {
         let nanos = b.as_nanos(); // < 2^95
         let r = rng.next_u64();
         // Every delay below 5.8 years: the same arithmetic in 64 bits, without the 128-bit
-        // divisions (a library call each) that cost a tenth of a machine step (issue 21).
+        // divisions (a library call each, a few per cent of a machine step: issue 21).
         // Same values: nothing below overflows, so the result is the one of the general
         // path, bit for bit (the simulator's trace hashes depend on it).
         if let Ok(n) = u64::try_from(nanos)
-            && n <= u64::MAX / 100
+            && n.checked_mul(100).is_some()
         {
             let span = n * percent as u64 / 100; // ≤ n
             let u = ((u128::from(span) * u128::from(r >> 32)) >> 32) as u64; // ≤ span
