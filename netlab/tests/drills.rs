@@ -227,7 +227,9 @@ fn drill5_flapping_link_no_event_storm_no_leaks() {
     // At most a handful of events per on/off cycle (2 s): no storm.
     let cycles = (flapping.as_secs() / 2 + 1) as usize;
     assert!(run.events <= 12 * cycles, "event storm: {run:#?}");
-    assert!(run.disconnections <= cycles + 1, "{run:#?}");
+    // One per black-hole phase (the health check), with room for a spurious one on a
+    // loaded machine; a storm would be many per phase.
+    assert!(run.disconnections <= 2 * cycles, "{run:#?}");
     assert!(run.slowest <= REQUEST_TIMEOUT + SLACK, "{run:#?}");
     assert!(run.tasks.1 <= run.tasks.0, "leaked tasks: {run:#?}");
     assert!(
