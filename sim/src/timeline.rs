@@ -318,7 +318,7 @@ impl Timeline {
             ("events", 60.0, 40.0),
             ("attempts", 120.0, 70.0),
             ("connections", 210.0, 60.0),
-            ("close", 290.0, 30.0),
+            ("close", 290.0, 40.0),
         ];
         let h = 440.0;
         let bottom = 330.0;
@@ -482,9 +482,9 @@ impl Timeline {
             let (colour, label, across, dy) = match mark {
                 Mark::TimerFired => ("#9467bd", "", false, 0.0),
                 Mark::CloseRequested => ("#000000", "close()", true, 11.0),
-                Mark::CloseWhenCurrent => ("#8c564b", "R11", true, 11.0),
-                Mark::Abort => ("#e377c2", "abort", true, 19.0),
-                Mark::CloseFinished => ("#000000", "finished", true, 27.0),
+                Mark::CloseWhenCurrent => ("#8c564b", "R11", true, 23.0),
+                Mark::Abort => ("#e377c2", "abort", true, 23.0),
+                Mark::CloseFinished => ("#000000", "finished", true, 35.0),
             };
             if across {
                 let _ = writeln!(
