@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use persistent_connection::tower::{BoxError, PersistentService, ServiceClosed};
-use persistent_connection::{IoError, PersistentConnection, TcpConnection};
+use persistent_connection::{Closable, IoError, PersistentConnection, TcpConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -82,12 +82,14 @@ fn service(
     })
 }
 
-/// Retries a failed request up to this many more times.
+/// Retries a failed request up to this many more times, 10 ms apart: a request caught by
+/// the server's death fails (a broken pipe) until the connection has noticed the death,
+/// which takes a moment, and immediate retries would all fall in that moment.
 #[derive(Clone)]
 struct Attempts(usize);
 
 impl<Res> Policy<String, Res, BoxError> for Attempts {
-    type Future = std::future::Ready<()>;
+    type Future = tokio::time::Sleep;
 
     fn retry(
         &mut self,
@@ -97,7 +99,7 @@ impl<Res> Policy<String, Res, BoxError> for Attempts {
         match result {
             Err(e) if self.0 > 0 && !e.is::<ServiceClosed>() => {
                 self.0 -= 1;
-                Some(std::future::ready(()))
+                Some(tokio::time::sleep(Duration::from_millis(10)))
             }
             _ => None,
         }
@@ -249,4 +251,29 @@ async fn a_closed_persistent_connection_is_an_error_not_a_hang() {
         source = e.source();
     }
     assert!(found, "{err}");
+}
+
+/// After `close_when_current_connection_is_closed` (R11) the current connection stays up,
+/// and the service keeps sending over it; once it closes, the service is closed.
+#[tokio::test]
+async fn after_r11_the_current_connection_still_serves_then_the_service_is_closed() {
+    let (a, server) = echo_server(true).await;
+    let pc = persistent(Arc::new(Mutex::new(a)));
+    let mut svc = service(pc.clone());
+    let conn = guard("connected", pc.connected()).await;
+    pc.close_when_current_connection_is_closed();
+    let reply = guard("a request after R11", async {
+        svc.ready().await?.call("still up".into()).await
+    })
+    .await
+    .unwrap();
+    assert_eq!(reply, "still up");
+    server.abort();
+    guard("the connection closes", conn.close_finished()).await;
+    let err = guard("ready after it closed", svc.ready())
+        .await
+        .unwrap_err();
+    assert!(err.is::<ServiceClosed>(), "{err}");
+    assert!(pc.is_closed());
+    assert_eq!(pc.stats().connections, 1, "no new round after R11");
 }
