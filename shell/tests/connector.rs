@@ -101,3 +101,80 @@ async fn new_connections_take_turns_over_the_listed_copies() {
     }
     assert_eq!(peers, [a, b, a, b]);
 }
+
+/// An HTTP/2 server answering every request with its name; aborting its task closes the
+/// listener and every connection it accepted.
+async fn http2_server(name: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            connections.spawn(async move {
+                let service = hyper::service::service_fn(move |_req| async move {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                        name,
+                    ))))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// tonic's `Channel` (which reconnects by itself, to one endpoint) over the connector: when
+/// the copy it talks to dies, its next connection goes to the other listed copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tonic_channel_fails_over_through_the_catalog() {
+    use http_body_util::BodyExt;
+    use tonic::transport::Endpoint;
+
+    let (a, server_a) = http2_server("A").await;
+    let (b, server_b) = http2_server("B").await;
+    let connector = CatalogConnector::new(StaticList::new([a, b]), Pick::InOrder);
+    let channel = Endpoint::from_static("http://service").connect_with_connector_lazy(connector);
+    let get = |channel: tonic::transport::Channel| async move {
+        let request = http::Request::builder()
+            .uri("http://service/")
+            .body(tonic::body::Body::empty())
+            .unwrap();
+        let reply = channel.oneshot(request).await.map_err(|e| e.to_string())?;
+        let body = reply
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok::<_, String>(String::from_utf8_lossy(&body).into_owned())
+    };
+    assert_eq!(
+        guard("first", get(channel.clone())).await.as_deref(),
+        Ok("A")
+    );
+    server_a.abort();
+    let died = std::time::Instant::now();
+    let mut failed = 0;
+    let by = guard("a reply from the other copy", async {
+        loop {
+            match get(channel.clone()).await {
+                Ok(by) if by == "B" => return by,
+                Ok(_) => {}
+                Err(_) => failed += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    println!(
+        "tonic: B answered {:?} after A died ({failed} failed)",
+        died.elapsed()
+    );
+    assert_eq!(by, "B");
+    server_b.abort();
+}
