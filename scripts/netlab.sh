@@ -55,7 +55,7 @@ teardown() {
         ip netns delete "$ns" 2>/dev/null || true
     done
     local left
-    left="$(ip netns list 2>/dev/null | awk '{print $1}' | grep '^pclab-' | while read -r ns; do
+    left="$(ip netns list 2>/dev/null | awk '{print $1}' | { grep '^pclab-' || true; } | while read -r ns; do
         pid="${ns#pclab-}"; pid="${pid%%-*}"
         kill -0 "$pid" 2>/dev/null || echo "$ns"
     done)"
