@@ -1,6 +1,8 @@
 //! A real single-member `etcd` on 127.0.0.1, on free ports, with its data in a temporary
 //! directory; `kill -9` on stop and on drop, the directory removed on drop. Standard library
-//! only, so the etcd tests and the `etcd_failover` example share it.
+//! only, so the etcd tests and the `etcd_failover` example share it. With
+//! [`EtcdServer::start_tls`], its client port speaks TLS only (`https://`), with the
+//! certificates given, and its health is checked on a plain-text metrics port.
 //!
 //! The `etcd` binary comes from Debian's `etcd-server` package (`scripts/test.sh` installs
 //! it); a missing binary is a test failure with a clear message, never a skip.
@@ -24,16 +26,42 @@ pub struct EtcdServer {
     dir: PathBuf,
     client_port: u16,
     peer_port: u16,
+    tls: Option<TlsPorts>,
+}
+
+/// TLS on the client port: the PEM texts etcd is started with.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// The certificate authority that signed `cert_pem` (and, with `client_cert_auth`,
+    /// the clients' certificates).
+    pub ca_pem: String,
+    /// The server's certificate (for 127.0.0.1).
+    pub cert_pem: String,
+    /// The server's private key.
+    pub key_pem: String,
+    /// `--client-cert-auth`: every client must present a certificate `ca_pem` signed.
+    pub client_cert_auth: bool,
+}
+
+/// A TLS member's settings: its certificates and its plain-text health port.
+#[derive(Debug)]
+struct TlsPorts {
+    tls: ServerTls,
+    metrics_port: u16,
+}
+
+/// `N` ports free on 127.0.0.1 right now (all bound at once, so they differ).
+fn free_port_array<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free port"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("port").port())
 }
 
 /// Two ports free on 127.0.0.1 right now (both bound at once, so they differ).
 pub fn free_ports() -> (u16, u16) {
-    let a = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free port");
-    let b = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free port");
-    (
-        a.local_addr().expect("port").port(),
-        b.local_addr().expect("port").port(),
-    )
+    let [a, b] = free_port_array();
+    (a, b)
 }
 
 /// A fresh directory for etcd's data: in `/dev/shm` (memory) when the system has it, so
@@ -70,14 +98,39 @@ impl EtcdServer {
             dir: temp_dir(),
             client_port,
             peer_port,
+            tls: None,
         };
         server.restart();
         server
     }
 
-    /// The client URL, as `etcd_client` takes it.
+    /// Starts etcd on free ports with TLS on its client port (`https://` only, with the
+    /// certificates of `tls`), and waits until it is healthy.
+    pub fn start_tls(tls: ServerTls) -> EtcdServer {
+        let [client_port, peer_port, metrics_port] = free_port_array();
+        let dir = temp_dir();
+        for (name, text) in [
+            ("ca.pem", &tls.ca_pem),
+            ("server.pem", &tls.cert_pem),
+            ("server-key.pem", &tls.key_pem),
+        ] {
+            std::fs::write(dir.join(name), text).expect("write a certificate file for etcd");
+        }
+        let mut server = EtcdServer {
+            child: None,
+            dir,
+            client_port,
+            peer_port,
+            tls: Some(TlsPorts { tls, metrics_port }),
+        };
+        server.restart();
+        server
+    }
+
+    /// The client URL, as `etcd_client` takes it (`https://` for a TLS member).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// The client address.
@@ -153,7 +206,31 @@ impl EtcdServer {
             .append(true)
             .open(self.dir.join("etcd.log"))
             .expect("etcd log file");
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(TlsPorts { tls, metrics_port }) = &self.tls {
+            command
+                .arg(format!(
+                    "--cert-file={}",
+                    self.dir.join("server.pem").display()
+                ))
+                .arg(format!(
+                    "--key-file={}",
+                    self.dir.join("server-key.pem").display()
+                ))
+                .arg(format!(
+                    "--trusted-ca-file={}",
+                    self.dir.join("ca.pem").display()
+                ))
+                // The health check below speaks plain HTTP: etcd serves `/health` on its
+                // metrics URL too.
+                .arg(format!(
+                    "--listen-metrics-urls=http://127.0.0.1:{metrics_port}"
+                ));
+            if tls.client_cert_auth {
+                command.arg("--client-cert-auth");
+            }
+        }
+        let child = command
             .arg("--name=test")
             .arg(format!("--data-dir={}", self.dir.join("data").display()))
             .arg(format!("--listen-client-urls={client}"))
@@ -211,10 +288,13 @@ impl EtcdServer {
         std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
     }
 
-    /// `GET /health` answers `"health":"true"`.
+    /// `GET /health` answers `"health":"true"` (on the metrics port for a TLS member).
     fn is_healthy(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect_timeout(&self.client_addr(), Duration::from_millis(200))
-        else {
+        let addr = match &self.tls {
+            Some(t) => SocketAddr::from((Ipv4Addr::LOCALHOST, t.metrics_port)),
+            None => self.client_addr(),
+        };
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
