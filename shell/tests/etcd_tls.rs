@@ -143,7 +143,9 @@ async fn failed_lookup(catalog: &EtcdCatalog) -> String {
         matches!(error, CatalogError::Lookup { .. }),
         "a failed lookup, not a timeout or another kind: {error:?}"
     );
-    error.to_string()
+    let message = error.to_string();
+    eprintln!("failed lookup after {took:?}: {message}");
+    message
 }
 
 fn options(endpoint: &str, tls: EtcdTls) -> EtcdOptions {
@@ -191,7 +193,7 @@ async fn a_copy_published_over_tls_is_listed_over_tls_and_connected_to() {
 
     let pc = PersistentConnection::builder(
         "echo",
-        catalog.get_address::<IoError>(Pick::InOrder),
+        catalog.clone().get_address::<IoError>(Pick::InOrder),
         |addr: SocketAddr, _cx| TcpConnection::connect(addr),
     )
     .build();

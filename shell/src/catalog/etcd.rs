@@ -155,15 +155,19 @@ pub struct EtcdOptions {
     endpoints: Vec<String>,
     user: Option<(String, String)>,
     timeout: Duration,
+    #[cfg(feature = "etcd-tls")]
+    tls: Option<EtcdTls>,
 }
 
 impl fmt::Debug for EtcdOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EtcdOptions")
-            .field("endpoints", &self.endpoints)
+        let mut d = f.debug_struct("EtcdOptions");
+        d.field("endpoints", &self.endpoints)
             .field("user", &self.user.as_ref().map(|(name, _)| name))
-            .field("timeout", &self.timeout)
-            .finish()
+            .field("timeout", &self.timeout);
+        #[cfg(feature = "etcd-tls")]
+        d.field("tls", &self.tls);
+        d.finish()
     }
 }
 
@@ -178,6 +182,8 @@ impl EtcdOptions {
                 .collect(),
             user: None,
             timeout: DEFAULT_TIMEOUT,
+            #[cfg(feature = "etcd-tls")]
+            tls: None,
         }
     }
 
@@ -206,28 +212,325 @@ impl EtcdOptions {
         self.timeout
     }
 
+    /// Reach the members over TLS (cargo feature `etcd-tls`), verified with `tls`'s CA
+    /// certificate, presenting its client certificate if it has one: the endpoints must then
+    /// be `https://` URLs. A setting that cannot work (a CA that is not a PEM certificate,
+    /// a client key that is not a PEM private key, an `http://` endpoint) and a member whose
+    /// certificate does not verify are failed lookups and publishes saying that TLS failed,
+    /// like any other failure to reach etcd.
+    ///
+    /// ```no_run
+    /// use persistent_connection::catalog::etcd::{EtcdOptions, EtcdTls};
+    ///
+    /// # fn demo() -> std::io::Result<()> {
+    /// let tls = EtcdTls::new(std::fs::read("/etc/etcd/ca.pem")?)
+    ///     .client_identity(std::fs::read("client.pem")?, std::fs::read("client-key.pem")?);
+    /// let options = EtcdOptions::new(["https://10.0.0.1:2379", "https://10.0.0.2:2379"]).tls(tls);
+    /// assert!(options.tls_settings().is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "etcd-tls")]
+    pub fn tls(mut self, tls: EtcdTls) -> EtcdOptions {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The TLS settings, if the members are reached over TLS.
+    #[cfg(feature = "etcd-tls")]
+    pub fn tls_settings(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
+    }
+
     /// The client's options. No per-request timeout in the client: every request is
     /// bounded by our own timeout (one error per operation), and a keep-alive stream must
-    /// not expire.
-    fn connect_options(&self) -> ConnectOptions {
+    /// not expire. Fails if the endpoints' schemes and the TLS settings do not agree, or if
+    /// the TLS settings cannot be used.
+    fn connect_options(&self) -> Result<ConnectOptions, etcd_client::Error> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(self.timeout)
             .with_require_leader(true);
         if let Some((name, password)) = &self.user {
             options = options.with_user(name.clone(), password.clone());
         }
-        options
+        let https = self.endpoints.iter().find(|e| {
+            e.get(..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+        });
+        #[cfg(feature = "etcd-tls")]
+        match &self.tls {
+            Some(tls) => {
+                if let Some(plain) = self.endpoints.iter().find(|e| {
+                    e.get(..7)
+                        .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+                }) {
+                    return Err(etcd_client::Error::InvalidArgs(format!(
+                        "TLS settings need https:// endpoints, not {plain}"
+                    )));
+                }
+                let config = tls.client_config(self.timeout).map_err(|problem| {
+                    etcd_client::Error::InvalidArgs(format!("unusable TLS settings: {problem}"))
+                })?;
+                options = options.with_tls(config);
+            }
+            None => {
+                if let Some(https) = https {
+                    return Err(etcd_client::Error::InvalidArgs(format!(
+                        "the https:// endpoint {https} needs TLS settings \
+                         (EtcdOptions::tls, with the CA certificate that verifies it)"
+                    )));
+                }
+            }
+        }
+        #[cfg(not(feature = "etcd-tls"))]
+        if let Some(https) = https {
+            return Err(etcd_client::Error::InvalidArgs(format!(
+                "the https:// endpoint {https} needs TLS: build with the cargo feature \
+                 `etcd-tls` and set EtcdOptions::tls"
+            )));
+        }
+        Ok(options)
     }
 
     async fn connect(&self) -> Result<Client, etcd_client::Error> {
-        Client::connect(&self.endpoints, Some(self.connect_options())).await
+        Client::connect(&self.endpoints, Some(self.connect_options()?)).await
+    }
+
+    /// `e` described (see [`describe_etcd_error`]); a TLS failure says so first, naming
+    /// `endpoints` (the ones the failed request could have gone to).
+    fn describe(&self, endpoints: &[String], e: &etcd_client::Error) -> String {
+        let text = describe_etcd_error(e);
+        #[cfg(feature = "etcd-tls")]
+        if let Some(failure) = tls::failure(e, &text, self.tls.as_ref()) {
+            let with = if endpoints.is_empty() {
+                String::new()
+            } else {
+                format!(" with {}", endpoints.join(", "))
+            };
+            return match failure {
+                tls::Failure::Tls(None) => format!("TLS{with} failed: {text}"),
+                tls::Failure::Tls(Some(hint)) => format!("TLS{with} failed: {text}; {hint}"),
+                tls::Failure::Closed(hint) => {
+                    format!("TLS{with}: etcd closed the connection: {text}; {hint}")
+                }
+            };
+        }
+        let _ = endpoints;
+        text
     }
 }
 
-fn etcd_error(catalog: &str, e: etcd_client::Error) -> CatalogError {
-    CatalogError::Lookup {
-        catalog: catalog.to_owned(),
-        message: describe_etcd_error(&e),
+#[cfg(feature = "etcd-tls")]
+pub use tls::EtcdTls;
+
+#[cfg(feature = "etcd-tls")]
+mod tls {
+    use std::error::Error as StdError;
+    use std::fmt;
+    use std::time::Duration;
+
+    use etcd_client::{Certificate, Identity, TlsOptions};
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{self, RootCertStore};
+
+    /// TLS to the etcd members (cargo feature `etcd-tls`), for [`EtcdOptions::tls`]: the
+    /// certificate authority that verifies them, optionally a client certificate and key
+    /// (mutual TLS, etcd's `--client-cert-auth`), and optionally the name their
+    /// certificates are checked against.
+    ///
+    /// PEM texts are taken as given and checked when a client is made (at the first lookup
+    /// or publish): one that does not parse is a failed lookup or publish naming it, not a
+    /// panic. The private key is never printed (`Debug` shows whether there is one).
+    ///
+    /// Verification is rustls's (the `ring` provider, as for the crate's `tls` feature):
+    /// each member's certificate must chain to the CA and be valid for the name: by
+    /// default the endpoint's host, so a certificate for `127.0.0.1` must have that IP
+    /// address among its subject alternative names.
+    ///
+    /// ```
+    /// use persistent_connection::catalog::etcd::{EtcdOptions, EtcdTls};
+    ///
+    /// let ca = "-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n";
+    /// let tls = EtcdTls::new(ca).domain_name("etcd.internal");
+    /// assert_eq!(tls.domain(), Some("etcd.internal"));
+    /// assert!(!tls.has_client_identity());
+    /// let options = EtcdOptions::new(["https://10.0.0.1:2379"]).tls(tls);
+    /// assert!(format!("{options:?}").contains("etcd.internal"));
+    /// ```
+    ///
+    /// [`EtcdOptions::tls`]: super::EtcdOptions::tls
+    #[derive(Clone)]
+    pub struct EtcdTls {
+        ca_pem: Vec<u8>,
+        identity: Option<(Vec<u8>, Vec<u8>)>,
+        domain: Option<String>,
+    }
+
+    impl fmt::Debug for EtcdTls {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("EtcdTls")
+                .field("ca_pem_bytes", &self.ca_pem.len())
+                .field("client_identity", &self.identity.is_some())
+                .field("domain", &self.domain)
+                .finish()
+        }
+    }
+
+    impl EtcdTls {
+        /// Members verified with the certificate authority in `ca_pem` (one or more
+        /// PEM certificates, e.g. the contents of etcd's `--trusted-ca-file`), and no
+        /// client certificate. Only these authorities are trusted, not the system's.
+        pub fn new(ca_pem: impl Into<Vec<u8>>) -> EtcdTls {
+            EtcdTls {
+                ca_pem: ca_pem.into(),
+                identity: None,
+                domain: None,
+            }
+        }
+
+        /// Present this client certificate (PEM, the chain if any) and its private key
+        /// (PEM: PKCS#8, PKCS#1 or SEC1): for etcd started with `--client-cert-auth`, which
+        /// accepts certificates its `--trusted-ca-file` signed.
+        pub fn client_identity(
+            mut self,
+            cert_pem: impl Into<Vec<u8>>,
+            key_pem: impl Into<Vec<u8>>,
+        ) -> EtcdTls {
+            self.identity = Some((cert_pem.into(), key_pem.into()));
+            self
+        }
+
+        /// Check the members' certificates against `name` instead of each endpoint's
+        /// host: for members reached by an address their certificates do not name (e.g.
+        /// certificates for `etcd.internal`, endpoints by IP address).
+        pub fn domain_name(mut self, name: impl Into<String>) -> EtcdTls {
+            self.domain = Some(name.into());
+            self
+        }
+
+        /// The name the members' certificates are checked against, if set.
+        pub fn domain(&self) -> Option<&str> {
+            self.domain.as_deref()
+        }
+
+        /// Whether a client certificate is presented.
+        pub fn has_client_identity(&self) -> bool {
+            self.identity.is_some()
+        }
+
+        /// The etcd client's TLS configuration, after checking that the PEM texts parse.
+        pub(super) fn client_config(&self, timeout: Duration) -> Result<TlsOptions, String> {
+            certificates("CA certificate", &self.ca_pem)?;
+            let mut config = TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(&self.ca_pem))
+                .timeout(timeout);
+            if let Some((cert, key)) = &self.identity {
+                certificates("client certificate", cert)?;
+                PrivateKeyDer::from_pem_slice(key)
+                    .map_err(|e| format!("the client key is not a PEM private key ({e})"))?;
+                config = config.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(domain) = &self.domain {
+                config = config.domain_name(domain.clone());
+            }
+            Ok(config)
+        }
+    }
+
+    /// Checks that `pem` holds at least one certificate, and that each parses as X.509.
+    fn certificates(what: &str, pem: &[u8]) -> Result<(), String> {
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("the {what} is not valid PEM ({e})"))?;
+        if certs.is_empty() {
+            return Err(format!("the {what} holds no PEM certificate"));
+        }
+        let mut store = RootCertStore::empty();
+        let (_, unparsable) = store.add_parsable_certificates(certs);
+        if unparsable > 0 {
+            return Err(format!(
+                "the {what} holds a certificate that does not parse"
+            ));
+        }
+        Ok(())
+    }
+
+    /// What went wrong with TLS, if anything.
+    pub(super) enum Failure {
+        /// TLS failed (a rustls error, tonic's handshake timeout), with a hint if etcd
+        /// refused the client's certificate (or the lack of one).
+        Tls(Option<&'static str>),
+        /// etcd closed the connection over TLS: how etcd (TLS 1.3) refuses a client
+        /// certificate, or the lack of one, after the handshake (its alert is lost when it
+        /// closes; the client cannot tell), so the hint says what to check.
+        Closed(&'static str),
+    }
+
+    /// Whether `e` (described as `text`) is a TLS failure: a rustls error anywhere in its
+    /// causes, rustls's or tonic's words for one in the text (a cause the chain does not
+    /// expose); or, with TLS on, a connection etcd closed.
+    pub(super) fn failure(
+        e: &etcd_client::Error,
+        text: &str,
+        tls: Option<&EtcdTls>,
+    ) -> Option<Failure> {
+        let mut next: Option<&(dyn StdError + 'static)> = match e {
+            etcd_client::Error::GRpcStatus(status) => Some(status),
+            etcd_client::Error::TransportError(t) => Some(t),
+            etcd_client::Error::IoError(io) => Some(io),
+            _ => None,
+        };
+        let mut typed = false;
+        while let Some(error) = next {
+            typed |= error.is::<rustls::Error>()
+                || error
+                    .downcast_ref::<std::io::Error>()
+                    .and_then(std::io::Error::get_ref)
+                    .is_some_and(|inner| inner.is::<rustls::Error>());
+            next = error.source();
+        }
+        const WORDS: [&str; 6] = [
+            "fatal alert",
+            "peer certificate",
+            "peer sent no certificates",
+            "peer is incompatible",
+            "TLS handshake",
+            "HTTP/2 was not negotiated",
+        ];
+        let has_identity = tls.is_some_and(EtcdTls::has_client_identity);
+        if typed || WORDS.iter().any(|w| text.contains(w)) {
+            // rustls's words for the alerts by which etcd refuses a client certificate.
+            const REFUSALS: [&str; 4] = [
+                "CertificateRequired",
+                "BadCertificate",
+                "UnknownCA",
+                "CertificateUnknown",
+            ];
+            let refused = text.contains("fatal alert") && REFUSALS.iter().any(|r| text.contains(r));
+            return Some(Failure::Tls(match (refused, has_identity) {
+                (false, _) => None,
+                (true, false) => Some(
+                    "etcd wants a client certificate (--client-cert-auth): set one with \
+                     EtcdTls::client_identity",
+                ),
+                (true, true) => Some(
+                    "etcd refused the client certificate: it must be signed by etcd's \
+                     --trusted-ca-file",
+                ),
+            }));
+        }
+        tls?;
+        let lower = text.to_lowercase();
+        let closed = ["connection closed", "broken pipe", "connection reset"]
+            .iter()
+            .any(|c| lower.contains(c));
+        closed.then_some(Failure::Closed(if has_identity {
+            "if etcd checks client certificates, is this one signed by its --trusted-ca-file?"
+        } else {
+            "if etcd checks client certificates (--client-cert-auth, or any \
+             --trusted-ca-file), set one with EtcdTls::client_identity"
+        }))
     }
 }
 
@@ -507,14 +810,21 @@ impl CatalogInner {
     /// One range read from member `i` (its client made if needed); the error's text.
     async fn list_at(&self, i: usize) -> Result<Vec<KeyValue>, String> {
         let s = &self.settings;
+        let endpoint = s.options.endpoints.get(i..=i).unwrap_or_default();
+        // With several members, `list` names the member of each answer.
+        let named = if s.options.endpoints.len() > 1 {
+            &[]
+        } else {
+            endpoint
+        };
         let mut slots = self.clients.lock().await;
         let mut client = match slots.get(i).cloned().flatten() {
             Some(c) => c,
             None => {
-                let endpoint = s.options.endpoints.get(i).map(String::as_str);
-                let c = Client::connect(endpoint.as_slice(), Some(s.options.connect_options()))
-                    .await
-                    .map_err(|e| describe_etcd_error(&e))?;
+                let c =
+                    async { Client::connect(endpoint, Some(s.options.connect_options()?)).await }
+                        .await
+                        .map_err(|e| s.options.describe(named, &e))?;
                 if let Some(slot) = slots.get_mut(i) {
                     *slot = Some(c.clone());
                 }
@@ -529,7 +839,7 @@ impl CatalogInner {
             Ok(mut response) => Ok(response.take_kvs()),
             Err(e) => {
                 self.forget(i).await;
-                Err(describe_etcd_error(&e))
+                Err(s.options.describe(named, &e))
             }
         }
     }
@@ -626,11 +936,15 @@ async fn sync_and_watch(
     cache: &Arc<Mutex<CacheState>>,
 ) -> Result<(), CatalogError> {
     let describe = &settings.describe;
-    let err = |e| etcd_error(describe, e);
+    let err = |e: etcd_client::Error| CatalogError::Lookup {
+        catalog: describe.clone(),
+        message: settings.options.describe(&settings.options.endpoints, &e),
+    };
     let timeout = settings.options.timeout;
     let options = settings
         .options
         .connect_options()
+        .map_err(err)?
         .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
         .with_keep_alive_while_idle(true);
     let read = async {
@@ -870,12 +1184,12 @@ pub struct PublishError {
 }
 
 impl PublishError {
-    fn etcd(operation: PublishOperation, key: &str, e: &etcd_client::Error) -> PublishError {
+    fn etcd(operation: PublishOperation, key: &str, message: String) -> PublishError {
         PublishError {
             operation,
             key: key.to_owned(),
             timed_out: None,
-            message: describe_etcd_error(e),
+            message,
         }
     }
 
@@ -923,16 +1237,21 @@ impl fmt::Display for PublishError {
 
 impl std::error::Error for PublishError {}
 
-/// Runs one publisher operation under `timeout`.
+/// Runs one publisher operation under the request timeout of `options`.
 async fn bounded<T>(
     operation: PublishOperation,
     key: &str,
-    timeout: Duration,
+    options: &EtcdOptions,
     f: impl Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, PublishError> {
+    let timeout = options.timeout;
     match tokio::time::timeout(timeout, f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(PublishError::etcd(operation, key, &e)),
+        Ok(Err(e)) => Err(PublishError::etcd(
+            operation,
+            key,
+            options.describe(&options.endpoints, &e),
+        )),
         Err(_) => Err(PublishError::timed_out(operation, key, timeout)),
     }
 }
@@ -1026,7 +1345,7 @@ impl EtcdPublisher {
         let value = address.to_string();
         let ttl_secs = ttl_seconds(ttl);
         let op = PublishOperation::Publish;
-        let (client, lease) = bounded(op, &key, options.timeout, async {
+        let (client, lease) = bounded(op, &key, &options, async {
             let mut client = options.connect().await?;
             let lease = register(&mut client, &key, &value, ttl_secs).await?;
             Ok((client, lease))
@@ -1144,18 +1463,13 @@ impl EtcdPublisher {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let options = &self.options;
-        bounded(
-            PublishOperation::Withdraw,
-            &self.key,
-            options.timeout,
-            async {
-                let mut client = match stored {
-                    Some(c) => c,
-                    None => options.connect().await?,
-                };
-                client.lease_revoke(lease).await.map(drop)
-            },
-        )
+        bounded(PublishOperation::Withdraw, &self.key, options, async {
+            let mut client = match stored {
+                Some(c) => c,
+                None => options.connect().await?,
+            };
+            client.lease_revoke(lease).await.map(drop)
+        })
         .await?;
         tracing::info!(key = %self.key, "withdrawn from etcd");
         Ok(())
@@ -1239,11 +1553,10 @@ impl Keeper {
 
     /// Connects if needed, grants a lease and writes the key; `false` after a failure.
     async fn register(&mut self) -> bool {
-        let timeout = self.options.timeout;
         let stored = self.stored_client();
         let options = &self.options;
         let (key, value, ttl) = (&self.key, &self.value, self.ttl);
-        let result = bounded(PublishOperation::Publish, key, timeout, async {
+        let result = bounded(PublishOperation::Publish, key, options, async {
             let mut client = match stored {
                 Some(c) => c,
                 None => options.connect().await?,
@@ -1301,7 +1614,7 @@ impl Keeper {
                 let problem = format!(
                     "etcd renewal of key {:?} failed: {}",
                     self.key,
-                    describe_etcd_error(&e)
+                    self.options.describe(&self.options.endpoints, &e)
                 );
                 self.report(problem);
                 false

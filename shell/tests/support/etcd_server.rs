@@ -217,17 +217,18 @@ impl EtcdServer {
                     "--key-file={}",
                     self.dir.join("server-key.pem").display()
                 ))
-                .arg(format!(
-                    "--trusted-ca-file={}",
-                    self.dir.join("ca.pem").display()
-                ))
                 // The health check below speaks plain HTTP: etcd serves `/health` on its
                 // metrics URL too.
                 .arg(format!(
                     "--listen-metrics-urls=http://127.0.0.1:{metrics_port}"
                 ));
+            // etcd (3.4) asks every client for a certificate as soon as it has a
+            // `--trusted-ca-file`, with `--client-cert-auth` or not: only mutual TLS has one.
             if tls.client_cert_auth {
-                command.arg("--client-cert-auth");
+                let ca = self.dir.join("ca.pem");
+                command
+                    .arg(format!("--trusted-ca-file={}", ca.display()))
+                    .arg("--client-cert-auth");
             }
         }
         let child = command
