@@ -71,7 +71,7 @@
 //!   — `metrics::export`, the counters, state and failover gap through the `metrics`
 //!   facade; `connector` — `connector::CatalogConnector`, a `tower::Service<Uri>` over any
 //!   [`catalog::Catalog`] for hyper's and tonic's own reconnecting clients; `etcd` — the
-//!   etcd catalog.
+//!   etcd catalog; `etcd-tls` — the etcd catalog over TLS (rustls, as `tls`).
 //!
 //! # Defaults and what they mean
 //!

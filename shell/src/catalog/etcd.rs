@@ -13,8 +13,8 @@
 //!   Every lookup is one range read with a timeout; etcd being down is a failed attempt
 //!   ([`CatalogError::Lookup`] or [`CatalogError::TimedOut`]), logged, de-duplicated and
 //!   retried on the persistent connection's schedule, never a panic or a hang.
-//! - [`EtcdOptions`]: how both reach the cluster: endpoints, user and password, and the
-//!   timeout of each request.
+//! - [`EtcdOptions`]: how both reach the cluster: endpoints, user and password, TLS
+//!   (cargo feature `etcd-tls`), and the timeout of each request.
 //!
 //! # Keys and prefixes
 //!
@@ -98,8 +98,50 @@
 //! # }
 //! ```
 //!
-//! TLS to etcd is not offered: the etcd client's TLS feature would add rustls and ring to
-//! the build; use a plain-text endpoint on a trusted network, with user and password.
+//! # TLS
+//!
+//! With the cargo feature `etcd-tls`, `EtcdOptions::tls` reaches the members over TLS
+//! (`https://` endpoints): `EtcdTls` gives the certificate authority that verifies them
+//! (etcd's `--cert-file` must chain to it and name the endpoint's host, or the name set
+//! with `EtcdTls::domain_name`) and, for etcd started with `--client-cert-auth` (or with
+//! any `--trusted-ca-file`, which makes etcd ask every client for a certificate), a client
+//! certificate and key it signed. The feature uses the etcd client's rustls flavour with
+//! the `ring` provider, the same rustls as the `tls` feature: no OpenSSL, no second crypto
+//! provider. TLS goes with user and password, or replaces them (etcd then takes the user
+//! name from the client certificate's common name).
+//!
+//! A TLS failure is a failed lookup or publish like any other, bounded by the request
+//! timeout, logged and retried: the message says `TLS with <endpoint> failed` and why
+//! (e.g. `invalid peer certificate: UnknownIssuer`, a CA that is not PEM, an `http://`
+//! endpoint with TLS settings). etcd refuses a client certificate (or the lack of one)
+//! after the TLS 1.3 handshake, usually by closing the connection: with TLS on, a closed
+//! connection says so, with a hint to check the client certificate.
+//!
+#![cfg_attr(feature = "etcd-tls", doc = "```no_run")]
+#![cfg_attr(not(feature = "etcd-tls"), doc = "```ignore")]
+//! use std::net::SocketAddr;
+//! use std::time::Duration;
+//! use persistent_connection::catalog::etcd::{EtcdCatalog, EtcdOptions, EtcdPublisher, EtcdTls};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // The CA that signed the members' certificates, and this client's certificate and key
+//! // (mutual TLS; leave `client_identity` out if etcd does not check client certificates).
+//! let tls = EtcdTls::new(std::fs::read("/etc/etcd/pki/ca.pem")?)
+//!     .client_identity(
+//!         std::fs::read("/etc/echo/etcd-client.pem")?,
+//!         std::fs::read("/etc/echo/etcd-client-key.pem")?,
+//!     );
+//! let etcd = EtcdOptions::new(["https://10.0.0.1:2379", "https://10.0.0.2:2379"])
+//!     .tls(tls)
+//!     .timeout(Duration::from_secs(1));
+//! let me: SocketAddr = "10.0.1.5:7000".parse()?;
+//! let publication =
+//!     EtcdPublisher::publish_with(etcd.clone(), "/services/echo/copy-1", me, Duration::from_secs(15))
+//!         .await?;
+//! let catalog = EtcdCatalog::with_options(etcd, "/services/echo");
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -128,7 +170,8 @@ pub use etcd_client;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How to reach an etcd cluster, for [`EtcdCatalog`] and [`EtcdPublisher`]: the member
-/// endpoints, the user to authenticate as, and the timeout of each request.
+/// endpoints, the user to authenticate as, TLS (cargo feature `etcd-tls`,
+/// `EtcdOptions::tls`), and the timeout of each request.
 ///
 /// List every member. A catalog lookup asks the member that answered last and, if it
 /// fails, each other member in turn (each try within the timeout divided by the number of
