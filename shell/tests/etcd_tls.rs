@@ -324,6 +324,16 @@ async fn with_client_cert_auth_a_lookup_needs_a_client_certificate() {
     let message = failed_lookup(&anonymous).await;
     assert!(message.contains(&ep), "names the endpoint: {message}");
     assert!(message.contains("TLS"), "says TLS failed: {message}");
+    // R4: the same refusal reads the same every time, so a persistent connection announces
+    // it once. (etcd refuses after the TLS 1.3 handshake: the client sees a closed
+    // connection, a broken pipe or the alert, whichever comes first.)
+    for _ in 0..8 {
+        assert_eq!(
+            failed_lookup(&anonymous).await,
+            message,
+            "a repeated refusal reads the same"
+        );
+    }
 
     // A certificate from another authority is refused as well.
     let stranger = Pki::new().sign(&[], "stranger");

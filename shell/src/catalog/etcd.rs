@@ -351,11 +351,12 @@ impl EtcdOptions {
                 format!(" with {}", endpoints.join(", "))
             };
             return match failure {
-                tls::Failure::Tls(None) => format!("TLS{with} failed: {text}"),
-                tls::Failure::Tls(Some(hint)) => format!("TLS{with} failed: {text}; {hint}"),
-                tls::Failure::Closed(hint) => {
-                    format!("TLS{with}: etcd closed the connection: {text}; {hint}")
-                }
+                tls::Failure::Tls => format!("TLS{with} failed: {text}"),
+                // One text for every way the refusal shows, so R4 announces it once.
+                tls::Failure::Refused(hint) => format!(
+                    "TLS{with} failed: etcd refused the client certificate or closed the \
+                     connection after the handshake; {hint}"
+                ),
             };
         }
         let _ = endpoints;
@@ -501,13 +502,14 @@ mod tls {
 
     /// What went wrong with TLS, if anything.
     pub(super) enum Failure {
-        /// TLS failed (a rustls error, tonic's handshake timeout), with a hint if etcd
-        /// refused the client's certificate (or the lack of one).
-        Tls(Option<&'static str>),
-        /// etcd closed the connection over TLS: how etcd (TLS 1.3) refuses a client
-        /// certificate, or the lack of one, after the handshake (its alert is lost when it
-        /// closes; the client cannot tell), so the hint says what to check.
-        Closed(&'static str),
+        /// TLS failed (a rustls error, tonic's handshake timeout) for a reason the text
+        /// says.
+        Tls,
+        /// etcd refused the client's certificate, or the lack of one: by an alert, or (TLS
+        /// 1.3, after the handshake) by closing the connection, whose alert is then lost.
+        /// Which of the two the client sees varies from one try to the next, so the
+        /// failure's text is one fixed sentence with what to check (R4).
+        Refused(&'static str),
     }
 
     /// Whether `e` (described as `text`) is a TLS failure: a rustls error anywhere in its
@@ -551,29 +553,28 @@ mod tls {
                 "CertificateUnknown",
             ];
             let refused = text.contains("fatal alert") && REFUSALS.iter().any(|r| text.contains(r));
-            return Some(Failure::Tls(match (refused, has_identity) {
-                (false, _) => None,
-                (true, false) => Some(
-                    "etcd wants a client certificate (--client-cert-auth): set one with \
-                     EtcdTls::client_identity",
-                ),
-                (true, true) => Some(
-                    "etcd refused the client certificate: it must be signed by etcd's \
-                     --trusted-ca-file",
-                ),
-            }));
+            return Some(if refused {
+                Failure::Refused(refusal_hint(has_identity))
+            } else {
+                Failure::Tls
+            });
         }
         tls?;
         let lower = text.to_lowercase();
         let closed = ["connection closed", "broken pipe", "connection reset"]
             .iter()
             .any(|c| lower.contains(c));
-        closed.then_some(Failure::Closed(if has_identity {
+        closed.then_some(Failure::Refused(refusal_hint(has_identity)))
+    }
+
+    /// What to check when etcd refuses the client's certificate (or its lack of one).
+    fn refusal_hint(has_identity: bool) -> &'static str {
+        if has_identity {
             "if etcd checks client certificates, is this one signed by its --trusted-ca-file?"
         } else {
             "if etcd checks client certificates (--client-cert-auth, or any \
              --trusted-ca-file), set one with EtcdTls::client_identity"
-        }))
+        }
     }
 }
 
