@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use example::certs;
+use futures_util::FutureExt;
 use persistent_connection::tls::rustls::ServerConfig;
 use persistent_connection::tls::rustls::pki_types::pem::PemObject;
 use persistent_connection::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -379,4 +380,183 @@ async fn redis_server_with_a_certificate_the_client_does_not_trust_fails_the_han
     guard("PONG", conn.read_exact(&mut pong)).await.unwrap();
     assert_eq!(&pong, b"+PONG\r\n");
     conn.close().await;
+}
+
+/// What a one-connection server saw: every byte until the end of the stream, or the error
+/// that ended it (a FIN without `close_notify` is `UnexpectedEof`).
+type Seen = std::io::Result<Vec<u8>>;
+
+/// An in-process rustls server for one connection: after the handshake it reads to the
+/// end of the stream and reports what it saw; if the end was clean (close_notify), it
+/// answers "bye" and closes its side (close_notify, FIN).
+async fn one_connection_server(
+    config: Arc<ServerConfig>,
+) -> (SocketAddr, tokio::sync::oneshot::Receiver<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let (report, seen) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut got = Vec::new();
+        let read = tls.read_to_end(&mut got).await.map(|_| got);
+        let clean_end = read.is_ok();
+        let _ = report.send(read);
+        if clean_end {
+            let _ = tls.write_all(b"bye").await;
+            let _ = tls.shutdown().await;
+        }
+    });
+    (addr, seen)
+}
+
+/// A connector for `server_config`'s authority, offering `alpn`.
+fn connector_with_alpn(ca: &str, alpn: &[&[u8]]) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+        .unwrap();
+    let mut config = (*persistent_connection::tls::client_config(roots)).clone();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsConnector::new(Arc::new(config), "localhost").unwrap()
+}
+
+/// `{:?}` of the connector names the server name, the TCP options and the handshake
+/// timeout; `{:?}` of a connection names both ends and whether it is closed, as
+/// `TcpConnection` does.
+#[tokio::test]
+async fn the_connector_and_a_connection_print_what_they_are() {
+    let (ca, config) = server_config(&["localhost"]);
+    let addr = tls_server(config, Then::Echo).await;
+    let connector = TlsConnector::from_pem_roots(ca.as_bytes(), "localhost")
+        .unwrap()
+        .handshake_timeout(Duration::from_millis(1500));
+    assert_eq!(
+        format!("{connector:?}"),
+        format!(
+            "TlsConnector {{ server_name: DnsName(\"localhost\"), tcp: {:?}, \
+             handshake_timeout: 1.5s, .. }}",
+            persistent_connection::TcpOptions::new()
+        )
+    );
+
+    let conn = guard("connect", connector.connect(addr)).await.unwrap();
+    assert!(!conn.is_closed(), "a fresh connection is open");
+    assert_eq!(
+        format!("{conn:?}"),
+        format!(
+            "TlsConnection {{ local: {}, peer: {addr}, closed: false }}",
+            conn.local_addr()
+        )
+    );
+    guard("close", conn.close()).await;
+    assert!(conn.is_closed());
+    assert!(format!("{conn:?}").ends_with("closed: true }"));
+}
+
+/// The ALPN protocol the server chose is the one reported; none without ALPN.
+#[tokio::test]
+async fn the_negotiated_alpn_protocol_is_reported() {
+    let (ca, config) = server_config(&["localhost"]);
+    let mut with_alpn = (*config).clone();
+    with_alpn.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let addr = tls_server(Arc::new(with_alpn), Then::Echo).await;
+
+    let h2 = guard("connect", connector_with_alpn(&ca, &[b"h2"]).connect(addr))
+        .await
+        .unwrap();
+    assert_eq!(h2.alpn_protocol(), Some(b"h2".to_vec()));
+    let http1 = connector_with_alpn(&ca, &[b"http/1.1"]);
+    let http1 = guard("connect", http1.connect(addr)).await.unwrap();
+    assert_eq!(http1.alpn_protocol(), Some(b"http/1.1".to_vec()));
+    let none = guard("connect", connector_with_alpn(&ca, &[]).connect(addr))
+        .await
+        .unwrap();
+    assert_eq!(none.alpn_protocol(), None);
+    for conn in [h2, http1, none] {
+        guard("close", conn.close()).await;
+    }
+}
+
+/// `close` ends the TLS stream cleanly: the server reads everything, then `close_notify`
+/// (a clean end of stream, not `UnexpectedEof` as for a bare FIN).
+#[tokio::test]
+async fn close_sends_close_notify() {
+    let (ca, config) = server_config(&["localhost"]);
+    let (addr, seen) = one_connection_server(config).await;
+    let connector = TlsConnector::from_pem_roots(ca.as_bytes(), "localhost").unwrap();
+    let mut conn = guard("connect", connector.connect(addr)).await.unwrap();
+    conn.write_all(b"last words").await.unwrap();
+    guard("close", conn.close()).await;
+    let seen = guard("the server's read", seen).await.unwrap();
+    assert_eq!(seen.unwrap(), b"last words");
+}
+
+/// `shutdown` sends `close_notify` and a FIN and closes only the writing side: the server
+/// sees a clean end of stream and can still answer.
+#[tokio::test]
+async fn shutdown_ends_the_writing_side_cleanly_and_the_reply_still_arrives() {
+    let (ca, config) = server_config(&["localhost"]);
+    let (addr, seen) = one_connection_server(config).await;
+    let connector = TlsConnector::from_pem_roots(ca.as_bytes(), "localhost").unwrap();
+    let mut conn = guard("connect", connector.connect(addr)).await.unwrap();
+    conn.write_all(b"request").await.unwrap();
+    guard("shutdown", conn.shutdown()).await.unwrap();
+    let seen = guard("the server's read to the end", seen).await.unwrap();
+    assert_eq!(seen.unwrap(), b"request");
+    let mut reply = Vec::new();
+    guard("the reply", conn.read_to_end(&mut reply))
+        .await
+        .unwrap();
+    assert_eq!(reply, b"bye");
+    guard("close", conn.close()).await;
+}
+
+/// Writes that the socket could not take yet wait in the TLS layer; `flush` sends them,
+/// waiting until the peer reads. Here the server reads only after the client wrote until
+/// a write was refused (socket buffers and the TLS buffer full): every byte arrives once
+/// `flush` has returned.
+#[tokio::test]
+async fn flush_sends_what_the_tls_layer_still_holds() {
+    let (ca, config) = server_config(&["localhost"]);
+    let connector = TlsConnector::from_pem_roots(ca.as_bytes(), "localhost").unwrap();
+    // The total is only known once the client is blocked; the server learns it then.
+    let (total_tx, total_rx) = tokio::sync::oneshot::channel::<usize>();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let (report, seen) = tokio::sync::oneshot::channel::<Seen>();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let total = total_rx.await.unwrap();
+        let mut got = vec![0u8; total];
+        let read = tls.read_exact(&mut got).await.map(|_| got);
+        let _ = report.send(read);
+        let mut rest = Vec::new();
+        let _ = tls.read_to_end(&mut rest).await;
+    });
+
+    let conn = guard("connect", connector.connect(addr)).await.unwrap();
+    let mut writer = conn.clone();
+    // Byte i of the stream is i % 251.
+    let pattern: Vec<u8> = (0..64 * 1024 + 251).map(|i| (i % 251) as u8).collect();
+    let mut total = 0;
+    // Until a write is refused: the peer does not read yet.
+    while let Some(n) = writer
+        .write(&pattern[total % 251..total % 251 + 64 * 1024])
+        .now_or_never()
+    {
+        total += n.unwrap();
+        assert!(total < 1 << 30, "the socket never filled up");
+    }
+    let flushing = tokio::spawn(async move { writer.flush().await });
+    total_tx.send(total).unwrap();
+    guard("flush", flushing).await.unwrap().unwrap();
+    let seen = guard("the server read every byte", seen).await.unwrap();
+    let seen = seen.unwrap();
+    assert_eq!(seen.len(), total);
+    assert!(seen.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+    guard("close", conn.close()).await;
 }
