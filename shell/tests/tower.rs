@@ -277,3 +277,59 @@ async fn after_r11_the_current_connection_still_serves_then_the_service_is_close
     assert!(pc.is_closed());
     assert_eq!(pc.stats().connections, 1, "no new round after R11");
 }
+
+/// The connection `poll_ready` kept is dropped if it closes before `call`: the next
+/// `poll_ready` waits for a live one, and the request goes over it, not over the closed one.
+#[tokio::test]
+async fn a_kept_connection_that_closed_is_replaced_before_the_call() {
+    let (a, server_a) = echo_server(true).await;
+    let (b, server_b) = echo_server(true).await;
+    let catalog = Arc::new(Mutex::new(a));
+    let pc = persistent(catalog.clone());
+    let mut svc = PersistentService::new(pc.clone(), |conn: TcpConnection, (): ()| async move {
+        Ok::<_, BoxError>((conn.peer_addr(), conn.is_closed()))
+    });
+    guard("ready on A", svc.ready()).await.unwrap();
+    let first = pc.current_connection().expect("connected to A");
+    assert_eq!(first.peer_addr(), a);
+
+    // A dies after poll_ready kept its connection; the catalog names B.
+    *catalog.lock().unwrap() = b;
+    server_a.abort();
+    guard("A's connection closes", first.close_finished()).await;
+    let (peer, closed) = guard("a request after A died", async {
+        svc.ready().await?.call(()).await
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (peer, closed),
+        (b, false),
+        "the request went over a live connection to B"
+    );
+    guard("close", pc.close()).await;
+    server_b.abort();
+}
+
+/// `{:?}` shows the persistent connection and whether a connection is kept for `call`.
+#[tokio::test]
+async fn the_service_prints_its_persistent_connection_and_whether_it_is_ready() {
+    let (a, server) = echo_server(true).await;
+    let pc = persistent(Arc::new(Mutex::new(a)));
+    let mut svc = service(pc.clone());
+    guard("connected", pc.connected()).await;
+    guard("ready", svc.ready()).await.unwrap();
+    assert_eq!(
+        format!("{svc:?}"),
+        format!("PersistentService {{ pc: {pc:?}, ready: true, .. }}")
+    );
+    assert!(format!("{svc:?}").contains("server_name: \"echo\""));
+    let reply = guard("a request", svc.call("hi".into())).await.unwrap();
+    assert_eq!(reply, "hi");
+    assert_eq!(
+        format!("{svc:?}"),
+        format!("PersistentService {{ pc: {pc:?}, ready: false, .. }}")
+    );
+    guard("close", pc.close()).await;
+    server.abort();
+}
