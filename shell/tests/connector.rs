@@ -178,3 +178,18 @@ async fn a_tonic_channel_fails_over_through_the_catalog() {
     assert_eq!(by, "B");
     server_b.abort();
 }
+
+/// `{:?}` shows the per-copy connect timeout.
+#[test]
+fn the_connector_prints_its_connect_timeout() {
+    let connector = CatalogConnector::new(StaticList::new([refused_addr()]), Pick::InOrder);
+    assert_eq!(
+        format!("{connector:?}"),
+        "CatalogConnector { connect_timeout: 2s, .. }"
+    );
+    let connector = connector.connect_timeout(Duration::from_millis(250));
+    assert_eq!(
+        format!("{connector:?}"),
+        "CatalogConnector { connect_timeout: 250ms, .. }"
+    );
+}
