@@ -6,18 +6,20 @@
 //! guard.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use metrics_util::registry::{AtomicStorage, Registry};
+use persistent_connection::Event;
 use persistent_connection::metrics::{
     ATTEMPTS, CONNECTIONS, CONSECUTIVE_FAILURES, DISCONNECTIONS, FAILOVER_GAP, FAILURES, STATE,
     STATE_LABELS, export,
 };
 use persistent_connection::{IoError, PersistentConnection, State, TcpConnection};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 const GUARD: Duration = Duration::from_secs(30);
 
@@ -30,10 +32,29 @@ async fn guard<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
 /// A recorder that keeps every value where the tests can read it.
 struct Recording(Arc<Registry<Key, AtomicStorage>>);
 
+/// The descriptions the exporter gave: metric name, unit, and whether it had a text.
+fn descriptions() -> &'static Mutex<Vec<(String, Option<Unit>, bool)>> {
+    static DESCRIBED: OnceLock<Mutex<Vec<(String, Option<Unit>, bool)>>> = OnceLock::new();
+    DESCRIBED.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+fn described(key: KeyName, unit: Option<Unit>, text: SharedString) {
+    descriptions()
+        .lock()
+        .unwrap()
+        .push((key.as_str().to_owned(), unit, !text.is_empty()));
+}
+
 impl Recorder for Recording {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, text: SharedString) {
+        described(key, unit, text);
+    }
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, text: SharedString) {
+        described(key, unit, text);
+    }
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, text: SharedString) {
+        described(key, unit, text);
+    }
     fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
         self.0
             .get_or_create_counter(key, |c| Counter::from_arc(c.clone()))
@@ -246,4 +267,165 @@ async fn the_exporter_does_not_keep_the_persistent_connection_alive() {
     assert_eq!(recorded.counter(DISCONNECTIONS, &[]), 1);
     assert!(recorded.in_state("closed"), "{:?}", recorded.state());
     task.abort();
+}
+
+/// Waits until the state gauge says `state` (and no other).
+async fn until_in_state(recorded: &Recorded, state: &str) {
+    guard(&format!("the state gauge says {state}"), async {
+        while !recorded.in_state(state) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+}
+
+/// The state gauge follows every state a persistent connection goes through: connecting
+/// while a connect hangs, waiting to retry after it failed, connected, closing while a
+/// `Disconnected` handler holds the close up, closed. Every metric is described, the
+/// failover gap in seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_gauge_follows_every_state_and_every_metric_is_described() {
+    let recorded = Recorded {
+        server: "metrics-states",
+    };
+    let server = recorded.server;
+    registry(); // installed before anything is exported
+    let (a, server_a) = echo_server().await;
+    let fail_first = Arc::new(Notify::new());
+    let hold_close = Arc::new(Notify::new());
+    let connects = Arc::new(AtomicUsize::new(0));
+    let pc = PersistentConnection::builder(server, move || async move { Ok::<_, IoError>(a) }, {
+        let fail_first = fail_first.clone();
+        move |addr: SocketAddr, _cx| {
+            let fail_first = fail_first.clone();
+            let n = connects.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    fail_first.notified().await;
+                    Err(IoError::from(std::io::Error::from(
+                        std::io::ErrorKind::ConnectionRefused,
+                    )))
+                } else {
+                    TcpConnection::connect(addr).await
+                }
+            }
+        }
+    })
+    // Long enough to be seen waiting, short enough for the test.
+    .retry_delay(Duration::from_secs(2))
+    .on_event({
+        let hold_close = hold_close.clone();
+        move |e| {
+            let hold_close = hold_close.clone();
+            async move {
+                if matches!(e, Event::Disconnected) {
+                    hold_close.notified().await;
+                }
+            }
+        }
+    })
+    .build();
+    let exporter = export(&pc);
+
+    until_in_state(&recorded, "connecting").await;
+    assert_eq!(pc.state(), State::Connecting);
+    fail_first.notify_one();
+    until_in_state(&recorded, "waiting_to_retry").await;
+    until_in_state(&recorded, "connected").await;
+    let closing = tokio::spawn({
+        let pc = pc.clone();
+        async move { pc.close().await }
+    });
+    until_in_state(&recorded, "closing").await;
+    assert_eq!(pc.state(), State::Closing);
+    hold_close.notify_one();
+    guard("close", closing).await.unwrap();
+    guard("the exporter ends after close", exporter)
+        .await
+        .unwrap();
+    assert!(recorded.in_state("closed"), "{:?}", recorded.state());
+
+    let described = descriptions().lock().unwrap().clone();
+    for name in [
+        ATTEMPTS,
+        FAILURES,
+        CONNECTIONS,
+        DISCONNECTIONS,
+        STATE,
+        CONSECUTIVE_FAILURES,
+        FAILOVER_GAP,
+    ] {
+        assert!(
+            described.iter().any(|(n, _, text)| n == name && *text),
+            "{name} is described: {described:?}"
+        );
+    }
+    assert!(
+        described
+            .iter()
+            .any(|(n, unit, _)| n == FAILOVER_GAP && *unit == Some(Unit::Seconds)),
+        "the failover gap is in seconds: {described:?}"
+    );
+    server_a.abort();
+}
+
+/// Exported while it waits to retry after losing its connection, a persistent connection's
+/// next connection records a failover gap (from the export: the loss came before it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_after_a_disconnection_the_next_connection_records_a_gap() {
+    let recorded = Recorded {
+        server: "metrics-late",
+    };
+    let server = recorded.server;
+    registry(); // installed before anything is exported
+    let (a, server_a) = echo_server().await;
+    let catalog = Arc::new(Mutex::new(a));
+    let lookup = catalog.clone();
+    let pc = PersistentConnection::builder(
+        server,
+        move || {
+            let addr = *lookup.lock().unwrap();
+            async move { Ok::<_, IoError>(addr) }
+        },
+        |addr: SocketAddr, _cx| TcpConnection::connect(addr),
+    )
+    .retry_delay(Duration::from_millis(10))
+    .build();
+    guard("connected to A", pc.connected()).await;
+    *catalog.lock().unwrap() = refused_addr();
+    server_a.abort();
+    guard("disconnected and failing", async {
+        while pc.stats().disconnections == 0 || pc.stats().failures == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    assert_ne!(pc.state(), State::Connected);
+    let exporter = export(&pc);
+    let exported = std::time::Instant::now();
+    let (b, server_b) = echo_server().await;
+    *catalog.lock().unwrap() = b;
+    guard("connected to B", async {
+        while pc.current_connection().map(|c| c.peer_addr()) != Some(b) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    let reconnected = exported.elapsed();
+    guard("the gap is recorded", async {
+        while recorded.histogram(FAILOVER_GAP).is_empty() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    let gaps = recorded.histogram(FAILOVER_GAP);
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert!(
+        Duration::from_secs_f64(gaps[0]) <= reconnected,
+        "gap {:?} counted from the export, reconnected {reconnected:?} after it",
+        gaps[0]
+    );
+    guard("close", pc.close()).await;
+    guard("the exporter ends", exporter).await.unwrap();
+    server_b.abort();
 }
