@@ -32,9 +32,12 @@ async fn guard<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
 /// A recorder that keeps every value where the tests can read it.
 struct Recording(Arc<Registry<Key, AtomicStorage>>);
 
-/// The descriptions the exporter gave: metric name, unit, and whether it had a text.
-fn descriptions() -> &'static Mutex<Vec<(String, Option<Unit>, bool)>> {
-    static DESCRIBED: OnceLock<Mutex<Vec<(String, Option<Unit>, bool)>>> = OnceLock::new();
+/// A description the exporter gave: metric name, unit, and whether it had a text.
+type Description = (String, Option<Unit>, bool);
+
+/// The descriptions the exporter gave.
+fn descriptions() -> &'static Mutex<Vec<Description>> {
+    static DESCRIBED: OnceLock<Mutex<Vec<Description>>> = OnceLock::new();
     DESCRIBED.get_or_init(|| Mutex::new(Vec::new()))
 }
 
