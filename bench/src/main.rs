@@ -27,6 +27,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+mod client;
 mod common;
 mod ours;
 mod peers;

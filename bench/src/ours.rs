@@ -9,8 +9,8 @@ use persistent_connection::tower::PersistentService;
 use persistent_connection::{Closable, IoError, PersistentConnection};
 use tower::{Service, ServiceExt};
 
+use crate::client::{Mode, Setup, stopped};
 use crate::common::EchoConn;
-use crate::peers::{Mode, Setup, stopped};
 
 impl Closable for EchoConn {
     async fn close(&self) {

@@ -31,7 +31,10 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tower::{Service, ServiceExt};
 
-use crate::common::{Catalog, EchoConn, ReplySink, tcp_connect};
+// What a client is given lives below this file, in `client`; named here too, with `spawn`.
+use crate::client::stopped;
+pub use crate::client::{Mode, Setup};
+use crate::common::{Catalog, EchoConn, tcp_connect};
 use crate::server::{REPLY_LEN, REQUEST_LEN};
 use crate::stubborn_stream::{self, Lookup, LookupStream};
 
@@ -90,40 +93,6 @@ impl Lib {
     }
 }
 
-/// What a client does once connected.
-#[derive(Clone)]
-pub enum Mode {
-    /// One request every `every`, each waiting at most `timeout` for its reply; successful
-    /// replies go to `sink`.
-    Requests {
-        /// Request period.
-        every: Duration,
-        /// Reply timeout.
-        timeout: Duration,
-        /// Where replies go.
-        sink: ReplySink,
-    },
-    /// Nothing: hold the connection and notice when it goes away.
-    Idle,
-}
-
-/// Everything a client is given.
-#[derive(Clone)]
-pub struct Setup {
-    /// Where to look the address up, before every attempt.
-    pub catalog: Catalog,
-    /// The base retry delay.
-    pub delay: Duration,
-    /// Becomes true when the client must stop.
-    pub stop: watch::Receiver<bool>,
-    /// Seed for this project's jitter (and the jittered loop's).
-    pub seed: u64,
-    /// This project only: pick among the listed copies with the library's own picker
-    /// (`catalog::Catalog::get_address`, which skips the copy handed out last) instead of
-    /// the bench catalog's random pick. The failover bench's two-copies case.
-    pub picker: bool,
-}
-
 /// Starts one client of `lib` on the current runtime.
 pub fn spawn(lib: Lib, setup: Setup, mode: Mode) -> JoinHandle<()> {
     match lib {
@@ -134,11 +103,6 @@ pub fn spawn(lib: Lib, setup: Setup, mode: Mode) -> JoinHandle<()> {
         Lib::Hand => tokio::spawn(hand(setup, mode, false)),
         Lib::HandJitter => tokio::spawn(hand(setup, mode, true)),
     }
-}
-
-/// Resolves when `stop` becomes true (or its sender is gone).
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Sleeps `d` unless stopped first; true if stopped.

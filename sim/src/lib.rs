@@ -4,6 +4,8 @@
 //!
 //! - [`checker`]: the invariant checker (I1–I8), a library type working from the trace
 //!   alone, shared with the fuzz targets.
+//! - [`model`]: the world's vocabulary (addresses, connections, errors, the machine's
+//!   inputs and effects over them) and [`model::SimMachine`], what the world drives.
 //! - [`world`]: a world on a virtual clock, all of it derived from one `u64` seed.
 //! - [`trace`]: the trace and its FNV-1a hash (I9: a seed replayed gives the same hash).
 //! - [`mutants`]: deliberately wrong machines that the checker must catch.
@@ -30,6 +32,7 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod checker;
+pub mod model;
 pub mod mutants;
 pub mod report;
 pub mod storm;

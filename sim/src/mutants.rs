@@ -15,7 +15,7 @@ use persistent_connection_core::{
 };
 
 use crate::checker::MachineView;
-use crate::world::{Addr, Conn, SimEffect, SimError, SimInput, SimMachine};
+use crate::model::{Addr, Conn, SimEffect, SimError, SimInput, SimMachine};
 
 /// One planted bug.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

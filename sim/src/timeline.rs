@@ -36,7 +36,8 @@ use persistent_connection_core::{
 };
 
 use crate::checker::Violation;
-use crate::world::{Failure, RunOptions, RunReport, SimEffect, SimInput, Watch, run_seed_watched};
+use crate::model::{SimEffect, SimInput};
+use crate::world::{Failure, RunOptions, RunReport, Watch, run_seed_watched};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Outcome {
