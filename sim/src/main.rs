@@ -10,16 +10,20 @@
 //!
 //! `storm` runs a reconnect storm (see the library's `storm` module): the table goes to
 //! stdout and the picture to `--out` (default `storm.svg`), both the same for the same
-//! arguments; wall time and memory per client go to stderr. Durations are seconds
-//! (`5`, `0.5`) or carry a unit (`500ms`, `100us`).
+//! arguments; wall time and memory per client go to stderr. `--threads` is 1 to 64
+//! (default 2); `--out` is opened before the storm runs, so an unwritable file is said at
+//! once (exit code 2). Durations are seconds (`5`, `0.5`) or carry a unit (`500ms`,
+//! `100us`).
 //!
 //! `--seeds N` runs seeds `F..F+N` (default 2000 from 0) and replays every 64th seed to
-//! check its trace hash (I9). `--seed S` runs one seed twice, prints its world settings,
-//! totals and trace hash; with `--trace`, its full trace goes to stdout, identical on every
-//! run. With `--timeline FILE.svg`, the run is also drawn over virtual time (attempts,
-//! connections, events, close and any violation: see the library's `timeline` module),
-//! passing or failing. Wall-clock figures go to stderr. On a failure: the seed, the violation, the trace's
-//! tail, the shrunk input sequence and the command that reproduces it; exit code 1.
+//! check its trace hash (I9); a range whose last seed would pass `u64::MAX` is refused, not
+//! wrapped. `--seed S` runs one seed twice (and refuses `--seeds`/`--first-seed` beside
+//! it), prints its world settings, totals and trace hash; with `--trace`, its full trace
+//! goes to stdout, identical on every run. With `--timeline FILE.svg`, the run is also
+//! drawn over virtual time (attempts, connections, events, close and any violation: see
+//! the library's `timeline` module), passing or failing. Wall-clock figures go to stderr.
+//! On a failure: the seed, the violation, the trace's tail, the shrunk input sequence and
+//! the command that reproduces it; exit code 1.
 
 #![forbid(unsafe_code)]
 
@@ -51,6 +55,8 @@ const DETERMINISM_EVERY: u64 = 64;
 struct Args {
     seeds: u64,
     first_seed: u64,
+    /// Whether `--seeds` or `--first-seed` was given (refused beside `--seed`).
+    range_given: bool,
     seed: Option<u64>,
     trace: bool,
     timeline: Option<String>,
@@ -61,6 +67,7 @@ fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         seeds: DEFAULT_SEEDS,
         first_seed: 0,
+        range_given: false,
         seed: None,
         trace: false,
         timeline: None,
@@ -74,8 +81,14 @@ fn parse_args() -> Result<Args, String> {
     };
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--seeds" => args.seeds = number("--seeds", it.next())?,
-            "--first-seed" => args.first_seed = number("--first-seed", it.next())?,
+            "--seeds" => {
+                args.seeds = number("--seeds", it.next())?;
+                args.range_given = true;
+            }
+            "--first-seed" => {
+                args.first_seed = number("--first-seed", it.next())?;
+                args.range_given = true;
+            }
             "--seed" => args.seed = Some(number("--seed", it.next())?),
             "--trace" => args.trace = true,
             "--timeline" => {
@@ -88,6 +101,20 @@ fn parse_args() -> Result<Args, String> {
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
+    }
+    if args.seed.is_some() && args.range_given {
+        return Err("--seed S runs one seed: leave out --seeds and --first-seed".into());
+    }
+    // The range is F..F+N: its last seed, F+N-1, must be a seed (at most u64::MAX).
+    if args.seeds > 0 && args.first_seed.checked_add(args.seeds - 1).is_none() {
+        return Err(format!(
+            "--first-seed {} --seeds {}: the range goes past the last seed, {}; at most {} seeds from {}",
+            args.first_seed,
+            args.seeds,
+            u64::MAX,
+            u128::from(u64::MAX - args.first_seed) + 1,
+            args.first_seed
+        ));
     }
     if args.trace && args.seed.is_none() {
         return Err("--trace needs --seed S".into());
@@ -235,18 +262,21 @@ fn many_seeds(args: &Args) -> ExitCode {
     let mutant = args
         .mutant
         .map_or(String::new(), |m| format!(", mutant {m}"));
+    // The range was checked when parsing: every seed of it is at most u64::MAX, though
+    // its end (one past the last) may not be.
     println!(
         "simulating seeds {}..{}{mutant}",
         args.first_seed,
-        args.first_seed.saturating_add(args.seeds)
+        u128::from(args.first_seed) + u128::from(args.seeds)
     );
     let mut totals = Totals::default();
     let start = WallClock::now();
-    for seed in args.first_seed..args.first_seed.saturating_add(args.seeds) {
+    for i in 0..args.seeds {
+        let seed = args.first_seed + i;
         match run_seed(seed, &options) {
             Ok(report) => {
                 totals.add(&report.totals);
-                if (seed - args.first_seed).is_multiple_of(DETERMINISM_EVERY) {
+                if i.is_multiple_of(DETERMINISM_EVERY) {
                     match run_seed(seed, &options) {
                         Ok(again) if again.trace_hash == report.trace_hash => {}
                         _ => {
@@ -336,7 +366,16 @@ fn parse_storm_args() -> Result<StormArgs, String> {
             "--no-check" => check = Some(false),
             "--out" => a.out = it.next().ok_or("--out needs a file name")?,
             "--threads" => {
-                a.threads = number("--threads", it.next())?.clamp(1, 64) as usize;
+                let n = number("--threads", it.next())?;
+                if !(1..=64).contains(&n) {
+                    return Err(format!("--threads must be 1 to 64, not {n}"));
+                }
+                a.threads = n as usize;
+            }
+            "--seeds" | "--first-seed" => {
+                return Err(format!(
+                    "storm: {arg} is for runs of simulator seeds; a storm takes one --seed S"
+                ));
             }
             "--policies" => {
                 let v = it.next().ok_or("--policies needs a list")?;
@@ -367,6 +406,28 @@ fn rss_bytes() -> Option<u64> {
 }
 
 fn storm(a: &StormArgs) -> ExitCode {
+    // The picture's file is opened before the storm runs, so that an unwritable `--out`
+    // is said at once, not after the run; it is emptied only when the picture is ready,
+    // and removed again if this run created it and the storm failed.
+    let existed = std::path::Path::new(&a.out).exists();
+    let mut picture = match std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&a.out)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: --out: cannot write {}: {e}", a.out);
+            return ExitCode::from(2);
+        }
+    };
+    let give_up = || {
+        if !existed {
+            let _ = std::fs::remove_file(&a.out);
+        }
+        ExitCode::FAILURE
+    };
     let start = WallClock::now();
     // Policies run on `--threads` threads (default 2, one per core of the reference
     // machine); resident memory per client is only measured on one thread.
@@ -433,13 +494,17 @@ fn storm(a: &StormArgs) -> ExitCode {
             Some(Ok(r)) => done.push(r),
             Some(Err(v)) => {
                 println!("FAILED storm: {v}");
-                return ExitCode::FAILURE;
+                return give_up();
             }
-            None => return ExitCode::FAILURE,
+            None => return give_up(),
         }
     }
     print!("{}", table(&a.config, &done));
-    if let Err(e) = std::fs::write(&a.out, svg(&a.config, &done)) {
+    let written = picture.set_len(0).and_then(|()| {
+        use std::io::Write as _;
+        picture.write_all(svg(&a.config, &done).as_bytes())
+    });
+    if let Err(e) = written {
         eprintln!("error: cannot write {}: {e}", a.out);
         return ExitCode::FAILURE;
     }

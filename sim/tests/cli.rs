@@ -63,3 +63,57 @@ fn bad_arguments_get_a_clear_error() {
     let out = sim(&["--trace"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--trace needs --seed S"));
 }
+
+#[test]
+fn a_seed_range_past_the_last_seed_is_refused_and_the_last_seed_runs() {
+    // Issue 28 item 12: this printed "passed: 5 seeds" after 0 steps.
+    let out = sim(&["--seeds", "5", "--first-seed", "18446744073709551615"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(!stdout.contains("passed"), "{stdout}");
+    assert!(
+        stderr.contains("goes past the last seed, 18446744073709551615"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("at most 1 seeds from"), "{stderr}");
+
+    // The last seed itself is in range, and is run.
+    let out = sim(&["--seeds", "1", "--first-seed", "18446744073709551615"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("simulating seeds 18446744073709551615..18446744073709551616"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("passed: 1 seeds"), "{stdout}");
+    assert!(!stdout.contains("steps 0,"), "{stdout}");
+}
+
+#[test]
+fn one_seed_with_a_seed_range_is_refused() {
+    // `--seed S` runs one seed; a range asked for beside it was silently ignored.
+    for args in [
+        &["--seed", "3", "--seeds", "5"][..],
+        &["--seed", "3", "--first-seed", "9"][..],
+        &["--first-seed", "9", "--seed", "3"][..],
+    ] {
+        let out = sim(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(
+            stderr.contains("--seed S runs one seed: leave out --seeds and --first-seed"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // A storm takes one --seed too, and says why it will not take a range.
+    let out = sim(&["storm", "--seed", "3", "--seeds", "5"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr
+            .contains("storm: --seeds is for runs of simulator seeds; a storm takes one --seed S"),
+        "{stderr}"
+    );
+}

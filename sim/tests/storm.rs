@@ -235,3 +235,44 @@ fn the_storm_command_prints_its_table_and_writes_its_picture() {
     let bad = sim(&["storm", "--outage", "soon"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a duration"));
 }
+
+#[test]
+fn a_thread_count_out_of_range_is_refused() {
+    // Issue 28 item 12: `--threads 0` silently became 1 (and 65 silently became 64).
+    for n in ["0", "65"] {
+        let out = sim(&["storm", "--clients", "10", "--threads", n]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--threads {n}: {stderr}");
+        assert!(out.stdout.is_empty(), "--threads {n}");
+        assert!(
+            stderr.contains(&format!("--threads must be 1 to 64, not {n}")),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn an_unwritable_picture_file_is_refused_before_the_storm_runs() {
+    // Issue 28 item 12: a bad `--out` was found only after the whole storm ran (the table
+    // already printed). A missing folder is unwritable even for root.
+    let dir = std::env::temp_dir().join(format!("storm-out-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("no-such-folder").join("storm.svg");
+    for out_path in [missing.to_str().unwrap(), dir.to_str().unwrap()] {
+        let out = sim(&["storm", "--clients", "10", "--out", out_path]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{out_path}: {stderr}");
+        assert!(
+            out.stdout.is_empty(),
+            "no table: the storm did not run\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            stderr.contains(&format!("--out: cannot write {out_path}")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("wall:"), "{stderr}");
+    }
+    assert!(!missing.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
