@@ -9,14 +9,14 @@ use std::time::Duration;
 use persistent_connection_core::{Config, Jitter, Machine, RetryDelay, RetryPolicy};
 use tokio::sync::broadcast;
 
-use crate::Event;
-use crate::callbacks::{Callbacks, ConnectContext};
-use crate::closable::Closable;
-use crate::driver::Driver;
+use crate::conn::closable::Closable;
+use crate::events::Event;
 use crate::events::EventStream;
 use crate::guard;
 use crate::handle::PersistentConnection;
-use crate::shared::Shared;
+use crate::runtime::callbacks::{Callbacks, ConnectContext};
+use crate::runtime::driver::Driver;
+use crate::runtime::shared::Shared;
 
 /// How long `get_address` may take before the attempt fails with
 /// [`Error::LookupTimedOut`](crate::Error::LookupTimedOut) (S5): 10 s. A lookup that never
@@ -362,4 +362,69 @@ fn os_seed() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(0x5eed);
     h.finish()
+}
+
+/// The inline sizes of what an idle persistent connection holds, for the memory table of
+/// BENCHMARKS.md: `cargo test -p persistent-connection --lib sizes -- --nocapture`.
+#[cfg(all(test, not(pc_loom)))]
+mod sizes {
+    use std::mem::size_of;
+    use std::net::SocketAddr;
+
+    use persistent_connection_core::ConnId;
+
+    use crate::conn::TcpConnection;
+    use crate::error::IoError;
+    use crate::handle::PersistentConnection;
+    use crate::runtime::callbacks::{BoxFuture, Callbacks};
+    use crate::runtime::driver::Driver;
+    use crate::runtime::shared::{CoreEffect, Shared};
+
+    type A = SocketAddr;
+    type C = TcpConnection;
+    type E = IoError;
+
+    #[test]
+    fn sizes() {
+        let rows: [(&str, usize); 9] = [
+            (
+                "Machine (core)",
+                size_of::<persistent_connection_core::Machine<A, C, crate::error::Error<E>>>(),
+            ),
+            (
+                "  of which ChaCha8Rng",
+                size_of::<persistent_connection_core::rand_chacha::ChaCha8Rng>(),
+            ),
+            ("Effect (one queue slot)", size_of::<CoreEffect<A, C, E>>()),
+            ("Shared (with the machine)", size_of::<Shared<A, C, E>>()),
+            ("Driver", size_of::<Driver<A, C, E>>()),
+            ("tokio Sleep (retry timer)", size_of::<tokio::time::Sleep>()),
+            ("Vec of close futures", size_of::<Vec<BoxFuture<ConnId>>>()),
+            ("Callbacks", size_of::<Callbacks<A, C, E>>()),
+            (
+                "Slot<C> (one waiter)",
+                size_of::<crate::runtime::waiters::Slot<C>>(),
+            ),
+        ];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let driver = PersistentConnection::builder(
+            "sizes",
+            || async { Ok::<A, E>(([127, 0, 0, 1], 1).into()) },
+            |addr: A, _cx| TcpConnection::connect(addr),
+        )
+        .driver_for_test();
+        let task = std::mem::size_of_val(&driver);
+        for (what, bytes) in rows {
+            println!("{what:<40} {bytes:>6} bytes");
+        }
+        println!(
+            "{:<40} {task:>6} bytes",
+            "driver task's future (Driver::run)"
+        );
+        assert!(task >= size_of::<Driver<A, C, E>>());
+    }
 }

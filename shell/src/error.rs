@@ -4,6 +4,8 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
+use persistent_connection_core::AttemptError;
+
 /// Which user callback misbehaved (R13).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Callback {
@@ -272,3 +274,6 @@ impl<E: std::error::Error, K: fmt::Debug> std::error::Error for Keyed<E, K> {
         self.error.source()
     }
 }
+
+/// The outcome of an attempt, as `connected_or_failed_to_connect()` returns it (R10).
+pub type AttemptOutcome<C, E> = Result<C, AttemptError<Error<E>>>;

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
-use crate::Event;
+use crate::error::Error;
 
 /// An observer fell behind and missed this many events (the oldest ones); the stream goes
 /// on with the oldest event it still holds. Raise
@@ -162,3 +162,7 @@ fn lag_or_pending<T>(missed: u64) -> Poll<Option<Result<T, Lagged>>> {
         Poll::Pending
     }
 }
+
+/// An event as `on_event` and [`PersistentConnection::events`](crate::PersistentConnection::events)
+/// see it: the core's event with the shell's [`Error`] around the user's error.
+pub type Event<A, C, E> = persistent_connection_core::Event<A, C, Error<E>>;

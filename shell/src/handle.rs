@@ -6,14 +6,11 @@ use std::sync::{Arc, Weak};
 
 use persistent_connection_core::Input;
 
-use crate::closable::Closable;
+use crate::conn::closable::Closable;
+use crate::error::AttemptOutcome;
 use crate::events::EventStream;
-use crate::shared::Shared;
+use crate::runtime::shared::Shared;
 use crate::status::{State, Stats};
-use crate::{AttemptError, Error};
-
-/// The outcome of an attempt, as `connected_or_failed_to_connect()` returns it (R10).
-pub type AttemptOutcome<C, E> = Result<C, AttemptError<Error<E>>>;
 
 /// A persistent connection: a handle on the driver task that keeps a connection to a
 /// service alive (docs/behaviour.md R1–R14).

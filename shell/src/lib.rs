@@ -248,30 +248,26 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+// The persistent connection: what users build and hold.
 mod builder;
-mod callbacks;
-pub mod catalog;
-mod closable;
-#[cfg(feature = "connector")]
-pub mod connector;
-mod driven;
-mod driver;
 mod error;
 mod events;
 mod guard;
 mod handle;
-mod health;
+mod status;
+
+// What carries the machine on Tokio (shared state, the driver task, callbacks, waiters).
+mod runtime;
+
+// The connections it keeps, and where their copies are listed.
+pub mod catalog;
+pub mod conn;
+
+// Integrations, each behind its cargo feature.
 #[cfg(feature = "metrics")]
 pub mod metrics;
-mod shared;
-mod status;
-mod sync;
-mod tcp;
-#[cfg(feature = "tls")]
-pub mod tls;
 #[cfg(feature = "tower")]
 pub mod tower;
-mod waiters;
 
 pub use persistent_connection_core as core;
 pub use persistent_connection_core::{AttemptError, EventKind, Jitter, RetryDelay, RetryPolicy};
@@ -280,16 +276,16 @@ pub use builder::{
     Builder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_CAPACITY, DEFAULT_LOOKUP_TIMEOUT,
     MAX_EVENT_CAPACITY,
 };
-pub use callbacks::ConnectContext;
-pub use closable::{Closable, CloseSignal, WithCloseSignal};
-pub use driven::Driven;
-pub use error::{Callback, Error, IoError, Keyed};
-pub use events::{EventStream, Lagged};
-pub use handle::{AttemptOutcome, PersistentConnection, WeakPersistentConnection};
-pub use health::{HealthCheck, HealthChecked};
+#[cfg(feature = "connector")]
+pub use catalog::connector;
+#[cfg(feature = "tls")]
+pub use conn::tls;
+pub use conn::{
+    Closable, CloseSignal, DEFAULT_KEEPALIVE, DEFAULT_USER_TIMEOUT, Driven, HealthCheck,
+    HealthChecked, Keepalive, TcpConnection, TcpOptions, WithCloseSignal,
+};
+pub use error::{AttemptOutcome, Callback, Error, IoError, Keyed};
+pub use events::{Event, EventStream, Lagged};
+pub use handle::{PersistentConnection, WeakPersistentConnection};
+pub use runtime::callbacks::ConnectContext;
 pub use status::{State, Stats};
-pub use tcp::{DEFAULT_KEEPALIVE, DEFAULT_USER_TIMEOUT, Keepalive, TcpConnection, TcpOptions};
-
-/// An event as `on_event` and [`PersistentConnection::events`] see it: the core's event
-/// with the shell's [`Error`] around the user's error.
-pub type Event<A, C, E> = persistent_connection_core::Event<A, C, Error<E>>;

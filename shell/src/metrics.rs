@@ -50,7 +50,7 @@ use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::closable::Closable;
+use crate::conn::closable::Closable;
 use crate::handle::{PersistentConnection, WeakPersistentConnection};
 use crate::status::{State, Stats};
 use persistent_connection_core::Event;

@@ -52,8 +52,9 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use crate::closable::Closable;
-use crate::handle::{AttemptOutcome, PersistentConnection};
+use crate::conn::closable::Closable;
+use crate::error::AttemptOutcome;
+use crate::handle::PersistentConnection;
 use persistent_connection_core::AttemptError;
 
 /// The error type of [`PersistentService`], as tower's own layers use it.

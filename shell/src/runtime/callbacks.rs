@@ -8,10 +8,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::Event;
 use crate::error::{Callback, Error};
+use crate::events::Event;
 use crate::guard;
-use crate::shared::AbortTarget;
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// What an attempt's future yields: the lookup's or the connect's result.
@@ -270,4 +269,10 @@ impl<E> ConnectContext<E> {
             target.abort(error);
         }
     }
+}
+
+/// What [`ConnectContext::abort`](crate::ConnectContext::abort) reaches: the shared state,
+/// seen through `E` only.
+pub(crate) trait AbortTarget<E>: Send + Sync {
+    fn abort(&self, error: E);
 }

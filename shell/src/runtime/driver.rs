@@ -13,10 +13,11 @@ use persistent_connection_core::{
     AttemptId, ConnId, Effect, Event as CoreEvent, EventId, Input, Instant,
 };
 
-use crate::callbacks::{AttemptOutput, BoxFuture, Callbacks, ConnectContext};
-use crate::closable::Closable;
+use crate::conn::closable::Closable;
 use crate::guard;
-use crate::shared::{AbortTarget, CoreEffect, CoreInput, Shared};
+use crate::runtime::callbacks::AbortTarget;
+use crate::runtime::callbacks::{AttemptOutput, BoxFuture, Callbacks, ConnectContext};
+use crate::runtime::shared::{CoreEffect, CoreInput, Shared};
 use futures_util::FutureExt as _;
 
 type Slot<I, T> = Option<(I, BoxFuture<T>)>;
@@ -202,7 +203,7 @@ where
             None if connected_idle => self.timer = None,
             None => {}
             Some(d) => {
-                let at = crate::shared::to_tokio(self.base(), d);
+                let at = crate::runtime::shared::to_tokio(self.base(), d);
                 match &mut self.timer {
                     Some((armed, _)) if *armed == d => {}
                     Some((armed, sleep)) => {
@@ -363,60 +364,4 @@ fn guarded(
         }
         conn
     }))
-}
-
-/// The inline sizes of what an idle persistent connection holds, for the memory table of
-/// BENCHMARKS.md: `cargo test -p persistent-connection --lib sizes -- --nocapture`.
-#[cfg(all(test, not(pc_loom)))]
-mod sizes {
-    use std::mem::size_of;
-    use std::net::SocketAddr;
-
-    use super::*;
-    use crate::{IoError, TcpConnection};
-
-    type A = SocketAddr;
-    type C = TcpConnection;
-    type E = IoError;
-
-    #[test]
-    fn sizes() {
-        let rows: [(&str, usize); 9] = [
-            (
-                "Machine (core)",
-                size_of::<persistent_connection_core::Machine<A, C, crate::Error<E>>>(),
-            ),
-            (
-                "  of which ChaCha8Rng",
-                size_of::<persistent_connection_core::rand_chacha::ChaCha8Rng>(),
-            ),
-            ("Effect (one queue slot)", size_of::<CoreEffect<A, C, E>>()),
-            ("Shared (with the machine)", size_of::<Shared<A, C, E>>()),
-            ("Driver", size_of::<Driver<A, C, E>>()),
-            ("tokio Sleep (retry timer)", size_of::<tokio::time::Sleep>()),
-            ("Vec of close futures", size_of::<Vec<BoxFuture<ConnId>>>()),
-            ("Callbacks", size_of::<Callbacks<A, C, E>>()),
-            ("Slot<C> (one waiter)", size_of::<crate::waiters::Slot<C>>()),
-        ];
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let _guard = rt.enter();
-        let driver = crate::PersistentConnection::builder(
-            "sizes",
-            || async { Ok::<A, E>(([127, 0, 0, 1], 1).into()) },
-            |addr: A, _cx| TcpConnection::connect(addr),
-        )
-        .driver_for_test();
-        let task = std::mem::size_of_val(&driver);
-        for (what, bytes) in rows {
-            println!("{what:<40} {bytes:>6} bytes");
-        }
-        println!(
-            "{:<40} {task:>6} bytes",
-            "driver task's future (Driver::run)"
-        );
-        assert!(task >= size_of::<Driver<A, C, E>>());
-    }
 }

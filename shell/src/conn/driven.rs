@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use crate::closable::{Closable, CloseSignal};
+use crate::conn::closable::{Closable, CloseSignal};
 use crate::guard::Guarded;
 
 /// Marks the connection closed when the driver's task ends, however it ends.

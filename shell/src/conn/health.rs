@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::closable::Closable;
+use crate::conn::closable::Closable;
 use crate::guard::{self, Guarded};
 
 /// When and how often a [`HealthChecked`] connection is checked.

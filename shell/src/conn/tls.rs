@@ -53,9 +53,9 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{self as rustls_crate, ClientConfig, RootCertStore};
 
-use crate::closable::Closable;
+use crate::conn::closable::Closable;
+use crate::conn::tcp::{TcpConnection, TcpOptions};
 use crate::error::IoError;
-use crate::tcp::{TcpConnection, TcpOptions};
 
 pub use tokio_rustls;
 pub use tokio_rustls::rustls;

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use crate::sync::{Mutex, lock};
+use crate::runtime::sync::{Mutex, lock};
 
 enum State<T> {
     /// Not filled yet; the waker of the last poll.

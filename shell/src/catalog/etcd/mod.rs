@@ -1,0 +1,219 @@
+//! etcd as a catalog (cargo feature `etcd`): servers publish themselves under a key prefix,
+//! one key per copy, each held by a lease they keep alive; clients list the prefix before
+//! every attempt.
+//!
+//! - [`EtcdPublisher`] (server side): registers a [`SocketAddr`] under a key with a lease
+//!   and keeps the lease alive. [`publish`](EtcdPublisher::publish) fails if etcd cannot be
+//!   reached now; [`start`](EtcdPublisher::start) keeps trying until it can (a server that
+//!   starts before etcd, or while etcd is down), logging what happens. A copy that stops
+//!   cleanly ([`EtcdPublisher::withdraw`] or drop) revokes its lease and disappears from the
+//!   catalog at once; a copy that dies (`kill -9`, a crash, a lost network) stops renewing
+//!   and disappears after its TTL.
+//! - [`EtcdCatalog`] (client side): a [`Catalog`] listing the values under the prefix.
+//!   Every lookup is one range read with a timeout; etcd being down is a failed attempt
+//!   ([`CatalogError::Lookup`] or [`CatalogError::TimedOut`]), logged, de-duplicated and
+//!   retried on the persistent connection's schedule, never a panic or a hang.
+//! - [`EtcdOptions`]: how both reach the cluster: endpoints, user and password, TLS
+//!   (cargo feature `etcd-tls`), and the timeout of each request.
+//!
+//! # Keys and prefixes
+//!
+//! A catalog's prefix is a directory: [`EtcdCatalog::new`] adds the trailing `/` when it is
+//! missing, so `"/services/echo"` lists `/services/echo/copy-1` but never
+//! `/services/echo-admin/…`. Publish each copy under its own key below it.
+//!
+//! # Timeouts: the catalog's and the builder's
+//!
+//! Each etcd request of the catalog (connecting included) and of the publisher is bounded
+//! by [`EtcdOptions::timeout`] (default [`DEFAULT_TIMEOUT`], 2 s): a lookup that runs out
+//! fails with [`CatalogError::TimedOut`] naming the catalog (with several members, each try
+//! gets an equal share, and a lookup no member answered fails with
+//! [`CatalogError::Lookup`] listing each member's answer), and the catalog starts its etcd
+//! clients afresh (a client stuck on a dead member is replaced). The persistent connection's
+//! own [`lookup_timeout`](crate::Builder::lookup_timeout) (default 10 s) is a backstop for
+//! any `get_address`; **keep the catalog's timeout below it** (the defaults are). If the
+//! builder's is shorter, it cuts the lookup first: the failure is then the builder's
+//! [`Error::LookupTimedOut`](crate::Error::LookupTimedOut), which names no catalog, so the
+//! catalog logs a warning naming itself and its timeout, and starts its client afresh all
+//! the same.
+//!
+//! # Choosing the TTL
+//!
+//! A lease must outlive every etcd stall you want to ride out: while etcd cannot renew it
+//! (a leader election, a member restarting, a slow disk, a network partition) the TTL is
+//! all a copy has, and etcd expires every lease that runs out at once — every copy of the
+//! service disappears together, although they all still run. An election alone takes one
+//! to two election timeouts (1 s each by default) and a member that restarts takes
+//! seconds, so take **at least 10 s** (15–30 s on a loaded or distant cluster; Kubernetes'
+//! leader leases use 15 s). What a long TTL costs is small here: a copy killed without
+//! withdrawing stays listed until its TTL runs out, but the picker moves on after one
+//! refused connect and tries every other listed copy before it comes back to it. Short
+//! TTLs (1–2 s, as in this crate's tests) only suit a local single-member etcd.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::net::SocketAddr;
+//! use std::time::Duration;
+//! use persistent_connection::catalog::etcd::{EtcdCatalog, EtcdOptions, EtcdPublisher};
+//! use persistent_connection::catalog::{Catalog, Pick};
+//! use persistent_connection::{IoError, PersistentConnection, TcpConnection};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let etcd = EtcdOptions::new(["http://10.0.0.1:2379", "http://10.0.0.2:2379"])
+//!     .user("echo", "secret")
+//!     .timeout(Duration::from_secs(1));
+//! // In each server process: publish, and keep trying while etcd is unreachable.
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:7000").await?;
+//! let me: SocketAddr = "10.0.1.5:7000".parse()?;
+//! let publication =
+//!     EtcdPublisher::start(etcd.clone(), "/services/echo/copy-1", me, Duration::from_secs(15));
+//!
+//! // In the client:
+//! let catalog = EtcdCatalog::with_options(etcd, "/services/echo");
+//! let pc = PersistentConnection::builder(
+//!     "echo",
+//!     catalog.get_address::<IoError>(Pick::Random { seed: 7 }),
+//!     |addr: SocketAddr, _cx| TcpConnection::connect(addr),
+//! )
+//! .build();
+//! let conn = pc.connected().await;
+//!
+//! // The server stops cleanly: its key is gone at once.
+//! publication.withdraw().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! What a publisher publishes is what the catalog parses: a [`SocketAddr`], so a host name
+//! cannot be published by mistake and then skipped as malformed by every client:
+//!
+//! ```compile_fail
+//! # use std::time::Duration;
+//! # use persistent_connection::catalog::etcd::EtcdPublisher;
+//! # async fn demo() {
+//! // Does not compile: "localhost:7000" is not a SocketAddr.
+//! let p = EtcdPublisher::publish(["http://127.0.0.1:2379"], "/services/echo/a",
+//!     "localhost:7000", Duration::from_secs(15)).await;
+//! # }
+//! ```
+//!
+//! # TLS
+//!
+//! With the cargo feature `etcd-tls`, `EtcdOptions::tls` reaches the members over TLS
+//! (`https://` endpoints): `EtcdTls` gives the certificate authority that verifies them
+//! (etcd's `--cert-file` must chain to it and name the endpoint's host, or the name set
+//! with `EtcdTls::domain_name`) and, for etcd started with `--client-cert-auth` (or with
+//! any `--trusted-ca-file`, which makes etcd ask every client for a certificate), a client
+//! certificate and key it signed. The feature uses the etcd client's rustls flavour with
+//! the `ring` provider, the same rustls as the `tls` feature: no OpenSSL, no second crypto
+//! provider. TLS goes with user and password, or replaces them (etcd then takes the user
+//! name from the client certificate's common name).
+//!
+//! A TLS failure is a failed lookup or publish like any other, bounded by the request
+//! timeout, logged and retried: the message says `TLS with <endpoint> failed` and why
+//! (e.g. `invalid peer certificate: UnknownIssuer`, a CA that is not PEM, an `http://`
+//! endpoint with TLS settings). etcd refuses a client certificate (or the lack of one)
+//! after the TLS 1.3 handshake, usually by closing the connection: with TLS on, a closed
+//! connection says so, with a hint to check the client certificate.
+//!
+#![cfg_attr(feature = "etcd-tls", doc = "```no_run")]
+#![cfg_attr(not(feature = "etcd-tls"), doc = "```ignore")]
+//! use std::net::SocketAddr;
+//! use std::time::Duration;
+//! use persistent_connection::catalog::etcd::{EtcdCatalog, EtcdOptions, EtcdPublisher, EtcdTls};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // The CA that signed the members' certificates, and this client's certificate and key
+//! // (mutual TLS; leave `client_identity` out if etcd does not check client certificates).
+//! let tls = EtcdTls::new(std::fs::read("/etc/etcd/pki/ca.pem")?)
+//!     .client_identity(
+//!         std::fs::read("/etc/echo/etcd-client.pem")?,
+//!         std::fs::read("/etc/echo/etcd-client-key.pem")?,
+//!     );
+//! let etcd = EtcdOptions::new(["https://10.0.0.1:2379", "https://10.0.0.2:2379"])
+//!     .tls(tls)
+//!     .timeout(Duration::from_secs(1));
+//! let me: SocketAddr = "10.0.1.5:7000".parse()?;
+//! let publication =
+//!     EtcdPublisher::publish_with(etcd.clone(), "/services/echo/copy-1", me, Duration::from_secs(15))
+//!         .await?;
+//! let catalog = EtcdCatalog::with_options(etcd, "/services/echo");
+//! # Ok(())
+//! # }
+//! ```
+
+mod catalog;
+mod options;
+mod publisher;
+#[cfg(feature = "etcd-tls")]
+mod tls;
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::guard::Guarded;
+
+/// The etcd client crate this module is built on, for direct use of etcd beside the
+/// catalog (same version, no second copy in the build).
+pub use etcd_client;
+
+pub use catalog::EtcdCatalog;
+pub use options::{DEFAULT_TIMEOUT, EtcdOptions};
+pub use publisher::{EtcdPublisher, PublishError, PublishOperation};
+#[cfg(feature = "etcd-tls")]
+pub use tls::EtcdTls;
+
+/// Runs the task made by `make` under the crate's panic guard (R13): if it panics, the
+/// panic is logged at warn, `on_panic` runs, and a fresh task is made after a second. The
+/// publisher's and the watch's tasks run no user code, only the etcd client and this
+/// module; the guard keeps a panic there from silently ending them (a key no longer
+/// renewed, a cache no longer fed).
+pub(super) async fn guarded_task<F, Fut>(what: &'static str, mut make: F, on_panic: impl Fn())
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match Guarded::boxed(what, make()).await {
+            Ok(()) => return,
+            Err(panic) => {
+                on_panic();
+                tracing::warn!(%panic, "the {what} task panicked; starting it again in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A panic in a guarded task is logged and the task is made afresh, after `on_panic`.
+    #[tokio::test(start_paused = true)]
+    async fn a_guarded_task_that_panics_starts_again() {
+        let runs = Arc::new(Mutex::new(0));
+        let panics = Arc::new(Mutex::new(0));
+        let (r, p) = (runs.clone(), panics.clone());
+        guarded_task(
+            "test",
+            move || {
+                let r = r.clone();
+                async move {
+                    let n = {
+                        let mut runs = r.lock().unwrap();
+                        *runs += 1;
+                        *runs
+                    };
+                    assert!(n >= 3, "run {n} panics");
+                }
+            },
+            move || *p.lock().unwrap() += 1,
+        )
+        .await;
+        assert_eq!(*runs.lock().unwrap(), 3);
+        assert_eq!(*panics.lock().unwrap(), 2);
+    }
+}

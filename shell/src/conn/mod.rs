@@ -1,0 +1,21 @@
+//! The connections a persistent connection keeps: [`Closable`] (what the machine needs of a
+//! connection) and the ready connection types.
+//!
+//! - [`TcpConnection`] and its [`TcpOptions`] (`tcp/`): a TCP stream that notices the peer
+//!   closing;
+//! - `tls` (feature `tls`): the same over rustls;
+//! - [`HealthChecked`] (`health.rs`): closes a connection whose checks keep failing (S7);
+//! - [`Driven`] (`driven.rs`): closes a client's connection when its driver future ends;
+//! - [`CloseSignal`] and [`WithCloseSignal`] (`closable.rs`): any handle plus a close signal.
+
+pub(crate) mod closable;
+pub(crate) mod driven;
+pub(crate) mod health;
+pub(crate) mod tcp;
+#[cfg(feature = "tls")]
+pub mod tls;
+
+pub use closable::{Closable, CloseSignal, WithCloseSignal};
+pub use driven::Driven;
+pub use health::{HealthCheck, HealthChecked};
+pub use tcp::{DEFAULT_KEEPALIVE, DEFAULT_USER_TIMEOUT, Keepalive, TcpConnection, TcpOptions};
