@@ -11,20 +11,15 @@
 //! is in flight at the fault; the second time one PING to the (SIGSTOPped) first server is
 //! lost. Then it asks the second server how many commands it processed. Output on stderr.
 
-#[path = "../../shell/examples/redis_failover.rs"]
-#[allow(dead_code)]
-mod example;
-#[path = "../src/stubborn_stream.rs"]
-mod stubborn_stream;
-
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use persistent_connection_testkit::redis::RedisServer;
+use persistent_connection_testkit::stubborn::{self, Lookup, LookupStream, SharedAddr};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisConnectionInfo};
 use stubborn_io::tokio::StubbornIo;
-use stubborn_stream::{Lookup, LookupStream, SharedAddr};
 
 /// The shared address, printed at every (re)connect stubborn-io makes.
 #[derive(Clone)]
@@ -54,12 +49,12 @@ async fn ping(c: &mut MultiplexedConnection, t: u64) -> String {
 #[tokio::main]
 async fn main() {
     for lose_one in [false, true] {
-        let mut a = example::RedisServer::start().await.unwrap();
-        let b = example::RedisServer::start().await.unwrap();
+        let mut a = RedisServer::start().await.unwrap();
+        let b = RedisServer::start().await.unwrap();
         let cat = SharedAddr::new(a.addr);
         let s = StubbornIo::<LookupStream, Logged>::connect_with_options(
             Logged(cat.clone()),
-            stubborn_stream::options(Duration::from_millis(50)),
+            stubborn::options(Duration::from_millis(50)),
         )
         .await
         .unwrap();

@@ -1,34 +1,21 @@
-//! What every client in the benchmarks shares: the catalog, the counters, the control of the
-//! server process, and `EchoConn`, the connection handle (a reader task that notices the
-//! server's close or reset, and one request in flight at a time).
+//! What every client in the benchmarks shares: the catalog, the control of the server
+//! process, and, from the test kit (`persistent_connection_testkit::echo`), `EchoConn`, the
+//! connection handle (a reader task that notices the server's close or reset), and the
+//! connect counters.
 
 use std::io;
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
+pub use persistent_connection_testkit::echo::{ATTEMPTS, CONNECTS, reset_counters, tcp_connect};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
 
-use crate::server::{REPLY_LEN, REQUEST_LEN};
-
-/// `TcpStream::connect` calls made by any client (every library goes through
-/// [`tcp_connect`]).
-pub static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
-/// Of those, the ones that succeeded.
-pub static CONNECTS: AtomicU64 = AtomicU64::new(0);
-
-/// Zeroes both counters.
-pub fn reset_counters() {
-    ATTEMPTS.store(0, Ordering::SeqCst);
-    CONNECTS.store(0, Ordering::SeqCst);
-}
+/// The echo client every library in the benchmarks uses: over a plain `TcpStream`, in the
+/// benchmark servers' format (`Le16`), connected through [`tcp_connect`].
+pub type EchoConn = persistent_connection_testkit::echo::EchoConn;
 
 /// The service catalog: the addresses a lookup may return. Each lookup returns one listed
 /// address picked at random (a fixed-seed xorshift, so runs are comparable), as a
@@ -87,140 +74,8 @@ impl persistent_connection::catalog::Catalog for Catalog {
     }
 }
 
-/// `TcpStream::connect`, counted in [`ATTEMPTS`] and [`CONNECTS`].
-pub async fn tcp_connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    ATTEMPTS.fetch_add(1, Ordering::Relaxed);
-    let s = TcpStream::connect(addr).await?;
-    s.set_nodelay(true)?;
-    CONNECTS.fetch_add(1, Ordering::Relaxed);
-    Ok(s)
-}
-
 /// Where successful replies go: when it arrived and which server sent it.
 pub type ReplySink = tokio::sync::mpsc::UnboundedSender<(Instant, u64)>;
-
-type Pending = Mutex<Option<(u64, oneshot::Sender<u64>)>>;
-
-struct Inner {
-    writer: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
-    pending: Pending,
-    closed: watch::Sender<bool>,
-    reader: Mutex<Option<JoinHandle<()>>>,
-}
-
-/// A connection to an echo server: cheap to clone, one request in flight at a time, and a
-/// reader task that marks it closed as soon as the server closes or resets it.
-#[derive(Clone)]
-pub struct EchoConn {
-    inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for EchoConn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EchoConn")
-            .field("closed", &self.is_closed())
-            .finish()
-    }
-}
-
-impl PartialEq for EchoConn {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
-    }
-}
-
-impl EchoConn {
-    /// Connects (counted) and starts the reader task.
-    pub async fn connect(addr: SocketAddr) -> io::Result<EchoConn> {
-        let stream = tcp_connect(addr).await?;
-        Ok(EchoConn::from_stream(stream))
-    }
-
-    /// Wraps an established stream.
-    pub fn from_stream(stream: TcpStream) -> EchoConn {
-        let (mut read, write) = stream.into_split();
-        let (closed, _) = watch::channel(false);
-        let inner = Arc::new(Inner {
-            writer: tokio::sync::Mutex::new(Some(write)),
-            pending: Mutex::new(None),
-            closed,
-            reader: Mutex::new(None),
-        });
-        // The reader holds only a weak reference, so dropping every handle ends it.
-        let weak = Arc::downgrade(&inner);
-        let task = tokio::spawn(async move {
-            let mut buf = [0u8; REPLY_LEN];
-            while read.read_exact(&mut buf).await.is_ok() {
-                let Some(inner) = weak.upgrade() else { return };
-                let seq = u64::from_le_bytes(buf[..REQUEST_LEN].try_into().expect("8 bytes"));
-                let server = u64::from_le_bytes(buf[REQUEST_LEN..].try_into().expect("8 bytes"));
-                let mut pending = inner.pending.lock().expect("not poisoned");
-                if pending.as_ref().is_some_and(|(s, _)| *s == seq)
-                    && let Some((_, tx)) = pending.take()
-                {
-                    let _ = tx.send(server);
-                }
-            }
-            if let Some(inner) = weak.upgrade() {
-                inner.closed.send_replace(true);
-                // A request in flight lost its reply to the close or reset: fail it now
-                // (its sender dropped), so the client can resend at once instead of
-                // waiting out its reply timeout (issue 21: that timeout was the tail).
-                inner.pending.lock().expect("not poisoned").take();
-            }
-        });
-        *inner.reader.lock().expect("not poisoned") = Some(task);
-        EchoConn { inner }
-    }
-
-    /// Sends request `seq` and waits for its reply, at most `timeout`. Returns the id of
-    /// the server that answered. Fails at once (`ConnectionReset`) when the connection closes or resets with the
-    /// request in flight, and (`NotConnected`) if it was already closed.
-    pub async fn request(&self, seq: u64, timeout: Duration) -> io::Result<u64> {
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut pending = self.inner.pending.lock().expect("not poisoned");
-            // Checked under the lock the reader takes to fail a pending request, so a
-            // close cannot slip between this check and the request being registered.
-            if self.is_closed() {
-                return Err(io::ErrorKind::NotConnected.into());
-            }
-            *pending = Some((seq, tx));
-        }
-        {
-            let mut w = self.inner.writer.lock().await;
-            let Some(w) = w.as_mut() else {
-                return Err(io::ErrorKind::NotConnected.into());
-            };
-            w.write_all(&seq.to_le_bytes()).await?;
-        }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(server)) => Ok(server),
-            Ok(Err(_)) => Err(io::ErrorKind::ConnectionReset.into()),
-            Err(_) => Err(io::ErrorKind::TimedOut.into()),
-        }
-    }
-
-    /// True once the server closed or reset it, or [`close`](EchoConn::close) was called.
-    pub fn is_closed(&self) -> bool {
-        *self.inner.closed.borrow()
-    }
-
-    /// Resolves once closed (at once if already closed).
-    pub async fn closed(&self) {
-        let mut rx = self.inner.closed.subscribe();
-        let _ = rx.wait_for(|c| *c).await;
-    }
-
-    /// Closes both halves now.
-    pub async fn close(&self) {
-        if let Some(task) = self.inner.reader.lock().expect("not poisoned").take() {
-            task.abort();
-        }
-        self.inner.writer.lock().await.take();
-        self.inner.closed.send_replace(true);
-    }
-}
 
 /// The server process and its control channel.
 pub struct Servers {
@@ -341,39 +196,4 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A server that resets the connection as soon as it has read one request.
-    async fn resetting_server() -> SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut req = [0u8; REQUEST_LEN];
-            s.read_exact(&mut req).await.unwrap();
-            s.set_zero_linger().unwrap();
-            drop(s);
-        });
-        addr
-    }
-
-    // Issue 21: a reply lost to a reset failed only after the reply timeout, so every
-    // client's failover tail showed the bench's timeout. It must fail as a reset, at once.
-    #[tokio::test]
-    async fn a_request_in_flight_fails_as_reset_not_at_its_timeout() {
-        let conn = EchoConn::connect(resetting_server().await).await.unwrap();
-        let t = Instant::now();
-        let err = conn.request(1, Duration::from_secs(30)).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
-        // Generous: the point is not waiting out the 30 s timeout.
-        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
-        assert!(conn.is_closed());
-        // Once closed, a request fails at once without being sent.
-        let err = conn.request(2, Duration::from_secs(30)).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::NotConnected, "{err}");
-    }
 }

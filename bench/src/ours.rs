@@ -6,25 +6,11 @@ use std::time::{Duration, Instant};
 
 use persistent_connection::catalog::{Catalog as _, Pick};
 use persistent_connection::tower::PersistentService;
-use persistent_connection::{Closable, IoError, PersistentConnection};
+use persistent_connection::{IoError, PersistentConnection};
 use tower::{Service, ServiceExt};
 
 use crate::client::{Mode, Setup, stopped};
 use crate::common::EchoConn;
-
-impl Closable for EchoConn {
-    async fn close(&self) {
-        EchoConn::close(self).await;
-    }
-
-    fn is_closed(&self) -> bool {
-        EchoConn::is_closed(self)
-    }
-
-    async fn close_finished(&self) {
-        self.closed().await;
-    }
-}
 
 /// The persistent connection the scenarios use.
 pub type Pc = PersistentConnection<std::net::SocketAddr, EchoConn, IoError>;

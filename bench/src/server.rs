@@ -20,16 +20,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use persistent_connection_testkit::echo::{Le16, Wire};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Request: 8 bytes (a sequence number). Reply: the request and the server's id, 8 bytes
-/// each.
-pub const REQUEST_LEN: usize = 8;
+/// each, little-endian: the test kit's `Le16` format, which `EchoConn` speaks.
+pub const REQUEST_LEN: usize = persistent_connection_testkit::echo::REQUEST_LEN;
 /// See [`REQUEST_LEN`].
-pub const REPLY_LEN: usize = 16;
+pub const REPLY_LEN: usize = <Le16 as Wire>::REPLY_LEN;
 
 struct Server {
     port: u16,
@@ -187,10 +188,8 @@ async fn echo(mut stream: TcpStream, id: u64, mut kill: watch::Receiver<bool>) {
                 if r.is_err() {
                     return;
                 }
-                let mut reply = [0u8; REPLY_LEN];
-                reply[..REQUEST_LEN].copy_from_slice(&req);
-                reply[REQUEST_LEN..].copy_from_slice(&id.to_le_bytes());
-                if stream.write_all(&reply).await.is_err() {
+                let reply = Le16::reply(req, id);
+                if stream.write_all(&reply[..REPLY_LEN]).await.is_err() {
                     return;
                 }
             }

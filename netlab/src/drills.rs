@@ -14,8 +14,6 @@
 //! The drills' tests (`netlab/tests/drills.rs`) assert bounds on these; the binary
 //! `netlab-drills` (run by `scripts/netlab.sh`) prints their tables.
 
-use std::collections::HashMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +24,7 @@ use persistent_connection::{
     Closable, Error, Event, HealthCheck, HealthChecked, IoError, PersistentConnection,
     TcpConnection, TcpOptions,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use persistent_connection_testkit::echo::{self, Be9};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -66,7 +64,7 @@ impl Bed {
             let rt = host.runtime();
             let addr = host.addr(PORT);
             let listener = rt.block_on(async move { TcpListener::bind(addr).await.unwrap() });
-            rt.spawn(serve(listener, i as u8));
+            rt.spawn(echo::serve::<Be9>(listener, i as u64));
             hosts.push(host);
             rts.push(rt);
         }
@@ -86,96 +84,28 @@ impl Bed {
     }
 }
 
-async fn serve(listener: TcpListener, index: u8) {
-    loop {
-        let Ok((mut s, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(async move {
-            let mut id = [0; 8];
-            while s.read_exact(&mut id).await.is_ok() {
-                let mut reply = [0; 9];
-                reply[..8].copy_from_slice(&id);
-                reply[8] = index;
-                if s.write_all(&reply).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
-}
+/// The drills' echo client: the test kit's `EchoConn` over the library's
+/// [`TcpConnection`] (its socket options, its notice of a closed or reset socket, its
+/// close), in the lab's format (`Be9`): requests carry an id and a reader task hands each
+/// reply to its request, so a health check can share the connection with the traffic (as
+/// with Redis or an RPC client).
+pub type EchoConn = echo::EchoConn<TcpConnection, Be9>;
 
-/// A multiplexed echo client over a [`TcpConnection`]: requests carry an id, a reader task
-/// hands each reply to its request, so a health check can share the connection with the
-/// traffic (as with Redis or an RPC client).
-#[derive(Clone)]
-pub struct EchoConn {
-    tcp: TcpConnection,
-    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<u8>>>>,
-    next: Arc<AtomicU64>,
-}
+/// Request ids, unique in the process (requests on one connection need distinct ids).
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
-impl fmt::Debug for EchoConn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EchoConn").field("tcp", &self.tcp).finish()
-    }
-}
-
-impl EchoConn {
-    /// Starts the reply reader (within a Tokio runtime).
-    pub fn new(tcp: TcpConnection) -> EchoConn {
-        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<u8>>>> = Arc::default();
-        let (reader, waiting) = (tcp.clone(), pending.clone());
-        tokio::spawn(async move {
-            let mut buf = Vec::new();
-            while let Some(chunk) = reader.recv().await {
-                buf.extend_from_slice(&chunk);
-                while buf.len() >= 9 {
-                    let id = u64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
-                    if let Some(tx) = waiting.lock().unwrap().remove(&id) {
-                        let _ = tx.send(buf[8]);
-                    }
-                    buf.drain(..9);
-                }
-            }
-            waiting.lock().unwrap().clear();
-        });
-        EchoConn {
-            tcp,
-            pending,
-            next: Arc::default(),
-        }
-    }
-
-    /// The peer's address.
-    pub fn peer(&self) -> SocketAddr {
-        self.tcp.peer_addr()
-    }
-
-    /// One request: the index of the server that answered, or why not (no timeout: the
-    /// caller's).
-    pub async fn request(&self) -> Result<u8, String> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap().insert(id, tx);
-        let sent = self.tcp.send(&id.to_be_bytes()).await;
-        if let Err(e) = sent {
-            self.pending.lock().unwrap().remove(&id);
-            return Err(format!("send: {e}"));
-        }
-        rx.await.map_err(|_| "the connection closed".to_string())
-    }
-}
-
-impl Closable for EchoConn {
-    fn close(&self) -> impl Future<Output = ()> + Send {
-        self.tcp.close()
-    }
-    fn is_closed(&self) -> bool {
-        self.tcp.is_closed()
-    }
-    fn close_finished(&self) -> impl Future<Output = ()> + Send {
-        self.tcp.close_finished()
+/// One request on `conn`: the index of the server that answered, or why not (no timeout
+/// shorter than [`REQUEST_TIMEOUT`]: the caller's).
+pub async fn request(conn: &EchoConn) -> Result<u8, String> {
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    match conn.request(id, REQUEST_TIMEOUT).await {
+        Ok(server) => Ok(server as u8),
+        Err(e) => Err(match e.kind() {
+            std::io::ErrorKind::ConnectionReset => "the connection closed".to_string(),
+            std::io::ErrorKind::NotConnected => "not connected".to_string(),
+            std::io::ErrorKind::TimedOut => "timed out".to_string(),
+            _ => format!("send: {e}"),
+        }),
     }
 }
 
@@ -259,7 +189,7 @@ pub fn client(
                     1,
                 ));
                 Ok(HealthChecked::new(echo, check, |c: EchoConn| async move {
-                    c.request().await.map(|_| ())
+                    request(&c).await.map(|_| ())
                 }))
             },
         )
@@ -273,7 +203,7 @@ pub fn client(
                         format!("failed: timed out ({d:?})")
                     }
                     Event::FailedToConnect(e) => format!("failed: {e}"),
-                    Event::Connected(c) => format!("connected {}", c.peer()),
+                    Event::Connected(c) => format!("connected {}", c.handle().peer_addr()),
                     Event::Disconnected => "disconnected".to_string(),
                 };
                 log.lock().unwrap().events.push((at, text));
@@ -320,7 +250,7 @@ pub fn start_requests(
             let start = Instant::now();
             let outcome = tokio::time::timeout(REQUEST_TIMEOUT, async {
                 let conn = pc.connected().await;
-                conn.request().await
+                request(&conn).await
             })
             .await
             .unwrap_or_else(|_| Err("timed out".to_string()));
@@ -529,7 +459,7 @@ pub fn idle_blackhole(settings: Settings, limit: Duration) -> (Option<Duration>,
     let current = bed
         .servers
         .iter()
-        .position(|h| h.ip() == conn.peer().ip())
+        .position(|h| h.ip() == conn.handle().peer_addr().ip())
         .expect("connected to a server of the bed");
     drop(conn);
     let at = t0.elapsed();

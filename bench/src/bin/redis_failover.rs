@@ -1,6 +1,7 @@
 //! The Redis failover drill for three ways of keeping a Redis client alive, in one run
-//! (issue 11): this project (the client of `shell/examples/redis_failover.rs`: a
-//! multiplexed connection over `TcpConnection`, `Driven`, `HealthChecked`, a catalog),
+//! (issue 11): this project (the client of the `redis_failover` example, the test kit's
+//! `redis::connect`: a multiplexed connection over `TcpConnection`, `Driven`,
+//! `HealthChecked`, a catalog),
 //! `stubborn-io` (the multiplexed connection over a `StubbornIo` stream whose every
 //! reconnect looks the catalog up) and `redis`' own `ConnectionManager` (which reconnects
 //! to the one address it was given: it cannot fail over to another).
@@ -17,22 +18,16 @@
 //! from the fault to the first PING answered afterwards, by any server. Markdown on stdout.
 #![forbid(unsafe_code)]
 
-#[path = "../../../shell/examples/redis_failover.rs"]
-#[allow(dead_code)]
-mod example;
-#[path = "../stubborn_stream.rs"]
-mod stubborn_stream;
-
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use example::RedisServer;
 use persistent_connection::{Closable, HealthCheck, PersistentConnection};
+use persistent_connection_testkit::redis::{self as kit, RedisServer};
+use persistent_connection_testkit::stubborn::{self, LookupStream, SharedAddr};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, RedisConnectionInfo};
 use stubborn_io::tokio::StubbornIo;
-use stubborn_stream::{LookupStream, SharedAddr};
 use tokio::time::Instant;
 
 const PING_EVERY: Duration = Duration::from_millis(20);
@@ -109,7 +104,7 @@ async fn client(
                     let addr = lookup.get();
                     async move { Ok(addr) }
                 },
-                move |addr, _cx| example::connect(addr, health),
+                move |addr, _cx| kit::connect(addr, health),
             )
             .retry_delay(RETRY)
             .connect_timeout(Duration::from_millis(500))
@@ -137,7 +132,7 @@ async fn client(
         Lib::Stubborn => {
             let stream = StubbornIo::<LookupStream, SharedAddr>::connect_with_options(
                 catalog,
-                stubborn_stream::options(RETRY),
+                stubborn::options(RETRY),
             )
             .await?;
             let (mut conn, driver) = MultiplexedConnection::new_with_config(
