@@ -17,10 +17,10 @@
 //! picker that forgets what it tried; then etcd's lookup latency. It prints medians and
 //! p99s (BENCHMARKS.md has the figures).
 //!
-//! Needs the `etcd` binary (Debian's `etcd-server`; `bash scripts/test.sh` installs it).
-
-#[path = "../tests/support/etcd_server.rs"]
-mod etcd_server;
+//! Needs the `etcd` binary (Debian's `etcd-server`; `bash scripts/needs.sh` installs it),
+//! which the test kit's `etcd::EtcdServer` starts and stops (`testkit/src/etcd.rs`): copied
+//! into a project of its own, the example needs `persistent-connection` (feature `etcd`),
+//! `tokio` and that test kit.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -29,10 +29,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_server::EtcdServer;
 use persistent_connection::catalog::etcd::{EtcdCatalog, EtcdPublisher};
 use persistent_connection::catalog::{Catalog, CatalogError, Pick, Picker};
 use persistent_connection::{Closable, Error, Event, IoError, PersistentConnection, TcpConnection};
+use persistent_connection_testkit::etcd::EtcdServer;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;

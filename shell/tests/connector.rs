@@ -1,17 +1,14 @@
 //! The catalog connector (feature `connector`) under a real hyper client and real hyper
-//! servers on 127.0.0.1: the `hyper_failover` example's drill, shorter, and the
+//! servers on 127.0.0.1: the `hyper_failover` example's drill (the test kit's `http`), shorter, and the
 //! connector's own errors. Real sockets need the real clock: every wait is bounded by a
 //! generous guard.
-
-#[path = "../examples/hyper_failover.rs"]
-#[allow(dead_code)]
-mod example;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use persistent_connection::catalog::{Pick, StaticList};
 use persistent_connection::connector::CatalogConnector;
+use persistent_connection_testkit::http as drill;
 use tower::ServiceExt;
 
 const GUARD: Duration = Duration::from_secs(30);
@@ -33,13 +30,13 @@ fn refused_addr() -> SocketAddr {
 /// followed by replies from the other copy, with the same static catalog throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hyper_client_fails_over_between_two_servers_through_the_catalog() {
-    let settings = example::Settings {
+    let settings = drill::Settings {
         kills: 3,
         every: Duration::from_millis(10),
         hold: Duration::from_millis(50),
         verbose: false,
     };
-    let failovers = guard("the drill", example::drill(settings))
+    let failovers = guard("the drill", drill::drill(settings))
         .await
         .expect("the drill ran");
     println!("{failovers:#?}");

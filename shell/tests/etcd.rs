@@ -1,5 +1,6 @@
 //! The etcd catalog and publisher against a real `etcd` (Debian's `etcd-server`), started by
-//! each test on free ports of 127.0.0.1 in a temporary directory and killed on drop. Servers
+//! each test on free ports of 127.0.0.1 in a temporary directory and killed on drop (the
+//! test kit's `etcd::EtcdServer`). Servers
 //! are real TCP listeners on 127.0.0.1; the copies that must die by `kill -9` run in child
 //! processes (this test binary re-executed), so their leases really stop being renewed.
 //!
@@ -8,21 +9,18 @@
 //!
 //! `cargo test -p persistent-connection --features etcd --test etcd`
 
-#[path = "support/etcd_server.rs"]
-mod etcd_server;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_server::{EtcdServer, free_ports};
 use persistent_connection::catalog::etcd::{EtcdCatalog, EtcdOptions, EtcdPublisher};
 use persistent_connection::catalog::{Catalog, CatalogError, Pick};
 use persistent_connection::{
     Closable, Error, Event, IoError, Jitter, PersistentConnection, TcpConnection,
 };
+use persistent_connection_testkit::etcd::{EtcdServer, free_ports};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;

@@ -1,28 +1,24 @@
 //! The etcd catalog and publisher over TLS (feature `etcd-tls`) against a real `etcd`
 //! (Debian's `etcd-server`) whose client port speaks TLS only: a certificate authority, a
 //! server certificate for 127.0.0.1 and a client certificate are made at test time
-//! (rcgen); each test starts its own etcd on free ports of 127.0.0.1 in a temporary
-//! directory (`support/etcd_server.rs`, shared with `tests/etcd.rs`) and kills it on drop,
-//! pass or fail. A missing `etcd` is a failure with a message, never a skip.
+//! (the test kit's `certs`); each test starts its own etcd on free ports of 127.0.0.1 in a
+//! temporary directory (the test kit's `etcd::EtcdServer`, shared with `tests/etcd.rs`)
+//! and kills it on drop, pass or fail. A missing `etcd` is a failure with a message, never a skip.
 //!
 //! Waits are on the wall clock (etcd is a real process); each is bounded by a guard.
 //!
 //! `cargo test -p persistent-connection --features etcd-tls --test etcd_tls`
 
-#[path = "support/etcd_server.rs"]
-mod etcd_server;
-
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use etcd_server::{EtcdServer, ServerTls};
 use persistent_connection::catalog::etcd::{
     EtcdCatalog, EtcdOptions, EtcdPublisher, EtcdTls, PublishOperation,
 };
 use persistent_connection::catalog::{Catalog, CatalogError, Pick};
 use persistent_connection::{IoError, PersistentConnection, TcpConnection};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use persistent_connection_testkit::certs::Authority;
+use persistent_connection_testkit::etcd::{EtcdServer, ServerTls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -36,62 +32,19 @@ const TTL: Duration = Duration::from_secs(2);
 
 // ---- certificates ----------------------------------------------------------------------
 
-/// A certificate authority, and certificates it signed.
-struct Pki {
-    ca_pem: String,
-    issuer: CertifiedIssuer<'static, KeyPair>,
+/// A certificate authority for these tests.
+fn authority() -> Authority {
+    Authority::new("etcd-tls test")
 }
 
-/// A certificate and its private key, in PEM.
-struct Signed {
-    cert_pem: String,
-    key_pem: String,
-}
-
-impl Pki {
-    /// A new authority, with a name of its own (a certificate from another one is an
-    /// unknown issuer, not a bad signature).
-    fn new() -> Pki {
-        static MADE: AtomicUsize = AtomicUsize::new(0);
-        let n = MADE.fetch_add(1, Ordering::Relaxed);
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(
-            DnType::CommonName,
-            format!("etcd-tls test CA {} #{n}", std::process::id()),
-        );
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key"))
-            .expect("CA certificate");
-        Pki {
-            ca_pem: issuer.pem(),
-            issuer,
-        }
-    }
-
-    /// A certificate for `names` (an IP address becomes an IP SAN), named `common_name`.
-    fn sign(&self, names: &[&str], common_name: &str) -> Signed {
-        let key = KeyPair::generate().expect("key");
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).expect("params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
-        Signed {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
-
-    /// etcd's settings: this authority, a server certificate for 127.0.0.1.
-    fn server(&self, client_cert_auth: bool) -> ServerTls {
-        let server = self.sign(&["127.0.0.1"], "etcd");
-        ServerTls {
-            ca_pem: self.ca_pem.clone(),
-            cert_pem: server.cert_pem,
-            key_pem: server.key_pem,
-            client_cert_auth,
-        }
+/// etcd's settings: `ca`, and a server certificate it signed for 127.0.0.1.
+fn server_tls(ca: &Authority, client_cert_auth: bool) -> ServerTls {
+    let server = ca.sign(&["127.0.0.1"], Some("etcd"));
+    ServerTls {
+        ca_pem: ca.ca_pem.clone(),
+        cert_pem: server.cert_pem,
+        key_pem: server.key_pem,
+        client_cert_auth,
     }
 }
 
@@ -157,8 +110,8 @@ fn options(endpoint: &str, tls: EtcdTls) -> EtcdOptions {
 /// (a) Publish and look up over TLS, then connect to what was published.
 #[tokio::test]
 async fn a_copy_published_over_tls_is_listed_over_tls_and_connected_to() {
-    let pki = Pki::new();
-    let etcd = start_etcd(pki.server(false)).await;
+    let pki = authority();
+    let etcd = start_etcd(server_tls(&pki, false)).await;
     let ep = etcd.endpoint();
     assert!(ep.starts_with("https://127.0.0.1:"), "{ep}");
     let etcd_options = options(&ep, EtcdTls::new(pki.ca_pem.clone()));
@@ -217,10 +170,10 @@ async fn a_copy_published_over_tls_is_listed_over_tls_and_connected_to() {
 /// does a publisher.
 #[tokio::test]
 async fn a_catalog_trusting_another_authority_fails_clearly_within_its_timeout() {
-    let pki = Pki::new();
-    let etcd = start_etcd(pki.server(false)).await;
+    let pki = authority();
+    let etcd = start_etcd(server_tls(&pki, false)).await;
     let ep = etcd.endpoint();
-    let other = Pki::new();
+    let other = authority();
     let wrong = options(&ep, EtcdTls::new(other.ca_pem.clone()));
 
     let catalog = EtcdCatalog::with_options(wrong.clone(), PREFIX);
@@ -260,8 +213,8 @@ async fn a_catalog_trusting_another_authority_fails_clearly_within_its_timeout()
 /// TLS settings: each an ordinary failed lookup saying what is wrong, never a panic.
 #[tokio::test]
 async fn bad_tls_settings_are_failed_lookups_that_say_what_is_wrong() {
-    let pki = Pki::new();
-    let etcd = start_etcd(pki.server(false)).await;
+    let pki = authority();
+    let etcd = start_etcd(server_tls(&pki, false)).await;
     let ep = etcd.endpoint();
 
     let not_pem =
@@ -276,7 +229,8 @@ async fn bad_tls_settings_are_failed_lookups_that_say_what_is_wrong() {
     let bad_key = EtcdCatalog::with_options(
         options(
             &ep,
-            EtcdTls::new(pki.ca_pem.clone()).client_identity(pki.sign(&[], "c").cert_pem, "nope"),
+            EtcdTls::new(pki.ca_pem.clone())
+                .client_identity(pki.sign(&[], Some("c")).cert_pem, "nope"),
         ),
         PREFIX,
     );
@@ -315,8 +269,8 @@ async fn bad_tls_settings_are_failed_lookups_that_say_what_is_wrong() {
 /// (c) Mutual TLS: without a client certificate the lookup fails; with one it works.
 #[tokio::test]
 async fn with_client_cert_auth_a_lookup_needs_a_client_certificate() {
-    let pki = Pki::new();
-    let etcd = start_etcd(pki.server(true)).await;
+    let pki = authority();
+    let etcd = start_etcd(server_tls(&pki, true)).await;
     let ep = etcd.endpoint();
 
     let anonymous =
@@ -336,7 +290,7 @@ async fn with_client_cert_auth_a_lookup_needs_a_client_certificate() {
     }
 
     // A certificate from another authority is refused as well.
-    let stranger = Pki::new().sign(&[], "stranger");
+    let stranger = authority().sign(&[], Some("stranger"));
     let refused = EtcdCatalog::with_options(
         options(
             &ep,
@@ -347,7 +301,7 @@ async fn with_client_cert_auth_a_lookup_needs_a_client_certificate() {
     let message = failed_lookup(&refused).await;
     assert!(message.contains("TLS"), "says TLS failed: {message}");
 
-    let client = pki.sign(&[], "client");
+    let client = pki.sign(&[], Some("client"));
     let mutual = options(
         &ep,
         EtcdTls::new(pki.ca_pem.clone()).client_identity(client.cert_pem, client.key_pem),
@@ -374,8 +328,8 @@ async fn with_client_cert_auth_a_lookup_needs_a_client_certificate() {
 /// The client key never shows in the options' `Debug`.
 #[test]
 fn tls_options_print_no_private_key() {
-    let pki = Pki::new();
-    let client = pki.sign(&[], "client");
+    let pki = authority();
+    let client = pki.sign(&[], Some("client"));
     let options = EtcdOptions::new(["https://127.0.0.1:2379"]).tls(
         EtcdTls::new(pki.ca_pem.clone())
             .client_identity(client.cert_pem, client.key_pem.clone())

@@ -1,19 +1,17 @@
 //! A real client kept alive: the `redis` crate's multiplexed connection over real
 //! `redis-server` processes on 127.0.0.1 (Debian's `redis-server` package; `scripts/test.sh`
 //! installs it). Each test starts and stops its own servers on free ports; nothing is
-//! mocked. Real processes need the real clock: every wait is bounded by a generous guard,
-//! and no figure is asserted.
-
-#[path = "../examples/redis_failover.rs"]
-#[allow(dead_code)]
-mod example;
+//! mocked. The client, the servers and the drill are the test kit's
+//! (`persistent_connection_testkit::redis`), which the `redis_failover` example runs.
+//! Real processes need the real clock: every wait is bounded by a generous guard, and no
+//! figure is asserted.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use example::{RedisServer, Settings};
 use persistent_connection::{Closable, Event, HealthCheck, PersistentConnection};
+use persistent_connection_testkit::redis::{RedisServer, Settings, connect, drill, failure, ping};
 
 const GUARD: Duration = Duration::from_secs(60);
 
@@ -40,7 +38,7 @@ async fn the_drill_fails_over_from_kill_9_and_from_a_sigstopped_primary() {
         verbose: false,
         ..Settings::example()
     };
-    let report = guard("the drill", example::drill(&settings))
+    let report = guard("the drill", drill(&settings))
         .await
         .expect("the drill ran");
     println!("{}\n{}", report.events.join("\n"), report.summary());
@@ -65,7 +63,7 @@ async fn the_drill_fails_over_from_kill_9_and_from_a_sigstopped_primary() {
 }
 
 /// Without a key, `RedisError`'s `==` is false for I/O errors and every failed attempt is
-/// reported; with `Keyed` (the example's `failure`), the same refusal is reported once per
+/// reported; with `Keyed` (the test kit's `failure`), the same refusal is reported once per
 /// round (R4).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_connect_failures_are_deduplicated_by_key_not_by_their_own_eq() {
@@ -124,7 +122,7 @@ async fn redis_connect_failures_are_deduplicated_by_key_not_by_their_own_eq() {
 
     let raw = failed_events(addr, |e| e).await;
     assert!(raw >= ATTEMPTS - 1, "RedisError's own eq: {raw} events");
-    let keyed = failed_events(addr, example::failure).await;
+    let keyed = failed_events(addr, failure).await;
     assert_eq!(keyed, 1, "keyed by its text: one event per round");
 }
 
@@ -137,10 +135,8 @@ async fn a_killed_server_is_noticed_without_a_request_and_close_leaves_no_task()
     let mut server = RedisServer::start().await.unwrap();
     // Health checks far apart: only the driver's end can tell.
     let quiet = HealthCheck::new(Duration::from_secs(3600), Duration::from_secs(1), 1);
-    let conn = guard("connect", example::connect(server.addr, quiet))
-        .await
-        .unwrap();
-    guard("a PING", example::ping(&conn, Duration::from_secs(5)))
+    let conn = guard("connect", connect(server.addr, quiet)).await.unwrap();
+    guard("a PING", ping(&conn, Duration::from_secs(5)))
         .await
         .unwrap();
     server.kill9();
@@ -154,11 +150,11 @@ async fn a_killed_server_is_noticed_without_a_request_and_close_leaves_no_task()
     let pc = PersistentConnection::builder(
         "redis",
         move || async move { Ok(addr) },
-        move |addr, _cx| example::connect(addr, quiet),
+        move |addr, _cx| connect(addr, quiet),
     )
     .build();
     let conn = guard("connected", pc.connected()).await;
-    guard("a PING", example::ping(&conn, Duration::from_secs(5)))
+    guard("a PING", ping(&conn, Duration::from_secs(5)))
         .await
         .unwrap();
     guard("close", pc.close()).await;

@@ -1,23 +1,20 @@
 //! TLS connections (feature `tls`) against real TLS servers: an in-process rustls server
-//! with certificates made at test time (rcgen), and `redis-server` on its TLS port
+//! with certificates made at test time (the test kit's `certs`, rcgen), and `redis-server` on its TLS port
 //! (Debian's build links OpenSSL; `scripts/test.sh` installs it). Real sockets need the
 //! real clock: every wait is bounded by a generous guard.
-
-#[path = "../examples/redis_failover.rs"]
-#[allow(dead_code)]
-mod example;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use example::certs;
 use futures_util::FutureExt;
 use persistent_connection::tls::rustls::ServerConfig;
 use persistent_connection::tls::rustls::pki_types::pem::PemObject;
 use persistent_connection::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use persistent_connection::tls::{TlsConnection, TlsConnector, rustls, tokio_rustls};
 use persistent_connection::{Closable, Event, IoError, PersistentConnection};
+use persistent_connection_testkit::certs;
+use persistent_connection_testkit::redis::{RedisServer, Settings, drill};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -334,16 +331,16 @@ async fn errors_say_whether_tcp_or_the_handshake_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_drill_runs_over_tls_against_redis_server() {
     let ms = Duration::from_millis;
-    let settings = example::Settings {
+    let settings = Settings {
         hold: ms(200),
         catalog_lag: ms(100),
         ping_timeout: ms(300),
         health: persistent_connection::HealthCheck::new(ms(100), ms(300), 2),
         verbose: false,
         tls: true,
-        ..example::Settings::example()
+        ..Settings::example()
     };
-    let report = guard("the TLS drill", example::drill(&settings))
+    let report = guard("the TLS drill", drill(&settings))
         .await
         .expect("the drill ran (redis-server with TLS: Debian's redis-server package)");
     println!("{}\n{}", report.events.join("\n"), report.summary());
@@ -356,7 +353,7 @@ async fn the_redis_drill_runs_over_tls_against_redis_server() {
 /// says so, promptly.
 #[tokio::test]
 async fn redis_server_with_a_certificate_the_client_does_not_trust_fails_the_handshake() {
-    let server = example::RedisServer::start_with(true)
+    let server = RedisServer::start_with(true)
         .await
         .expect("redis-server with TLS (Debian's redis-server package)");
     let (other_ca, _) = server_config(&["localhost"]);
