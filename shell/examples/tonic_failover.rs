@@ -1,0 +1,3 @@
+//! A tonic client failing over between two servers (being written).
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Tests of `conn::grpc_health` (being written).

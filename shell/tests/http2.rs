@@ -1,0 +1,1 @@
+//! Tests of `conn::http2::Http2Connection` (being written).
