@@ -106,7 +106,14 @@ impl<K: Catalog<Address = SocketAddr>> CatalogConnector<K> {
     }
 
     /// Looks the catalog up and connects to a listed copy, trying each listed copy at most
-    /// once (the picker's order). What [`call`](Service::call) does, without the `Uri`.
+    /// once. What [`call`](Service::call) does, without the `Uri`.
+    ///
+    /// The picker is shared by every call (and clone), so that calls spread over the copies
+    /// ([`Pick::RoundRobin`]) or keep to the first that accepts ([`Pick::InOrder`]); each
+    /// call keeps its own tried set on top of it. A call whose copy failed asks the picker
+    /// again, and when the picker hands out a copy this call has already tried (another
+    /// call's picks started a new sweep meanwhile), it asks once more, until it gets one it
+    /// has not tried: so a call tries every listed copy, whatever concurrent calls do.
     pub fn connect(
         &self,
     ) -> impl Future<Output = Result<TokioIo<TcpStream>, IoError>> + Send + 'static + use<K> {
@@ -115,23 +122,28 @@ impl<K: Catalog<Address = SocketAddr>> CatalogConnector<K> {
         let timeout = self.connect_timeout;
         async move {
             let listed = catalog.lookup().await.map_err(IoError::from)?;
+            let mut tried: Vec<SocketAddr> = Vec::new();
             let mut last = None;
-            for tried in 1..=listed.len() {
-                let addr = picker
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .pick(&listed);
+            loop {
+                let addr = {
+                    let mut picker = picker
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    untried_pick(&mut picker, &listed, &tried)
+                };
                 let Some(addr) = addr else { break };
+                tried.push(addr);
                 match connect_one(addr, timeout).await {
                     Ok(stream) => return Ok(TokioIo::new(stream)),
-                    Err(e) => last = Some((tried, e)),
+                    Err(e) => last = Some(e),
                 }
             }
             Err(match last {
-                Some((tried, e)) => IoError::new(
+                Some(e) => IoError::new(
                     e.kind(),
                     format!(
-                        "no listed copy accepted ({tried} tried); last: {}",
+                        "no listed copy accepted ({} tried); last: {}",
+                        tried.len(),
                         e.message()
                     ),
                 ),
@@ -141,6 +153,32 @@ impl<K: Catalog<Address = SocketAddr>> CatalogConnector<K> {
             })
         }
     }
+}
+
+/// The shared picker's next pick among `listed` that is not in `tried` (this call's own
+/// tried set); `None` once every listed copy is in it.
+///
+/// The picker hands out every listed copy once per sweep, so within two sweeps' worth of
+/// picks it hands out each copy at least once: asking at most that often finds an untried
+/// copy if there is one. The picks skipped on the way count as tried in the picker, which
+/// they are (by this call).
+fn untried_pick(
+    picker: &mut Picker<SocketAddr>,
+    listed: &[SocketAddr],
+    tried: &[SocketAddr],
+) -> Option<SocketAddr> {
+    if listed.iter().all(|a| tried.contains(a)) {
+        return None;
+    }
+    for _ in 0..2 * listed.len() {
+        match picker.pick(listed) {
+            Some(addr) if !tried.contains(&addr) => return Some(addr),
+            Some(_) => {}
+            None => return None,
+        }
+    }
+    // Not reached with the picker's sweeps; listing order as a fallback.
+    listed.iter().find(|a| !tried.contains(a)).copied()
 }
 
 async fn connect_one(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, IoError> {
