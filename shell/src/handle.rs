@@ -21,7 +21,7 @@ use crate::status::{State, Stats};
 /// [`WeakPersistentConnection`] does not keep it alive.
 ///
 /// Type parameters: `A` the address, `C` the connection ([`Closable`]), `E` the user's
-/// error; events and failures carry [`Error<E>`].
+/// error; events and failures carry [`Error<E>`](crate::Error).
 ///
 /// Two things to avoid inside `on_event`, `get_address` and `connect`: holding a strong
 /// handle (it would keep the persistent connection alive forever; capture a

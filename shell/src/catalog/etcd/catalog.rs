@@ -26,7 +26,7 @@ use crate::catalog::{Catalog, CatalogError, with_timeout};
 /// a warning naming its key; if no value under the prefix parses, the lookup fails with
 /// [`CatalogError::Malformed`] naming the first bad key. An empty prefix fails with
 /// [`CatalogError::Empty`]. Every lookup is bounded by the request timeout (default
-/// [`DEFAULT_TIMEOUT`]; see the [module docs](self) on the builder's timeout).
+/// [`DEFAULT_TIMEOUT`]; see the [module docs](super) on the builder's timeout).
 ///
 /// By default every lookup is one range read of the prefix. With
 /// [`watch_cache`](EtcdCatalog::watch_cache), a background task keeps a local copy of the

@@ -2,16 +2,16 @@
 //! one key per copy, each held by a lease they keep alive; clients list the prefix before
 //! every attempt.
 //!
-//! - [`EtcdPublisher`] (server side): registers a [`SocketAddr`] under a key with a lease
+//! - [`EtcdPublisher`] (server side): registers a [`SocketAddr`](std::net::SocketAddr) under a key with a lease
 //!   and keeps the lease alive. [`publish`](EtcdPublisher::publish) fails if etcd cannot be
 //!   reached now; [`start`](EtcdPublisher::start) keeps trying until it can (a server that
 //!   starts before etcd, or while etcd is down), logging what happens. A copy that stops
 //!   cleanly ([`EtcdPublisher::withdraw`] or drop) revokes its lease and disappears from the
 //!   catalog at once; a copy that dies (`kill -9`, a crash, a lost network) stops renewing
 //!   and disappears after its TTL.
-//! - [`EtcdCatalog`] (client side): a [`Catalog`] listing the values under the prefix.
+//! - [`EtcdCatalog`] (client side): a [`Catalog`](crate::catalog::Catalog) listing the values under the prefix.
 //!   Every lookup is one range read with a timeout; etcd being down is a failed attempt
-//!   ([`CatalogError::Lookup`] or [`CatalogError::TimedOut`]), logged, de-duplicated and
+//!   ([`CatalogError::Lookup`](crate::catalog::CatalogError::Lookup) or [`CatalogError::TimedOut`](crate::catalog::CatalogError::TimedOut)), logged, de-duplicated and
 //!   retried on the persistent connection's schedule, never a panic or a hang.
 //! - [`EtcdOptions`]: how both reach the cluster: endpoints, user and password, TLS
 //!   (cargo feature `etcd-tls`), and the timeout of each request.
@@ -26,9 +26,9 @@
 //!
 //! Each etcd request of the catalog (connecting included) and of the publisher is bounded
 //! by [`EtcdOptions::timeout`] (default [`DEFAULT_TIMEOUT`], 2 s): a lookup that runs out
-//! fails with [`CatalogError::TimedOut`] naming the catalog (with several members, each try
+//! fails with [`CatalogError::TimedOut`](crate::catalog::CatalogError::TimedOut) naming the catalog (with several members, each try
 //! gets an equal share, and a lookup no member answered fails with
-//! [`CatalogError::Lookup`] listing each member's answer), and the catalog starts its etcd
+//! [`CatalogError::Lookup`](crate::catalog::CatalogError::Lookup) listing each member's answer), and the catalog starts its etcd
 //! clients afresh (a client stuck on a dead member is replaced). The persistent connection's
 //! own [`lookup_timeout`](crate::Builder::lookup_timeout) (default 10 s) is a backstop for
 //! any `get_address`; **keep the catalog's timeout below it** (the defaults are). If the
@@ -85,7 +85,7 @@
 //! # }
 //! ```
 //!
-//! What a publisher publishes is what the catalog parses: a [`SocketAddr`], so a host name
+//! What a publisher publishes is what the catalog parses: a [`SocketAddr`](std::net::SocketAddr), so a host name
 //! cannot be published by mistake and then skipped as malformed by every client:
 //!
 //! ```compile_fail

@@ -81,7 +81,7 @@ impl EtcdOptions {
 
     /// How long one request may take, connecting (and authenticating) included: a catalog
     /// lookup, a publish, a renewal, a withdraw. Keep it below the persistent connection's
-    /// [`lookup_timeout`](crate::Builder::lookup_timeout) (see the [module docs](self)).
+    /// [`lookup_timeout`](crate::Builder::lookup_timeout) (see the [module docs](super)).
     pub fn timeout(mut self, timeout: Duration) -> EtcdOptions {
         self.timeout = timeout;
         self

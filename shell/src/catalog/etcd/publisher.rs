@@ -147,7 +147,7 @@ pub(super) async fn bounded<T>(
 /// debug while it repeats, `etcd lease is gone; publishing again` at warn.
 ///
 /// etcd rounds the TTL up to whole seconds and to its own minimum (about 1.5 × its
-/// election timeout); see the [module docs](self) on choosing it (10 s or more in
+/// election timeout); see the [module docs](super) on choosing it (10 s or more in
 /// production). Give each copy its own key under the catalog's prefix (two publishers of
 /// one key overwrite each other).
 pub struct EtcdPublisher {

@@ -69,8 +69,10 @@ pub const DEFAULT_KEEPALIVE: Keepalive = Keepalive {
     retries: 3,
 };
 
-/// Socket options for [`TcpConnection::connect_with`] (and [`TcpOptions::apply`] for a
-/// stream you connected yourself). The default is what [`TcpConnection::connect`] uses:
+/// Socket options for
+/// [`TcpConnection::connect_with`](super::TcpConnection::connect_with) (and
+/// [`TcpOptions::apply`] for a stream you connected yourself). The default is what
+/// [`TcpConnection::connect`](super::TcpConnection::connect) uses:
 /// `TCP_NODELAY` on, [keepalive](DEFAULT_KEEPALIVE) 10 s / 5 s / 3 probes,
 /// [`TCP_USER_TIMEOUT`](DEFAULT_USER_TIMEOUT) 20 s, any local address.
 ///
@@ -149,7 +151,8 @@ impl TcpOptions {
     /// `TCP_USER_TIMEOUT` (default [`DEFAULT_USER_TIMEOUT`], 20 s): how long sent data may
     /// stay unacknowledged (and, with keepalive, probes unanswered) before the kernel
     /// gives up and resets the connection, which the connection then notices like any
-    /// reset. [`TcpConnection::connect_with`] sets it before connecting, so it bounds an
+    /// reset. [`TcpConnection::connect_with`](super::TcpConnection::connect_with) sets it
+    /// before connecting, so it bounds an
     /// unanswered connect too (the builder's connect timeout still applies on top). This is what notices a peer host that vanished, or a black hole, while a
     /// request is in flight; keepalive cannot (it sends no probe while data is
     /// unacknowledged). `Duration::ZERO` leaves the kernel's own limit (about 15 minutes
@@ -194,7 +197,7 @@ impl TcpOptions {
 
     /// Sets these options but the local address (`TCP_NODELAY`, keepalive, user timeout)
     /// on a connected stream: for a stream you connected yourself before
-    /// [`TcpConnection::from_stream`], which sets only `TCP_NODELAY`.
+    /// [`TcpConnection::from_stream`](super::TcpConnection::from_stream), which sets only `TCP_NODELAY`.
     ///
     /// ```
     /// use persistent_connection::{TcpConnection, TcpOptions};
