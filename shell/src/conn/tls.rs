@@ -97,6 +97,15 @@ pub fn client_config(roots: RootCertStore) -> Arc<ClientConfig> {
 /// - `TCP connect to 127.0.0.1:6380: Connection refused (os error 111)`
 /// - `TLS handshake with 127.0.0.1:6380 (server name "redis.example"): invalid peer
 ///   certificate: UnknownIssuer` (kind `InvalidData`)
+/// - `TLS handshake with 127.0.0.1:6380 (server name "redis.example"): invalid peer
+///   certificate: certificate expired: certificate is not valid after 2021-01-01 00:00:00
+///   UTC; check the dates of the server's certificate and this machine's clock` (kind
+///   `InvalidData`; rustls' own text has the time of the verification in it, which changes
+///   every second, so it is left out)
+/// - `TLS handshake with 127.0.0.1:6380 (server name "redis.example"): the peer closed the
+///   connection during the handshake (is this its TLS port? does it accept this client?)`
+///   (kind `UnexpectedEof`; by timing, the peer's FIN or reset shows in one of several
+///   ways, all of them this failure)
 /// - `TLS handshake with 127.0.0.1:6380 (server name "redis.example") timed out after 10s`
 ///   (kind `TimedOut`)
 #[derive(Clone)]
@@ -186,28 +195,33 @@ impl TlsConnector {
 
     /// Connects to `addr` over TCP, then makes the TLS handshake. Must be called within a
     /// Tokio runtime. See the type's docs for the errors.
+    ///
+    /// A handshake that completed is a connection, even if the server closed or reset it
+    /// right after: the connection is then seen closed, as any connection the server
+    /// closes.
     pub async fn connect(&self, addr: SocketAddr) -> Result<TlsConnection, IoError> {
         let tcp = TcpConnection::connect_with(addr, &self.tcp)
             .await
             .map_err(|e| IoError::new(e.kind(), format!("TCP {}", e.message())))?;
-        let name = self.server_name.to_str();
         let handshake = tokio_rustls::TlsConnector::from(self.config.clone())
-            .connect(self.server_name.clone(), tcp.clone());
+            .connect(self.server_name.clone(), Transport::new(tcp.clone()))
+            .into_fallible();
         let stream = match tokio::time::timeout(self.handshake_timeout, handshake).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
+            Ok(Ok(mut stream)) => {
+                stream.get_mut().0.handshaking = false;
+                stream
+            }
+            Ok(Err((e, transport))) => {
                 tcp.close().await;
-                return Err(IoError::new(
-                    e.kind(),
-                    format!("TLS handshake with {addr} (server name {name:?}): {e}"),
-                ));
+                return Err(self.handshake_failure(addr, e, transport.ended));
             }
             Err(_) => {
                 tcp.close().await;
                 return Err(IoError::new(
                     io::ErrorKind::TimedOut,
                     format!(
-                        "TLS handshake with {addr} (server name {name:?}) timed out after {:?}",
+                        "{} timed out after {:?}",
+                        self.handshake_with(addr),
                         self.handshake_timeout
                     ),
                 ));
@@ -218,6 +232,213 @@ impl TlsConnector {
             tls: Arc::new(Mutex::new(stream)),
             writer: Arc::new(AtomicWaker::new()),
         })
+    }
+
+    /// `TLS handshake with <addr> (server name "<name>")`.
+    fn handshake_with(&self, addr: SocketAddr) -> String {
+        format!(
+            "TLS handshake with {addr} (server name {:?})",
+            self.server_name.to_str()
+        )
+    }
+
+    /// The failure of a handshake that ended with `e`, the connection's reads having
+    /// ended with `ended` if they did: the same text every time for the same cause (R4).
+    fn handshake_failure(
+        &self,
+        addr: SocketAddr,
+        e: io::Error,
+        ended: Option<io::Error>,
+    ) -> IoError {
+        let with = self.handshake_with(addr);
+        // A read that failed while the handshake ran shows as the handshake's end of file.
+        let e = match ended {
+            Some(ended) if e.kind() == io::ErrorKind::UnexpectedEof => ended,
+            _ => e,
+        };
+        if peer_closed(e.kind()) {
+            // The peer's FIN or reset reaches the handshake in one of several ways by
+            // timing (the ClientHello refused after the FIN, an end of file, a reset):
+            // one failure.
+            return IoError::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{with}: the peer closed the connection during the handshake (is this \
+                     its TLS port? does it accept this client?)"
+                ),
+            );
+        }
+        let text = e.to_string();
+        match stable_validity_text(&text) {
+            Some(text) => IoError::new(e.kind(), format!("{with}: {text}; {VALIDITY_HINT}")),
+            None => IoError::new(e.kind(), format!("{with}: {text}")),
+        }
+    }
+}
+
+/// What a failure of a certificate's validity tells to check.
+pub(crate) const VALIDITY_HINT: &str =
+    "check the dates of the server's certificate and this machine's clock";
+
+/// Whether a handshake that failed with `kind` met the peer closing or resetting the
+/// connection: our [`TcpConnection`] refusing to write after the peer's FIN
+/// (`NotConnected`), rustls' "tls handshake eof", a reset or a broken pipe.
+fn peer_closed(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        io::ErrorKind::NotConnected
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// rustls' text of a certificate (or revocation list) outside its validity, without the
+/// time of the verification, which changes every second ("certificate expired: verification
+/// time 1796685288 (UNIX), but certificate is not valid after 1609459200 (187226088
+/// seconds ago)" becomes "certificate expired: certificate is not valid after 2021-01-01
+/// 00:00:00 UTC"); `None` if `text` has no such part. Two failures of the same
+/// certificate then read the same, however far apart (R4).
+pub(crate) fn stable_validity_text(text: &str) -> Option<String> {
+    const TIME: &str = "verification time ";
+    const BUT: &str = " (UNIX), but ";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut changed = false;
+    while let Some(at) = rest.find(TIME) {
+        let after = &rest[at + TIME.len()..];
+        let digits = leading_digits(after);
+        let Some(tail) = after[digits.len()..]
+            .strip_prefix(BUT)
+            .filter(|_| !digits.is_empty())
+        else {
+            out.push_str(&rest[..at + TIME.len()]);
+            rest = after;
+            continue;
+        };
+        changed = true;
+        out.push_str(&rest[..at]);
+        // "certificate is not valid after 1609459200 (187226088 seconds ago)": the bound
+        // as a date, without how far the verification time is from it.
+        let Some(bound_at) = tail.find(|c: char| c.is_ascii_digit()) else {
+            rest = tail;
+            continue;
+        };
+        let bound = leading_digits(&tail[bound_at..]);
+        let after_bound = &tail[bound_at + bound.len()..];
+        let distance = after_bound
+            .strip_prefix(" (")
+            .map(|d| (leading_digits(d), d))
+            .and_then(|(n, d)| {
+                [" seconds ago)", " seconds in future)"]
+                    .iter()
+                    .find_map(|s| d[n.len()..].strip_prefix(s))
+                    .filter(|_| !n.is_empty())
+            });
+        match (bound.parse::<u64>(), distance) {
+            (Ok(secs), Some(rest_after)) => {
+                out.push_str(&tail[..bound_at]);
+                out.push_str(&utc_date(secs));
+                rest = rest_after;
+            }
+            _ => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    changed.then_some(out)
+}
+
+/// The ASCII digits `s` starts with.
+fn leading_digits(s: &str) -> &str {
+    &s[..s.bytes().take_while(u8::is_ascii_digit).count()]
+}
+
+/// `secs` after the Unix epoch as `YYYY-MM-DD hh:mm:ss UTC` (the proleptic Gregorian
+/// calendar, as X.509's times).
+fn utc_date(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (never negative here).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
+}
+
+/// The TCP connection under a TLS stream. While the handshake runs, the peer closing must
+/// not fail a handshake that completed, whatever the timing: a read that fails is an end
+/// of file for rustls (the error kept for the failure's text, or for the first read
+/// after the handshake), and a flush of a connection the peer closed succeeds (nothing is
+/// buffered here: rustls' last flush after the handshake would otherwise fail a
+/// handshake that completed).
+struct Transport {
+    tcp: TcpConnection,
+    handshaking: bool,
+    ended: Option<io::Error>,
+}
+
+impl Transport {
+    fn new(tcp: TcpConnection) -> Transport {
+        Transport {
+            tcp,
+            handshaking: true,
+            ended: None,
+        }
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Some(e) = self.ended.take() {
+            if self.handshaking {
+                self.ended = Some(e);
+                return Poll::Ready(Ok(()));
+            }
+            return Poll::Ready(Err(e));
+        }
+        match Pin::new(&mut self.tcp).poll_read(cx, buf) {
+            Poll::Ready(Err(e)) if self.handshaking => {
+                self.ended = Some(e);
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.handshaking && self.tcp.is_closed() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
 }
 
@@ -233,7 +454,7 @@ impl TlsConnector {
 #[derive(Clone)]
 pub struct TlsConnection {
     tcp: TcpConnection,
-    tls: Arc<Mutex<TlsStream<TcpConnection>>>,
+    tls: Arc<Mutex<TlsStream<Transport>>>,
     /// The task last blocked writing. `close` polls the TCP connection's write side itself
     /// (for `close_notify`), which replaces that task's waker there, so `close` wakes it
     /// from here once closing has begun: a write blocked on a peer that does not read then
@@ -252,7 +473,7 @@ impl fmt::Debug for TlsConnection {
 }
 
 impl TlsConnection {
-    fn stream(&self) -> MutexGuard<'_, TlsStream<TcpConnection>> {
+    fn stream(&self) -> MutexGuard<'_, TlsStream<Transport>> {
         self.tls.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -332,5 +553,54 @@ impl Closable for TlsConnection {
 
     fn close_finished(&self) -> impl Future<Output = ()> + Send {
         self.tcp.close_finished()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_utc_calendar_dates() {
+        assert_eq!(utc_date(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_date(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_date(1_609_459_199), "2020-12-31 23:59:59 UTC");
+        assert_eq!(utc_date(253_402_300_799), "9999-12-31 23:59:59 UTC");
+    }
+
+    #[test]
+    fn validity_texts_lose_the_verification_time_and_nothing_else() {
+        let expired = |now: u64| {
+            format!(
+                "invalid peer certificate: certificate expired: verification time {now} \
+                 (UNIX), but certificate is not valid after 1609459200 ({} seconds ago)",
+                now - 1_609_459_200
+            )
+        };
+        let stable = stable_validity_text(&expired(1_796_685_288)).unwrap();
+        assert_eq!(
+            stable,
+            "invalid peer certificate: certificate expired: certificate is not valid after \
+             2021-01-01 00:00:00 UTC"
+        );
+        assert_eq!(stable_validity_text(&expired(1_796_685_289)), Some(stable));
+        assert_eq!(
+            stable_validity_text(
+                "Unknown: certificate not valid yet: verification time 1796685288 (UNIX), but \
+                 certificate is not valid before 253402300799 (251605615511 seconds in future) \
+                 (more)"
+            )
+            .unwrap(),
+            "Unknown: certificate not valid yet: certificate is not valid before 9999-12-31 \
+             23:59:59 UTC (more)"
+        );
+        assert_eq!(
+            stable_validity_text("invalid peer certificate: UnknownIssuer"),
+            None
+        );
+        assert_eq!(
+            stable_validity_text("the verification time 12 (UNIX) is odd"),
+            None
+        );
     }
 }
