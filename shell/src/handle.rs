@@ -313,8 +313,14 @@ impl<A, C, E> WeakPersistentConnection<A, C, E> {
     /// A full handle, if some other strong handle still exists.
     pub fn upgrade(&self) -> Option<PersistentConnection<A, C, E>> {
         let shared = self.shared.upgrade()?;
-        shared
-            .try_add_handle()
-            .then_some(PersistentConnection { shared })
+        // The handle is built only once the count was taken: `then_some(handle)` would
+        // build it either way, and its drop would give back a count never taken (issue 28
+        // item 6: the count went from 0 to usize::MAX, and the next upgrade revived a
+        // closed connection).
+        if shared.try_add_handle() {
+            Some(PersistentConnection { shared })
+        } else {
+            None
+        }
     }
 }

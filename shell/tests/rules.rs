@@ -1174,6 +1174,27 @@ async fn r14_dropping_the_last_handle_closes_everything_in_the_background() {
     );
 }
 
+/// Issue 28 item 6 (failed before: the second `upgrade` panicked with an add overflow, in
+/// a release build it returned a strong handle to the closed connection): once the last
+/// handle is gone, a weak handle never upgrades, however often it is asked, and R14's
+/// close completes.
+#[tokio::test(start_paused = true)]
+async fn r14_a_weak_handle_never_upgrades_once_the_last_handle_is_gone() {
+    let w = World::new();
+    let pc = w.build(100);
+    let weak = pc.downgrade();
+    within(pc.connected()).await;
+    drop(pc);
+    for _ in 0..3 {
+        assert!(weak.upgrade().is_none(), "while R14's close is under way");
+    }
+    until(&w, 1000).await;
+    assert!(w.conn(0).is_closed(), "closed once the last handle went");
+    for _ in 0..3 {
+        assert!(weak.upgrade().is_none(), "after the close");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn r14_dropping_the_handle_cancels_a_hanging_lookup() {
     let baseline = alive_tasks();
