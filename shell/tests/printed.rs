@@ -170,7 +170,7 @@ fn errors_say_what_failed() {
 fn catalog_errors_and_lists_print_what_they_hold() {
     let list = StaticList::new([1u16, 2]);
     assert_eq!(format!("{list:?}"), "StaticList([1, 2])");
-    assert_eq!(list.addresses(), [1, 2]);
+    assert_eq!(*list.addresses(), [1, 2]);
     let cases = [
         (
             CatalogError::Empty {
