@@ -32,7 +32,8 @@ pub enum State {
 pub struct Stats {
     /// Attempts begun (R2).
     pub attempts: u64,
-    /// Attempts that failed (R4), counted whether or not `FailedToConnect` was emitted.
+    /// Attempts that failed (R4), counted whether or not `FailedToConnect` was emitted,
+    /// the attempt that called `abort` included (R12).
     pub failures: u64,
     /// Failures not reported because they repeated the round's previous one (R4, I2).
     pub deduplicated_failures: u64,

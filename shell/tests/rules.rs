@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -1027,6 +1027,56 @@ async fn r12_the_aborting_attempts_failure_is_reported_and_awaited_before_close_
         "close finished once the failure's handler returned"
     );
     assert_eq!(pc.consecutive_unsuccessful_attempts(), 1);
+}
+
+/// Issue 28 item 5 (failed before: `failures` stayed 0 after an aborting attempt's
+/// reported failure, and a de-duplicated one was not counted at all): the aborting
+/// attempt's failure is counted in `stats()` as any failure (R12: "counted and emitted"),
+/// reported or de-duplicated as R4 says, in step with `consecutive_unsuccessful_attempts`.
+#[tokio::test(start_paused = true)]
+async fn r12_the_aborting_attempts_failure_is_counted_in_stats() {
+    // `abort_on`: the attempt (0-based) that aborts before failing like the others.
+    let build = |abort_on: usize| -> Pc {
+        let calls = Arc::new(AtomicUsize::new(0));
+        PersistentConnection::builder(
+            "abort-counted",
+            || async { Ok(1u16) },
+            move |_addr, cx: ConnectContext<String>| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n == abort_on {
+                        cx.abort("stop".to_owned());
+                    }
+                    Err("refused".to_owned())
+                }
+            },
+        )
+        .retry_delay(Duration::from_millis(100))
+        .jitter(Jitter::NonRandom)
+        .build()
+    };
+
+    // Aborted on the first attempt: its failure is reported, and counted.
+    let pc = build(0);
+    within(pc.close_finished()).await;
+    let s = pc.stats();
+    assert_eq!(
+        (s.attempts, s.failures, s.deduplicated_failures),
+        (1, 1, 0),
+        "{s:?}"
+    );
+    assert_eq!(pc.consecutive_unsuccessful_attempts(), 1);
+
+    // Aborted on the second: the same refusal is de-duplicated, and still counted.
+    let pc = build(1);
+    within(pc.close_finished()).await;
+    let s = pc.stats();
+    assert_eq!(
+        (s.attempts, s.failures, s.deduplicated_failures),
+        (2, 2, 1),
+        "{s:?}"
+    );
+    assert_eq!(pc.consecutive_unsuccessful_attempts(), 2);
 }
 
 // ------------------------------------------------------------------ R13: misbehaving callbacks

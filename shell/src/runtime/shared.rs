@@ -212,7 +212,20 @@ where
         if matches!(input, Input::CloseRequested) {
             self.flags.fetch_or(TEARING_DOWN, Ordering::AcqRel);
         }
+        // R12: the failure of the attempt that aborted is counted like any failure, but
+        // no `AttemptOutcome` tells of it (its waiters already have the abort's error):
+        // it shows as one more unsuccessful attempt of a machine that counts as closed
+        // (short of u32::MAX in a row, where that count saturates).
+        let aborting = matches!(
+            &input,
+            Input::AddressResult { result: Err(_), .. }
+                | Input::ConnectResult { result: Err(_), .. }
+        ) && inner.machine.is_closed();
+        let unsuccessful = inner.machine.consecutive_unsuccessful_attempts();
         inner.machine.handle(now, input);
+        if aborting && inner.machine.consecutive_unsuccessful_attempts() > unsuccessful {
+            bump(&self.counters.failures);
+        }
         self.absorb(inner);
     }
 
