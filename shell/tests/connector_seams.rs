@@ -170,14 +170,62 @@ async fn the_connector_sets_the_options_it_is_given() {
     );
 }
 
-/// `{:?}` shows the copy timeout and the TCP options.
+/// `{:?}` shows the copy and lookup timeouts and the TCP options.
 #[test]
 fn the_connector_prints_its_copy_timeout_and_options() {
     let connector = CatalogConnector::new(StaticList::<SocketAddr>::new([]), Pick::InOrder)
         .copy_timeout(Duration::from_millis(250));
     let printed = format!("{connector:?}");
     assert!(
-        printed.starts_with("CatalogConnector { copy_timeout: 250ms, tcp_options: TcpOptions {"),
+        printed.starts_with(
+            "CatalogConnector { copy_timeout: 250ms, lookup_timeout: 10s, tcp_options: TcpOptions {"
+        ),
         "{printed}"
     );
+}
+
+/// A catalog whose lookup never answers (a registry that hangs).
+struct Hung;
+
+impl persistent_connection::catalog::Catalog for Hung {
+    type Address = SocketAddr;
+    fn lookup(
+        &self,
+    ) -> impl Future<Output = Result<Vec<SocketAddr>, persistent_connection::catalog::CatalogError>> + Send
+    {
+        std::future::pending()
+    }
+}
+
+/// Issue 28 item 10: the catalog lookup itself is bounded, by default and as set; the error
+/// is a timeout naming the catalog and the bound.
+#[tokio::test(start_paused = true)]
+async fn a_hung_catalog_lookup_times_out() {
+    let never = Duration::from_secs(3600);
+    let connector = CatalogConnector::new(Hung, Pick::InOrder);
+    let err = tokio::time::timeout(never, connector.connect())
+        .await
+        .expect("the lookup is bounded by default")
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    assert_eq!(
+        err.message(),
+        format!(
+            "lookup in the catalog Hung timed out after {:?}",
+            persistent_connection::DEFAULT_LOOKUP_TIMEOUT
+        )
+    );
+
+    let connector = connector.lookup_timeout(Duration::from_millis(300));
+    let started = tokio::time::Instant::now();
+    let err = tokio::time::timeout(never, connector.connect())
+        .await
+        .expect("bounded as set")
+        .unwrap_err();
+    assert_eq!(
+        err.message(),
+        "lookup in the catalog Hung timed out after 300ms"
+    );
+    // The virtual clock moved by the bound exactly.
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
 }

@@ -22,16 +22,22 @@
 //!
 //! # Which timeout bounds what
 //!
+//! - The **lookup timeout** ([`lookup_timeout`](CatalogConnector::lookup_timeout), default
+//!   [`DEFAULT_LOOKUP_TIMEOUT`](crate::DEFAULT_LOOKUP_TIMEOUT), 10 s, the builder's
+//!   backstop too) bounds the catalog lookup that starts every call: a registry that hangs
+//!   fails the call with [`CatalogError::TimedOut`]'s text instead of holding it (and the
+//!   client's request) forever. The catalogs' own timeouts (etcd's 2 s, DNS's 5 s) are
+//!   below it, so they speak first, naming what they asked.
 //! - The **copy timeout** ([`copy_timeout`](CatalogConnector::copy_timeout), default
 //!   [`DEFAULT_COPY_TIMEOUT`], 2 s) bounds the connect to one copy; when it runs out, the
 //!   call moves on to the next listed copy. A call over `n` listed copies therefore ends
-//!   within `n` copy timeouts after its lookup.
+//!   within the lookup timeout plus `n` copy timeouts.
 //! - tonic's **`Endpoint::connect_timeout`** bounds the connector's *whole call* (tonic
 //!   wraps the connector in a timeout of its own): shorter than the copy timeouts added
 //!   up, it cuts the call off before the call reaches the next copy, and a silent first
 //!   copy then fails every connect. Set it to at least the number of listed copies times
-//!   the copy timeout (two copies with a 1 s copy timeout: 2 s or more), or leave it unset
-//!   and let the connector's own timeouts bound the call.
+//!   the copy timeout, plus what the lookup takes (two copies with a 1 s copy timeout:
+//!   2 s or more), or leave it unset and let the connector's own timeouts bound the call.
 //! - hyper-util's legacy `Client` puts no timeout around a connector of its own (its
 //!   `HttpConnector`'s connect timeout belongs to that connector): the connector's timeouts
 //!   are all there is.
@@ -74,7 +80,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpSocket, TcpStream};
 use tower_service::Service;
 
-use crate::catalog::{Catalog, CatalogError, Pick, Picker};
+use crate::catalog::{Catalog, CatalogError, Pick, Picker, with_timeout};
 use crate::conn::TcpOptions;
 use crate::error::IoError;
 
@@ -94,6 +100,7 @@ pub struct CatalogConnector<K: Catalog> {
     catalog: Arc<K>,
     picker: Arc<Mutex<Picker<K::Address>>>,
     copy_timeout: Duration,
+    lookup_timeout: Duration,
     tcp_options: TcpOptions,
 }
 
@@ -103,6 +110,7 @@ impl<K: Catalog> Clone for CatalogConnector<K> {
             catalog: self.catalog.clone(),
             picker: self.picker.clone(),
             copy_timeout: self.copy_timeout,
+            lookup_timeout: self.lookup_timeout,
             tcp_options: self.tcp_options,
         }
     }
@@ -112,6 +120,7 @@ impl<K: Catalog> fmt::Debug for CatalogConnector<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CatalogConnector")
             .field("copy_timeout", &self.copy_timeout)
+            .field("lookup_timeout", &self.lookup_timeout)
             .field("tcp_options", &self.tcp_options)
             .finish_non_exhaustive()
     }
@@ -119,12 +128,15 @@ impl<K: Catalog> fmt::Debug for CatalogConnector<K> {
 
 impl<K: Catalog<Address = SocketAddr>> CatalogConnector<K> {
     /// A connector over `catalog`, choosing among listed copies with `pick`, with a copy
-    /// timeout of [`DEFAULT_COPY_TIMEOUT`] and the default [`TcpOptions`].
+    /// timeout of [`DEFAULT_COPY_TIMEOUT`], a lookup timeout of
+    /// [`DEFAULT_LOOKUP_TIMEOUT`](crate::DEFAULT_LOOKUP_TIMEOUT) and the default
+    /// [`TcpOptions`].
     pub fn new(catalog: K, pick: Pick) -> Self {
         CatalogConnector {
             catalog: Arc::new(catalog),
             picker: Arc::new(Mutex::new(Picker::new(pick))),
             copy_timeout: DEFAULT_COPY_TIMEOUT,
+            lookup_timeout: crate::DEFAULT_LOOKUP_TIMEOUT,
             tcp_options: TcpOptions::new(),
         }
     }
@@ -134,6 +146,15 @@ impl<K: Catalog<Address = SocketAddr>> CatalogConnector<K> {
     /// must leave room for every copy: see the [module docs](self#which-timeout-bounds-what).
     pub fn copy_timeout(mut self, timeout: Duration) -> Self {
         self.copy_timeout = timeout;
+        self
+    }
+
+    /// How long the catalog lookup that starts every call may take (default
+    /// [`DEFAULT_LOOKUP_TIMEOUT`](crate::DEFAULT_LOOKUP_TIMEOUT), 10 s): past it the call
+    /// fails with a `TimedOut` error, `lookup in the catalog Dns timed out after 10s` (the
+    /// catalog's type name). `Duration::MAX`: no bound.
+    pub fn lookup_timeout(mut self, timeout: Duration) -> Self {
+        self.lookup_timeout = timeout;
         self
     }
 
@@ -174,9 +195,12 @@ impl<K: Catalog<Address = SocketAddr>> CatalogConnector<K> {
         let catalog = self.catalog.clone();
         let picker = self.picker.clone();
         let timeout = self.copy_timeout;
+        let lookup_timeout = self.lookup_timeout;
         let options = self.tcp_options;
         async move {
-            let listed = catalog.lookup().await.map_err(IoError::from)?;
+            let listed = with_timeout(catalog_name::<K>, lookup_timeout, catalog.lookup())
+                .await
+                .map_err(IoError::from)?;
             let mut tried: Vec<SocketAddr> = Vec::new();
             let mut last = None;
             loop {
@@ -208,6 +232,28 @@ impl<K: Catalog<Address = SocketAddr>> CatalogConnector<K> {
             })
         }
     }
+}
+
+/// `the catalog StaticList<SocketAddr>`: the catalog's type name without its paths, to
+/// name it in a lookup timeout (a [`Catalog`] has no name of its own).
+fn catalog_name<K>() -> String {
+    let full = std::any::type_name::<K>();
+    let mut short = String::from("the catalog ");
+    let mut segment = short.len();
+    let mut chars = full.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ':' && chars.peek() == Some(&':') {
+            // `a::b::C`: what came before `::` is a path; keep only the last segment.
+            chars.next();
+            short.truncate(segment);
+        } else {
+            short.push(c);
+            if !(c.is_alphanumeric() || c == '_') {
+                segment = short.len();
+            }
+        }
+    }
+    short
 }
 
 /// The shared picker's next pick among `listed` that is not in `tried` (this call's own
