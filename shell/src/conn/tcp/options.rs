@@ -22,6 +22,11 @@ use tokio::net::TcpStream;
 /// With a user timeout set, Linux also uses it for keepalive: the connection is reset once
 /// probes have gone unanswered for the user timeout, whatever `retries` says.
 ///
+/// The kernel takes whole seconds from 1 to 32,767 for `idle` and `interval`, and 1 to 127
+/// probes: [`TcpOptions::keepalive`] rounds the times up to whole seconds and brings all
+/// three within those bounds (a keepalive of 0.5 s / 1.5 s / 0 probes is 1 s / 2 s / 1
+/// probe), rather than have every connect fail with EINVAL, or 1.5 s silently become 1 s.
+///
 /// ```
 /// use std::time::Duration;
 /// use persistent_connection::Keepalive;
@@ -46,6 +51,32 @@ impl Keepalive {
             idle,
             interval,
             retries,
+        }
+    }
+}
+
+/// The longest [`TcpOptions::user_timeout`]: `i32::MAX` milliseconds (24.8 days), as
+/// Linux reads `TCP_USER_TIMEOUT` as an int of milliseconds. Longer ones are clamped to it.
+const MAX_USER_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+
+/// The longest keepalive idle time and interval Linux takes (`MAX_TCP_KEEPIDLE`,
+/// `MAX_TCP_KEEPINTVL`): 32,767 s.
+const MAX_KEEPALIVE_SECS: u64 = 32_767;
+/// The most keepalive probes Linux takes (`MAX_TCP_KEEPCNT`).
+const MAX_KEEPALIVE_PROBES: u32 = 127;
+
+impl Keepalive {
+    /// These settings as the kernel takes them: times rounded up to whole seconds from 1
+    /// to 32,767, probes from 1 to 127.
+    fn as_taken(self) -> Keepalive {
+        let secs = |d: Duration| {
+            let whole = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
+            Duration::from_secs(whole.clamp(1, MAX_KEEPALIVE_SECS))
+        };
+        Keepalive {
+            idle: secs(self.idle),
+            interval: secs(self.interval),
+            retries: self.retries.clamp(1, MAX_KEEPALIVE_PROBES),
         }
     }
 }
@@ -134,10 +165,22 @@ impl TcpOptions {
         self
     }
 
-    /// TCP keepalive with these settings (default [`DEFAULT_KEEPALIVE`]). Keepalive
-    /// probes only an idle connection; see [`Keepalive`].
+    /// TCP keepalive with these settings (default [`DEFAULT_KEEPALIVE`]), as the kernel
+    /// takes them: times rounded up to whole seconds from 1 to 32,767, probes from 1 to
+    /// 127 (see [`Keepalive`]; [`keepalive_settings`](TcpOptions::keepalive_settings) says
+    /// what the socket gets). Keepalive probes only an idle connection.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use persistent_connection::{Keepalive, TcpOptions};
+    ///
+    /// let secs = Duration::from_secs;
+    /// let rounded = TcpOptions::new()
+    ///     .keepalive(Keepalive::new(Duration::from_millis(500), Duration::from_millis(1500), 3));
+    /// assert_eq!(rounded.keepalive_settings(), Some(Keepalive::new(secs(1), secs(2), 3)));
+    /// ```
     pub fn keepalive(mut self, keepalive: Keepalive) -> Self {
-        self.keepalive = Some(keepalive);
+        self.keepalive = Some(keepalive.as_taken());
         self
     }
 
@@ -148,24 +191,31 @@ impl TcpOptions {
         self
     }
 
-    /// `TCP_USER_TIMEOUT` (default [`DEFAULT_USER_TIMEOUT`], 20 s): how long sent data may
-    /// stay unacknowledged (and, with keepalive, probes unanswered) before the kernel
-    /// gives up and resets the connection, which the connection then notices like any
-    /// reset. [`TcpConnection::connect_with`](super::TcpConnection::connect_with) sets it
-    /// before connecting, so it bounds an
-    /// unanswered connect too (the builder's connect timeout still applies on top). This is what notices a peer host that vanished, or a black hole, while a
-    /// request is in flight; keepalive cannot (it sends no probe while data is
-    /// unacknowledged). `Duration::ZERO` leaves the kernel's own limit (about 15 minutes
-    /// with `tcp_retries2 = 15`). Shorter is faster failover but cuts connections on a
-    /// path that loses everything for that long and then recovers; keep it above a few
-    /// round trips plus the longest stall you want to ride out. Sub-millisecond parts are
-    /// dropped; values above `u32::MAX` ms are clamped.
+    /// `TCP_USER_TIMEOUT` (default [`DEFAULT_USER_TIMEOUT`], 20 s): how long sent
+    /// data may stay unacknowledged (and, with keepalive, probes unanswered) before the
+    /// kernel gives up and resets the connection, which the connection then notices like
+    /// any reset. [`TcpConnection::connect_with`](super::TcpConnection::connect_with) sets
+    /// it before connecting, so it bounds an unanswered connect too (the builder's connect
+    /// timeout still applies on top). This is what notices a peer host that vanished, or a
+    /// black hole, while a request is in flight; keepalive cannot (it sends no probe while
+    /// data is unacknowledged). `Duration::ZERO` leaves the kernel's own limit (about 15
+    /// minutes with `tcp_retries2 = 15`). Shorter is faster failover but cuts connections
+    /// on a path that loses everything for that long and then recovers; keep it above a
+    /// few round trips plus the longest stall you want to ride out. Sub-millisecond parts
+    /// are dropped (a non-zero timeout is at least 1 ms); values above `i32::MAX` ms (24.8
+    /// days: Linux reads an int) are clamped to it, rather than fail every connect.
+    /// [`user_timeout_value`](TcpOptions::user_timeout_value) says what the socket gets.
     ///
     /// Linux (and Android) only: elsewhere the option is not set and the OS's own
     /// retransmission limit applies (on macOS and Windows, tens of seconds to minutes, with
     /// no per-socket setting through this type).
     pub fn user_timeout(mut self, timeout: Duration) -> Self {
-        self.user_timeout = timeout;
+        self.user_timeout = if timeout.is_zero() {
+            Duration::ZERO
+        } else {
+            let millis = timeout.as_millis().clamp(1, MAX_USER_TIMEOUT.as_millis());
+            Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
+        };
         self
     }
 
@@ -185,7 +235,7 @@ impl TcpOptions {
         self.keepalive
     }
 
-    /// The user timeout (`Duration::ZERO`: the kernel's own limit).
+    /// The user timeout the socket gets (`Duration::ZERO`: the kernel's own limit).
     pub fn user_timeout_value(&self) -> Duration {
         self.user_timeout
     }
@@ -238,11 +288,10 @@ impl TcpOptions {
         }
         #[cfg(any(target_os = "linux", target_os = "android"))]
         socket
-            .set_tcp_user_timeout(if self.user_timeout.is_zero() {
-                None
-            } else {
-                // At least 1 ms: socket2 truncates to whole milliseconds, and 0 means "off".
-                Some(self.user_timeout.max(Duration::from_millis(1)))
+            .set_tcp_user_timeout(match self.user_timeout_value() {
+                zero if zero.is_zero() => None,
+                // Whole milliseconds from 1 to i32::MAX (see `user_timeout`).
+                timeout => Some(timeout),
             })
             .map_err(|e| ("TCP_USER_TIMEOUT", e))?;
         Ok(())
