@@ -93,6 +93,12 @@ pub(crate) struct Inner<A, C, E> {
     /// which ends every observer's stream (S4).
     events: Option<broadcast::Sender<Event<A, C, E>>>,
     event_capacity: u32,
+    /// Told of every input the machine takes (so of every change of the counters, the
+    /// state and the consecutive count), for the metrics exporter, which a de-duplicated
+    /// failure would otherwise not wake; created by the first watcher, dropped when close
+    /// finishes.
+    #[cfg(feature = "metrics")]
+    changes: Option<tokio::sync::watch::Sender<()>>,
     /// Close finished or the driver is gone: nothing is fed any more.
     ended: bool,
     /// The Tokio instant of the machine's time zero, once the driver has started.
@@ -159,6 +165,8 @@ where
                 orphaned: false,
                 events,
                 event_capacity: u32::try_from(event_capacity).unwrap_or(u32::MAX),
+                #[cfg(feature = "metrics")]
+                changes: None,
                 ended: false,
                 base: None,
             }),
@@ -227,6 +235,10 @@ where
             bump(&self.counters.failures);
         }
         self.absorb(inner);
+        #[cfg(feature = "metrics")]
+        if let Some(changes) = &inner.changes {
+            changes.send_replace(());
+        }
     }
 
     /// Drains the machine's effects: shared-state ones are performed here, under the lock;
@@ -307,6 +319,10 @@ where
         fill_all(&mut inner.finish, &());
         inner.connected = Vec::new();
         inner.events = None;
+        #[cfg(feature = "metrics")]
+        {
+            inner.changes = None;
+        }
         self.flags
             .fetch_or(CLOSED | TEARING_DOWN | FINISHED, Ordering::AcqRel);
     }
@@ -548,6 +564,20 @@ where
             return None;
         }
         Some(Wait::new(register(&mut inner.finish)))
+    }
+
+    /// A receiver woken after every input the machine takes from now on, closed once close
+    /// has finished; `None` if it already has.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn watch_changes(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        let mut inner = lock(&self.inner);
+        if inner.ended {
+            return None;
+        }
+        let changes = inner
+            .changes
+            .get_or_insert_with(|| tokio::sync::watch::Sender::new(()));
+        Some(changes.subscribe())
     }
 
     /// A receiver of every event from now on; an ended one after close finished (S4).
