@@ -20,7 +20,8 @@ use tokio::net::TcpStream;
 /// kept sending was still up after 90 s). It does not catch a hung process either (its
 /// kernel still answers the probes): use a [health check](crate::HealthChecked) for that.
 /// With a user timeout set, Linux also uses it for keepalive: the connection is reset once
-/// probes have gone unanswered for the user timeout, whatever `retries` says.
+/// probes have gone unanswered for the user timeout, whatever `retries` says; see
+/// [`TcpOptions::keepalive`] for the user timeout an explicit keepalive brings.
 ///
 /// The kernel takes whole seconds from 1 to 32,767 for `idle` and `interval`, and 1 to 127
 /// probes: [`TcpOptions::keepalive`] rounds the times up to whole seconds and brings all
@@ -79,6 +80,13 @@ impl Keepalive {
             retries: self.retries.clamp(1, MAX_KEEPALIVE_PROBES),
         }
     }
+
+    /// How long an idle connection to a vanished peer lasts with these settings alone:
+    /// `idle` + `interval` × `retries`.
+    fn gives_up_after(self) -> Duration {
+        self.idle
+            .saturating_add(self.interval.saturating_mul(self.retries))
+    }
 }
 
 /// The default [`TcpOptions::user_timeout`]: 20 s, the keepalive timeout from which gRPC
@@ -136,7 +144,10 @@ pub const DEFAULT_KEEPALIVE: Keepalive = Keepalive {
 pub struct TcpOptions {
     pub(super) nodelay: bool,
     pub(super) keepalive: Option<Keepalive>,
-    pub(super) user_timeout: Duration,
+    /// Whether `keepalive` was set with [`TcpOptions::keepalive`] (not the default).
+    pub(super) keepalive_chosen: bool,
+    /// The user timeout set with [`TcpOptions::user_timeout`], if it was.
+    pub(super) user_timeout: Option<Duration>,
     pub(super) local_addr: Option<SocketAddr>,
 }
 
@@ -153,7 +164,8 @@ impl TcpOptions {
         TcpOptions {
             nodelay: true,
             keepalive: Some(DEFAULT_KEEPALIVE),
-            user_timeout: DEFAULT_USER_TIMEOUT,
+            keepalive_chosen: false,
+            user_timeout: None,
             local_addr: None,
         }
     }
@@ -170,17 +182,34 @@ impl TcpOptions {
     /// 127 (see [`Keepalive`]; [`keepalive_settings`](TcpOptions::keepalive_settings) says
     /// what the socket gets). Keepalive probes only an idle connection.
     ///
+    /// **What wins over what.** Linux lets the user timeout override the number of probes:
+    /// with one set, an idle connection is reset once a probe has gone unanswered and the
+    /// peer has been silent for the user timeout (checked at each probe). So that the default user timeout (20 s) does not
+    /// slow a keepalive you chose (1 s / 1 s / 3 probes would give up after 20 s instead
+    /// of 4 s), a keepalive set here without a [`user_timeout`](TcpOptions::user_timeout)
+    /// brings its own: `idle + interval × retries`, at most [`DEFAULT_USER_TIMEOUT`].
+    /// Keepalive then gives up exactly as set when that is 20 s or less, and data in flight
+    /// is given the same time; a longer keepalive (30 s / 10 s / 3) keeps the default 20 s
+    /// for data in flight, and an idle connection is then reset at the first probe time
+    /// after 20 s of silence (at 40 s here, not 60 s). A user timeout
+    /// set with [`user_timeout`](TcpOptions::user_timeout), before or after, always wins.
+    ///
     /// ```
     /// use std::time::Duration;
     /// use persistent_connection::{Keepalive, TcpOptions};
     ///
     /// let secs = Duration::from_secs;
+    /// let fast = TcpOptions::new().keepalive(Keepalive::new(secs(1), secs(1), 3));
+    /// assert_eq!(fast.user_timeout_value(), secs(4));
+    /// let mine = fast.user_timeout(secs(9));
+    /// assert_eq!(mine.user_timeout_value(), secs(9));
     /// let rounded = TcpOptions::new()
     ///     .keepalive(Keepalive::new(Duration::from_millis(500), Duration::from_millis(1500), 3));
     /// assert_eq!(rounded.keepalive_settings(), Some(Keepalive::new(secs(1), secs(2), 3)));
     /// ```
     pub fn keepalive(mut self, keepalive: Keepalive) -> Self {
         self.keepalive = Some(keepalive.as_taken());
+        self.keepalive_chosen = true;
         self
     }
 
@@ -188,10 +217,12 @@ impl TcpOptions {
     /// something is sent to it (and the user timeout runs out).
     pub fn no_keepalive(mut self) -> Self {
         self.keepalive = None;
+        self.keepalive_chosen = false;
         self
     }
 
-    /// `TCP_USER_TIMEOUT` (default [`DEFAULT_USER_TIMEOUT`], 20 s): how long sent
+    /// `TCP_USER_TIMEOUT` (default [`DEFAULT_USER_TIMEOUT`], 20 s, or less with a
+    /// [`keepalive`](TcpOptions::keepalive) of your own, which says how): how long sent
     /// data may stay unacknowledged (and, with keepalive, probes unanswered) before the
     /// kernel gives up and resets the connection, which the connection then notices like
     /// any reset. [`TcpConnection::connect_with`](super::TcpConnection::connect_with) sets
@@ -210,12 +241,12 @@ impl TcpOptions {
     /// retransmission limit applies (on macOS and Windows, tens of seconds to minutes, with
     /// no per-socket setting through this type).
     pub fn user_timeout(mut self, timeout: Duration) -> Self {
-        self.user_timeout = if timeout.is_zero() {
+        self.user_timeout = Some(if timeout.is_zero() {
             Duration::ZERO
         } else {
             let millis = timeout.as_millis().clamp(1, MAX_USER_TIMEOUT.as_millis());
             Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
-        };
+        });
         self
     }
 
@@ -235,9 +266,18 @@ impl TcpOptions {
         self.keepalive
     }
 
-    /// The user timeout the socket gets (`Duration::ZERO`: the kernel's own limit).
+    /// The user timeout the socket gets (`Duration::ZERO`: the kernel's own limit): the one
+    /// set with [`user_timeout`](TcpOptions::user_timeout); else, with a
+    /// [`keepalive`](TcpOptions::keepalive) of your own, `idle + interval × retries` at
+    /// most [`DEFAULT_USER_TIMEOUT`]; else [`DEFAULT_USER_TIMEOUT`].
     pub fn user_timeout_value(&self) -> Duration {
-        self.user_timeout
+        match (self.user_timeout, self.keepalive) {
+            (Some(chosen), _) => chosen,
+            (None, Some(k)) if self.keepalive_chosen => {
+                k.gives_up_after().min(DEFAULT_USER_TIMEOUT)
+            }
+            (None, _) => DEFAULT_USER_TIMEOUT,
+        }
     }
 
     /// The local address to bind, if any.

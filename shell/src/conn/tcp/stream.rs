@@ -570,4 +570,59 @@ mod tests {
             );
         }
     }
+
+    /// Issue 27 point 4: Linux lets `TCP_USER_TIMEOUT` override keepalive's probe count,
+    /// so an explicit keepalive of 1 s / 1 s / 3 probes (gives up after 4 s) was slowed to
+    /// the default user timeout's 20 s. Set without a user timeout, keepalive now brings
+    /// its own: idle + interval × retries, at most the default; an explicit user timeout
+    /// still wins.
+    #[tokio::test]
+    async fn an_explicit_keepalive_is_not_slowed_by_the_default_user_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let secs = Duration::from_secs;
+        let fast = Keepalive::new(secs(1), secs(1), 3);
+        let slow = Keepalive::new(secs(30), secs(10), 3);
+        for (options, user_timeout, keepalive) in [
+            (TcpOptions::new().keepalive(fast), secs(4), fast),
+            // Longer than the default: the default still bounds data in flight.
+            (
+                TcpOptions::new().keepalive(slow),
+                DEFAULT_USER_TIMEOUT,
+                slow,
+            ),
+            // An explicit user timeout wins, whichever is set first.
+            (
+                TcpOptions::new().keepalive(fast).user_timeout(secs(9)),
+                secs(9),
+                fast,
+            ),
+            (
+                TcpOptions::new().user_timeout(secs(9)).keepalive(fast),
+                secs(9),
+                fast,
+            ),
+            (
+                TcpOptions::new()
+                    .keepalive(fast)
+                    .user_timeout(Duration::ZERO),
+                Duration::ZERO,
+                fast,
+            ),
+            (TcpOptions::new(), DEFAULT_USER_TIMEOUT, DEFAULT_KEEPALIVE),
+        ] {
+            assert_eq!(options.user_timeout_value(), user_timeout, "{options:?}");
+            let s = on_socket(&TcpConnection::connect_with(addr, &options).await.unwrap());
+            let expected = (!user_timeout.is_zero()).then_some(user_timeout);
+            assert_eq!(s.user_timeout, expected, "{options:?}");
+            assert_eq!(
+                Keepalive::new(s.idle, s.interval, s.retries),
+                keepalive,
+                "{options:?}"
+            );
+        }
+        // Keepalive turned off again: the default user timeout.
+        let options = TcpOptions::new().keepalive(fast).no_keepalive();
+        assert_eq!(options.user_timeout_value(), DEFAULT_USER_TIMEOUT);
+    }
 }
