@@ -7,6 +7,9 @@
 //! - [`HealthChecked`] (`health.rs`): closes a connection whose checks keep failing (S7);
 //! - [`Driven`] (`driven.rs`): closes a client's connection when its driver future ends;
 //! - [`CloseSignal`] and [`WithCloseSignal`] (`closable.rs`): any handle plus a close signal.
+//! - `http2` (feature `http2`): hyper's HTTP/2 client connection over any of them, for
+//!   tonic and hyper, whose close fails the calls in flight;
+//! - `grpc_health` (feature `grpc-health`): the `grpc.health.v1` check for [`HealthChecked`].
 
 pub(crate) mod closable;
 pub(crate) mod driven;
@@ -14,6 +17,10 @@ pub(crate) mod health;
 pub(crate) mod tcp;
 #[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(feature = "http2")]
+pub mod http2;
+#[cfg(feature = "grpc-health")]
+pub mod grpc_health;
 
 pub use closable::{Closable, CloseSignal, WithCloseSignal};
 pub use driven::Driven;
