@@ -127,8 +127,14 @@ fn errors_say_what_failed() {
     };
     assert_eq!(panicked.to_string(), "get_address panicked: boom");
     assert!(panicked.source().is_none());
-    let lookup: Error<String> = Error::LookupTimedOut(Duration::from_millis(250));
-    assert_eq!(lookup.to_string(), "address lookup timed out after 250ms");
+    let lookup: Error<String> = Error::LookupTimedOut {
+        server: "echo".into(),
+        after: Duration::from_millis(250),
+    };
+    assert_eq!(
+        lookup.to_string(),
+        "address lookup for echo timed out after 250ms"
+    );
     let user: Error<IoError> = Error::User(IoError::new(io::ErrorKind::Other, "refused"));
     assert_eq!(user.to_string(), "refused");
     assert_eq!(

@@ -277,7 +277,7 @@ fn error(e: &Error<String>) -> String {
         Error::User(s) => s.clone(),
         Error::Panicked { callback, .. } => format!("panic in {callback}"),
         Error::TimedOut(d) => format!("timeout {}ms", d.as_millis()),
-        Error::LookupTimedOut(d) => format!("lookup timeout {}ms", d.as_millis()),
+        Error::LookupTimedOut { after, .. } => format!("lookup timeout {}ms", after.as_millis()),
     }
 }
 

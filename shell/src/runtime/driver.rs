@@ -256,7 +256,7 @@ where
                     .callbacks
                     .attempts
                     .clone()
-                    .get_address(self.callbacks.lookup_timeout);
+                    .get_address(self.callbacks.lookup_timeout, server.clone());
                 self.attempt = Some((attempt, fut));
             }
             Effect::Connect {
