@@ -15,7 +15,8 @@ pub enum State {
         /// When the retry timer of the latest attempt fires.
         next_attempt: tokio::time::Instant,
     },
-    /// A connection is current (R5), including while its `Connected` handler runs.
+    /// A connection is current (R5), including while its `Connected` handler runs, and
+    /// after R11 until that connection goes away (`is_closed()` is then already true).
     Connected,
     /// Close was requested (R8, R11, R12) and has not finished: connections are closing,
     /// or a handler or an aborting attempt is finishing.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::{FutureExt, StreamExt};
 use persistent_connection::{
     AttemptError, Builder, Callback, Closable, CloseSignal, ConnectContext, Error, Event,
-    EventKind, Jitter, Lagged, PersistentConnection, RetryDelay, WithCloseSignal,
+    EventKind, Jitter, Lagged, PersistentConnection, RetryDelay, State, WithCloseSignal,
 };
 use tokio::time::Instant;
 
@@ -898,6 +898,33 @@ async fn r11_when_connected_the_connection_stays_up_and_no_round_follows_it() {
         w.event_names(),
         vec!["Attempting", "Obtained(1)", "Connected(1)", "Disconnected"]
     );
+}
+
+/// Issue 28 item 12 (failed before: `is_closed()` stayed false until the connection went
+/// away, and a new R10 waiter got the connection): R11 while connected counts as closed as
+/// soon as it returns (S2, §7), as in the blocking driver. The connection stays up and
+/// current (R11), `state()` says `Connected` while it does, and a new R10 waiter gets
+/// `Err(Closed)` at once: no attempt will ever end again.
+#[tokio::test(start_paused = true)]
+async fn r11_when_connected_it_counts_as_closed_at_once_while_the_connection_stays_up() {
+    let w = World::new();
+    let pc = w.build(100);
+    within(pc.connected()).await;
+    pc.close_when_current_connection_is_closed();
+    assert!(pc.is_closed(), "closed as soon as R11 returns");
+    assert!(matches!(
+        pc.connected_or_failed_to_connect().now_or_never(),
+        Some(Err(AttemptError::Closed))
+    ));
+    until(&w, 1000).await;
+    assert!(pc.is_closed());
+    assert_eq!(pc.state(), State::Connected, "the connection is still up");
+    assert_eq!(pc.current_connection().map(|c| *c), Some(1));
+    assert!(!w.conn(0).is_closed());
+    w.kill(0);
+    within(pc.close_finished()).await;
+    assert_eq!(pc.state(), State::Closed);
+    assert_eq!(pc.stats().attempts, 1, "no round after R11");
 }
 
 #[tokio::test(start_paused = true)]

@@ -8,8 +8,9 @@
 //! `on_event`, `get_address`, `connect`, close a connection) are queued for the driver,
 //! which is woken. So:
 //!
-//! - the shell decides nothing: `is_closed()` after R11 is the machine's own answer, read
-//!   before the call returns (S2);
+//! - the shell decides nothing: `is_closed()` is the machine's own answer, read before
+//!   the call returns (S2), except that R11 and `abort` count as closed at once even
+//!   while the machine keeps the current connection up until it goes away (R11, §7);
 //! - a waiter registers under the lock that publishes, so it gets exactly the first
 //!   outcome or connection after its registration (S1) and cannot miss a close (S2);
 //! - if the driver task dies, its drop guard ends everything here (S3).
@@ -89,6 +90,9 @@ pub(crate) struct Inner<A, C, E> {
     finish: Vec<Arc<Slot<()>>>,
     /// The last strong handle is gone; the driver closes (R14) when it sees this.
     orphaned: bool,
+    /// R11 or `abort` was fed: the persistent connection counts as closed from then on,
+    /// also while the machine keeps a current connection up until it goes away (R11, §7).
+    stopped: bool,
     /// Observers' channel, created by the first subscriber; dropped when close finishes,
     /// which ends every observer's stream (S4).
     events: Option<broadcast::Sender<Event<A, C, E>>>,
@@ -163,6 +167,7 @@ where
                 outcomes: Vec::new(),
                 finish: Vec::new(),
                 orphaned: false,
+                stopped: false,
                 events,
                 event_capacity: u32::try_from(event_capacity).unwrap_or(u32::MAX),
                 #[cfg(feature = "metrics")]
@@ -217,8 +222,14 @@ where
         now: Instant,
         input: CoreInput<A, C, E>,
     ) {
-        if matches!(input, Input::CloseRequested) {
-            self.flags.fetch_or(TEARING_DOWN, Ordering::AcqRel);
+        match input {
+            Input::CloseRequested => {
+                self.flags.fetch_or(TEARING_DOWN, Ordering::AcqRel);
+            }
+            Input::CloseWhenCurrentConnectionIsClosed | Input::Abort { .. } => {
+                inner.stopped = true;
+            }
+            _ => {}
         }
         // R12: the failure of the attempt that aborted is counted like any failure, but
         // no `AttemptOutcome` tells of it (its waiters already have the abort's error):
@@ -293,7 +304,7 @@ where
             }
         }
         let mut flags = self.flags() & !CLOSED;
-        if inner.machine.is_closed() || inner.ended {
+        if inner.machine.is_closed() || inner.stopped || inner.ended {
             flags |= CLOSED;
         }
         self.flags.store(flags, Ordering::Release);
