@@ -20,7 +20,9 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Bytes;
 use persistent_connection::catalog::{Catalog, Pick, StaticList};
-use persistent_connection::conn::http2::{Http2Connection, Http2End, Http2Options, PingKeepalive};
+use persistent_connection::conn::http2::{
+    Http2Connection, Http2End, Http2Options, PingKeepalive, call_was_not_sent,
+};
 use persistent_connection::{Closable, IoError, PersistentConnection, TcpConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -249,13 +251,21 @@ async fn goaway_lets_the_call_in_flight_finish_then_the_connection_closes() {
     within("draining", conn.draining()).await;
     assert!(conn.is_closed() && conn.is_draining());
     assert_eq!(conn.end(), Some(Http2End::GoAway { error_code: 0 }));
-    let mut refused = conn.clone();
-    assert!(
-        std::future::poll_fn(|cx| refused.poll_ready(cx))
-            .await
-            .is_err(),
-        "a draining connection takes no new call"
+    let err = conn
+        .clone()
+        .oneshot(http::Request::new(GrpcBody::empty()))
+        .await
+        .unwrap_err();
+    assert!(err.is_not_sent(), "a draining connection takes no new call");
+    assert_eq!(err.end(), Some(&Http2End::GoAway { error_code: 0 }));
+    assert_eq!(
+        err.to_string(),
+        "the HTTP/2 connection takes no new calls (the server sent GOAWAY (NO_ERROR 0x0)); \
+         the call was not sent"
     );
+    // Through tonic: a status whose source says the call was not sent.
+    let status = health_check(conn.clone()).await.unwrap_err();
+    assert!(call_was_not_sent(&status), "{status:?}");
     // …while the call in flight goes on: it is answered once the handler answers.
     assert!(!call.is_finished() && !tcp.is_closed());
     server.open();
@@ -470,7 +480,10 @@ async fn plain_hyper_requests_go_through_it() {
         assert_eq!(body, seen);
     }
     conn.close().await;
-    assert!(conn.ready().await.is_err());
+    let req = http::Request::get("/").body(Empty::new()).unwrap();
+    let err = conn.ready().await.unwrap().call(req).await.unwrap_err();
+    assert!(err.is_not_sent() && err.hyper_error().is_none(), "{err}");
+    assert_eq!(err.end(), Some(&Http2End::Closed));
 }
 
 #[tokio::test]

@@ -288,6 +288,28 @@ impl StdError for Http2Error {
     }
 }
 
+/// True when `error` or one of its causes is an [`Http2Error`] whose call was not sent
+/// ([`Http2Error::is_not_sent`]): the connection was already draining or closed, so the
+/// call can be made again on the next connection as it is, without risk of doing it twice.
+/// Works on what tonic returns (`tonic::Status` keeps the transport's error as its source).
+///
+/// ```
+/// use persistent_connection::conn::http2::call_was_not_sent;
+///
+/// let other = std::io::Error::other("connection reset");
+/// assert!(!call_was_not_sent(&other));
+/// ```
+pub fn call_was_not_sent(error: &(dyn StdError + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(h) = e.downcast_ref::<Http2Error>() {
+            return h.is_not_sent();
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// An error's text followed by its causes' (hyper's own says only "http2 error").
 fn with_causes(e: &(dyn StdError + 'static)) -> String {
     let mut text = e.to_string();
@@ -800,13 +822,12 @@ where
     type Error = Http2Error;
     type Future = ResponseFuture;
 
-    /// Ready while the connection takes calls; an error once it does not (draining after a
-    /// `GOAWAY`, failed, closed): tower's way of saying this service is done.
+    /// Always ready once the connection takes no new calls: [`call`](Self::call) then
+    /// fails at once, unsent ([`Http2Error::is_not_sent`]), an error tonic passes on as the
+    /// status' source (its `ready()` keeps only the text of an error from here).
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if let Some(end) = self.shared.end() {
-            return Poll::Ready(Err(Http2Error {
-                repr: Repr::NotSent(end),
-            }));
+        if self.shared.end().is_some() {
+            return Poll::Ready(Ok(()));
         }
         self.send.poll_ready(cx).map_err(|e| Http2Error {
             repr: Repr::Hyper(e),
