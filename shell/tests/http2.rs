@@ -213,6 +213,7 @@ async fn close_fails_the_call_in_flight_at_once_and_releases_the_socket() {
         .unwrap()
         .unwrap_err();
     assert_ne!(failed.code(), tonic::Code::Ok, "{failed:?}");
+    assert!(!call_was_not_sent(&failed), "it was sent: {failed:?}");
     assert_eq!(conn.end(), Some(Http2End::Closed));
     // The stream under it is closed too, whatever clones of it hyper held.
     assert!(tcp.is_closed());
