@@ -45,9 +45,9 @@ use crate::error::IoError;
 /// a health check that makes a call (the `grpc-health` feature's `grpc.health.v1` check).
 ///
 /// Servers limit how often they accept PINGs: tonic and hyper servers accept any rate,
-/// but gRPC servers in other languages answer a PING more often than every 5 minutes
-/// (their default `min_time`) with a `GOAWAY` (`too_many_pings`) unless configured to allow
-/// it. Choose the interval with the server's owners.
+/// but gRPC servers in other languages close a connection whose PINGs come more often
+/// than every 5 minutes (their default) with a `GOAWAY` (`ENHANCE_YOUR_CALM`,
+/// `too_many_pings`) unless their owners allow it. Choose the interval with them.
 ///
 /// ```
 /// use std::time::Duration;
