@@ -360,3 +360,105 @@ async fn a_server_that_closes_right_after_the_handshake_gives_a_connection() {
         }
     }
 }
+
+/// The etcd catalog over TLS (feature `etcd-tls`) against a real `etcd` (Debian's
+/// `etcd-server`; a missing one is a failure with a message, never a skip).
+#[cfg(feature = "etcd-tls")]
+mod etcd {
+    use std::time::Instant;
+
+    use persistent_connection::catalog::etcd::{EtcdCatalog, EtcdOptions, EtcdTls};
+    use persistent_connection::catalog::{Catalog, CatalogError};
+    use persistent_connection_testkit::etcd::{EtcdServer, ServerTls};
+
+    use super::*;
+
+    const PREFIX: &str = "/services/echo/";
+    /// The request timeout of the options under test.
+    const TIMEOUT: Duration = Duration::from_secs(2);
+
+    async fn start(tls: Option<ServerTls>) -> EtcdServer {
+        tokio::task::spawn_blocking(move || match tls {
+            Some(tls) => EtcdServer::start_tls(tls),
+            None => EtcdServer::start(),
+        })
+        .await
+        .expect("start etcd")
+    }
+
+    fn catalog(endpoint: &str, tls: EtcdTls) -> EtcdCatalog {
+        EtcdCatalog::with_options(
+            EtcdOptions::new([endpoint]).tls(tls).timeout(TIMEOUT),
+            PREFIX,
+        )
+    }
+
+    /// Why TLS with `endpoint` failed, as `message` says: `TLS with <endpoint> failed:
+    /// <why>`, or, where the catalog names its one endpoint itself, `… <endpoint> …
+    /// failed: TLS failed: <why>`.
+    fn tls_failure<'a>(message: &'a str, endpoint: &str) -> &'a str {
+        let with = format!("TLS with {endpoint} failed: ");
+        if let Some(at) = message.find(&with) {
+            return &message[at + with.len()..];
+        }
+        let named = message.find(endpoint);
+        let tls = message.find("failed: TLS failed: ");
+        match (named, tls) {
+            (Some(named), Some(at)) if named < at => &message[at + "failed: TLS failed: ".len()..],
+            _ => panic!("not 'TLS with {endpoint} failed: <why>': {message}"),
+        }
+    }
+
+    /// A lookup that must fail, within the timeout (a margin for a loaded machine): its
+    /// error's text.
+    async fn failed_lookup(catalog: &EtcdCatalog) -> String {
+        let started = Instant::now();
+        let error = guard("a lookup that should fail", catalog.lookup())
+            .await
+            .expect_err("the lookup should fail");
+        assert!(
+            started.elapsed() < TIMEOUT + Duration::from_secs(3),
+            "{error}"
+        );
+        assert!(matches!(error, CatalogError::Lookup { .. }), "{error:?}");
+        error.to_string()
+    }
+
+    /// Issue 28 item 8: every TLS failure reads "TLS with <endpoint> failed: <why and what
+    /// to check>". Before: a CA that is not PEM named no endpoint; an `http://` endpoint
+    /// with TLS read "invalid arguments"; `https://` to a plaintext member read
+    /// "Unavailable: tls handshake eof", unclassified.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_tls_failure_names_the_endpoint_and_what_to_check() {
+        let plain = start(None).await;
+        let ep = plain.endpoint();
+        let https = ep.replace("http://", "https://");
+
+        // A CA that is not PEM.
+        let message = failed_lookup(&catalog(&https, EtcdTls::new("not a certificate"))).await;
+        let why = tls_failure(&message, &https);
+        assert!(
+            why.starts_with("the CA certificate") && why.contains("EtcdTls::new"),
+            "{message}"
+        );
+
+        // An http:// endpoint with TLS settings.
+        let message = failed_lookup(&catalog(&ep, EtcdTls::new(VALIDITY_CA))).await;
+        let why = tls_failure(&message, &ep);
+        assert!(why.contains(&https), "{message}");
+        assert!(!message.contains("invalid arguments"), "{message}");
+
+        // https:// to a member that speaks plain text: the same text every time.
+        let to_plain = catalog(&https, EtcdTls::new(VALIDITY_CA));
+        let message = failed_lookup(&to_plain).await;
+        let why = tls_failure(&message, &https);
+        assert!(
+            why.starts_with("the member closed the connection during the TLS handshake")
+                && why.contains("does it serve TLS"),
+            "{message}"
+        );
+        for _ in 0..5 {
+            assert_eq!(failed_lookup(&to_plain).await, message);
+        }
+    }
+}
