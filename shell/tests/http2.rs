@@ -524,3 +524,88 @@ async fn a_persistent_connection_over_it_fails_over_between_tonic_servers() {
     pc.close().await;
     drop(b);
 }
+
+#[tokio::test]
+async fn it_runs_over_tls_with_alpn_h2() {
+    use std::sync::Arc;
+
+    use hyper::server::conn::http2;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use persistent_connection::tls::rustls::pki_types::pem::PemObject;
+    use persistent_connection::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use persistent_connection::tls::rustls::{RootCertStore, ServerConfig, crypto};
+    use persistent_connection::tls::{TlsConnector, client_config, tokio_rustls};
+
+    // A hyper HTTP/2 server behind rustls, offering ALPN h2, with certificates made now.
+    let (ca, cert, key) = persistent_connection_testkit::certs::make(&["localhost"]);
+    let chain = vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let mut server_config =
+        ServerConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+    server_config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (requests, mut seen) = watch::channel(0usize);
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let tls = acceptor.accept(s).await.unwrap();
+        let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            requests.send_modify(|n| *n += 1);
+            async move {
+                if req.uri().path() == "/hang" {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("over TLS"))))
+            }
+        });
+        let _ = http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(tls), svc)
+            .await;
+    });
+
+    // The client offers h2, as an HTTP/2 client over TLS must.
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+        .unwrap();
+    let mut config = (*client_config(roots)).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = TlsConnector::new(Arc::new(config), "localhost")
+        .unwrap()
+        .connect(addr)
+        .await
+        .unwrap();
+    assert_eq!(tls.alpn_protocol().as_deref(), Some(&b"h2"[..]));
+    let options = Http2Options::new().origin("https://localhost".parse().unwrap());
+    let conn: Http2Connection<Empty<Bytes>> = Http2Connection::handshake(tls.clone(), &options)
+        .await
+        .unwrap();
+    let req = http::Request::get("/").body(Empty::new()).unwrap();
+    let resp = conn.clone().oneshot(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "over TLS");
+
+    // A call the server never answers fails on close; the TLS connection is closed.
+    let req = http::Request::get("/hang").body(Empty::new()).unwrap();
+    let call = tokio::spawn(conn.clone().oneshot(req));
+    within(
+        "the request reaching the server",
+        seen.wait_for(|n| *n == 2),
+    )
+    .await
+    .unwrap();
+    within("close", conn.close()).await;
+    let err = within("the call in flight", call)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(!err.is_not_sent() && err.hyper_error().is_some(), "{err}");
+    assert!(tls.is_closed());
+    within("the TLS connection's close", tls.close_finished()).await;
+}

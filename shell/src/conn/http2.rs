@@ -521,8 +521,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Sniffed<T> {
 /// `http::Response<hyper::body::Incoming>` (feature `http2`).
 ///
 /// Made by [`handshake`](Http2Connection::handshake) over any stream that is
-/// [`Closable`] ([`TcpConnection`](crate::TcpConnection), `TlsConnection`). What it adds to
-/// hyper's own `http2::SendRequest`:
+/// [`Closable`] ([`TcpConnection`](crate::TcpConnection), `TlsConnection`; over TLS the
+/// client configuration must offer ALPN `h2`, `config.alpn_protocols = vec![b"h2".to_vec()]`,
+/// as gRPC servers require). What it adds to hyper's own `http2::SendRequest`:
 ///
 /// - **[`close`](Closable::close) fails every call in flight at once and releases the
 ///   socket.** hyper keeps its connection in tasks of its own that live on while a call is
