@@ -368,7 +368,8 @@ mod etcd {
     use std::time::Instant;
 
     use persistent_connection::catalog::etcd::{EtcdCatalog, EtcdOptions, EtcdTls};
-    use persistent_connection::catalog::{Catalog, CatalogError};
+    use persistent_connection::catalog::{Catalog, CatalogError, Pick};
+    use persistent_connection::{Event, IoError, PersistentConnection, TcpConnection};
     use persistent_connection_testkit::etcd::{EtcdServer, ServerTls};
 
     use super::*;
@@ -422,6 +423,63 @@ mod etcd {
         );
         assert!(matches!(error, CatalogError::Lookup { .. }), "{error:?}");
         error.to_string()
+    }
+
+    /// Issue 28 item 1 through the etcd catalog: a member whose certificate expired (or is
+    /// not valid yet) failed each lookup with the time of the verification in the text, so
+    /// a persistent connection retrying a second or more apart announced every attempt.
+    /// Now one `FailedToConnect` for all of them, naming the endpoint and the certificate's
+    /// bound. (etcd's client builds its own rustls configuration: its clock is the real
+    /// one, so the attempts are a real 1.1 s apart.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn etcd_with_a_certificate_outside_its_validity_is_announced_once() {
+        for (cert, key, said) in [
+            (EXPIRED_CERT, EXPIRED_KEY, "expired"),
+            (NOT_YET_VALID_CERT, NOT_YET_VALID_KEY, "not valid yet"),
+        ] {
+            let etcd = start(Some(ServerTls {
+                ca_pem: VALIDITY_CA.into(),
+                cert_pem: cert.into(),
+                key_pem: key.into(),
+                client_cert_auth: false,
+            }))
+            .await;
+            let ep = etcd.endpoint();
+            let catalog = catalog(&ep, EtcdTls::new(VALIDITY_CA));
+            let message = failed_lookup(&catalog).await;
+            let why = tls_failure(&message, &ep);
+            assert!(
+                why.contains(said)
+                    && why.contains("check the dates")
+                    && !why.contains("verification time"),
+                "{message}"
+            );
+
+            let failures = Arc::new(Mutex::new(Vec::new()));
+            let seen = failures.clone();
+            let pc = PersistentConnection::builder(
+                "echo",
+                catalog.get_address::<IoError>(Pick::InOrder),
+                |addr: SocketAddr, _cx| TcpConnection::connect(addr),
+            )
+            .retry_delay(Duration::from_millis(1100))
+            .on_event(move |event| {
+                if let Event::FailedToConnect(e) = &event {
+                    seen.lock().unwrap().push(e.to_string());
+                }
+                async {}
+            })
+            .build();
+            guard("three failed attempts", async {
+                while pc.stats().failures < 3 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+            guard("close", pc.close()).await;
+            let failures = failures.lock().unwrap();
+            assert_eq!(failures.len(), 1, "{said}: {failures:#?}");
+        }
     }
 
     /// Issue 28 item 8: every TLS failure reads "TLS with <endpoint> failed: <why and what

@@ -101,7 +101,7 @@ impl EtcdOptions {
     /// certificate, presenting its client certificate if it has one: the endpoints must then
     /// be `https://` URLs. A setting that cannot work (a CA that is not a PEM certificate,
     /// a client key that is not a PEM private key, an `http://` endpoint), a member whose
-    /// certificate does not verify (its issuer, its name) and a member that
+    /// certificate does not verify (its issuer, its name, its dates) and a member that
     /// speaks plain text are failed lookups and publishes like any other failure to reach
     /// etcd, reading `TLS with <endpoint> failed: <why and what to check>`, the same text
     /// on every try of the same cause (R4).
@@ -205,7 +205,14 @@ impl EtcdOptions {
         #[cfg(feature = "etcd-tls")]
         if let Some(failure) = tls::failure(e, &text, self.tls.as_ref()) {
             return match failure {
-                tls::Failure::Tls => format!("TLS{with} failed: {text}"),
+                tls::Failure::Tls => match crate::conn::tls::stable_validity_text(&text) {
+                    // Without the time of the verification, which changes every second.
+                    Some(stable) => format!(
+                        "TLS{with} failed: {stable}; {}",
+                        crate::conn::tls::VALIDITY_HINT
+                    ),
+                    None => format!("TLS{with} failed: {text}"),
+                },
                 tls::Failure::ClosedInHandshake => format!(
                     "TLS{with} failed: the member closed the connection during the TLS \
                      handshake; does it serve TLS on this port (etcd's --cert-file)? A \
