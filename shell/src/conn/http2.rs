@@ -823,7 +823,7 @@ where
     type Error = Http2Error;
     type Future = ResponseFuture;
 
-    /// Always ready once the connection takes no new calls: [`call`](Self::call) then
+    /// Always ready once the connection takes no new calls: `call` then
     /// fails at once, unsent ([`Http2Error::is_not_sent`]), an error tonic passes on as the
     /// status' source (its `ready()` keeps only the text of an error from here).
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
