@@ -774,11 +774,11 @@ where
 
 impl<B> Closable for Http2Connection<B> {
     /// Stops taking calls, fails every call in flight, closes the stream; resolves once all
-    /// of it is released. Idempotent.
+    /// of it is released. Idempotent. The future does not borrow the connection.
     fn close(&self) -> impl Future<Output = ()> + Send {
         self.shared.begin_close(Http2End::Closed);
         self.shared.stop.send_replace(true);
-        self.close_finished()
+        self.finished()
     }
 
     fn is_closed(&self) -> bool {
@@ -786,8 +786,16 @@ impl<B> Closable for Http2Connection<B> {
     }
 
     fn close_finished(&self) -> impl Future<Output = ()> + Send {
+        self.finished()
+    }
+}
+
+impl<B> Http2Connection<B> {
+    /// Resolves once everything is released; borrows nothing.
+    fn finished(&self) -> impl Future<Output = ()> + Send + 'static + use<B> {
         let mut rx = self.shared.finished.subscribe();
         async move {
+            // The sender lives in `Shared`, which the supervisor holds until it sets it.
             let _ = rx.wait_for(|f| *f).await;
         }
     }
