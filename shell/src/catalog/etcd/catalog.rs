@@ -464,9 +464,12 @@ impl<A> EtcdCatalog<A> {
 
     /// Resolves when the listed set may have changed: after the catalog's etcd watch
     /// applied a put or a delete under the prefix (a copy published or withdrawn, a lease
-    /// revoked or expired), or a resync or a lookup found a different list. It does not
-    /// resolve for a list that stays the same, nor when etcd becomes unreachable (the last
-    /// list is still served; see [`staleness`](EtcdCatalog::staleness)).
+    /// revoked or expired), or a resync or a lookup found a different list (the first list
+    /// ever found counts as one). It does not resolve for a list that stays the same, nor
+    /// when etcd becomes unreachable (the last list is still served; see
+    /// [`staleness`](EtcdCatalog::staleness)). This is what lets a persistent connection
+    /// move off a copy that was withdrawn while it was connected to it (issue 26's
+    /// handover).
     ///
     /// It counts from the call, not from the first poll: take the future before looking
     /// the catalog up, and no change in between is missed. The first call starts the

@@ -16,6 +16,9 @@
 //!   [below](#when-etcd-cannot-answer-fail-static)); a lookup with nothing to serve is a
 //!   failed attempt ([`CatalogError::Lookup`](crate::catalog::CatalogError::Lookup) or [`CatalogError::TimedOut`](crate::catalog::CatalogError::TimedOut)), de-duplicated and
 //!   retried on the persistent connection's schedule, never a panic or a hang.
+//!   [`EtcdCatalog::changed`] resolves when the listed set changes (a copy published or
+//!   withdrawn, a lease revoked or expired), from an etcd watch: how a client learns that
+//!   the copy it is connected to was withdrawn.
 //! - [`EtcdOptions`]: how both reach the cluster: endpoints, user and password, TLS
 //!   (cargo feature `etcd-tls`), and the timeout of each request.
 //!
