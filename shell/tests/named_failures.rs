@@ -12,7 +12,7 @@ use persistent_connection::{AttemptError, CloseSignal, Error, PersistentConnecti
 async fn a_lookup_timeout_names_the_server() {
     let pc = PersistentConnection::builder(
         "inventory",
-        || std::future::pending::<Result<u16, String>>(),
+        std::future::pending::<Result<u16, String>>,
         |_port: u16, _cx| async { Ok::<_, String>(CloseSignal::new()) },
     )
     .lookup_timeout(Duration::from_millis(250))
