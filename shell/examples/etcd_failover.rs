@@ -181,6 +181,9 @@ fn describe(event: &Event<SocketAddr, TcpConnection, IoError>) -> String {
         Event::FailedToConnect(e) => format!("FailedToConnect({e})"),
         Event::Connected(c) => format!("Connected({})", c.peer_addr()),
         Event::Disconnected => "Disconnected".to_owned(),
+        Event::HandedOver { connection, reason } => {
+            format!("HandedOver({}, {reason})", connection.peer_addr())
+        }
     }
 }
 

@@ -243,6 +243,9 @@ fn describe(
         Event::FailedToConnect(e) => format!("FailedToConnect({e})"),
         Event::Connected(c) => format!("Connected(to {})", name(&c.peer_addr())),
         Event::Disconnected => "Disconnected".to_owned(),
+        Event::HandedOver { connection, reason } => {
+            format!("HandedOver(to {}, {reason})", name(&connection.peer_addr()))
+        }
     }
 }
 
@@ -253,6 +256,7 @@ fn kind_name(event: &Event<SocketAddr, TcpConnection, String>) -> &'static str {
         Event::FailedToConnect(_) => "FailedToConnect",
         Event::Connected(_) => "Connected",
         Event::Disconnected => "Disconnected",
+        Event::HandedOver { .. } => "HandedOver",
     }
 }
 

@@ -43,6 +43,7 @@ pub fn describe(ev: &Ev) -> String {
         Event::FailedToConnect(e) => format!("FailedToConnect({})", describe_error(e)),
         Event::Connected(c) => format!("Connected(#{})", c.id()),
         Event::Disconnected => "Disconnected".into(),
+        Event::HandedOver { connection, .. } => format!("HandedOver(#{})", connection.id()),
     }
 }
 
