@@ -128,8 +128,8 @@ mod time;
 pub mod behaviour {}
 
 pub use machine::{
-    AttemptError, AttemptId, Config, ConnId, Effect, Event, EventId, EventKind, Input, Machine,
-    State,
+    AttemptError, AttemptId, Config, ConnId, Counters, Effect, Event, EventId, EventKind,
+    HandoverReason, HandoverStatus, Input, Machine, RetryNowReason, State,
 };
 pub use retry::{Jitter, RetryDelay, RetryPolicy};
 pub use time::Instant;
