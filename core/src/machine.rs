@@ -520,7 +520,7 @@ struct Current<C> {
     close_requested: bool,
 }
 
-/// The sans-IO persistent connection: every rule of docs/behaviour.md R1–R14 that is a decision.
+/// The sans-IO persistent connection: every rule of docs/behaviour.md R1–R17 that is a decision.
 ///
 /// Feed inputs with [`handle`](Machine::handle); after each one, drain
 /// [`poll_effect`](Machine::poll_effect) until it returns `None` and re-read
