@@ -239,6 +239,9 @@ where
                             tracing::warn!(server = %server, error = ?e, next_attempt_in = ?self.next_attempt_in(), "failed to connect")
                         }
                     },
+                    CoreEvent::HandedOver { reason, .. } => {
+                        tracing::info!(server = %server, reason = reason.as_str(), address = ?self.address, "handed over to a new connection")
+                    }
                     CoreEvent::Disconnected => {
                         tracing::warn!(server = %server, next_attempt_in = ?self.next_attempt_in(), "disconnected")
                     }
@@ -287,6 +290,7 @@ where
             }
             Effect::BecameCurrent { conn, connection } => {
                 tracing::debug!(server = %server, %conn, "connection is current");
+                self.shared.set_current_address(self.address.clone());
                 let watch = guarded(server.clone(), conn, async move {
                     connection.close_finished().await
                 });
