@@ -199,7 +199,8 @@ where
     /// not connected or closed.
     pub fn handover(&self, reason: crate::core::HandoverReason) {
         let grace = self.shared.handover_grace();
-        self.shared.feed_now_from_handle(Input::Handover { reason, grace });
+        self.shared
+            .feed_now_from_handle(Input::Handover { reason, grace });
     }
 
     /// Ends a pending handover whose cause no longer holds (R15); its attempt in flight is

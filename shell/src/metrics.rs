@@ -54,8 +54,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::conn::closable::Closable;
-use crate::runtime::shared::HANDOVER_REASONS;
 use crate::handle::PersistentConnection;
+use crate::runtime::shared::HANDOVER_REASONS;
 use crate::runtime::shared::Shared;
 use crate::status::{State, Stats};
 use persistent_connection_core::Event;
@@ -125,9 +125,9 @@ impl Handles {
             deduplicated: counter!(FAILURES, "server_name" => name.clone(), "reported" => "false"),
             connections: counter!(CONNECTIONS, "server_name" => name.clone()),
             disconnections: counter!(DISCONNECTIONS, "server_name" => name.clone()),
-            handovers: HANDOVER_REASONS.map(|r| {
-                counter!(HANDOVERS, "server_name" => name.clone(), "reason" => r.as_str())
-            }),
+            handovers: HANDOVER_REASONS.map(
+                |r| counter!(HANDOVERS, "server_name" => name.clone(), "reason" => r.as_str()),
+            ),
             handover_failures: counter!(HANDOVER_FAILURES, "server_name" => name.clone()),
             retries_now: counter!(RETRIES_NOW, "server_name" => name.clone()),
             states: STATE_LABELS
@@ -160,7 +160,10 @@ fn describe() {
         HANDOVER_FAILURES,
         "Handover attempts that failed; the current connection kept serving."
     );
-    describe_counter!(RETRIES_NOW, "Waits between attempts ended early by retry now.");
+    describe_counter!(
+        RETRIES_NOW,
+        "Waits between attempts ended early by retry now."
+    );
     describe_gauge!(STATE, "1 for the persistent connection's current state.");
     describe_gauge!(
         CONSECUTIVE_FAILURES,

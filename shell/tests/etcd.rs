@@ -209,6 +209,7 @@ fn describe(e: &Event<SocketAddr, TcpConnection, IoError>) -> String {
         Event::FailedToConnect(e) => format!("FailedToConnect({e:?})"),
         Event::Connected(c) => format!("Connected({})", c.peer_addr()),
         Event::Disconnected => "Disconnected".into(),
+        Event::HandedOver { connection, .. } => format!("HandedOver({})", connection.peer_addr()),
     }
 }
 

@@ -255,11 +255,12 @@ where
             }
             Effect::GetAddress { attempt } => {
                 self.address = None;
-                let fut = self
-                    .callbacks
-                    .attempts
-                    .clone()
-                    .get_address(self.callbacks.lookup_timeout, server.clone());
+                let fut = self.callbacks.attempts.clone().get_address(
+                    self.callbacks.lookup_timeout,
+                    server.clone(),
+                    // R15: a handover's lookup is for another copy than the current.
+                    self.shared.handover_lookup_avoids(),
+                );
                 self.attempt = Some((attempt, fut));
             }
             Effect::Connect {

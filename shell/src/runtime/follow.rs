@@ -36,11 +36,11 @@ pub(crate) trait Listing<A>: Send + Sync + 'static {
 impl<K: Catalog> Listing<K::Address> for Arc<K> {
     fn lookup(&self) -> BoxFuture<Result<Vec<K::Address>, CatalogError>> {
         let catalog = self.clone();
-        Box::pin(async move { catalog.lookup().await })
+        Box::pin(async move { Catalog::lookup(&*catalog).await })
     }
 
     fn changed(&self) -> BoxFuture<()> {
-        Box::pin(K::changed(self))
+        Box::pin(Catalog::changed(&**self))
     }
 }
 

@@ -269,6 +269,14 @@ where
         lock(&self.inner).handover_grace = grace;
     }
 
+    /// During a handover (R15), the current connection's address, which its lookup should
+    /// not give again.
+    pub(crate) fn handover_lookup_avoids(&self) -> Option<A> {
+        let inner = lock(&self.inner);
+        inner.machine.handover()?;
+        inner.current_address.clone()
+    }
+
     /// The address of the current connection, as the driver recorded it.
     pub(crate) fn current_address(&self) -> Option<A> {
         lock(&self.inner).current_address.clone()
