@@ -74,9 +74,16 @@ where
     E: Clone + PartialEq,
 {
     /// If the task is dropped before close finished (its runtime shut down, or it
-    /// panicked), nothing may hang on it (S3).
+    /// panicked), nothing may hang on it (S3). What it still holds, the user's futures
+    /// among them, is dropped under its server's name, as in a poll: a panic in one of
+    /// their drops is logged naming the connection.
     fn drop(&mut self) {
         self.shared.driver_gone();
+        let _server = guard::ServerScope::enter(self.shared.server_name.clone());
+        self.event = None;
+        self.attempt = None;
+        self.watch = None;
+        self.closing = Vec::new();
     }
 }
 
@@ -327,6 +334,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        // A panic in the drop of user code is logged naming this connection.
+        let _server = guard::ServerScope::enter(this.shared.server_name.clone());
         if this.base.is_none() {
             let base = tokio::time::Instant::now();
             this.base = Some(base);

@@ -464,9 +464,12 @@ impl<A> EtcdCatalog<A> {
 
     /// Resolves when the listed set may have changed: after the catalog's etcd watch
     /// applied a put or a delete under the prefix (a copy published or withdrawn, a lease
-    /// revoked or expired), or a resync or a lookup found a different list. It does not
-    /// resolve for a list that stays the same, nor when etcd becomes unreachable (the last
-    /// list is still served; see [`staleness`](EtcdCatalog::staleness)).
+    /// revoked or expired), or a resync or a lookup found a different list (the first list
+    /// ever found counts as one). It does not resolve for a list that stays the same, nor
+    /// when etcd becomes unreachable (the last list is still served; see
+    /// [`staleness`](EtcdCatalog::staleness)). This is what lets a persistent connection
+    /// move off a copy that was withdrawn while it was connected to it (issue 26's
+    /// handover).
     ///
     /// It counts from the call, not from the first poll: take the future before looking
     /// the catalog up, and no change in between is missed. The first call starts the
@@ -933,6 +936,75 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shared(max_staleness: Duration) -> Shared {
+        Shared {
+            describe: "etcd prefix \"/p/\"".into(),
+            max_staleness,
+            known: Mutex::new(Known::default()),
+            changes: watch::channel(0).0,
+            cancel_warned: AtomicBool::new(false),
+        }
+    }
+
+    fn one(key: &str, value: &str) -> Kvs {
+        [(key.as_bytes().to_vec(), value.as_bytes().to_vec())].into()
+    }
+
+    /// Fail static, on the paused clock: the last list is served only during an outage,
+    /// only while it is younger than the bound, and never when nothing was known; an older
+    /// range read does not replace a newer list; a new list wakes `changed()`, the same
+    /// list does not.
+    #[tokio::test(start_paused = true)]
+    async fn the_last_list_is_served_during_an_outage_until_max_staleness() {
+        let s = shared(Duration::from_secs(10));
+        s.failed("down");
+        assert_eq!(s.stale(), None, "nothing known");
+        assert_eq!(s.staleness(), None);
+        let mut changes = s.changes.subscribe();
+        s.vouched(Some((5, one("/p/a", "1"))));
+        assert!(changes.has_changed().unwrap(), "a new list is a change");
+        changes.mark_unchanged();
+        assert_eq!(s.stale(), None, "etcd answers: nothing stale");
+        s.vouched(Some((6, one("/p/a", "1"))));
+        assert!(!changes.has_changed().unwrap(), "the same list is not");
+        s.vouched(Some((4, Kvs::new())));
+        assert_eq!(
+            s.known().kvs,
+            one("/p/a", "1"),
+            "an older read is not stored"
+        );
+
+        tokio::time::advance(Duration::from_secs(3)).await;
+        s.failed("down");
+        s.failed("still down");
+        assert_eq!(s.known().outage.as_ref().unwrap().failures, 2);
+        assert_eq!(s.stale(), Some(one("/p/a", "1")));
+        assert_eq!(s.staleness(), Some(Duration::from_secs(3)));
+        tokio::time::advance(Duration::from_millis(6999)).await;
+        assert!(s.stale().is_some(), "younger than the bound");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(s.stale(), None, "as old as the bound");
+        assert!(s.known().outage.as_ref().unwrap().expired);
+        assert_eq!(s.staleness(), Some(Duration::from_secs(10)));
+        s.vouched(None);
+        assert_eq!(s.staleness(), None, "etcd answers again");
+        assert!(s.known().outage.is_none());
+    }
+
+    /// `max_staleness(ZERO)` never serves a list etcd has not just vouched for; an empty
+    /// last list is nothing to serve.
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_bound_or_an_empty_list_serves_nothing() {
+        let s = shared(Duration::ZERO);
+        s.vouched(Some((1, one("/p/a", "1"))));
+        s.failed("down");
+        assert_eq!(s.stale(), None);
+        let s = shared(Duration::MAX);
+        s.vouched(Some((1, Kvs::new())));
+        s.failed("down");
+        assert_eq!(s.stale(), None);
+    }
 
     #[test]
     pub(super) fn a_prefix_is_a_directory() {
