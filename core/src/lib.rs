@@ -134,6 +134,7 @@ extern crate alloc;
 #[cfg(feature = "arbitrary")]
 extern crate std;
 
+mod display;
 mod machine;
 mod retry;
 mod time;

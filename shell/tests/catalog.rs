@@ -45,8 +45,12 @@ fn describe(e: &Event<SocketAddr, TcpConnection, IoError>) -> String {
         Event::FailedToConnect(e) => format!("Failed({e})"),
         Event::Connected(c) => format!("Connected({})", c.peer_addr().port()),
         Event::Disconnected => "Disconnected".into(),
-        Event::HandedOver { connection, .. } => {
-            format!("HandedOver({})", connection.peer_addr().port())
+        Event::HandedOver { connection, reason } => {
+            format!(
+                "HandedOver({}, {})",
+                connection.peer_addr().port(),
+                reason.as_str()
+            )
         }
     }
 }

@@ -180,9 +180,7 @@ fn persistent(catalog: &Catalog, retry: Duration, log: Arc<Mutex<Vec<String>>>) 
                 Event::FailedToConnect(e) => format!("Failed({e})"),
                 Event::Connected(c) => format!("Connected({})", c.peer_addr().port()),
                 Event::Disconnected => "Disconnected".into(),
-                Event::HandedOver { connection, .. } => {
-                    format!("HandedOver({})", connection.peer_addr().port())
-                }
+                Event::HandedOver { .. } => "HandedOver".into(),
             })
         }
     })

@@ -246,6 +246,9 @@ where
                             tracing::warn!(server = %server, error = ?e, next_attempt_in = ?self.next_attempt_in(), "failed to connect")
                         }
                     },
+                    CoreEvent::HandedOver { reason, .. } => {
+                        tracing::info!(server = %server, reason = reason.as_str(), address = ?self.address, "handed over to a new connection")
+                    }
                     CoreEvent::Disconnected => {
                         tracing::warn!(server = %server, next_attempt_in = ?self.next_attempt_in(), "disconnected")
                     }
@@ -259,11 +262,12 @@ where
             }
             Effect::GetAddress { attempt } => {
                 self.address = None;
-                let fut = self
-                    .callbacks
-                    .attempts
-                    .clone()
-                    .get_address(self.callbacks.lookup_timeout, server.clone());
+                let fut = self.callbacks.attempts.clone().get_address(
+                    self.callbacks.lookup_timeout,
+                    server.clone(),
+                    // R15: a handover's lookup is for another copy than the current.
+                    self.shared.handover_lookup_avoids(),
+                );
                 self.attempt = Some((attempt, fut));
             }
             Effect::Connect {
@@ -294,6 +298,7 @@ where
             }
             Effect::BecameCurrent { conn, connection } => {
                 tracing::debug!(server = %server, %conn, "connection is current");
+                self.shared.set_current_address(self.address.clone());
                 let watch = guarded(server.clone(), conn, async move {
                     connection.close_finished().await
                 });

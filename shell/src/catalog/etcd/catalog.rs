@@ -891,6 +891,12 @@ where
 {
     type Address = A;
 
+    /// The etcd watch saw a key put or deleted under the prefix, a lease expire, or a
+    /// resync change the listing ([`EtcdCatalog::changed`]).
+    fn changed(&self) -> impl Future<Output = ()> + Send + 'static {
+        EtcdCatalog::changed(self)
+    }
+
     fn lookup(&self) -> impl Future<Output = Result<Vec<A>, CatalogError>> + Send {
         let inner = self.inner.clone();
         async move {
