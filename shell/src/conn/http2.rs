@@ -596,7 +596,11 @@ impl<T: AsyncWrite + Closable + Unpin> AsyncWrite for Sniffed<T> {
 ///   called, which fails them). A persistent connection does not hand this connection out
 ///   while it drains, and new calls wait in `connected()` for the next one; to make the
 ///   next connection *while* the old one drains (make-before-break), hand over on
-///   [`draining`](Http2Connection::draining).
+///   [`draining`](Http2Connection::draining). A call made in the instant the `GOAWAY`
+///   arrives fails unsent ([`Http2Error::is_not_sent`], [`call_was_not_sent`]): make it
+///   again. One race is hyper's: a request whose stream it opens in the very poll that
+///   processes the `GOAWAY` fails with h2's `GOAWAY` error although the server may have
+///   it.
 ///
 /// Cheap to clone (hyper's `SendRequest` and an `Arc`); all clones are the same connection.
 /// Dropping every clone lets calls in flight end, then releases everything. tonic's
