@@ -6,7 +6,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use persistent_connection_core::{Config, Jitter, Machine, RetryDelay, RetryPolicy};
+use persistent_connection_core::{Config, Machine, RetryDelay, RetryPolicy};
 use tokio::sync::broadcast;
 
 use crate::conn::closable::Closable;
@@ -43,7 +43,8 @@ pub const DEFAULT_HANDOVER_GRACE: Duration = Duration::from_secs(10);
 ///
 /// ```
 /// use std::time::Duration;
-/// use persistent_connection::{CloseSignal, Jitter, PersistentConnection, RetryPolicy};
+/// use persistent_connection::conn::CloseSignal;
+/// use persistent_connection::{PersistentConnection, RetryPolicy};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
@@ -52,8 +53,7 @@ pub const DEFAULT_HANDOVER_GRACE: Duration = Duration::from_secs(10);
 ///     || async { Ok::<_, String>(1u16) },
 ///     |_port, _cx| async { Ok(CloseSignal::new()) },
 /// )
-/// .retry_delay(Duration::from_millis(500)) // the seed's `retry_delay`, constant
-/// .jitter(Jitter::NonRandom)               // or keep the default ±30%
+/// .retry_policy(RetryPolicy::constant(Duration::from_millis(500)).non_random())
 /// .seed(42)                                // reproducible jitter
 /// .connect_timeout(Duration::from_secs(5)) // a hung connect is a failed attempt
 /// .build();
@@ -192,41 +192,26 @@ where
         self
     }
 
-    /// A constant base retry delay (the default is 10 s), keeping the jitter setting.
+    /// The retry policy (R2, R7): base delay and jitter, the original's constant 10 s ±30%
+    /// by default. Takes a [`RetryPolicy`] (e.g. [`RetryPolicy::grpc`], or
+    /// `RetryPolicy::constant(d).non_random()`), a `Duration` (constant, ±30%) or a
+    /// [`RetryDelay`] (with ±30%). With [`retry_delay_fn`](Builder::retry_delay_fn), one of
+    /// the two ways to set it.
     ///
     /// The delay separates the *starts* of attempts: a connection that dies younger than
-    /// the delay waits for the rest of it before the next attempt (R6). See the crate
-    /// docs' "Defaults and what they mean" and the presets of [`RetryPolicy`].
-    pub fn retry_delay(mut self, delay: Duration) -> Self {
-        self.retry.delay = RetryDelay::Constant(delay);
+    /// the delay waits for the rest of it before the next attempt (R6), unless another
+    /// listed copy can be tried at once (R17). See the [guide](crate::guide).
+    pub fn retry_policy(mut self, policy: impl Into<RetryPolicy>) -> Self {
+        self.retry = policy.into();
         self
     }
 
-    /// The seed's `retry_delay: unit -> span`: called once per attempt (R2). A panic in it
-    /// is caught and logged, and the default 10 s is used for that attempt.
+    /// The seed's `retry_delay: unit -> span`: called once per attempt (R2), keeping the
+    /// jitter of the policy set before (±30% by default). A panic in it is caught and
+    /// logged, and the default 10 s is used for that attempt.
     pub fn retry_delay_fn(mut self, f: impl FnMut() -> Duration + Send + 'static) -> Self {
         let mut f = f;
         self.retry.delay = RetryDelay::from_fn(move |_| f());
-        self
-    }
-
-    /// Any base delay policy of the core: constant, exponential or a function of the
-    /// number of consecutive unsuccessful attempts.
-    pub fn retry_delay_policy(mut self, delay: RetryDelay) -> Self {
-        self.retry.delay = delay;
-        self
-    }
-
-    /// How the base delay is jittered (default ±30%, R7); [`Jitter::NonRandom`] uses it
-    /// unchanged.
-    pub fn jitter(mut self, jitter: Jitter) -> Self {
-        self.retry.jitter = jitter;
-        self
-    }
-
-    /// Base delay and jitter at once, e.g. [`RetryPolicy::grpc`].
-    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
-        self.retry = policy;
         self
     }
 
@@ -259,7 +244,9 @@ where
     ///
     /// ```
     /// use futures_util::StreamExt;
-    /// use persistent_connection::{CloseSignal, EventKind, PersistentConnection};
+    /// use persistent_connection::core::EventKind;
+    /// use persistent_connection::conn::CloseSignal;
+    /// use persistent_connection::PersistentConnection;
     ///
     /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
     /// # async fn main() {
