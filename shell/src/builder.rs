@@ -80,7 +80,7 @@ pub struct Builder<A, C, E> {
     /// Observers set up before the driver starts (S4).
     events: Option<broadcast::Sender<Event<A, C, E>>>,
     /// What the follower watches (R15–R17): a catalog, the maximum age.
-    follow: Plan<A>,
+    follow: Plan<A, C>,
 }
 
 impl<A, C, E> fmt::Debug for Builder<A, C, E> {
@@ -125,6 +125,7 @@ where
                 catalog: None,
                 max_age: None,
                 grace: DEFAULT_HANDOVER_GRACE,
+                drain: None,
             },
         }
     }
@@ -161,6 +162,39 @@ where
     /// or a scale-out. Off by default.
     pub fn max_connection_age(mut self, age: Duration) -> Self {
         self.follow.max_age = Some(age);
+        self
+    }
+
+    /// Hand over (R15, reason `Drain`) when `draining(&connection)` resolves for the
+    /// current connection: the server said it drains (HTTP/2's `GOAWAY`, a lame-duck
+    /// notice), so the next connection is made now while calls in flight finish on this
+    /// one. For the HTTP/2 connection type:
+    /// `.handover_on(|c: &Http2Connection<_>| c.draining())` (feature `http2`).
+    ///
+    /// ```
+    /// use persistent_connection::conn::CloseSignal;
+    /// use persistent_connection::PersistentConnection;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let pc = PersistentConnection::builder(
+    ///     "service",
+    ///     || async { Ok::<_, String>(1u16) },
+    ///     |_port, _cx| async { Ok(CloseSignal::new()) },
+    /// )
+    /// // Here: when closing begins, which is what an HTTP/2 GOAWAY does to `Http2Connection`.
+    /// .handover_on(|c: &CloseSignal| c.closing())
+    /// .build();
+    /// pc.connected().await;
+    /// pc.close().await;
+    /// # }
+    /// ```
+    pub fn handover_on<F, Fut>(mut self, draining: F) -> Self
+    where
+        F: Fn(&C) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.follow.drain = Some(Box::new(move |c: &C| Box::pin(draining(c))));
         self
     }
 
