@@ -159,14 +159,14 @@ pub(crate) async fn run<A, C, E>(
                                 // Listed again: the cause of the handover is gone.
                                 shared.feed_now_from_handle(Input::CancelHandover);
                             }
-                            Some(at) => {
+                            Some(at)
                                 if *pick == Pick::InOrder
                                     && pending.is_none()
-                                    && listed[..at].iter().any(is_new)
-                                {
-                                    handover(HandoverReason::FailBack);
-                                }
+                                    && listed[..at].iter().any(is_new) =>
+                            {
+                                handover(HandoverReason::FailBack);
                             }
+                            Some(_) => {}
                         }
                     }
                     None => {
