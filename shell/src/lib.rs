@@ -3,7 +3,7 @@
 //! tells you what happens through events it *awaits*, retries on a jittered schedule
 //! counted from each attempt's start, and closes promptly. It follows Jane Street's OCaml
 //! `Persistent_connection_kernel`; the contract is the project's behaviour document (rules
-//! R1–R14, guarantees S1–S7), shipped as [`core::behaviour`] (`docs/behaviour.md` in the
+//! R1–R17, guarantees S1–S8), shipped as [`core::behaviour`] (`docs/behaviour.md` in the
 //! repository).
 //!
 //! This crate is the thin Tokio driver and public API; every decision lives in the sans-IO
