@@ -13,8 +13,9 @@
 //!
 //! 1. kill -9: the kernel closes its sockets; the connection notices at once;
 //! 2. graceful shutdown (tonic's `serve_with_shutdown`, a `GOAWAY`): the client hands over
-//!    (`handover(Drain)`, make before break): the next connection is made while the call in
-//!    flight finishes on the old one; new calls wait for the next one; none fails;
+//!    (`handover_on(drain_notice)`, make before break): the next connection is made while
+//!    the call in flight finishes on the old one; new calls wait for the next one; none
+//!    fails;
 //! 3. SIGSTOP: the copy hangs with its sockets open; the HTTP/2 PING keepalive (200 ms +
 //!    300 ms) closes the connection (the `grpc.health.v1` check, 2 × (100 ms + 200 ms),
 //!    would too; it also catches a server that answers PINGs but not calls).
@@ -30,7 +31,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use persistent_connection::catalog::{Catalog, Pick, StaticList};
@@ -39,10 +40,7 @@ use persistent_connection::conn::http2::{
     Http2Connection, Http2Options, PingKeepalive, call_was_not_sent,
 };
 use persistent_connection::conn::{HealthCheck, HealthChecked};
-use persistent_connection::core::HandoverReason;
-use persistent_connection::{
-    Event, IoError, PersistentConnection, TcpConnection, WeakPersistentConnection,
-};
+use persistent_connection::{Event, IoError, PersistentConnection, TcpConnection};
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic_health::pb::HealthCheckRequest;
@@ -50,7 +48,6 @@ use tonic_health::pb::health_client::HealthClient;
 
 type Conn = HealthChecked<Http2Connection<Body>>;
 type Pc = PersistentConnection<SocketAddr, Conn, IoError>;
-type Weak = WeakPersistentConnection<SocketAddr, Conn, IoError>;
 
 /// One connection to one copy: TCP with the library's defaults (`TCP_USER_TIMEOUT` and
 /// keepalive), HTTP/2 on it with a PING every 200 ms that must come back within 300 ms, and
@@ -91,8 +88,6 @@ async fn main() {
     let made = Arc::new(Mutex::new(None::<SocketAddr>));
     let current = Arc::new(Mutex::new(None::<SocketAddr>));
     let names = [(a.addr, "A"), (b.addr, "B")];
-    // The persistent connection itself, for the GOAWAY watchers started by `on_event`.
-    let handle = Arc::new(OnceLock::<Weak>::new());
     let name = move |addr: SocketAddr| names.iter().find(|(a, _)| *a == addr).map_or("?", |n| n.1);
 
     let pc: Pc = PersistentConnection::builder(
@@ -112,18 +107,18 @@ async fn main() {
     )
     .retry_policy(Duration::from_millis(500))
     .connect_timeout(Duration::from_secs(1))
+    // Make before break: on the server's GOAWAY, make the next connection while the calls in
+    // flight finish on this one.
+    .handover_on(|c: &Conn| c.drain_notice())
     .on_event({
-        let (made, current, handle) = (made.clone(), current.clone(), handle.clone());
+        let (made, current) = (made.clone(), current.clone());
         move |e: Event<SocketAddr, Conn, IoError>| {
             let at = start.elapsed().as_secs_f64() * 1e3;
             match &e {
                 Event::ObtainedAddress(addr) => {
                     println!("[{at:7.1} ms] ObtainedAddress({})", name(*addr))
                 }
-                Event::Connected(conn)
-                | Event::HandedOver {
-                    connection: conn, ..
-                } => {
+                Event::Connected(_) | Event::HandedOver { .. } => {
                     let addr = made.lock().unwrap().expect("made");
                     *current.lock().unwrap() = Some(addr);
                     let how = match &e {
@@ -131,16 +126,6 @@ async fn main() {
                         _ => "Connected".to_owned(),
                     };
                     println!("[{at:7.1} ms] {how} to {}", name(addr));
-                    // Make before break: on the server's GOAWAY, make the next connection
-                    // while the calls in flight finish on this one.
-                    let (goaway, handle) = (conn.goaway(), handle.clone());
-                    tokio::spawn(async move {
-                        if goaway.await
-                            && let Some(pc) = handle.get().and_then(|weak: &Weak| weak.upgrade())
-                        {
-                            pc.handover(HandoverReason::Drain);
-                        }
-                    });
                 }
                 other => println!("[{at:7.1} ms] {other:?}"),
             }
@@ -148,7 +133,6 @@ async fn main() {
         }
     })
     .build();
-    let _ = handle.set(pc.downgrade());
 
     // The client: a call every 20 ms, each with a 500 ms deadline; when each was answered
     // (by the copy current then) or failed.

@@ -209,6 +209,9 @@ async fn close_fails_the_call_in_flight_at_once_and_releases_the_socket() {
     within("close", conn.close()).await;
     // Closing is no GOAWAY.
     assert!(!within("the GOAWAY signal", conn.goaway()).await);
+    let notice = conn.drain_notice();
+    tokio::pin!(notice);
+    assert!(futures_util::FutureExt::now_or_never(&mut notice).is_none());
     // The call failed because of the close (the server never answered).
     let failed = within("the call in flight", call)
         .await
@@ -253,6 +256,7 @@ async fn goaway_lets_the_call_in_flight_finish_then_the_connection_closes() {
     server.shut_down();
     within("draining", conn.draining()).await;
     assert!(within("the GOAWAY signal", conn.goaway()).await);
+    within("the drain notice", conn.drain_notice()).await;
     assert!(conn.is_closed() && conn.is_draining());
     assert_eq!(conn.end(), Some(Http2End::GoAway { error_code: 0 }));
     let err = conn

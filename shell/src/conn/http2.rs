@@ -757,6 +757,19 @@ impl<B> Http2Connection<B> {
         }
     }
 
+    /// Resolves when the server sends a `GOAWAY`, and never otherwise: the shape
+    /// `Builder::handover_on` takes, `.handover_on(|c: &Http2Connection<_>| c.drain_notice())`,
+    /// so that a server's drain hands over (make before break) while a failure or a close
+    /// does not ([`draining`](Http2Connection::draining) resolves on those too).
+    pub fn drain_notice(&self) -> impl Future<Output = ()> + Send + 'static + use<B> {
+        let goaway = self.goaway();
+        async move {
+            if !goaway.await {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// True while the connection takes no new calls but has not finished: calls in flight
     /// (after a `GOAWAY`) or a close under way.
     pub fn is_draining(&self) -> bool {
