@@ -187,11 +187,7 @@ where
     .connect_timeout(Duration::from_secs(1))
     .on_event(move |event| {
         if let Some(start) = verbose {
-            println!(
-                "{:>7.3}s  {}",
-                start.elapsed().as_secs_f64(),
-                event.to_string()
-            );
+            println!("{:>7.3}s  {}", start.elapsed().as_secs_f64(), event);
         }
         async {}
     })

@@ -169,7 +169,7 @@ where
     /// current connection: the server said it drains (HTTP/2's `GOAWAY`, a lame-duck
     /// notice), so the next connection is made now while calls in flight finish on this
     /// one. For the HTTP/2 connection type:
-    /// `.handover_on(|c: &Http2Connection<_>| c.draining())` (feature `http2`).
+    /// `.handover_on(|c: &Http2Connection<_>| c.drain_notice())` (feature `http2`).
     ///
     /// ```
     /// use persistent_connection::conn::CloseSignal;
