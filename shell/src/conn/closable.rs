@@ -3,8 +3,9 @@
 use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::watch;
 
@@ -64,6 +65,56 @@ pub trait Closable {
     fn is_closed(&self) -> bool;
     /// Resolves once closing has finished, without starting it.
     fn close_finished(&self) -> impl Future<Output = ()> + Send;
+
+    /// [`close_finished`](Closable::close_finished) without a future, if the type can:
+    /// `Some(Poll::Ready(()))` once closing has finished; `Some(Poll::Pending)` otherwise,
+    /// after arranging for `cx`'s waker to be woken when it finishes. The default, `None`,
+    /// says the type cannot; the persistent connection then awaits `close_finished` in a
+    /// boxed future, one allocation per current connection, which this method spares an
+    /// idle connection. Implement both or neither consistently: they tell the same thing.
+    ///
+    /// Several tasks may poll one connection; each must be woken. [`CloseSignal`],
+    /// [`WithCloseSignal`] and [`TcpConnection`](crate::TcpConnection) implement it.
+    fn poll_close_finished(&self, cx: &mut Context<'_>) -> Option<Poll<()>> {
+        let _ = cx;
+        None
+    }
+}
+
+/// The tasks polling a close through [`Closable::poll_close_finished`]: one inline slot
+/// (the usual single watcher, a persistent connection's driver, costs no allocation) and a
+/// list for more. A waker stays until the close finishes; a task polling again with the
+/// same waker is not added twice.
+#[derive(Default)]
+pub(crate) struct CloseWakers(Mutex<(Option<Waker>, Vec<Waker>)>);
+
+impl CloseWakers {
+    /// Ready if `finished()`, read under the lock that [`wake_all`](Self::wake_all) takes,
+    /// so a close finishing meanwhile is not missed; else `cx`'s waker is kept.
+    pub(crate) fn poll(&self, cx: &mut Context<'_>, finished: impl Fn() -> bool) -> Poll<()> {
+        let mut wakers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if finished() {
+            return Poll::Ready(());
+        }
+        let (one, more) = &mut *wakers;
+        let waker = cx.waker();
+        match one {
+            Some(w) if w.will_wake(waker) => {}
+            None => *one = Some(waker.clone()),
+            Some(_) if more.iter().any(|w| w.will_wake(waker)) => {}
+            Some(_) => more.push(waker.clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Wakes and forgets every waiting task; call it once the close has finished.
+    pub(crate) fn wake_all(&self) {
+        let (one, more) = {
+            let mut wakers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            (wakers.0.take(), std::mem::take(&mut wakers.1))
+        };
+        one.into_iter().chain(more).for_each(Waker::wake);
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +128,8 @@ struct SignalInner {
     closed: AtomicBool,
     state: watch::Sender<SignalState>,
     finish_on_close: bool,
+    /// Tasks polling for the close to finish (`poll_close_finished`).
+    wakers: CloseWakers,
 }
 
 /// A shared close signal: `open → closing → closed`, with waiters for each step. Cheap to
@@ -136,6 +189,7 @@ impl CloseSignal {
                 closed: AtomicBool::new(false),
                 state: watch::Sender::new(SignalState::Open),
                 finish_on_close,
+                wakers: CloseWakers::default(),
             }),
         }
     }
@@ -170,7 +224,7 @@ impl CloseSignal {
     /// released the resource.
     pub fn mark_closed(&self) {
         self.inner.closed.store(true, Ordering::Release);
-        self.inner.state.send_if_modified(|s| {
+        let finished_now = self.inner.state.send_if_modified(|s| {
             if *s == SignalState::Closed {
                 false
             } else {
@@ -178,6 +232,9 @@ impl CloseSignal {
                 true
             }
         });
+        if finished_now {
+            self.inner.wakers.wake_all();
+        }
     }
 
     /// True once closing has finished.
@@ -223,6 +280,10 @@ impl Closable for CloseSignal {
 
     fn close_finished(&self) -> impl Future<Output = ()> + Send {
         self.finished()
+    }
+
+    fn poll_close_finished(&self, cx: &mut Context<'_>) -> Option<Poll<()>> {
+        Some(self.inner.wakers.poll(cx, || self.is_close_finished()))
     }
 }
 
@@ -283,5 +344,9 @@ impl<T: Sync> Closable for WithCloseSignal<T> {
 
     fn close_finished(&self) -> impl Future<Output = ()> + Send {
         self.signal.close_finished()
+    }
+
+    fn poll_close_finished(&self, cx: &mut Context<'_>) -> Option<Poll<()>> {
+        self.signal.poll_close_finished(cx)
     }
 }

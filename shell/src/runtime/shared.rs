@@ -30,6 +30,7 @@ use crate::error::AttemptOutcome;
 use crate::error::Error;
 use crate::events::Event;
 use crate::runtime::callbacks::AbortTarget;
+use crate::runtime::driver::Driver;
 use crate::runtime::sync::{AtomicU8, AtomicUsize, Mutex, MutexGuard, lock};
 use crate::runtime::waiters::{Slot, Wait, fill_all, register};
 use crate::status::{State, Stats};
@@ -126,6 +127,11 @@ pub(crate) struct Shared<A, C, E> {
     /// Counters since creation, written under the lock, read without it.
     counters: Counters,
     inner: Mutex<Inner<A, C, E>>,
+    /// The driver task's own state, in this allocation so that the task holds only a
+    /// pointer (issue 25). Locked by the driver task alone, never by a handle, so the user
+    /// code the driver polls under it may call any handle method. Not a model lock: loom
+    /// explores the protocol above, which this does not take part in.
+    driver: std::sync::Mutex<Option<Driver<A, C, E>>>,
 }
 
 impl<A, C, E> Shared<A, C, E>
@@ -162,6 +168,7 @@ where
                 ended: false,
                 base: None,
             }),
+            driver: std::sync::Mutex::new(None),
         };
         {
             let mut inner = lock(&shared.inner);
@@ -191,12 +198,29 @@ where
         }
     }
 
-    /// Feeds `input` at `now` (the driver's clock). Used by the driver.
+    /// Feeds `input` at `now` (the driver's clock). Used by the model tests.
+    #[cfg(pc_loom)]
     pub(crate) fn feed(&self, now: Instant, input: CoreInput<A, C, E>) {
         let mut inner = lock(&self.inner);
         if inner.ended {
             return;
         }
+        inner.now = now;
+        self.feed_locked(&mut inner, now, input);
+    }
+
+    /// Feeds `input` at the driver's clock now: Tokio's time since the driver started.
+    /// Used by the driver.
+    pub(crate) fn feed_now(&self, input: CoreInput<A, C, E>) {
+        let mut inner = lock(&self.inner);
+        if inner.ended {
+            return;
+        }
+        let now = inner.base.map_or(Instant::ZERO, |base| {
+            Instant::from_since_origin(
+                tokio::time::Instant::now().saturating_duration_since(base),
+            )
+        });
         inner.now = now;
         self.feed_locked(&mut inner, now, input);
     }
@@ -328,10 +352,14 @@ where
     }
 
     /// The driver has nothing to do: unless an effect was queued meanwhile (`None`), store
-    /// its waker and return the machine's retry deadline, and whether the machine idles
-    /// connected. A connected machine waits for nothing but its connection, so the effect
-    /// buffers are released then: an idle connection keeps none.
-    pub(crate) fn park(&self, waker: &Waker) -> Option<(Option<Instant>, bool)> {
+    /// its waker and return the machine's retry deadline (with its Tokio instant), and
+    /// whether the machine idles connected. A connected machine waits for nothing but its
+    /// connection, so the effect buffers are released then: an idle connection keeps none.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn park(
+        &self,
+        waker: &Waker,
+    ) -> Option<(Option<(Instant, tokio::time::Instant)>, bool)> {
         let mut inner = lock(&self.inner);
         if !inner.io.is_empty() || inner.orphaned {
             return None;
@@ -345,11 +373,20 @@ where
             inner.io = VecDeque::new();
             inner.machine.release_buffers();
         }
-        Some((inner.machine.poll_timeout(), idle))
+        let base = inner.base.unwrap_or_else(tokio::time::Instant::now);
+        let deadline = inner.machine.poll_timeout().map(|d| (d, to_tokio(base, d)));
+        Some((deadline, idle))
     }
 }
 
 impl<A, C, E> Shared<A, C, E> {
+    /// The driver's state (see `driver`); for the driver task only.
+    pub(crate) fn driver_state(&self) -> std::sync::MutexGuard<'_, Option<Driver<A, C, E>>> {
+        self.driver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn flags(&self) -> u8 {
         self.flags.load(Ordering::Acquire)
     }
