@@ -81,17 +81,56 @@ pub trait Closable {
     }
 }
 
-/// The tasks polling a close through [`Closable::poll_close_finished`]: one inline slot
-/// (the usual single watcher, a persistent connection's driver, costs no allocation) and a
-/// list for more. A waker stays until the close finishes; a task polling again with the
-/// same waker is not added twice.
+/// The tasks polling a close through [`Closable::poll_close_finished`], for implementors:
+/// [`poll`](CloseWakers::poll) in `poll_close_finished`, [`wake_all`](CloseWakers::wake_all)
+/// once closing has finished. One inline slot (the usual single watcher, a persistent
+/// connection's driver, costs no allocation) and a list for more. A waker stays until the
+/// close finishes; a task polling again with the same waker is not added twice.
+///
+/// ```
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::task::{Context, Poll};
+/// use persistent_connection::conn::CloseWakers;
+///
+/// #[derive(Default)]
+/// struct Conn {
+///     finished: AtomicBool,
+///     wakers: CloseWakers,
+/// }
+///
+/// impl Conn {
+///     fn poll_close_finished(&self, cx: &mut Context<'_>) -> Option<Poll<()>> {
+///         Some(self.wakers.poll(cx, || self.finished.load(Ordering::Acquire)))
+///     }
+///     fn peer_went_away(&self) {
+///         self.finished.store(true, Ordering::Release);
+///         self.wakers.wake_all();
+///     }
+/// }
+/// # let conn = Conn::default();
+/// # let mut cx = Context::from_waker(std::task::Waker::noop());
+/// # assert_eq!(conn.poll_close_finished(&mut cx), Some(Poll::Pending));
+/// # conn.peer_went_away();
+/// # assert_eq!(conn.poll_close_finished(&mut cx), Some(Poll::Ready(())));
+/// ```
 #[derive(Default)]
-pub(crate) struct CloseWakers(Mutex<(Option<Waker>, Vec<Waker>)>);
+pub struct CloseWakers(Mutex<(Option<Waker>, Vec<Waker>)>);
+
+impl fmt::Debug for CloseWakers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CloseWakers").finish_non_exhaustive()
+    }
+}
 
 impl CloseWakers {
+    /// No task waiting.
+    pub fn new() -> CloseWakers {
+        CloseWakers::default()
+    }
+
     /// Ready if `finished()`, read under the lock that [`wake_all`](Self::wake_all) takes,
     /// so a close finishing meanwhile is not missed; else `cx`'s waker is kept.
-    pub(crate) fn poll(&self, cx: &mut Context<'_>, finished: impl Fn() -> bool) -> Poll<()> {
+    pub fn poll(&self, cx: &mut Context<'_>, finished: impl Fn() -> bool) -> Poll<()> {
         let mut wakers = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if finished() {
             return Poll::Ready(());
@@ -107,8 +146,9 @@ impl CloseWakers {
         Poll::Pending
     }
 
-    /// Wakes and forgets every waiting task; call it once the close has finished.
-    pub(crate) fn wake_all(&self) {
+    /// Wakes and forgets every waiting task; call it once the close has finished (after
+    /// what `poll`'s `finished` reads has turned true).
+    pub fn wake_all(&self) {
         let (one, more) = {
             let mut wakers = self.0.lock().unwrap_or_else(|e| e.into_inner());
             (wakers.0.take(), std::mem::take(&mut wakers.1))

@@ -82,12 +82,9 @@ pub(crate) struct Inner<A, C, E> {
     io: VecDeque<CoreEffect<A, C, E>>,
     /// The driver task's waker, while it waits.
     driver: Option<Waker>,
-    /// `connected()` waiters (R9).
-    connected: Vec<Arc<Slot<C>>>,
-    /// `connected_or_failed_to_connect()` waiters (R10).
-    outcomes: Vec<Arc<Slot<AttemptOutcome<C, E>>>>,
-    /// `close_finished()` waiters.
-    finish: Vec<Arc<Slot<()>>>,
+    /// The waiters, allocated by the first one; freed while the machine idles connected
+    /// with none.
+    waiters: Option<Box<Waiters<C, E>>>,
     /// The last strong handle is gone; the driver closes (R14) when it sees this.
     orphaned: bool,
     /// Observers' channel, created by the first subscriber; dropped when close finishes,
@@ -98,6 +95,29 @@ pub(crate) struct Inner<A, C, E> {
     ended: bool,
     /// The Tokio instant of the machine's time zero, once the driver has started.
     base: Option<tokio::time::Instant>,
+}
+
+/// What handles wait for, behind the lock that publishes it (S1, S2).
+struct Waiters<C, E> {
+    /// `connected()` waiters (R9).
+    connected: Vec<Arc<Slot<C>>>,
+    /// `connected_or_failed_to_connect()` waiters (R10).
+    outcomes: Vec<Arc<Slot<AttemptOutcome<C, E>>>>,
+    /// `close_finished()` waiters.
+    finish: Vec<Arc<Slot<()>>>,
+}
+
+impl<A, C, E> Inner<A, C, E> {
+    /// The waiters, allocated if there were none.
+    fn waiters(&mut self) -> &mut Waiters<C, E> {
+        self.waiters.get_or_insert_with(|| {
+            Box::new(Waiters {
+                connected: Vec::new(),
+                outcomes: Vec::new(),
+                finish: Vec::new(),
+            })
+        })
+    }
 }
 
 /// See [`Stats`]. Plain std atomics: they are statistics, not part of the protocol.
@@ -159,9 +179,7 @@ where
                 now: Instant::ZERO,
                 io: VecDeque::new(),
                 driver: None,
-                connected: Vec::new(),
-                outcomes: Vec::new(),
-                finish: Vec::new(),
+                waiters: None,
                 orphaned: false,
                 events,
                 event_capacity: u32::try_from(event_capacity).unwrap_or(u32::MAX),
@@ -250,12 +268,16 @@ where
                     if matches!(outcome, Err(AttemptError::Failed(_))) {
                         bump(&self.counters.failures);
                     }
-                    fill_all(&mut inner.outcomes, &outcome);
+                    if let Some(w) = &mut inner.waiters {
+                        fill_all(&mut w.outcomes, &outcome);
+                    }
                 }
                 Effect::BecameCurrent { conn, connection } => {
                     bump(&self.counters.connections);
                     self.current.store(Some(Arc::new(connection.clone())));
-                    fill_all(&mut inner.connected, &connection);
+                    if let Some(w) = &mut inner.waiters {
+                        fill_all(&mut w.connected, &connection);
+                    }
                     // The driver watches it for its close (R6).
                     inner
                         .io
@@ -314,9 +336,10 @@ where
     /// observers' streams (S4).
     fn end(&self, inner: &mut Inner<A, C, E>) {
         inner.ended = true;
-        fill_all(&mut inner.outcomes, &Err(AttemptError::Closed));
-        fill_all(&mut inner.finish, &());
-        inner.connected = Vec::new();
+        if let Some(mut w) = inner.waiters.take() {
+            fill_all(&mut w.outcomes, &Err(AttemptError::Closed));
+            fill_all(&mut w.finish, &());
+        }
         inner.events = None;
         self.flags
             .fetch_or(CLOSED | TEARING_DOWN | FINISHED, Ordering::AcqRel);
@@ -372,6 +395,15 @@ where
         if idle {
             inner.io = VecDeque::new();
             inner.machine.release_buffers();
+            // Waiters that gave up (their futures dropped) do not keep the lists alive.
+            if let Some(w) = &mut inner.waiters {
+                w.connected.retain(Slot::is_wanted);
+                w.outcomes.retain(Slot::is_wanted);
+                w.finish.retain(Slot::is_wanted);
+                if w.connected.is_empty() && w.outcomes.is_empty() && w.finish.is_empty() {
+                    inner.waiters = None;
+                }
+            }
         }
         let base = inner.base.unwrap_or_else(tokio::time::Instant::now);
         let deadline = inner.machine.poll_timeout().map(|d| (d, to_tokio(base, d)));
@@ -539,7 +571,7 @@ where
         if inner.ended || self.flags() & TEARING_DOWN != 0 {
             return Err(None);
         }
-        Err(Some(Wait::new(register(&mut inner.connected))))
+        Err(Some(Wait::new(register(&mut inner.waiters().connected))))
     }
 
     /// R10: the outcome now (connected, or closed), or a slot for the next one.
@@ -559,7 +591,7 @@ where
         if let Some(c) = self.live_current() {
             return Wait::ready(Ok(c));
         }
-        Wait::new(register(&mut inner.outcomes))
+        Wait::new(register(&mut inner.waiters().outcomes))
     }
 
     /// `close_finished()`: ready at once if finished, else a slot filled when it is.
@@ -571,7 +603,7 @@ where
         if inner.ended {
             return None;
         }
-        Some(Wait::new(register(&mut inner.finish)))
+        Some(Wait::new(register(&mut inner.waiters().finish)))
     }
 
     /// A receiver of every event from now on; an ended one after close finished (S4).
