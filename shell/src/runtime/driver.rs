@@ -34,7 +34,7 @@ pub(crate) struct Task<A, C, E>(Arc<Shared<A, C, E>>)
 where
     A: Clone + PartialEq,
     C: Clone,
-    E: Clone + PartialEq,;
+    E: Clone + PartialEq;
 
 impl<A, C, E> Task<A, C, E>
 where
@@ -265,10 +265,8 @@ where
         match deadline {
             // Connected and idle: nothing but the connection's close to wait for, so the
             // busy state (with the timer) goes, unless something is still in flight.
-            None if connected_idle => {
-                if self.busy.as_ref().is_some_and(|b| b.is_idle()) {
-                    self.busy = None;
-                }
+            None if connected_idle && self.busy.as_ref().is_some_and(|b| b.is_idle()) => {
+                self.busy = None;
             }
             None => {}
             Some((d, at)) => {
@@ -378,7 +376,11 @@ where
             }
             Effect::CloseConnection { conn, connection } => {
                 tracing::debug!(server = %server, %conn, "closing connection");
-                let fut = guarded(server.clone(), conn, async move { connection.close().await });
+                let fut = guarded(
+                    server.clone(),
+                    conn,
+                    async move { connection.close().await },
+                );
                 self.busy().closing.push(fut);
             }
             // Finished in `step` once nothing is left to close.

@@ -235,9 +235,7 @@ where
             return;
         }
         let now = inner.base.map_or(Instant::ZERO, |base| {
-            Instant::from_since_origin(
-                tokio::time::Instant::now().saturating_duration_since(base),
-            )
+            Instant::from_since_origin(tokio::time::Instant::now().saturating_duration_since(base))
         });
         inner.now = now;
         self.feed_locked(&mut inner, now, input);

@@ -431,7 +431,11 @@ impl Closable for TcpConnection {
 
     fn poll_close_finished(&self, cx: &mut Context<'_>) -> Option<Poll<()>> {
         let shared = &self.inner.shared;
-        Some(shared.finished_wakers.poll(cx, || *shared.finished.borrow()))
+        Some(
+            shared
+                .finished_wakers
+                .poll(cx, || *shared.finished.borrow()),
+        )
     }
 }
 
