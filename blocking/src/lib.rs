@@ -15,9 +15,12 @@
 //! [`persistent_connection_core::behaviour`]. What this driver does differently from the Tokio shell:
 //!
 //! - A thread cannot be cancelled, so an attempt that `close()` cancels (R8) keeps running
-//!   until `connect` returns; a connection it still makes is closed at once, and the
-//!   driver thread stays alive in the background until then. Give `connect` a timeout
-//!   (as [`TcpConnection::connect`] does).
+//!   on its own thread until `connect` returns, and that thread closes a connection it
+//!   still makes. The driver thread does not wait for it. Give `connect` a timeout (as
+//!   [`TcpConnection::connect`] does).
+//! - [`close`](PersistentConnection::close) returns once the driver thread has ended, so
+//!   whatever `on_event` captured has been dropped; called from `on_event` (on the driver
+//!   thread) it starts closing and returns at once.
 //! - It offers `connected_timeout`, `current_connection`, `close`, `is_closed`,
 //!   `close_when_current_connection_is_closed` and a connect context
 //!   ([`PersistentConnection::spawn_with_context`], R12); no
@@ -112,16 +115,15 @@ pub type Event<A, C, E> = persistent_connection_core::Event<A, C, Error<E>>;
 
 type In<A, C, E> = Input<A, C, Error<E>>;
 
-/// A message to the driver thread; `from_thread` marks the one result of a helper thread.
-struct Msg<A, C, E> {
-    input: In<A, C, E>,
-    from_thread: bool,
-}
-
 struct Status<C> {
     current: Option<C>,
     closed: bool,
     close_finished: bool,
+    /// The driver no longer takes inputs: a helper thread that still has one closes a
+    /// connection in it itself.
+    driver_gone: bool,
+    /// The driver thread has dropped the driver (and with it `on_event`).
+    ended: bool,
 }
 
 struct Shared<C> {
@@ -142,8 +144,10 @@ pub struct PersistentConnection<A, C, E> {
 }
 
 struct Handle<A, C, E> {
-    tx: mpsc::Sender<Msg<A, C, E>>,
+    tx: mpsc::Sender<In<A, C, E>>,
     shared: Arc<Shared<C>>,
+    /// The driver thread, which `close()` cannot wait for from inside.
+    driver: std::thread::ThreadId,
 }
 
 impl<A, C, E> Clone for PersistentConnection<A, C, E> {
@@ -227,6 +231,8 @@ where
                 current: None,
                 closed: false,
                 close_finished: false,
+                driver_gone: false,
+                ended: false,
             }),
             changed: Condvar::new(),
         });
@@ -248,11 +254,19 @@ where
             origin: std::time::Instant::now(),
             local: VecDeque::new(),
             watched: Vec::new(),
-            in_flight: 0,
         };
-        std::thread::spawn(move || driver.run());
+        let ended = Ended(shared.clone());
+        let thread = std::thread::spawn(move || {
+            // Dropped after the driver, however `run` ends (even by a panic).
+            let _ended = ended;
+            driver.run();
+        });
         PersistentConnection {
-            inner: Arc::new(Handle { tx, shared }),
+            inner: Arc::new(Handle {
+                tx,
+                shared,
+                driver: thread.thread().id(),
+            }),
         }
     }
 }
@@ -284,13 +298,19 @@ impl<A, C: Clone, E> PersistentConnection<A, C, E> {
     }
 
     /// Closes (R8): no new attempt, the current connection closed and its `Disconnected`
-    /// handled. Blocks until that is done; idempotent.
+    /// handled. Blocks until that is done and the driver thread has ended, so that
+    /// whatever `on_event` captured has been dropped; idempotent. Called from `on_event`
+    /// (on the driver thread, which cannot wait for itself) it starts closing and returns
+    /// at once.
     pub fn close(&self) {
         self.inner.request(Input::CloseRequested);
+        if std::thread::current().id() == self.inner.driver {
+            return;
+        }
         let shared = &self.inner.shared;
         let _done = shared
             .changed
-            .wait_while(shared.lock(), |s| !s.close_finished)
+            .wait_while(shared.lock(), |s| !s.ended)
             .unwrap_or_else(|e| e.into_inner());
     }
 
@@ -307,10 +327,7 @@ impl<A, C, E> Handle<A, C, E> {
         self.shared.lock().closed = true;
         // The driver keeps a sender, so this fails only if its thread has ended, and then
         // `close_finished` is already set.
-        let _ = self.tx.send(Msg {
-            input,
-            from_thread: false,
-        });
+        let _ = self.tx.send(input);
     }
 }
 
@@ -320,10 +337,10 @@ impl<A, C, E> Drop for Handle<A, C, E> {
     }
 }
 
-struct Driver<A, C, E, G, K, F> {
+struct Driver<A, C: Connection, E, G, K, F> {
     machine: Machine<A, C, Error<E>>,
-    rx: mpsc::Receiver<Msg<A, C, E>>,
-    tx: mpsc::Sender<Msg<A, C, E>>,
+    rx: mpsc::Receiver<In<A, C, E>>,
+    tx: mpsc::Sender<In<A, C, E>>,
     shared: Arc<Shared<C>>,
     get_address: Arc<G>,
     connect: Arc<K>,
@@ -333,8 +350,6 @@ struct Driver<A, C, E, G, K, F> {
     local: VecDeque<In<A, C, E>>,
     /// Connections with a watcher thread.
     watched: Vec<ConnId>,
-    /// Helper threads that have not sent their one result yet.
-    in_flight: usize,
 }
 
 impl<A, C, E, G, K, F> Driver<A, C, E, G, K, F>
@@ -357,8 +372,10 @@ where
             }
             let input = if let Some(input) = self.local.pop_front() {
                 input
-            } else if self.machine.is_close_finished() && self.in_flight == 0 {
-                return; // nothing of ours is open or running
+            } else if self.machine.is_close_finished() {
+                // Nothing of ours is open. A cancelled attempt's thread may still run: it
+                // closes what it still makes itself (`helper`).
+                return;
             } else {
                 let msg = match self.machine.poll_timeout() {
                     Some(deadline) => {
@@ -376,8 +393,7 @@ where
                 };
                 match msg {
                     None => Input::TimerFired,
-                    Some(Msg { input, from_thread }) => {
-                        self.in_flight -= usize::from(from_thread);
+                    Some(input) => {
                         if let Input::Closed { conn } = &input {
                             self.watched.retain(|c| c != conn);
                         }
@@ -453,24 +469,29 @@ where
         Arc::new(move |error: E| {
             shared.lock().closed = true;
             shared.changed.notify_all();
-            let _ = tx.send(Msg {
-                input: Input::Abort {
-                    error: Error::User(error),
-                },
-                from_thread: false,
+            let _ = tx.send(Input::Abort {
+                error: Error::User(error),
             });
         })
     }
 
-    /// Runs `f` on a thread of its own; its result comes back as an input.
+    /// Runs `f` on a thread of its own; its result comes back as an input. If the driver
+    /// has ended meanwhile (close finished while a cancelled attempt ran), a connection
+    /// the attempt still made is closed here, as the machine would have (R8).
     fn helper(&mut self, f: impl FnOnce() -> In<A, C, E> + Send + 'static) {
-        self.in_flight += 1;
         let tx = self.tx.clone();
+        let shared = self.shared.clone();
         std::thread::spawn(move || {
-            let _ = tx.send(Msg {
-                input: f(),
-                from_thread: true,
-            });
+            let input = f();
+            // Sent under the lock under which the driver says it is gone and takes what
+            // is left in the channel: nothing sent is ever left unread.
+            let status = shared.lock();
+            if !status.driver_gone {
+                let _ = tx.send(input);
+                return;
+            }
+            drop(status);
+            close_made(input);
         });
     }
 
@@ -488,15 +509,47 @@ where
     }
 }
 
-impl<A, C, E, G, K, F> Drop for Driver<A, C, E, G, K, F> {
-    /// However the driver ends (even by a panic), waiters and `close()` return.
+/// Marks the driver thread's end, once the driver (and `on_event`) has been dropped.
+struct Ended<C>(Arc<Shared<C>>);
+
+impl<C> Drop for Ended<C> {
+    fn drop(&mut self) {
+        let mut status = self.0.lock();
+        status.current = None;
+        status.closed = true;
+        status.close_finished = true;
+        status.ended = true;
+        drop(status);
+        self.0.changed.notify_all();
+    }
+}
+
+impl<A, C: Connection, E, G, K, F> Drop for Driver<A, C, E, G, K, F> {
+    /// However the driver ends (even by a panic), waiters return, and helper threads
+    /// still running close what they make themselves; a connection already sent is
+    /// closed here.
     fn drop(&mut self) {
         let mut status = self.shared.lock();
         status.current = None;
         status.closed = true;
         status.close_finished = true;
+        status.driver_gone = true;
+        let left: Vec<_> = self.rx.try_iter().collect();
         drop(status);
         self.shared.changed.notify_all();
+        left.into_iter().for_each(close_made);
+    }
+}
+
+/// Closes the connection a late attempt made, if it made one (R8); a panicking `close`
+/// is ignored, as in the driver (R13).
+fn close_made<A, C: Connection, E>(input: In<A, C, E>) {
+    if let Input::ConnectResult {
+        result: Ok(connection),
+        ..
+    } = input
+    {
+        let _ = catch_unwind(AssertUnwindSafe(|| connection.close()));
     }
 }
 

@@ -36,10 +36,17 @@ impl State {
 }
 
 impl TcpConnection {
-    /// Connects to `addr`, giving up after `timeout`, and starts the reader thread.
+    /// Connects to `addr`, giving up after `timeout`, and starts the reader thread. An
+    /// error names `addr` and keeps the kind of the failure (a zero `timeout` is
+    /// `InvalidInput`).
     pub fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpConnection> {
-        let stream = TcpStream::connect_timeout(&addr, timeout)?;
-        let mut reader = stream.try_clone()?;
+        let failed =
+            |step: &str, e: io::Error| io::Error::new(e.kind(), format!("{step} {addr}: {e}"));
+        let stream =
+            TcpStream::connect_timeout(&addr, timeout).map_err(|e| failed("connect to", e))?;
+        let mut reader = stream
+            .try_clone()
+            .map_err(|e| failed("start the connection to", e))?;
         let (tx, rx) = mpsc::channel();
         let state = Arc::new(State {
             flags: Mutex::new((false, false)),

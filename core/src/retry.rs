@@ -232,9 +232,36 @@ impl RetryPolicy {
 
     /// The same policy without jitter.
     pub fn non_random(self) -> RetryPolicy {
+        self.with_jitter(Jitter::NonRandom)
+    }
+
+    /// The same base delay with another jitter.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use persistent_connection_core::{Jitter, RetryPolicy};
+    ///
+    /// let p = RetryPolicy::from(Duration::from_secs(1)).with_jitter(Jitter::Percent(10));
+    /// assert_eq!(p.jitter, Jitter::Percent(10));
+    /// ```
+    pub fn with_jitter(self, jitter: Jitter) -> RetryPolicy {
+        RetryPolicy { jitter, ..self }
+    }
+}
+
+/// A constant base delay with the default ±30% jitter: what [`RetryPolicy::constant`] gives.
+impl From<Duration> for RetryPolicy {
+    fn from(delay: Duration) -> RetryPolicy {
+        RetryPolicy::constant(delay)
+    }
+}
+
+/// A base delay policy with the default ±30% jitter.
+impl From<RetryDelay> for RetryPolicy {
+    fn from(delay: RetryDelay) -> RetryPolicy {
         RetryPolicy {
-            jitter: Jitter::NonRandom,
-            ..self
+            delay,
+            jitter: Jitter::default(),
         }
     }
 }

@@ -19,7 +19,7 @@
 //!
 //! ```ignore
 //! let connector = CatalogConnector::new(StaticList::new([a, b]), Pick::InOrder)
-//!     .connect_timeout(Duration::from_millis(500));
+//!     .copy_timeout(Duration::from_millis(500));
 //! let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
 //! ```
 

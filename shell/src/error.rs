@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use persistent_connection_core::AttemptError;
@@ -38,6 +39,11 @@ impl fmt::Display for Callback {
 /// assert_eq!(e.to_string(), "connect timed out after 1s");
 /// let p: Error<&str> = Error::Panicked { callback: Callback::Connect, message: "boom".into() };
 /// assert_eq!(p.to_string(), "connect panicked: boom");
+/// let l: Error<&str> = Error::LookupTimedOut {
+///     server: "echo".into(),
+///     after: Duration::from_secs(10),
+/// };
+/// assert_eq!(l.to_string(), "address lookup for echo timed out after 10s");
 /// assert_eq!(Error::User("refused").user(), Some(&"refused"));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -54,7 +60,15 @@ pub enum Error<E> {
     /// `connect` did not finish within the configured connect timeout (S5).
     TimedOut(Duration),
     /// `get_address` did not finish within the configured lookup timeout (S5).
-    LookupTimedOut(Duration),
+    LookupTimedOut {
+        /// Whose lookup: the persistent connection's server name (the name given to
+        /// [`builder`](crate::PersistentConnection::builder)). A catalog's own timeout,
+        /// shorter, names the catalog instead
+        /// ([`CatalogError::TimedOut`](crate::catalog::CatalogError::TimedOut)).
+        server: Arc<str>,
+        /// The lookup timeout.
+        after: Duration,
+    },
 }
 
 impl<E> Error<E> {
@@ -73,7 +87,9 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             Error::User(e) => e.fmt(f),
             Error::Panicked { callback, message } => write!(f, "{callback} panicked: {message}"),
             Error::TimedOut(d) => write!(f, "connect timed out after {d:?}"),
-            Error::LookupTimedOut(d) => write!(f, "address lookup timed out after {d:?}"),
+            Error::LookupTimedOut { server, after } => {
+                write!(f, "address lookup for {server} timed out after {after:?}")
+            }
         }
     }
 }

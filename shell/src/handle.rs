@@ -142,7 +142,9 @@ where
         }
     }
 
-    /// R10: `Ok(c)` at once if connected; `Err(Closed)` at once if closed; otherwise the
+    /// R10: `Ok(c)` at once if connected; `Err(Closed)` at once if closed (also after
+    /// [`close_when_current_connection_is_closed`](Self::close_when_current_connection_is_closed)
+    /// while the connection stays up: no attempt will end any more); otherwise the
     /// outcome of the next attempt to end after this call, exactly (S1): `Ok(c)`,
     /// `Err(Failed(e))` (not de-duplicated), `Err(Aborted(e))` after
     /// [`ConnectContext::abort`](crate::ConnectContext::abort), or `Err(Closed)` when closed.
@@ -163,11 +165,13 @@ where
         self.close_finished()
     }
 
-    /// True once [`close`](Self::close) was called, once the persistent connection counts
-    /// as closed after
+    /// True once [`close`](Self::close),
     /// [`close_when_current_connection_is_closed`](Self::close_when_current_connection_is_closed)
-    /// or [`ConnectContext::abort`](crate::ConnectContext::abort) (true before those calls return when not connected:
-    /// S2), or once its driver task is gone (S3).
+    /// (R11) or [`ConnectContext::abort`](crate::ConnectContext::abort) was called — already
+    /// when the call returns (S2), connected or not — or once its driver task is gone (S3).
+    /// After R11 or an abort while connected, the connection stays up and current
+    /// ([`current_connection`](Self::current_connection), [`state`](Self::state) says
+    /// `Connected`) until it goes away; it is the last one.
     pub fn is_closed(&self) -> bool {
         self.shared.is_closed()
     }
@@ -184,9 +188,12 @@ where
     }
 
     /// R11: stop reconnecting. If connected, the current connection stays up and no new
-    /// round starts after it closes; if not, this closes now, and
-    /// [`is_closed`](Self::is_closed) is true before it returns. Either way the persistent
-    /// connection then counts as closed.
+    /// round starts after it closes; if not, this closes now. Either way the persistent
+    /// connection counts as closed before this returns: [`is_closed`](Self::is_closed) is
+    /// true and a new
+    /// [`connected_or_failed_to_connect`](Self::connected_or_failed_to_connect) gets
+    /// `Err(Closed)` at once, while [`current_connection`](Self::current_connection)
+    /// still gives the connection that stays up.
     pub fn close_when_current_connection_is_closed(&self) {
         self.shared
             .feed_from_handle(Input::CloseWhenCurrentConnectionIsClosed);
@@ -313,8 +320,14 @@ impl<A, C, E> WeakPersistentConnection<A, C, E> {
     /// A full handle, if some other strong handle still exists.
     pub fn upgrade(&self) -> Option<PersistentConnection<A, C, E>> {
         let shared = self.shared.upgrade()?;
-        shared
-            .try_add_handle()
-            .then_some(PersistentConnection { shared })
+        // The handle is built only once the count was taken: `then_some(handle)` would
+        // build it either way, and its drop would give back a count never taken (issue 28
+        // item 6: the count went from 0 to usize::MAX, and the next upgrade revived a
+        // closed connection).
+        if shared.try_add_handle() {
+            Some(PersistentConnection { shared })
+        } else {
+            None
+        }
     }
 }

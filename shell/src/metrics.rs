@@ -17,11 +17,14 @@
 //! | [`CONSECUTIVE_FAILURES`] | gauge | unsuccessful attempts since the last connection |
 //! | [`FAILOVER_GAP`] | histogram | seconds from a `Disconnected` event to the next `Connected` (time without a connection) |
 //!
-//! The counters are read from `stats()` after each event, so they are exact even when the
-//! exporter falls behind the event stream (a `Lagged` item); the failover gap is measured
-//! when the exporter sees the events, on Tokio's clock. The task holds a weak handle only
-//! (it does not keep the persistent connection alive, R14) and ends when the event stream
-//! ends, after close, with the state gauge at `closed`.
+//! The counters, the state and the consecutive failures are read from the persistent
+//! connection's shared state each time it takes a step (it wakes the exporter then, so an
+//! attempt whose failure is de-duplicated, which emits no event, is exported too), and
+//! once more after close: they are exact, even when the exporter falls behind (a `Lagged`
+//! item). The failover gap is measured when the exporter sees the events, on Tokio's
+//! clock. The task holds no handle (it does not keep the persistent connection alive,
+//! R14) and ends when the event stream ends, after close, with the final counts and the
+//! state gauge at `closed`.
 //!
 //! ```
 //! use persistent_connection::{CloseSignal, PersistentConnection};
@@ -51,7 +54,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::conn::closable::Closable;
-use crate::handle::{PersistentConnection, WeakPersistentConnection};
+use crate::handle::PersistentConnection;
+use crate::runtime::shared::Shared;
 use crate::status::{State, Stats};
 use persistent_connection_core::Event;
 
@@ -178,22 +182,23 @@ impl Exported {
     }
 }
 
-fn read<A, C, E>(weak: &WeakPersistentConnection<A, C, E>) -> Option<(Stats, State, u32)>
-where
-    A: Clone + PartialEq + Send + 'static,
-    C: Closable + Clone + Send + Sync + 'static,
-    E: Clone + PartialEq + Send + 'static,
-{
-    let pc = weak.upgrade()?;
-    let read = (
-        pc.stats(),
-        pc.state(),
-        pc.consecutive_unsuccessful_attempts(),
-    );
-    // Dropping this strong handle never closes: the caller's own handle is alive, or the
-    // persistent connection is already closing.
-    drop(pc);
-    Some(read)
+/// Exports what the shared state says now: the counters beyond what was exported, the
+/// state and the consecutive failures.
+fn refresh<A, C, E>(shared: &Shared<A, C, E>, handles: &Handles, exported: &mut Exported) {
+    exported.update(handles, shared.stats());
+    handles.set_state(state_index(shared.state()));
+    handles
+        .consecutive
+        .set(f64::from(shared.consecutive_unsuccessful_attempts()));
+}
+
+/// Whether the persistent connection took a step (`false` once close has finished);
+/// pending forever without a receiver.
+async fn changed(changes: &mut Option<tokio::sync::watch::Receiver<()>>) -> bool {
+    match changes {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
 }
 
 /// Exports `pc`'s counters, state and failover gaps through the `metrics` facade, labelled
@@ -210,56 +215,47 @@ where
 {
     describe();
     let handles = Handles::new(pc.server_name());
-    let weak = pc.downgrade();
+    // The shared state, not a handle: it does not keep the persistent connection alive
+    // (R14), and it can still be read after the last handle is gone.
+    let shared = pc.shared.clone();
+    let mut changes = shared.watch_changes();
     let mut events = pc.events();
     let mut exported = Exported {
         seen: Stats::default(),
     };
-    exported.update(&handles, pc.stats());
-    handles.set_state(state_index(pc.state()));
-    handles
-        .consecutive
-        .set(f64::from(pc.consecutive_unsuccessful_attempts()));
+    refresh(&shared, &handles, &mut exported);
     let mut disconnected_at: Option<Instant> = match pc.state() {
         State::Connected => None,
         _ if pc.stats().disconnections > 0 => Some(Instant::now()),
         _ => None,
     };
     tokio::spawn(async move {
-        while let Some(item) = events.next().await {
-            match &item {
-                Ok(Event::Disconnected) => disconnected_at = Some(Instant::now()),
-                Ok(Event::Connected(_)) => {
-                    if let Some(at) = disconnected_at.take() {
-                        handles.gap.record(at.elapsed().as_secs_f64());
+        loop {
+            tokio::select! {
+                item = events.next() => match item {
+                    Some(Ok(Event::Disconnected)) => disconnected_at = Some(Instant::now()),
+                    Some(Ok(Event::Connected(_))) => {
+                        if let Some(at) = disconnected_at.take() {
+                            handles.gap.record(at.elapsed().as_secs_f64());
+                        }
+                    }
+                    // Lagged: the counters are read from the shared state anyway; a gap
+                    // that straddles the missed events is not measured.
+                    Some(Err(_)) => disconnected_at = None,
+                    Some(Ok(_)) => {}
+                    // The stream ends once close has finished.
+                    None => break,
+                },
+                more = changed(&mut changes) => {
+                    if !more {
+                        changes = None;
                     }
                 }
-                // Lagged: the counters catch up from stats(); a gap that straddles the
-                // missed events is not measured.
-                Err(_) => disconnected_at = None,
-                Ok(_) => {}
             }
-            match read(&weak) {
-                Some((stats, state, consecutive)) => {
-                    exported.update(&handles, stats);
-                    handles.set_state(state_index(state));
-                    handles.consecutive.set(f64::from(consecutive));
-                }
-                // Every handle is gone: count from the events themselves.
-                None => {
-                    let mut s = exported.seen;
-                    match item {
-                        Ok(Event::AttemptingToConnect) => s.attempts += 1,
-                        Ok(Event::FailedToConnect(_)) => s.failures += 1,
-                        Ok(Event::Connected(_)) => s.connections += 1,
-                        Ok(Event::Disconnected) => s.disconnections += 1,
-                        _ => {}
-                    }
-                    exported.update(&handles, s);
-                }
-            }
+            refresh(&shared, &handles, &mut exported);
         }
-        // The stream ends once close has finished.
+        // The final reading, after close.
+        refresh(&shared, &handles, &mut exported);
         handles.set_state(state_index(State::Closed));
     })
 }

@@ -15,7 +15,8 @@ pub enum State {
         /// When the retry timer of the latest attempt fires.
         next_attempt: tokio::time::Instant,
     },
-    /// A connection is current (R5), including while its `Connected` handler runs.
+    /// A connection is current (R5), including while its `Connected` handler runs, and
+    /// after R11 until that connection goes away (`is_closed()` is then already true).
     Connected,
     /// Close was requested (R8, R11, R12) and has not finished: connections are closing,
     /// or a handler or an aborting attempt is finishing.
@@ -32,7 +33,8 @@ pub enum State {
 pub struct Stats {
     /// Attempts begun (R2).
     pub attempts: u64,
-    /// Attempts that failed (R4), counted whether or not `FailedToConnect` was emitted.
+    /// Attempts that failed (R4), counted whether or not `FailedToConnect` was emitted,
+    /// the attempt that called `abort` included (R12).
     pub failures: u64,
     /// Failures not reported because they repeated the round's previous one (R4, I2).
     pub deduplicated_failures: u64,

@@ -5,8 +5,23 @@
 //! there is a connection (so tower's `buffer`, `limit` and load balancers hold requests
 //! back while reconnecting, instead of failing them), and fails with [`ServiceClosed`]
 //! once the persistent connection is closed: a closed service is an error, never a hang.
-//! It composes with tower's layers: `timeout` bounds a request, `retry` sends it again
-//! (the service is `Clone`), `limit` and `buffer` share it.
+//! It composes with tower's layers: `timeout` bounds a request (placed as said below),
+//! `retry` sends it again (the service is `Clone`), `limit` and `buffer` share it.
+//!
+//! # Where `timeout` goes: outside `buffer`
+//!
+//! tower's `timeout` starts its clock at `call`, and it does not bound `poll_ready`; while
+//! the persistent connection reconnects, this service is not ready. Under `buffer`, a
+//! request waits in the buffer's queue until the buffer's worker finds the inner service
+//! ready, and only then calls it. So a `timeout` **inside** `buffer`
+//! (`ServiceBuilder::new().buffer(n).timeout(d)`) starts once a connection is back: a
+//! request held back while reconnecting waits for the whole outage, however short `d`.
+//! Put it **outside**: `ServiceBuilder::new().timeout(d).buffer(n)` (the first layer named
+//! is the outermost). `buffer` is ready as long as its queue has room, so the timeout's
+//! clock starts when the request is queued and bounds the wait for a connection as well
+//! as the request itself. Without a `buffer`, bound your own wait for readiness
+//! (`tokio::time::timeout(d, service.ready())`). `shell/tests/tower.rs` shows both orders
+//! during an outage.
 //!
 //! ```
 //! use std::net::SocketAddr;

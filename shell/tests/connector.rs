@@ -176,17 +176,17 @@ async fn a_tonic_channel_fails_over_through_the_catalog() {
     server_b.abort();
 }
 
-/// `{:?}` shows the per-copy connect timeout.
+/// `{:?}` shows the copy timeout.
 #[test]
-fn the_connector_prints_its_connect_timeout() {
+fn the_connector_prints_its_copy_timeout() {
     let connector = CatalogConnector::new(StaticList::new([refused_addr()]), Pick::InOrder);
-    assert_eq!(
-        format!("{connector:?}"),
-        "CatalogConnector { connect_timeout: 2s, .. }"
+    assert!(
+        format!("{connector:?}").starts_with("CatalogConnector { copy_timeout: 2s, "),
+        "{connector:?}"
     );
-    let connector = connector.connect_timeout(Duration::from_millis(250));
-    assert_eq!(
-        format!("{connector:?}"),
-        "CatalogConnector { connect_timeout: 250ms, .. }"
+    let connector = connector.copy_timeout(Duration::from_millis(250));
+    assert!(
+        format!("{connector:?}").starts_with("CatalogConnector { copy_timeout: 250ms, "),
+        "{connector:?}"
     );
 }

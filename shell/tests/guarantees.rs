@@ -573,9 +573,10 @@ async fn s5_a_hung_lookup_times_out_and_the_next_attempt_goes_on() {
     let first = pc.connected_or_failed_to_connect();
     assert_eq!(
         within(first).await.map(|c| *c),
-        Err(AttemptError::Failed(Error::LookupTimedOut(
-            persistent_connection::DEFAULT_LOOKUP_TIMEOUT
-        )))
+        Err(AttemptError::Failed(Error::LookupTimedOut {
+            server: "hung-lookup".into(),
+            after: persistent_connection::DEFAULT_LOOKUP_TIMEOUT
+        }))
     );
     assert_eq!(
         start.elapsed(),
@@ -609,9 +610,10 @@ async fn s5_the_lookup_timeout_is_configurable_and_max_means_none() {
         within(pc.connected_or_failed_to_connect())
             .await
             .map(|c| *c),
-        Err(AttemptError::Failed(Error::LookupTimedOut(
-            Duration::from_millis(5)
-        )))
+        Err(AttemptError::Failed(Error::LookupTimedOut {
+            server: "short-lookup".into(),
+            after: Duration::from_millis(5)
+        }))
     );
     within(pc.close()).await;
 }

@@ -432,3 +432,65 @@ async fn exported_after_a_disconnection_the_next_connection_records_a_gap() {
     guard("the exporter ends", exporter).await.unwrap();
     server_b.abort();
 }
+
+/// Issue 28 item 4 (failed before: after 25 refused attempts the exporter still said
+/// 1 attempt, 0 de-duplicated failures and 1 consecutive failure, since a de-duplicated
+/// failure emits no event; and it ended short after the close): on Tokio's paused clock,
+/// against a server that keeps refusing, every attempt reaches the recorder as it happens,
+/// and after the last handle is dropped (R14) the exporter ends with the final counts.
+#[tokio::test(start_paused = true)]
+async fn the_counters_follow_a_deduplicated_outage_and_end_exact_after_the_close() {
+    let recorded = Recorded {
+        server: "metrics-outage",
+    };
+    registry(); // installed before anything is exported
+    let pc = PersistentConnection::builder(
+        recorded.server,
+        || async { Ok::<_, IoError>(SocketAddr::from(([127, 0, 0, 1], 9))) },
+        |_addr: SocketAddr, _cx| async {
+            Err::<TcpConnection, _>(IoError::from(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            )))
+        },
+    )
+    .retry_delay(Duration::from_secs(1))
+    .jitter(persistent_connection::Jitter::NonRandom)
+    .build();
+    let exporter = export(&pc);
+    while pc.stats().attempts < 25 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The 25th attempt has failed, the 26th is 0.9 s away, and on the paused clock time
+    // moves on only once every task (the exporter's too) has nothing left to do.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stats = pc.stats();
+    assert_eq!(
+        (stats.attempts, stats.failures, stats.deduplicated_failures),
+        (25, 25, 24),
+        "{stats:?}"
+    );
+    assert_eq!(recorded.counter(ATTEMPTS, &[]), 25);
+    assert_eq!(recorded.counter(FAILURES, &[("reported", "true")]), 1);
+    assert_eq!(recorded.counter(FAILURES, &[("reported", "false")]), 24);
+    assert_eq!(recorded.gauge(CONSECUTIVE_FAILURES, &[]), Some(25.0));
+    assert!(
+        recorded.in_state("waiting_to_retry"),
+        "{:?}",
+        recorded.state()
+    );
+
+    // Two more attempts, then the last handle goes (R14): the exporter, which holds no
+    // handle, still reads the final counts.
+    while pc.stats().attempts < 27 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(pc);
+    guard("the exporter ends after the close", exporter)
+        .await
+        .unwrap();
+    assert_eq!(recorded.counter(ATTEMPTS, &[]), 27);
+    assert_eq!(recorded.counter(FAILURES, &[("reported", "true")]), 1);
+    assert_eq!(recorded.counter(FAILURES, &[("reported", "false")]), 26);
+    assert_eq!(recorded.gauge(CONSECUTIVE_FAILURES, &[]), Some(27.0));
+    assert!(recorded.in_state("closed"), "{:?}", recorded.state());
+}

@@ -127,8 +127,14 @@ fn errors_say_what_failed() {
     };
     assert_eq!(panicked.to_string(), "get_address panicked: boom");
     assert!(panicked.source().is_none());
-    let lookup: Error<String> = Error::LookupTimedOut(Duration::from_millis(250));
-    assert_eq!(lookup.to_string(), "address lookup timed out after 250ms");
+    let lookup: Error<String> = Error::LookupTimedOut {
+        server: "echo".into(),
+        after: Duration::from_millis(250),
+    };
+    assert_eq!(
+        lookup.to_string(),
+        "address lookup for echo timed out after 250ms"
+    );
     let user: Error<IoError> = Error::User(IoError::new(io::ErrorKind::Other, "refused"));
     assert_eq!(user.to_string(), "refused");
     assert_eq!(
@@ -170,7 +176,7 @@ fn errors_say_what_failed() {
 fn catalog_errors_and_lists_print_what_they_hold() {
     let list = StaticList::new([1u16, 2]);
     assert_eq!(format!("{list:?}"), "StaticList([1, 2])");
-    assert_eq!(list.addresses(), [1, 2]);
+    assert_eq!(*list.addresses(), [1, 2]);
     let cases = [
         (
             CatalogError::Empty {

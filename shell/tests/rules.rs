@@ -8,14 +8,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use persistent_connection::{
     AttemptError, Builder, Callback, Closable, CloseSignal, ConnectContext, Error, Event,
-    EventKind, Jitter, Lagged, PersistentConnection, RetryDelay, WithCloseSignal,
+    EventKind, Jitter, Lagged, PersistentConnection, RetryDelay, State, WithCloseSignal,
 };
 use tokio::time::Instant;
 
@@ -277,7 +277,7 @@ fn error(e: &Error<String>) -> String {
         Error::User(s) => s.clone(),
         Error::Panicked { callback, .. } => format!("panic in {callback}"),
         Error::TimedOut(d) => format!("timeout {}ms", d.as_millis()),
-        Error::LookupTimedOut(d) => format!("lookup timeout {}ms", d.as_millis()),
+        Error::LookupTimedOut { after, .. } => format!("lookup timeout {}ms", after.as_millis()),
     }
 }
 
@@ -900,6 +900,33 @@ async fn r11_when_connected_the_connection_stays_up_and_no_round_follows_it() {
     );
 }
 
+/// Issue 28 item 12 (failed before: `is_closed()` stayed false until the connection went
+/// away, and a new R10 waiter got the connection): R11 while connected counts as closed as
+/// soon as it returns (S2, §7), as in the blocking driver. The connection stays up and
+/// current (R11), `state()` says `Connected` while it does, and a new R10 waiter gets
+/// `Err(Closed)` at once: no attempt will ever end again.
+#[tokio::test(start_paused = true)]
+async fn r11_when_connected_it_counts_as_closed_at_once_while_the_connection_stays_up() {
+    let w = World::new();
+    let pc = w.build(100);
+    within(pc.connected()).await;
+    pc.close_when_current_connection_is_closed();
+    assert!(pc.is_closed(), "closed as soon as R11 returns");
+    assert!(matches!(
+        pc.connected_or_failed_to_connect().now_or_never(),
+        Some(Err(AttemptError::Closed))
+    ));
+    until(&w, 1000).await;
+    assert!(pc.is_closed());
+    assert_eq!(pc.state(), State::Connected, "the connection is still up");
+    assert_eq!(pc.current_connection().map(|c| *c), Some(1));
+    assert!(!w.conn(0).is_closed());
+    w.kill(0);
+    within(pc.close_finished()).await;
+    assert_eq!(pc.state(), State::Closed);
+    assert_eq!(pc.stats().attempts, 1, "no round after R11");
+}
+
 #[tokio::test(start_paused = true)]
 async fn r11_when_not_connected_it_stops_now() {
     let w = World::new();
@@ -1027,6 +1054,56 @@ async fn r12_the_aborting_attempts_failure_is_reported_and_awaited_before_close_
         "close finished once the failure's handler returned"
     );
     assert_eq!(pc.consecutive_unsuccessful_attempts(), 1);
+}
+
+/// Issue 28 item 5 (failed before: `failures` stayed 0 after an aborting attempt's
+/// reported failure, and a de-duplicated one was not counted at all): the aborting
+/// attempt's failure is counted in `stats()` as any failure (R12: "counted and emitted"),
+/// reported or de-duplicated as R4 says, in step with `consecutive_unsuccessful_attempts`.
+#[tokio::test(start_paused = true)]
+async fn r12_the_aborting_attempts_failure_is_counted_in_stats() {
+    // `abort_on`: the attempt (0-based) that aborts before failing like the others.
+    let build = |abort_on: usize| -> Pc {
+        let calls = Arc::new(AtomicUsize::new(0));
+        PersistentConnection::builder(
+            "abort-counted",
+            || async { Ok(1u16) },
+            move |_addr, cx: ConnectContext<String>| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n == abort_on {
+                        cx.abort("stop".to_owned());
+                    }
+                    Err("refused".to_owned())
+                }
+            },
+        )
+        .retry_delay(Duration::from_millis(100))
+        .jitter(Jitter::NonRandom)
+        .build()
+    };
+
+    // Aborted on the first attempt: its failure is reported, and counted.
+    let pc = build(0);
+    within(pc.close_finished()).await;
+    let s = pc.stats();
+    assert_eq!(
+        (s.attempts, s.failures, s.deduplicated_failures),
+        (1, 1, 0),
+        "{s:?}"
+    );
+    assert_eq!(pc.consecutive_unsuccessful_attempts(), 1);
+
+    // Aborted on the second: the same refusal is de-duplicated, and still counted.
+    let pc = build(1);
+    within(pc.close_finished()).await;
+    let s = pc.stats();
+    assert_eq!(
+        (s.attempts, s.failures, s.deduplicated_failures),
+        (2, 2, 1),
+        "{s:?}"
+    );
+    assert_eq!(pc.consecutive_unsuccessful_attempts(), 2);
 }
 
 // ------------------------------------------------------------------ R13: misbehaving callbacks
@@ -1172,6 +1249,27 @@ async fn r14_dropping_the_last_handle_closes_everything_in_the_background() {
         w.event_names().last().map(String::as_str),
         Some("Disconnected")
     );
+}
+
+/// Issue 28 item 6 (failed before: the second `upgrade` panicked with an add overflow, in
+/// a release build it returned a strong handle to the closed connection): once the last
+/// handle is gone, a weak handle never upgrades, however often it is asked, and R14's
+/// close completes.
+#[tokio::test(start_paused = true)]
+async fn r14_a_weak_handle_never_upgrades_once_the_last_handle_is_gone() {
+    let w = World::new();
+    let pc = w.build(100);
+    let weak = pc.downgrade();
+    within(pc.connected()).await;
+    drop(pc);
+    for _ in 0..3 {
+        assert!(weak.upgrade().is_none(), "while R14's close is under way");
+    }
+    until(&w, 1000).await;
+    assert!(w.conn(0).is_closed(), "closed once the last handle went");
+    for _ in 0..3 {
+        assert!(weak.upgrade().is_none(), "after the close");
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -360,3 +360,163 @@ async fn a_server_that_closes_right_after_the_handshake_gives_a_connection() {
         }
     }
 }
+
+/// The etcd catalog over TLS (feature `etcd-tls`) against a real `etcd` (Debian's
+/// `etcd-server`; a missing one is a failure with a message, never a skip).
+#[cfg(feature = "etcd-tls")]
+mod etcd {
+    use std::time::Instant;
+
+    use persistent_connection::catalog::etcd::{EtcdCatalog, EtcdOptions, EtcdTls};
+    use persistent_connection::catalog::{Catalog, CatalogError, Pick};
+    use persistent_connection::{Event, IoError, PersistentConnection, TcpConnection};
+    use persistent_connection_testkit::etcd::{EtcdServer, ServerTls};
+
+    use super::*;
+
+    const PREFIX: &str = "/services/echo/";
+    /// The request timeout of the options under test.
+    const TIMEOUT: Duration = Duration::from_secs(2);
+
+    async fn start(tls: Option<ServerTls>) -> EtcdServer {
+        tokio::task::spawn_blocking(move || match tls {
+            Some(tls) => EtcdServer::start_tls(tls),
+            None => EtcdServer::start(),
+        })
+        .await
+        .expect("start etcd")
+    }
+
+    fn catalog(endpoint: &str, tls: EtcdTls) -> EtcdCatalog {
+        EtcdCatalog::with_options(
+            EtcdOptions::new([endpoint]).tls(tls).timeout(TIMEOUT),
+            PREFIX,
+        )
+    }
+
+    /// Why TLS with `endpoint` failed, as `message` says: `TLS with <endpoint> failed:
+    /// <why>`, or, where the catalog names its one endpoint itself, `… <endpoint> …
+    /// failed: TLS failed: <why>`.
+    fn tls_failure<'a>(message: &'a str, endpoint: &str) -> &'a str {
+        let with = format!("TLS with {endpoint} failed: ");
+        if let Some(at) = message.find(&with) {
+            return &message[at + with.len()..];
+        }
+        let named = message.find(endpoint);
+        let tls = message.find("failed: TLS failed: ");
+        match (named, tls) {
+            (Some(named), Some(at)) if named < at => &message[at + "failed: TLS failed: ".len()..],
+            _ => panic!("not 'TLS with {endpoint} failed: <why>': {message}"),
+        }
+    }
+
+    /// A lookup that must fail, within the timeout (a margin for a loaded machine): its
+    /// error's text.
+    async fn failed_lookup(catalog: &EtcdCatalog) -> String {
+        let started = Instant::now();
+        let error = guard("a lookup that should fail", catalog.lookup())
+            .await
+            .expect_err("the lookup should fail");
+        assert!(
+            started.elapsed() < TIMEOUT + Duration::from_secs(3),
+            "{error}"
+        );
+        assert!(matches!(error, CatalogError::Lookup { .. }), "{error:?}");
+        error.to_string()
+    }
+
+    /// Issue 28 item 1 through the etcd catalog: a member whose certificate expired (or is
+    /// not valid yet) failed each lookup with the time of the verification in the text, so
+    /// a persistent connection retrying a second or more apart announced every attempt.
+    /// Now one `FailedToConnect` for all of them, naming the endpoint and the certificate's
+    /// bound. (etcd's client builds its own rustls configuration: its clock is the real
+    /// one, so the attempts are a real 1.1 s apart.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn etcd_with_a_certificate_outside_its_validity_is_announced_once() {
+        for (cert, key, said) in [
+            (EXPIRED_CERT, EXPIRED_KEY, "expired"),
+            (NOT_YET_VALID_CERT, NOT_YET_VALID_KEY, "not valid yet"),
+        ] {
+            let etcd = start(Some(ServerTls {
+                ca_pem: VALIDITY_CA.into(),
+                cert_pem: cert.into(),
+                key_pem: key.into(),
+                client_cert_auth: false,
+            }))
+            .await;
+            let ep = etcd.endpoint();
+            let catalog = catalog(&ep, EtcdTls::new(VALIDITY_CA));
+            let message = failed_lookup(&catalog).await;
+            let why = tls_failure(&message, &ep);
+            assert!(
+                why.contains(said)
+                    && why.contains("check the dates")
+                    && !why.contains("verification time"),
+                "{message}"
+            );
+
+            let failures = Arc::new(Mutex::new(Vec::new()));
+            let seen = failures.clone();
+            let pc = PersistentConnection::builder(
+                "echo",
+                catalog.get_address::<IoError>(Pick::InOrder),
+                |addr: SocketAddr, _cx| TcpConnection::connect(addr),
+            )
+            .retry_delay(Duration::from_millis(1100))
+            .on_event(move |event| {
+                if let Event::FailedToConnect(e) = &event {
+                    seen.lock().unwrap().push(e.to_string());
+                }
+                async {}
+            })
+            .build();
+            guard("three failed attempts", async {
+                while pc.stats().failures < 3 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+            guard("close", pc.close()).await;
+            let failures = failures.lock().unwrap();
+            assert_eq!(failures.len(), 1, "{said}: {failures:#?}");
+        }
+    }
+
+    /// Issue 28 item 8: every TLS failure reads "TLS with <endpoint> failed: <why and what
+    /// to check>". Before: a CA that is not PEM named no endpoint; an `http://` endpoint
+    /// with TLS read "invalid arguments"; `https://` to a plaintext member read
+    /// "Unavailable: tls handshake eof", unclassified.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_tls_failure_names_the_endpoint_and_what_to_check() {
+        let plain = start(None).await;
+        let ep = plain.endpoint();
+        let https = ep.replace("http://", "https://");
+
+        // A CA that is not PEM.
+        let message = failed_lookup(&catalog(&https, EtcdTls::new("not a certificate"))).await;
+        let why = tls_failure(&message, &https);
+        assert!(
+            why.starts_with("the CA certificate") && why.contains("EtcdTls::new"),
+            "{message}"
+        );
+
+        // An http:// endpoint with TLS settings.
+        let message = failed_lookup(&catalog(&ep, EtcdTls::new(VALIDITY_CA))).await;
+        let why = tls_failure(&message, &ep);
+        assert!(why.contains(&https), "{message}");
+        assert!(!message.contains("invalid arguments"), "{message}");
+
+        // https:// to a member that speaks plain text: the same text every time.
+        let to_plain = catalog(&https, EtcdTls::new(VALIDITY_CA));
+        let message = failed_lookup(&to_plain).await;
+        let why = tls_failure(&message, &https);
+        assert!(
+            why.starts_with("the member closed the connection during the TLS handshake")
+                && why.contains("does it serve TLS"),
+            "{message}"
+        );
+        for _ in 0..5 {
+            assert_eq!(failed_lookup(&to_plain).await, message);
+        }
+    }
+}

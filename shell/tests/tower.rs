@@ -333,3 +333,44 @@ async fn the_service_prints_its_persistent_connection_and_whether_it_is_ready() 
     guard("close", pc.close()).await;
     server.abort();
 }
+
+/// Issue 28 item 10: where tower's `timeout` goes. While the persistent connection
+/// reconnects, the service is not ready, and `buffer` holds requests back in its queue
+/// until its worker finds the service ready; `timeout` starts its clock at `call`. So a
+/// `timeout` inside `buffer` only starts once a connection is back, and a request waits
+/// for the whole outage; outside `buffer` (whose `poll_ready` is ready while it has room)
+/// it bounds the wait too. On the paused clock (the connects are refused at once).
+#[tokio::test(start_paused = true)]
+async fn a_timeout_outside_the_buffer_bounds_a_request_held_back_while_reconnecting() {
+    let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = gone.local_addr().unwrap();
+    drop(gone);
+    let pc = persistent(Arc::new(Mutex::new(refused)));
+    let bound = Duration::from_millis(200);
+
+    // Right: timeout outside buffer (the first layer named is the outermost).
+    let outside = ServiceBuilder::new()
+        .timeout(bound)
+        .buffer(4)
+        .service(service(pc.clone()));
+    let started = tokio::time::Instant::now();
+    let err = outside.oneshot("hello?".into()).await.unwrap_err();
+    assert!(err.is::<tower::timeout::error::Elapsed>(), "{err}");
+    assert_eq!(started.elapsed(), bound);
+
+    // Wrong: timeout inside buffer. Ten bounds later the request is still held back.
+    let inside = ServiceBuilder::new()
+        .buffer(4)
+        .timeout(bound)
+        .service(service(pc.clone()));
+    let mut held = tokio::spawn(inside.oneshot("hello?".into()));
+    assert!(
+        tokio::time::timeout(bound * 10, &mut held).await.is_err(),
+        "a timeout inside the buffer bounded the wait for a connection"
+    );
+    assert!(pc.stats().failures >= 10, "{:?}", pc.stats());
+    // Close ends it: an error, not a hang.
+    pc.close().await;
+    let err = held.await.unwrap().unwrap_err();
+    assert!(!err.is::<tower::timeout::error::Elapsed>(), "{err}");
+}

@@ -140,7 +140,7 @@ pub async fn drill(settings: Settings) -> std::io::Result<Vec<Failover>> {
     ];
     let catalog = StaticList::new([servers[0].addr, servers[1].addr]);
     let connector =
-        CatalogConnector::new(catalog, Pick::InOrder).connect_timeout(Duration::from_millis(500));
+        CatalogConnector::new(catalog, Pick::InOrder).copy_timeout(Duration::from_millis(500));
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
 
     // One request; the body names the copy that answered.

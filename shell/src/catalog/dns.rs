@@ -46,6 +46,7 @@ pub struct Dns {
     port: u16,
     timeout: Duration,
     family: IpFamily,
+    refresh: Option<Duration>,
 }
 
 impl Dns {
@@ -59,6 +60,7 @@ impl Dns {
             port,
             timeout: Dns::DEFAULT_TIMEOUT,
             family: IpFamily::Any,
+            refresh: None,
         }
     }
 
@@ -71,6 +73,16 @@ impl Dns {
     /// Keep only the records of this family.
     pub fn family(mut self, family: IpFamily) -> Dns {
         self.family = family;
+        self
+    }
+
+    /// Resolve the name again every `interval` while a persistent connection follows it
+    /// ([`Catalog::changed`] resolves after each interval), so that a record that is no
+    /// longer given is noticed without waiting for the connection to break, and a new one
+    /// is tried at once after a failure. Off by default: DNS has no way to announce a
+    /// change, and each refresh is a query. A zero interval is taken as 1 s.
+    pub fn refresh(mut self, interval: Duration) -> Dns {
+        self.refresh = Some(interval.max(Duration::from_secs(1)));
         self
     }
 
@@ -125,6 +137,16 @@ impl Catalog for Dns {
         async move {
             let resolve = tokio::net::lookup_host((&*this.host, this.port));
             this.lookup_with(resolve).await
+        }
+    }
+
+    fn changed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let refresh = self.refresh;
+        async move {
+            match refresh {
+                Some(interval) => tokio::time::sleep(interval).await,
+                None => std::future::pending().await,
+            }
         }
     }
 }

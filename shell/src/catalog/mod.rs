@@ -268,6 +268,22 @@ pub trait Catalog: Send + Sync + 'static {
     /// where it looked.
     fn lookup(&self) -> impl Future<Output = Result<Vec<Self::Address>, CatalogError>> + Send;
 
+    /// Resolves when the listing may have changed after this call: a copy withdrawn, added
+    /// or listed again. A persistent connection that follows the catalog
+    /// (`Builder::follow`) then looks it up again: it hands over
+    /// from a copy that is no longer listed, fails back to a more preferred copy
+    /// ([`Pick::InOrder`]), and ends a wait between attempts when a copy not yet tried is
+    /// listed. A spurious wake-up costs one lookup.
+    ///
+    /// The default never resolves: a catalog that cannot watch is looked up before each
+    /// attempt only, as before. [`StaticList`] resolves on
+    /// [`replace`](StaticList::replace), [`Dns`] every
+    /// [`refresh`](Dns::refresh) interval if one is set, the etcd catalog when its watch
+    /// sees a key put or deleted.
+    fn changed(&self) -> impl Future<Output = ()> + Send + 'static {
+        std::future::pending()
+    }
+
     /// The builder's `get_address`: each call looks the catalog up and picks one listed
     /// address with `pick`, preferring addresses it has not handed out since the last
     /// sweep (see the [module docs](self)). `E` is the persistent connection's error type.

@@ -8,7 +8,10 @@
 //! - [`Driven`] (`driven.rs`): closes a client's connection when its driver future ends;
 //! - [`CloseSignal`] and [`WithCloseSignal`] (`closable.rs`): any handle plus a close signal;
 //!   [`CloseWakers`] for a type of one's own that implements
-//!   [`Closable::poll_close_finished`].
+//!   [`Closable::poll_close_finished`];
+//! - `http2` (feature `http2`): hyper's HTTP/2 client connection over any of them, for
+//!   tonic and hyper, whose close fails the calls in flight;
+//! - `grpc_health` (feature `grpc-health`): the `grpc.health.v1` check for [`HealthChecked`].
 
 pub(crate) mod closable;
 pub(crate) mod driven;
@@ -16,6 +19,10 @@ pub(crate) mod health;
 pub(crate) mod tcp;
 #[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(feature = "http2")]
+pub mod http2;
+#[cfg(feature = "grpc-health")]
+pub mod grpc_health;
 
 pub use closable::{Closable, CloseSignal, CloseWakers, WithCloseSignal};
 pub use driven::Driven;

@@ -23,7 +23,12 @@ pub(crate) enum AttemptOutput<A, C, E> {
 /// boxed future that includes the timeout (S5) and the panic guard (R13): the user's
 /// future is not boxed separately.
 pub(crate) trait Attempts<A, C, E>: Send + Sync {
-    fn get_address(self: Arc<Self>, timeout: Duration) -> BoxFuture<AttemptOutput<A, C, E>>;
+    /// `server` names the persistent connection in a lookup timeout.
+    fn get_address(
+        self: Arc<Self>,
+        timeout: Duration,
+        server: Arc<str>,
+    ) -> BoxFuture<AttemptOutput<A, C, E>>;
     fn connect(
         self: Arc<Self>,
         address: A,
@@ -47,11 +52,15 @@ where
     K: Fn(A, ConnectContext<E>) -> KF + Send + Sync + 'static,
     KF: Future<Output = Result<C, E>> + Send + 'static,
 {
-    fn get_address(self: Arc<Self>, timeout: Duration) -> BoxFuture<AttemptOutput<A, C, E>> {
+    fn get_address(
+        self: Arc<Self>,
+        timeout: Duration,
+        server: Arc<str>,
+    ) -> BoxFuture<AttemptOutput<A, C, E>> {
         guarded_attempt(
             Callback::GetAddress,
             timeout,
-            Error::LookupTimedOut,
+            move |after| Error::LookupTimedOut { server, after },
             AttemptOutput::Address,
             move || (self.get_address)(),
         )
@@ -81,7 +90,7 @@ type WrapOutput<T, A, C, E> = fn(Result<T, Error<E>>) -> AttemptOutput<A, C, E>;
 fn guarded_attempt<T, A, C, E, F>(
     callback: Callback,
     timeout: Duration,
-    timed_out: fn(Duration) -> Error<E>,
+    timed_out: impl FnOnce(Duration) -> Error<E> + Send + 'static,
     output: WrapOutput<T, A, C, E>,
     call: impl FnOnce() -> F + Send + 'static,
 ) -> BoxFuture<AttemptOutput<A, C, E>>

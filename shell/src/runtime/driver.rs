@@ -326,7 +326,7 @@ where
                     .callbacks
                     .attempts
                     .clone()
-                    .get_address(self.callbacks.lookup_timeout);
+                    .get_address(self.callbacks.lookup_timeout, server.clone());
                 let busy = self.busy();
                 busy.address = None;
                 busy.attempt = Some((attempt, fut));

@@ -8,8 +8,9 @@
 //! `on_event`, `get_address`, `connect`, close a connection) are queued for the driver,
 //! which is woken. So:
 //!
-//! - the shell decides nothing: `is_closed()` after R11 is the machine's own answer, read
-//!   before the call returns (S2);
+//! - the shell decides nothing: `is_closed()` is the machine's own answer, read before
+//!   the call returns (S2), except that R11 and `abort` count as closed at once even
+//!   while the machine keeps the current connection up until it goes away (R11, §7);
 //! - a waiter registers under the lock that publishes, so it gets exactly the first
 //!   outcome or connection after its registration (S1) and cannot miss a close (S2);
 //! - if the driver task dies, its drop guard ends everything here (S3).
@@ -87,10 +88,19 @@ pub(crate) struct Inner<A, C, E> {
     waiters: Option<Box<Waiters<C, E>>>,
     /// The last strong handle is gone; the driver closes (R14) when it sees this.
     orphaned: bool,
+    /// R11 or `abort` was fed: the persistent connection counts as closed from then on,
+    /// also while the machine keeps a current connection up until it goes away (R11, §7).
+    stopped: bool,
     /// Observers' channel, created by the first subscriber; dropped when close finishes,
     /// which ends every observer's stream (S4).
     events: Option<broadcast::Sender<Event<A, C, E>>>,
     event_capacity: u32,
+    /// Told of every input the machine takes (so of every change of the counters, the
+    /// state and the consecutive count), for the metrics exporter, which a de-duplicated
+    /// failure would otherwise not wake; created by the first watcher, dropped when close
+    /// finishes.
+    #[cfg(feature = "metrics")]
+    changes: Option<tokio::sync::watch::Sender<()>>,
     /// Close finished or the driver is gone: nothing is fed any more.
     ended: bool,
     /// The Tokio instant of the machine's time zero, once the driver has started.
@@ -181,8 +191,11 @@ where
                 driver: None,
                 waiters: None,
                 orphaned: false,
+                stopped: false,
                 events,
                 event_capacity: u32::try_from(event_capacity).unwrap_or(u32::MAX),
+                #[cfg(feature = "metrics")]
+                changes: None,
                 ended: false,
                 base: None,
             }),
@@ -249,11 +262,34 @@ where
         now: Instant,
         input: CoreInput<A, C, E>,
     ) {
-        if matches!(input, Input::CloseRequested) {
-            self.flags.fetch_or(TEARING_DOWN, Ordering::AcqRel);
+        match input {
+            Input::CloseRequested => {
+                self.flags.fetch_or(TEARING_DOWN, Ordering::AcqRel);
+            }
+            Input::CloseWhenCurrentConnectionIsClosed | Input::Abort { .. } => {
+                inner.stopped = true;
+            }
+            _ => {}
         }
+        // R12: the failure of the attempt that aborted is counted like any failure, but
+        // no `AttemptOutcome` tells of it (its waiters already have the abort's error):
+        // it shows as one more unsuccessful attempt of a machine that counts as closed
+        // (short of u32::MAX in a row, where that count saturates).
+        let aborting = matches!(
+            &input,
+            Input::AddressResult { result: Err(_), .. }
+                | Input::ConnectResult { result: Err(_), .. }
+        ) && inner.machine.is_closed();
+        let unsuccessful = inner.machine.consecutive_unsuccessful_attempts();
         inner.machine.handle(now, input);
+        if aborting && inner.machine.consecutive_unsuccessful_attempts() > unsuccessful {
+            bump(&self.counters.failures);
+        }
         self.absorb(inner);
+        #[cfg(feature = "metrics")]
+        if let Some(changes) = &inner.changes {
+            changes.send_replace(());
+        }
     }
 
     /// Drains the machine's effects: shared-state ones are performed here, under the lock;
@@ -312,7 +348,7 @@ where
             }
         }
         let mut flags = self.flags() & !CLOSED;
-        if inner.machine.is_closed() || inner.ended {
+        if inner.machine.is_closed() || inner.stopped || inner.ended {
             flags |= CLOSED;
         }
         self.flags.store(flags, Ordering::Release);
@@ -339,6 +375,10 @@ where
             fill_all(&mut w.finish, &());
         }
         inner.events = None;
+        #[cfg(feature = "metrics")]
+        {
+            inner.changes = None;
+        }
         self.flags
             .fetch_or(CLOSED | TEARING_DOWN | FINISHED, Ordering::AcqRel);
     }
@@ -602,6 +642,20 @@ where
             return None;
         }
         Some(Wait::new(register(&mut inner.waiters().finish)))
+    }
+
+    /// A receiver woken after every input the machine takes from now on, closed once close
+    /// has finished; `None` if it already has.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn watch_changes(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        let mut inner = lock(&self.inner);
+        if inner.ended {
+            return None;
+        }
+        let changes = inner
+            .changes
+            .get_or_insert_with(|| tokio::sync::watch::Sender::new(()));
+        Some(changes.subscribe())
     }
 
     /// A receiver of every event from now on; an ended one after close finished (S4).

@@ -52,7 +52,7 @@ pub fn describe_error(e: &Error<Fail>) -> String {
         Error::User(f) => format!("{f:?}"),
         Error::Panicked { callback, .. } => format!("Panicked({callback})"),
         Error::TimedOut(d) => format!("TimedOut({d:?})"),
-        Error::LookupTimedOut(d) => format!("LookupTimedOut({d:?})"),
+        Error::LookupTimedOut { after, .. } => format!("LookupTimedOut({after:?})"),
     }
 }
 

@@ -1,5 +1,6 @@
-//! The etcd catalog: [`EtcdCatalog`] lists the copies published under a prefix, from a
-//! watch-fed cache.
+//! The etcd catalog: [`EtcdCatalog`] lists the copies published under a prefix, by range
+//! reads or from a watch-fed cache, and keeps serving the last list etcd vouched for while
+//! etcd cannot answer (fail static).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -7,15 +8,27 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::*;
 use crate::catalog::{Catalog, CatalogError, with_timeout};
+
+/// How long an [`EtcdCatalog`] keeps serving the last list etcd vouched for while etcd
+/// cannot answer, by default: 5 minutes (see [`EtcdCatalog::max_staleness`]).
+///
+/// Long enough to ride out what etcd does in ordinary life — an election (a second or
+/// two), a member restarting or being replaced, a network partition healing, a cluster
+/// restored from a snapshot (minutes) — without a single failed lookup. Short enough that a
+/// client cut off from etcd for longer says so by failing, before a rolling deploy it did
+/// not see has likely moved every copy it lists and their ports may serve something else.
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(300);
 
 /// The live addresses under a key prefix in etcd, in key order: one key per published copy
 /// (see [`EtcdPublisher`]). Values are parsed as `A` (default [`SocketAddr`]) with
@@ -32,9 +45,22 @@ use crate::catalog::{Catalog, CatalogError, with_timeout};
 /// [`watch_cache`](EtcdCatalog::watch_cache), a background task keeps a local copy of the
 /// prefix fed by an etcd watch, and lookups read it while the watch is healthy.
 ///
+/// **Fail static.** While etcd cannot answer (down, frozen, cut off, without quorum), a
+/// lookup returns the last list etcd vouched for rather than an error, for at most
+/// [`max_staleness`](EtcdCatalog::max_staleness) (default [`DEFAULT_MAX_STALENESS`]); it
+/// fails only when nothing was ever listed or that bound has passed. A registry that cannot
+/// answer says nothing about the service's copies, and a copy that died meanwhile costs one
+/// refused connect (the picker then tries the others). The outage is logged once (warn) when
+/// it starts, once more if the bound passes, and once (info) when etcd answers again;
+/// [`staleness`](EtcdCatalog::staleness) says whether the catalog serves a stale list now.
+///
+/// [`changed`](EtcdCatalog::changed) resolves when the listed set changes (a copy published
+/// or withdrawn, a lease expired), from an etcd watch.
+///
 /// The etcd client is made on the first lookup and made again after a failed one, so a
 /// catalog created while etcd is down works once etcd is up. Cheap to clone: clones share
-/// the client and the cache; the cache's task stops when the last clone is dropped.
+/// the client, the last list and the watch; the watch task stops when the last clone is
+/// dropped.
 pub struct EtcdCatalog<A = SocketAddr> {
     inner: Arc<CatalogInner>,
     _address: PhantomData<fn() -> A>,
@@ -46,6 +72,7 @@ pub(super) struct Settings {
     prefix: String,
     describe: String,
     watch_cache: bool,
+    max_staleness: Duration,
 }
 
 pub(super) struct CatalogInner {
@@ -54,27 +81,200 @@ pub(super) struct CatalogInner {
     clients: tokio::sync::Mutex<Vec<Option<Client>>>,
     /// The member that answered last: the next lookup asks it first.
     preferred: AtomicUsize,
-    /// The watch-fed copy of the prefix, when enabled.
-    cache: Option<Arc<Mutex<CacheState>>>,
-    /// The task feeding it, started by `watch_cache()` inside a runtime, else by the first
-    /// lookup.
-    cache_task: OnceLock<JoinHandle<()>>,
+    /// The last list etcd vouched for, shared with the watch task.
+    shared: Arc<Shared>,
+    /// The watch task, started by `watch_cache()` inside a runtime, else by the first
+    /// lookup (with the cache) or the first `changed()`.
+    watch_task: OnceLock<JoinHandle<()>>,
+    /// The task of range reads that looks for etcd's return runs (during an outage,
+    /// without the watch cache).
+    refreshing: AtomicBool,
 }
 
 impl Drop for CatalogInner {
     fn drop(&mut self) {
-        if let Some(task) = self.cache_task.get() {
+        if let Some(task) = self.watch_task.get() {
             task.abort();
         }
     }
 }
 
-/// The local copy of the prefix: valid only while `synced` (a range read done and the watch
-/// that follows it still running).
+/// What the catalog's lookups and its watch task share: the last list etcd vouched for and
+/// whether etcd answers now.
+pub(super) struct Shared {
+    describe: String,
+    max_staleness: Duration,
+    known: Mutex<Known>,
+    /// Bumped whenever the known list changes: what `changed()` waits on.
+    changes: watch::Sender<u64>,
+    /// A lookup cut short by its caller has been logged at warn since etcd last answered.
+    cancel_warned: AtomicBool,
+}
+
+/// Key → value under the prefix.
+pub(super) type Kvs = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// The last list etcd vouched for.
 #[derive(Debug, Default)]
-pub(super) struct CacheState {
+pub(super) struct Known {
+    /// Key → value under the prefix.
+    kvs: Kvs,
+    /// The etcd revision of `kvs`: a range read older than what the watch applied is not
+    /// stored over it.
+    revision: i64,
+    /// When etcd last vouched for `kvs`; `None` until the first answer.
+    vouched: Option<Instant>,
+    /// The watch is running and in sync: `kvs` is current.
     synced: bool,
-    kvs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// etcd cannot answer (since when), while that lasts.
+    outage: Option<Outage>,
+}
+
+/// An outage: from the first failure until etcd answers again.
+#[derive(Debug)]
+pub(super) struct Outage {
+    since: Instant,
+    /// Failures seen in it (the first logged at warn, the others at debug).
+    failures: u64,
+    /// The last list has outlived `max_staleness` and that was logged.
+    expired: bool,
+}
+
+impl Shared {
+    fn known(&self) -> MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// etcd answered: `kvs` at `revision` (a range read or the watch's sync), or, with
+    /// `None`, it vouched for the list held (the watch's check). Ends an outage; wakes
+    /// `changed()` if the list changed.
+    fn vouched(&self, listing: Option<(i64, Kvs)>) {
+        let mut known = self.known();
+        let mut changed = false;
+        if let Some((revision, kvs)) = listing
+            && revision >= known.revision
+        {
+            changed = known.kvs != kvs;
+            known.kvs = kvs;
+            known.revision = revision;
+        }
+        known.vouched = Some(Instant::now());
+        if let Some(outage) = known.outage.take() {
+            tracing::info!(
+                catalog = %self.describe,
+                after = ?outage.since.elapsed(),
+                failures = outage.failures,
+                copies = known.kvs.len(),
+                "etcd answers again: the catalog's list is fresh"
+            );
+        }
+        drop(known);
+        self.cancel_warned.store(false, Ordering::Relaxed);
+        if changed {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// The watch applied `events`; wakes `changed()` if the list changed. An event a range
+    /// read already reflected (at or below the kept revision) is skipped.
+    fn apply(&self, events: &[etcd_client::Event]) {
+        let mut known = self.known();
+        let floor = known.revision;
+        let mut changed = false;
+        for event in events {
+            let Some(kv) = event.kv() else { continue };
+            if kv.mod_revision() <= floor {
+                continue;
+            }
+            known.revision = known.revision.max(kv.mod_revision());
+            changed |= match event.event_type() {
+                EventType::Put => {
+                    known.kvs.insert(kv.key().to_vec(), kv.value().to_vec())
+                        != Some(kv.value().to_vec())
+                }
+                EventType::Delete => known.kvs.remove(kv.key()).is_some(),
+            };
+        }
+        known.vouched = Some(Instant::now());
+        drop(known);
+        if changed {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// etcd could not answer (`why`): starts an outage, said once at warn (what the catalog
+    /// serves meanwhile); a failure within the same outage goes to debug.
+    fn failed(&self, why: &str) {
+        let mut known = self.known();
+        let known = &mut *known;
+        if let Some(outage) = &mut known.outage {
+            outage.failures += 1;
+            tracing::debug!(catalog = %self.describe, error = %why, "etcd still cannot answer");
+            return;
+        }
+        let serving = !known.kvs.is_empty()
+            && known
+                .vouched
+                .is_some_and(|v| v.elapsed() < self.max_staleness);
+        known.outage = Some(Outage {
+            since: Instant::now(),
+            failures: 1,
+            expired: !serving,
+        });
+        match known.vouched {
+            Some(vouched) if serving => {
+                tracing::warn!(
+                    catalog = %self.describe,
+                    error = %why,
+                    copies = known.kvs.len(),
+                    vouched_ago = ?vouched.elapsed(),
+                    max_staleness = ?self.max_staleness,
+                    "etcd cannot answer: serving the last list it vouched for until it answers \
+                     again or the list is older than max_staleness (said once per outage)"
+                );
+            }
+            _ => tracing::warn!(
+                catalog = %self.describe,
+                error = %why,
+                max_staleness = ?self.max_staleness,
+                "etcd cannot answer and no list younger than max_staleness is known: \
+                 lookups fail until it answers (said once per outage)"
+            ),
+        }
+    }
+
+    /// The last list, if etcd cannot answer now and the list is younger than
+    /// `max_staleness` (said once at warn when it outlives it).
+    fn stale(&self) -> Option<Kvs> {
+        let mut known = self.known();
+        let known = &mut *known;
+        let outage = known.outage.as_mut()?;
+        let age = known.vouched?.elapsed();
+        if known.kvs.is_empty() {
+            return None;
+        }
+        if age < self.max_staleness {
+            return Some(known.kvs.clone());
+        }
+        if !outage.expired {
+            outage.expired = true;
+            tracing::warn!(
+                catalog = %self.describe,
+                age = ?age,
+                max_staleness = ?self.max_staleness,
+                "the last list etcd vouched for is older than max_staleness: lookups fail \
+                 until etcd answers again"
+            );
+        }
+        None
+    }
+
+    /// How long ago etcd last vouched for the list, while the catalog cannot confirm it.
+    fn staleness(&self) -> Option<Duration> {
+        let known = self.known();
+        known.outage.as_ref()?;
+        known.vouched.map(|v| v.elapsed())
+    }
 }
 
 impl<A> Clone for EtcdCatalog<A> {
@@ -124,31 +324,45 @@ impl EtcdCatalog<SocketAddr> {
 
     /// A catalog of the socket addresses under `prefix` (a `/` is added if it does not end
     /// with one), in the etcd cluster reached with `options` (user, password, timeout).
+    ///
+    /// The catalog names itself in its errors and logs as `etcd prefix "<prefix>"`, with
+    /// ` at <endpoint>` when there is one endpoint (with several, a failure lists each
+    /// member's answer).
     pub fn with_options(options: EtcdOptions, prefix: impl Into<String>) -> EtcdCatalog {
         let prefix = directory(prefix.into());
+        let describe = match options.endpoints() {
+            [one] => format!("etcd prefix {prefix:?} at {one}"),
+            _ => format!("etcd prefix {prefix:?}"),
+        };
         EtcdCatalog::from_settings(Settings {
             options,
-            describe: format!("etcd prefix {prefix:?}"),
+            describe,
             prefix,
             watch_cache: false,
+            max_staleness: DEFAULT_MAX_STALENESS,
         })
     }
 }
 
 impl<A> EtcdCatalog<A> {
     pub(super) fn from_settings(settings: Settings) -> EtcdCatalog<A> {
-        let cache = settings
-            .watch_cache
-            .then(|| Arc::new(Mutex::new(CacheState::default())));
         let members = settings.options.endpoints.len().max(1);
+        let shared = Arc::new(Shared {
+            describe: settings.describe.clone(),
+            max_staleness: settings.max_staleness,
+            known: Mutex::new(Known::default()),
+            changes: watch::channel(0).0,
+            cancel_warned: AtomicBool::new(false),
+        });
         let inner = Arc::new(CatalogInner {
             settings,
             clients: tokio::sync::Mutex::new(vec![None; members]),
             preferred: AtomicUsize::new(0),
-            cache,
-            cache_task: OnceLock::new(),
+            shared,
+            watch_task: OnceLock::new(),
+            refreshing: AtomicBool::new(false),
         });
-        if tokio::runtime::Handle::try_current().is_ok() {
+        if inner.settings.watch_cache && tokio::runtime::Handle::try_current().is_ok() {
             inner.start_watch();
         }
         EtcdCatalog {
@@ -175,33 +389,121 @@ impl<A> EtcdCatalog<A> {
         EtcdCatalog::from_settings(settings)
     }
 
+    /// How long the catalog keeps serving the last list etcd vouched for while etcd cannot
+    /// answer (default [`DEFAULT_MAX_STALENESS`], 5 minutes): a lookup then returns that
+    /// list, and fails only if nothing was ever listed or the list is older than this.
+    /// [`Duration::MAX`] serves it for as long as the outage lasts (as Envoy and gRPC's xDS
+    /// clients do with their last configuration); [`Duration::ZERO`] never serves a list
+    /// etcd has not just vouched for: every lookup during an outage fails. Returns a new
+    /// catalog (clones made before keep their setting).
+    ///
+    /// The list's age counts from etcd's last answer: a range read, the watch's sync, each
+    /// change it delivers and each of its checks (every half request timeout).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use persistent_connection::catalog::etcd::{DEFAULT_MAX_STALENESS, EtcdCatalog};
+    ///
+    /// let catalog = EtcdCatalog::new(["http://127.0.0.1:2379"], "/services/echo")
+    ///     .max_staleness(Duration::from_secs(60));
+    /// assert_eq!(catalog.max_staleness_bound(), Duration::from_secs(60));
+    /// assert_eq!(DEFAULT_MAX_STALENESS, Duration::from_secs(300));
+    /// ```
+    pub fn max_staleness(self, bound: Duration) -> EtcdCatalog<A> {
+        let mut settings = self.inner.settings.clone();
+        settings.max_staleness = bound;
+        EtcdCatalog::from_settings(settings)
+    }
+
+    /// The bound set with [`max_staleness`](EtcdCatalog::max_staleness).
+    pub fn max_staleness_bound(&self) -> Duration {
+        self.inner.settings.max_staleness
+    }
+
     /// Keep a local copy of the prefix, fed by an etcd watch, and answer lookups from it:
     /// a lookup is then a local read (no round trip to etcd). The watch task starts at
     /// once when called inside a Tokio runtime (else at the first lookup, on the runtime
     /// that runs it), so the copy is usually in sync before the first attempt; it stops
     /// when the last clone of the catalog is dropped.
     ///
-    /// The copy is used only while the watch is healthy: the connection to etcd is checked
-    /// with HTTP/2 keep-alives every second, and every half request timeout the cluster
-    /// must vouch for the copy (a linearizable count of the prefix, which fails at once
-    /// without quorum). Before the first sync and whenever the watch or a check fails,
-    /// lookups fall back to a range read, so they fail while etcd is down as without the
-    /// cache. The copy can thus be served for at most about one request timeout after the
-    /// cluster stopped vouching for it (a member died, quorum was lost); a range read
-    /// never is. Returns a new catalog (clones made before keep their setting).
+    /// The watch is checked: the connection to etcd with HTTP/2 keep-alives every second,
+    /// and every half request timeout the cluster must vouch for the copy (a linearizable
+    /// count of the prefix, which fails at once without quorum). When the watch or a check
+    /// fails, the copy is no longer in sync, and the catalog fails static: lookups go on
+    /// answering from the copy at once — as the last list etcd vouched for, bounded by
+    /// [`max_staleness`](EtcdCatalog::max_staleness) — while the watch resyncs. Before the
+    /// first sync, and once the bound has passed, lookups fall back to range reads. So a
+    /// client whose copy dies while etcd is frozen or without quorum reaches another listed
+    /// copy at once, not after etcd is back. Returns a new catalog (clones made before keep
+    /// their setting).
     pub fn watch_cache(self) -> EtcdCatalog<A> {
         let mut settings = self.inner.settings.clone();
         settings.watch_cache = true;
         EtcdCatalog::from_settings(settings)
     }
 
-    /// Whether lookups are answered from the watch cache now: it is enabled, synced, and
-    /// its watch is running.
+    /// Whether the watch is in sync now (its copy current, vouched for by the cluster
+    /// within the last half request timeout): with [`watch_cache`](EtcdCatalog::watch_cache),
+    /// lookups are then answered from it as fresh.
     pub fn watch_cache_in_sync(&self) -> bool {
-        self.inner
-            .cache
-            .as_ref()
-            .is_some_and(|c| c.lock().unwrap_or_else(|p| p.into_inner()).synced)
+        self.inner.shared.known().synced
+    }
+
+    /// How stale the list this catalog serves is: while etcd cannot answer (or the watch is
+    /// out of sync), how long ago etcd last vouched for the list (lookups serve it while
+    /// that is below [`max_staleness`](EtcdCatalog::max_staleness)); `None` while etcd
+    /// answers, and when no list was ever known. For a health endpoint or a metric: a
+    /// client running on a stale list works, but its operator should know.
+    ///
+    /// An outage is noticed by a failed lookup (without the watch cache) or by the watch
+    /// (with it, or once [`changed`](EtcdCatalog::changed) has started it), and ends at
+    /// etcd's next answer.
+    pub fn staleness(&self) -> Option<Duration> {
+        self.inner.shared.staleness()
+    }
+
+    /// Resolves when the listed set may have changed: after the catalog's etcd watch
+    /// applied a put or a delete under the prefix (a copy published or withdrawn, a lease
+    /// revoked or expired), or a resync or a lookup found a different list (the first list
+    /// ever found counts as one). It does not resolve for a list that stays the same, nor
+    /// when etcd becomes unreachable (the last list is still served; see
+    /// [`staleness`](EtcdCatalog::staleness)). This is what lets a persistent connection
+    /// move off a copy that was withdrawn while it was connected to it (issue 26's
+    /// handover).
+    ///
+    /// It counts from the call, not from the first poll: take the future before looking
+    /// the catalog up, and no change in between is missed. The first call starts the
+    /// catalog's watch task (one etcd watch stream and a check every half request timeout,
+    /// shared by every clone; it stops when the last clone is dropped), on the runtime that
+    /// polls the future; without [`watch_cache`](EtcdCatalog::watch_cache), lookups still
+    /// read etcd. A change is seen within the watch's latency (a few milliseconds on a
+    /// LAN).
+    ///
+    /// ```no_run
+    /// use persistent_connection::catalog::Catalog;
+    /// use persistent_connection::catalog::etcd::EtcdCatalog;
+    ///
+    /// # async fn demo() {
+    /// let catalog = EtcdCatalog::new(["http://127.0.0.1:2379"], "/services/echo");
+    /// loop {
+    ///     let changed = catalog.changed();
+    ///     println!("listed: {:?}", catalog.lookup().await);
+    ///     changed.await;
+    /// }
+    /// # }
+    /// ```
+    pub fn changed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut changes = self.inner.shared.changes.subscribe();
+        let inner: Weak<CatalogInner> = Arc::downgrade(&self.inner);
+        async move {
+            if let Some(inner) = inner.upgrade() {
+                inner.start_watch();
+            }
+            if changes.changed().await.is_err() {
+                // The catalog is gone: nothing will change any more.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// The key prefix, ending with `/`.
@@ -215,6 +517,9 @@ impl<A> EtcdCatalog<A> {
     }
 }
 
+/// One range read's answer: the revision it was read at, and the keys and values.
+pub(super) type Listing = (i64, Vec<KeyValue>);
+
 impl CatalogInner {
     /// One range read of the prefix, from one member: the one that answered last, then, if
     /// it fails, each other member in turn (each try bounded by the timeout divided by the
@@ -222,7 +527,7 @@ impl CatalogInner {
     /// a new one. When every member fails, the error lists each member's answer in endpoint
     /// order: stable while the members' states are, so a repeated failure is announced once
     /// (R4).
-    pub(super) async fn list(&self) -> Result<Vec<KeyValue>, CatalogError> {
+    pub(super) async fn list(&self) -> Result<Listing, CatalogError> {
         let s = &self.settings;
         let n = s.options.endpoints.len();
         if n <= 1 {
@@ -247,9 +552,9 @@ impl CatalogInner {
                 }
             };
             match outcome {
-                Ok(kvs) => {
+                Ok(listing) => {
                     self.preferred.store(i, Ordering::Relaxed);
-                    return Ok(kvs);
+                    return Ok(listing);
                 }
                 Err(message) => failures.push((i, message)),
             }
@@ -265,16 +570,12 @@ impl CatalogInner {
         })
     }
 
-    /// One range read from member `i` (its client made if needed); the error's text.
-    pub(super) async fn list_at(&self, i: usize) -> Result<Vec<KeyValue>, String> {
+    /// One range read from member `i` (its client made if needed); the error's text. The
+    /// text does not name the member: the catalog's name does when it has one member, and
+    /// [`list`](Self::list) does with several.
+    pub(super) async fn list_at(&self, i: usize) -> Result<Listing, String> {
         let s = &self.settings;
         let endpoint = s.options.endpoints.get(i..=i).unwrap_or_default();
-        // With several members, `list` names the member of each answer.
-        let named = if s.options.endpoints.len() > 1 {
-            &[]
-        } else {
-            endpoint
-        };
         let mut slots = self.clients.lock().await;
         let mut client = match slots.get(i).cloned().flatten() {
             Some(c) => c,
@@ -282,7 +583,7 @@ impl CatalogInner {
                 let c =
                     async { Client::connect(endpoint, Some(s.options.connect_options()?)).await }
                         .await
-                        .map_err(|e| s.options.describe(named, &e))?;
+                        .map_err(|e| s.options.describe(&[], &e))?;
                 if let Some(slot) = slots.get_mut(i) {
                     *slot = Some(c.clone());
                 }
@@ -294,10 +595,13 @@ impl CatalogInner {
             .get(s.prefix.as_bytes(), Some(GetOptions::new().with_prefix()))
             .await
         {
-            Ok(mut response) => Ok(response.take_kvs()),
+            Ok(mut response) => {
+                let revision = response.header().map_or(0, |h| h.revision());
+                Ok((revision, response.take_kvs()))
+            }
             Err(e) => {
                 self.forget(i).await;
-                Err(s.options.describe(named, &e))
+                Err(s.options.describe(&[], &e))
             }
         }
     }
@@ -317,83 +621,127 @@ impl CatalogInner {
         }
     }
 
-    /// Starts the watch task, if the cache is enabled and the task is not running yet.
+    /// Starts the watch task if it is not running yet (on the current runtime).
     pub(super) fn start_watch(&self) {
-        if let Some(cache) = &self.cache {
-            self.cache_task.get_or_init(|| {
-                let settings = self.settings.clone();
-                let cache = cache.clone();
-                let unsync = cache.clone();
-                tokio::spawn(guarded_task(
-                    "etcd watch",
-                    move || watch_prefix(settings.clone(), cache.clone()),
-                    move || unsync.lock().unwrap_or_else(|p| p.into_inner()).synced = false,
-                ))
-            });
-        }
+        self.watch_task.get_or_init(|| {
+            let settings = self.settings.clone();
+            let shared = self.shared.clone();
+            let unsync = self.shared.clone();
+            tokio::spawn(guarded_task(
+                "etcd watch",
+                move || watch_prefix(settings.clone(), shared.clone()),
+                move || unsync.known().synced = false,
+            ))
+        });
     }
 
-    /// The cached listing, parsed, if the cache is enabled and in sync; starts the watch
-    /// task on first use.
-    pub(super) fn cached<A>(&self) -> Option<Result<Vec<A>, CatalogError>>
+    /// A lookup answered without asking etcd: from the watch cache while it is in sync
+    /// (starting its task on first use), or the last list while etcd cannot answer (within
+    /// `max_staleness`; the watch, or without the cache a task of range reads, looks for
+    /// etcd's return meanwhile). `None`: ask etcd.
+    pub(super) fn answer_locally<A>(self: &Arc<Self>) -> Option<Result<Vec<A>, CatalogError>>
     where
         A: FromStr,
         A::Err: fmt::Display,
     {
-        let cache = self.cache.as_ref()?;
-        self.start_watch();
-        let state = cache.lock().unwrap_or_else(|p| p.into_inner());
-        if !state.synced {
-            return None;
+        if self.settings.watch_cache {
+            self.start_watch();
+            let known = self.shared.known();
+            if known.synced {
+                return Some(parse_listing(&self.settings.describe, entries(&known.kvs)));
+            }
         }
-        Some(parse_listing(
-            &self.settings.describe,
-            state.kvs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
-        ))
+        let stale = self.shared.stale()?;
+        Some(parse_listing(&self.settings.describe, entries(&stale)))
+    }
+
+    /// Range reads in the background until etcd answers (at most one such task; each try
+    /// bounded by the request timeout, 200 ms apart): without the watch, this is how the
+    /// catalog learns that an outage has ended, asked or not. Stops when etcd answers, or
+    /// when the last clone of the catalog is dropped.
+    pub(super) fn recover_in_background(self: &Arc<Self>) {
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.shared.known().outage.is_none() {
+                    inner.refreshing.store(false, Ordering::Release);
+                    return;
+                }
+                let describe = inner.settings.describe.clone();
+                let timeout = inner.settings.options.timeout;
+                match with_timeout(|| describe, timeout, inner.list()).await {
+                    Ok(listing) => {
+                        inner.shared.vouched(Some(listing_map(listing)));
+                        inner.refreshing.store(false, Ordering::Release);
+                        return;
+                    }
+                    Err(e) => {
+                        if matches!(e, CatalogError::TimedOut { .. }) {
+                            inner.forget_all_now();
+                        }
+                        inner.shared.failed(&e.to_string());
+                    }
+                }
+            }
+        });
     }
 }
 
+/// A range read's answer as the catalog keeps it.
+pub(super) fn listing_map((revision, kvs): Listing) -> (i64, Kvs) {
+    let map = kvs
+        .iter()
+        .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
+        .collect();
+    (revision, map)
+}
+
+/// The kept listing as `(key, value)` pairs, in key order.
+pub(super) fn entries(kvs: &Kvs) -> impl Iterator<Item = (&[u8], &[u8])> {
+    kvs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+}
+
+/// Why the watch broke, in words that do not call it a lookup.
+fn watch_error(settings: &Settings, e: &etcd_client::Error) -> String {
+    settings.options.describe(&settings.options.endpoints, e)
+}
+
 /// The watch task: range read, then watch from the next revision, applying every change
-/// to the cache; on any error, mark the cache out of sync and start over after a pause.
-pub(super) async fn watch_prefix(settings: Settings, cache: Arc<Mutex<CacheState>>) {
+/// to the list; on any error, mark the watch out of sync (lookups then serve the last list
+/// as stale, see [`Shared::failed`]) and start over after a pause.
+pub(super) async fn watch_prefix(settings: Settings, shared: Arc<Shared>) {
     let pause = Duration::from_millis(200);
     loop {
-        let result = sync_and_watch(&settings, &cache).await;
-        cache.lock().unwrap_or_else(|p| p.into_inner()).synced = false;
-        if let Err(e) = result {
-            tracing::warn!(catalog = %settings.describe, error = %e, "etcd watch broke; resyncing");
-        }
+        let why = sync_and_watch(&settings, &shared).await;
+        shared.known().synced = false;
+        shared.failed(&format!("the etcd watch broke: {why}"));
         tokio::time::sleep(pause).await;
     }
 }
 
-pub(super) async fn sync_and_watch(
-    settings: &Settings,
-    cache: &Arc<Mutex<CacheState>>,
-) -> Result<(), CatalogError> {
-    let describe = &settings.describe;
-    let err = |e: etcd_client::Error| CatalogError::Lookup {
-        catalog: describe.clone(),
-        message: settings.options.describe(&settings.options.endpoints, &e),
-    };
+/// Syncs the list (a range read), then applies the watch's changes to it until the watch
+/// breaks; returns why it broke.
+pub(super) async fn sync_and_watch(settings: &Settings, shared: &Shared) -> String {
     let timeout = settings.options.timeout;
-    let options = settings
-        .options
-        .connect_options()
-        .map_err(err)?
-        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
-        .with_keep_alive_while_idle(true);
+    let options = match settings.options.connect_options() {
+        Ok(o) => o
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
+            .with_keep_alive_while_idle(true),
+        Err(e) => return watch_error(settings, &e),
+    };
     let read = async {
-        let mut client = Client::connect(&settings.options.endpoints, Some(options))
-            .await
-            .map_err(err)?;
+        let mut client = Client::connect(&settings.options.endpoints, Some(options)).await?;
         let mut response = client
             .get(
                 settings.prefix.as_bytes(),
                 Some(GetOptions::new().with_prefix()),
             )
-            .await
-            .map_err(err)?;
+            .await?;
         let revision = response.header().map_or(0, |h| h.revision());
         let kvs = response.take_kvs();
         let stream = client
@@ -405,30 +753,28 @@ pub(super) async fn sync_and_watch(
                         .with_start_revision(revision + 1),
                 ),
             )
-            .await
-            .map_err(err)?;
-        Ok::<_, CatalogError>((client, kvs, stream))
+            .await?;
+        Ok::<_, etcd_client::Error>((client, revision, kvs, stream))
     };
-    let (mut client, kvs, mut stream) = with_timeout(|| describe.clone(), timeout, read).await?;
-    {
-        let mut state = cache.lock().unwrap_or_else(|p| p.into_inner());
-        state.kvs = kvs
-            .iter()
-            .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
-            .collect();
-        state.synced = true;
-    }
+    let (mut client, revision, kvs, mut stream) = match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(ready)) => ready,
+        Ok(Err(e)) => return watch_error(settings, &e),
+        Err(_) => return format!("syncing timed out after {timeout:?}"),
+    };
+    shared.vouched(Some(listing_map((revision, kvs))));
+    shared.known().synced = true;
     // Every half timeout, the cluster must vouch for the copy: a linearizable count of the
     // prefix, which fails at once without quorum (no leader). A watch stream alone can stay
     // open for seconds on a member that died or lost its cluster (found by drill 6).
     let every = (timeout / 2).max(Duration::from_millis(50));
-    let mut vouch = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut vouch = tokio::time::interval_at(Instant::now() + every, every);
     vouch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let response = tokio::select! {
-            message = stream.message() => match message.map_err(err)? {
-                Some(response) => response,
-                None => break,
+            message = stream.message() => match message {
+                Ok(Some(response)) => response,
+                Ok(None) => return "the watch stream ended".to_owned(),
+                Err(e) => return watch_error(settings, &e),
             },
             _ = vouch.tick() => {
                 let count = client.get(
@@ -436,40 +782,22 @@ pub(super) async fn sync_and_watch(
                     Some(GetOptions::new().with_prefix().with_count_only()),
                 );
                 match tokio::time::timeout(every, count).await {
-                    Ok(Ok(_)) => continue,
-                    Ok(Err(e)) => return Err(err(e)),
+                    Ok(Ok(_)) => {
+                        shared.vouched(None);
+                        continue;
+                    }
+                    Ok(Err(e)) => return watch_error(settings, &e),
                     Err(_) => {
-                        return Err(CatalogError::TimedOut {
-                            catalog: describe.clone(),
-                            after: every,
-                        });
+                        return format!("the cluster did not vouch for the list within {every:?}");
                     }
                 }
             }
         };
         if response.canceled() {
-            return Err(CatalogError::Lookup {
-                catalog: describe.clone(),
-                message: format!("watch cancelled: {}", response.cancel_reason()),
-            });
+            return format!("etcd cancelled the watch: {}", response.cancel_reason());
         }
-        let mut state = cache.lock().unwrap_or_else(|p| p.into_inner());
-        for event in response.events() {
-            let Some(kv) = event.kv() else { continue };
-            match event.event_type() {
-                EventType::Put => {
-                    state.kvs.insert(kv.key().to_vec(), kv.value().to_vec());
-                }
-                EventType::Delete => {
-                    state.kvs.remove(kv.key());
-                }
-            }
-        }
+        shared.apply(response.events());
     }
-    Err(CatalogError::Lookup {
-        catalog: describe.clone(),
-        message: "watch stream ended".to_owned(),
-    })
 }
 
 /// Parses a listing of `(key, value)` pairs: the values that parse as `A`, in key order; a
@@ -515,11 +843,12 @@ where
 
 /// Armed while a lookup runs: a lookup dropped before it finished was cut short by its
 /// caller (the builder's lookup timeout, or a close). It says so in the log, naming the
-/// catalog and its own timeout, and starts the client afresh as the catalog's own timeout
-/// would have (the client may be stuck on a dead member).
+/// catalog and its own timeout — at warn once until etcd answers again, then at debug —
+/// and starts the client afresh as the catalog's own timeout would have (the client may be
+/// stuck on a dead member).
 pub(super) struct LookupInFlight {
     inner: Arc<CatalogInner>,
-    started: tokio::time::Instant,
+    started: Instant,
     armed: bool,
 }
 
@@ -529,14 +858,28 @@ impl Drop for LookupInFlight {
             return;
         }
         let settings = &self.inner.settings;
-        tracing::warn!(
-            catalog = %settings.describe,
-            after = ?self.started.elapsed(),
-            lookup_timeout = ?settings.options.timeout,
-            "etcd lookup cancelled before it finished: the persistent connection's \
-             lookup_timeout is shorter than this catalog's (set it above), or it was closed; \
-             the catalog's etcd client is started afresh"
-        );
+        if self
+            .inner
+            .shared
+            .cancel_warned
+            .swap(true, Ordering::Relaxed)
+        {
+            tracing::debug!(
+                catalog = %settings.describe,
+                after = ?self.started.elapsed(),
+                "etcd lookup cancelled before it finished, again"
+            );
+        } else {
+            tracing::warn!(
+                catalog = %settings.describe,
+                after = ?self.started.elapsed(),
+                lookup_timeout = ?settings.options.timeout,
+                "etcd lookup cancelled before it finished: the persistent connection's \
+                 lookup_timeout is shorter than this catalog's (set it above), or it was \
+                 closed; the catalog's etcd client is started afresh (said once until etcd \
+                 answers again)"
+            );
+        }
         self.inner.forget_all_now();
     }
 }
@@ -551,29 +894,39 @@ where
     fn lookup(&self) -> impl Future<Output = Result<Vec<A>, CatalogError>> + Send {
         let inner = self.inner.clone();
         async move {
-            if let Some(listed) = inner.cached() {
+            if let Some(listed) = inner.answer_locally() {
                 return listed;
             }
             let mut in_flight = LookupInFlight {
                 inner: inner.clone(),
-                started: tokio::time::Instant::now(),
+                started: Instant::now(),
                 armed: true,
             };
-            let describe = inner.settings.describe.clone();
+            let describe = &inner.settings.describe;
             let timeout = inner.settings.options.timeout;
             let listed = with_timeout(|| describe.clone(), timeout, inner.list()).await;
             in_flight.armed = false;
             match listed {
-                Ok(kvs) => parse_listing(
-                    &inner.settings.describe,
-                    kvs.iter().map(|kv| (kv.key(), kv.value())),
-                ),
+                Ok(listing) => {
+                    let (revision, kvs) = listing_map(listing);
+                    let parsed = parse_listing(describe, entries(&kvs));
+                    inner.shared.vouched(Some((revision, kvs)));
+                    parsed
+                }
                 Err(e) => {
                     if matches!(e, CatalogError::TimedOut { .. }) {
                         // A client may be stuck on a dead endpoint: start afresh.
                         inner.forget_all_now();
                     }
-                    Err(e)
+                    // Fail static: the last list etcd vouched for, if there is one.
+                    inner.shared.failed(&e.to_string());
+                    if !inner.settings.watch_cache {
+                        inner.recover_in_background();
+                    }
+                    match inner.shared.stale() {
+                        Some(stale) => parse_listing(describe, entries(&stale)),
+                        None => Err(e),
+                    }
                 }
             }
         }

@@ -10,9 +10,15 @@
 //!   catalog at once; a copy that dies (`kill -9`, a crash, a lost network) stops renewing
 //!   and disappears after its TTL.
 //! - [`EtcdCatalog`] (client side): a [`Catalog`](crate::catalog::Catalog) listing the values under the prefix.
-//!   Every lookup is one range read with a timeout; etcd being down is a failed attempt
-//!   ([`CatalogError::Lookup`](crate::catalog::CatalogError::Lookup) or [`CatalogError::TimedOut`](crate::catalog::CatalogError::TimedOut)), logged, de-duplicated and
+//!   Every lookup is one range read with a timeout (or, with
+//!   [`watch_cache`](EtcdCatalog::watch_cache), a read of a watch-fed copy). While etcd
+//!   cannot answer, it fails static: it serves the last list etcd vouched for (see
+//!   [below](#when-etcd-cannot-answer-fail-static)); a lookup with nothing to serve is a
+//!   failed attempt ([`CatalogError::Lookup`](crate::catalog::CatalogError::Lookup) or [`CatalogError::TimedOut`](crate::catalog::CatalogError::TimedOut)), de-duplicated and
 //!   retried on the persistent connection's schedule, never a panic or a hang.
+//!   [`EtcdCatalog::changed`] resolves when the listed set changes (a copy published or
+//!   withdrawn, a lease revoked or expired), from an etcd watch: how a client learns that
+//!   the copy it is connected to was withdrawn.
 //! - [`EtcdOptions`]: how both reach the cluster: endpoints, user and password, TLS
 //!   (cargo feature `etcd-tls`), and the timeout of each request.
 //!
@@ -36,6 +42,34 @@
 //! [`Error::LookupTimedOut`](crate::Error::LookupTimedOut), which names no catalog, so the
 //! catalog logs a warning naming itself and its timeout, and starts its client afresh all
 //! the same.
+//!
+//! # When etcd cannot answer: fail static
+//!
+//! A registry that is down, frozen, cut off or without quorum says nothing about the
+//! service's copies, and a listed copy that died costs at most one refused connect (the
+//! picker then tries the others). So, as Envoy and gRPC's xDS clients do with their last
+//! configuration, the catalog keeps serving **the last list etcd vouched for** while etcd
+//! cannot answer, for at most [`EtcdCatalog::max_staleness`] (default
+//! [`DEFAULT_MAX_STALENESS`], 5 minutes), and a lookup fails only when nothing was ever
+//! listed or the list has outlived that bound. A client whose copy dies during an etcd
+//! outage thus reaches another listed copy, instead of waiting for etcd.
+//!
+//! - With [`watch_cache`](EtcdCatalog::watch_cache), the watch notices the outage (its
+//!   check every half request timeout fails), and every lookup meanwhile is answered at
+//!   once from the copy: in this crate's tests, a client reached the other copy about
+//!   1 ms after its copy died, etcd frozen (`SIGSTOP`) or a three-member cluster without
+//!   quorum.
+//! - With range reads (the default), the first lookup of an outage waits for its request
+//!   timeout and then serves the last list; the lookups after it serve it at once, while
+//!   a range read in the background every 200 ms looks for etcd's return.
+//!
+//! The outage is said once in the log: a warning when it starts (why, how many copies are
+//! served, how old the list is), a warning if the list outlives the bound, and an info line
+//! when etcd answers again; failures in between go to debug. [`EtcdCatalog::staleness`]
+//! tells a health check or a metric how old the list served is (`None` while etcd
+//! answers). Set [`max_staleness`](EtcdCatalog::max_staleness) to [`Duration::ZERO`] for
+//! the old behaviour (every lookup during an outage fails), or to [`Duration::MAX`] to
+//! serve the last list for as long as the outage lasts.
 //!
 //! # Choosing the TTL
 //!
@@ -158,7 +192,7 @@ use crate::guard::Guarded;
 /// catalog (same version, no second copy in the build).
 pub use etcd_client;
 
-pub use catalog::EtcdCatalog;
+pub use catalog::{DEFAULT_MAX_STALENESS, EtcdCatalog};
 pub use options::{DEFAULT_TIMEOUT, EtcdOptions};
 pub use publisher::{EtcdPublisher, PublishError, PublishOperation};
 #[cfg(feature = "etcd-tls")]

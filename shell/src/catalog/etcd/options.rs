@@ -100,9 +100,11 @@ impl EtcdOptions {
     /// Reach the members over TLS (cargo feature `etcd-tls`), verified with `tls`'s CA
     /// certificate, presenting its client certificate if it has one: the endpoints must then
     /// be `https://` URLs. A setting that cannot work (a CA that is not a PEM certificate,
-    /// a client key that is not a PEM private key, an `http://` endpoint) and a member whose
-    /// certificate does not verify are failed lookups and publishes saying that TLS failed,
-    /// like any other failure to reach etcd.
+    /// a client key that is not a PEM private key, an `http://` endpoint), a member whose
+    /// certificate does not verify (its issuer, its name, its dates) and a member that
+    /// speaks plain text are failed lookups and publishes like any other failure to reach
+    /// etcd, reading `TLS with <endpoint> failed: <why and what to check>`, the same text
+    /// on every try of the same cause (R4).
     ///
     /// ```no_run
     /// use persistent_connection::catalog::etcd::{EtcdOptions, EtcdTls};
@@ -149,13 +151,16 @@ impl EtcdOptions {
                     e.get(..7)
                         .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
                 }) {
-                    return Err(etcd_client::Error::InvalidArgs(format!(
-                        "TLS settings need https:// endpoints, not {plain}"
+                    let secure = format!("https://{}", &plain[7..]);
+                    return Err(tls::settings_error(format!(
+                        "{plain} is not a TLS endpoint: with EtcdOptions::tls, write it \
+                         {secure}; for a member that speaks plain text, leave out \
+                         EtcdOptions::tls"
                     )));
                 }
-                let config = tls.client_config(self.timeout).map_err(|problem| {
-                    etcd_client::Error::InvalidArgs(format!("unusable TLS settings: {problem}"))
-                })?;
+                let config = tls
+                    .client_config(self.timeout)
+                    .map_err(tls::settings_error)?;
                 options = options.with_tls(config);
             }
             None => {
@@ -181,19 +186,39 @@ impl EtcdOptions {
         Client::connect(&self.endpoints, Some(self.connect_options()?)).await
     }
 
-    /// `e` described (see [`describe_etcd_error`]); a TLS failure says so first, naming
-    /// `endpoints` (the ones the failed request could have gone to).
+    /// `e` described (see [`describe_etcd_error`]); a TLS failure reads `TLS with
+    /// <endpoints> failed: <why and what to check>`, naming `endpoints` (the ones the
+    /// failed request could have gone to; `TLS failed: …` if none are given, for a caller
+    /// that names the endpoint itself), the same text every time for the same cause (R4).
     pub(super) fn describe(&self, endpoints: &[String], e: &etcd_client::Error) -> String {
+        #[cfg(feature = "etcd-tls")]
+        let with = if endpoints.is_empty() {
+            String::new()
+        } else {
+            format!(" with {}", endpoints.join(", "))
+        };
+        #[cfg(feature = "etcd-tls")]
+        if let Some(problem) = tls::settings_problem(e) {
+            return format!("TLS{with} failed: {problem}");
+        }
         let text = describe_etcd_error(e);
         #[cfg(feature = "etcd-tls")]
         if let Some(failure) = tls::failure(e, &text, self.tls.as_ref()) {
-            let with = if endpoints.is_empty() {
-                String::new()
-            } else {
-                format!(" with {}", endpoints.join(", "))
-            };
             return match failure {
-                tls::Failure::Tls => format!("TLS{with} failed: {text}"),
+                tls::Failure::Tls => match crate::conn::tls::stable_validity_text(&text) {
+                    // Without the time of the verification, which changes every second.
+                    Some(stable) => format!(
+                        "TLS{with} failed: {stable}; {}",
+                        crate::conn::tls::VALIDITY_HINT
+                    ),
+                    None => format!("TLS{with} failed: {text}"),
+                },
+                tls::Failure::ClosedInHandshake => format!(
+                    "TLS{with} failed: the member closed the connection during the TLS \
+                     handshake; does it serve TLS on this port (etcd's --cert-file)? A \
+                     member without one speaks plain text: use an http:// endpoint and \
+                     leave out EtcdOptions::tls"
+                ),
                 // One text for every way the refusal shows, so R4 announces it once.
                 tls::Failure::Refused(hint) => format!(
                     "TLS{with} failed: etcd refused the client certificate or closed the \

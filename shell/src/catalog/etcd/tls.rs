@@ -94,16 +94,28 @@ impl EtcdTls {
         self.identity.is_some()
     }
 
-    /// The etcd client's TLS configuration, after checking that the PEM texts parse.
+    /// The etcd client's TLS configuration, after checking that the PEM texts parse; else
+    /// what is wrong and what to give instead.
     pub(super) fn client_config(&self, timeout: Duration) -> Result<TlsOptions, String> {
-        certificates("CA certificate", &self.ca_pem)?;
+        certificates("CA certificate", &self.ca_pem).map_err(|problem| {
+            format!(
+                "{problem}: give EtcdTls::new the PEM text of the certificate authority \
+                 that signed the members' certificates (etcd's --cert-file)"
+            )
+        })?;
         let mut config = TlsOptions::new()
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .timeout(timeout);
         if let Some((cert, key)) = &self.identity {
-            certificates("client certificate", cert)?;
-            PrivateKeyDer::from_pem_slice(key)
-                .map_err(|e| format!("the client key is not a PEM private key ({e})"))?;
+            certificates("client certificate", cert).map_err(|problem| {
+                format!("{problem}: give EtcdTls::client_identity the client's PEM certificate")
+            })?;
+            PrivateKeyDer::from_pem_slice(key).map_err(|e| {
+                format!(
+                    "the client key is not a PEM private key ({e}): give \
+                     EtcdTls::client_identity the key of the client certificate, in PEM"
+                )
+            })?;
             config = config.identity(Identity::from_pem(cert, key));
         }
         if let Some(domain) = &self.domain {
@@ -131,11 +143,49 @@ pub(super) fn certificates(what: &str, pem: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// TLS settings that cannot work (a CA that is not PEM, an `http://` endpoint with TLS):
+/// the error's source, so that [`settings_problem`] tells it from etcd's own errors.
+#[derive(Debug)]
+struct Settings(String);
+
+impl fmt::Display for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for Settings {}
+
+/// An error for TLS settings that cannot work: `problem` says what is wrong and what to
+/// give instead.
+pub(super) fn settings_error(problem: String) -> etcd_client::Error {
+    etcd_client::Error::IoError(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        Settings(problem),
+    ))
+}
+
+/// What is wrong with the TLS settings, if `e` is [`settings_error`]'s.
+pub(super) fn settings_problem(e: &etcd_client::Error) -> Option<&str> {
+    match e {
+        etcd_client::Error::IoError(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<Settings>())
+            .map(|Settings(problem)| problem.as_str()),
+        _ => None,
+    }
+}
+
 /// What went wrong with TLS, if anything.
 pub(super) enum Failure {
     /// TLS failed (a rustls error, tonic's handshake timeout) for a reason the text
     /// says.
     Tls,
+    /// The member closed or reset the connection before the handshake completed: a
+    /// member that speaks plain text on that port. By timing the client sees an end of
+    /// file ("tls handshake eof") or a reset, so the failure's text is one fixed sentence
+    /// with what to check (R4).
+    ClosedInHandshake,
     /// etcd refused the client's certificate, or the lack of one: by an alert, or (TLS
     /// 1.3, after the handshake) by closing the connection, whose alert is then lost.
     /// Which of the two the client sees varies from one try to the next, so the
@@ -157,14 +207,35 @@ pub(super) fn failure(
         etcd_client::Error::IoError(io) => Some(io),
         _ => None,
     };
+    // Connecting failed (tonic reports a failed connect, TLS handshake included, as
+    // `Unavailable`); a refusal after the handshake fails the request instead.
+    let connecting = match e {
+        etcd_client::Error::GRpcStatus(status) => i32::from(status.code()) == UNAVAILABLE,
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    };
     let mut typed = false;
+    let mut closed = false;
     while let Some(error) = next {
+        let io = error.downcast_ref::<std::io::Error>();
         typed |= error.is::<rustls::Error>()
-            || error
-                .downcast_ref::<std::io::Error>()
+            || io
                 .and_then(std::io::Error::get_ref)
                 .is_some_and(|inner| inner.is::<rustls::Error>());
+        closed |= io.is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::NotConnected
+            )
+        });
         next = error.source();
+    }
+    if tls.is_some() && !typed && (text.contains("tls handshake eof") || connecting && closed) {
+        return Some(Failure::ClosedInHandshake);
     }
     const WORDS: [&str; 6] = [
         "fatal alert",
@@ -197,6 +268,9 @@ pub(super) fn failure(
         .any(|c| lower.contains(c));
     closed.then_some(Failure::Refused(refusal_hint(has_identity)))
 }
+
+/// gRPC's code `Unavailable`.
+const UNAVAILABLE: i32 = 14;
 
 /// What to check when etcd refuses the client's certificate (or its lack of one).
 pub(super) fn refusal_hint(has_identity: bool) -> &'static str {

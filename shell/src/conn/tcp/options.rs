@@ -20,7 +20,13 @@ use tokio::net::TcpStream;
 /// kept sending was still up after 90 s). It does not catch a hung process either (its
 /// kernel still answers the probes): use a [health check](crate::HealthChecked) for that.
 /// With a user timeout set, Linux also uses it for keepalive: the connection is reset once
-/// probes have gone unanswered for the user timeout, whatever `retries` says.
+/// probes have gone unanswered for the user timeout, whatever `retries` says; see
+/// [`TcpOptions::keepalive`] for the user timeout an explicit keepalive brings.
+///
+/// The kernel takes whole seconds from 1 to 32,767 for `idle` and `interval`, and 1 to 127
+/// probes: [`TcpOptions::keepalive`] rounds the times up to whole seconds and brings all
+/// three within those bounds (a keepalive of 0.5 s / 1.5 s / 0 probes is 1 s / 2 s / 1
+/// probe), rather than have every connect fail with EINVAL, or 1.5 s silently become 1 s.
 ///
 /// ```
 /// use std::time::Duration;
@@ -47,6 +53,39 @@ impl Keepalive {
             interval,
             retries,
         }
+    }
+}
+
+/// The longest [`TcpOptions::user_timeout`]: `i32::MAX` milliseconds (24.8 days), as
+/// Linux reads `TCP_USER_TIMEOUT` as an int of milliseconds. Longer ones are clamped to it.
+const MAX_USER_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+
+/// The longest keepalive idle time and interval Linux takes (`MAX_TCP_KEEPIDLE`,
+/// `MAX_TCP_KEEPINTVL`): 32,767 s.
+const MAX_KEEPALIVE_SECS: u64 = 32_767;
+/// The most keepalive probes Linux takes (`MAX_TCP_KEEPCNT`).
+const MAX_KEEPALIVE_PROBES: u32 = 127;
+
+impl Keepalive {
+    /// These settings as the kernel takes them: times rounded up to whole seconds from 1
+    /// to 32,767, probes from 1 to 127.
+    fn as_taken(self) -> Keepalive {
+        let secs = |d: Duration| {
+            let whole = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
+            Duration::from_secs(whole.clamp(1, MAX_KEEPALIVE_SECS))
+        };
+        Keepalive {
+            idle: secs(self.idle),
+            interval: secs(self.interval),
+            retries: self.retries.clamp(1, MAX_KEEPALIVE_PROBES),
+        }
+    }
+
+    /// How long an idle connection to a vanished peer lasts with these settings alone:
+    /// `idle` + `interval` × `retries`.
+    fn gives_up_after(self) -> Duration {
+        self.idle
+            .saturating_add(self.interval.saturating_mul(self.retries))
     }
 }
 
@@ -105,7 +144,10 @@ pub const DEFAULT_KEEPALIVE: Keepalive = Keepalive {
 pub struct TcpOptions {
     pub(super) nodelay: bool,
     pub(super) keepalive: Option<Keepalive>,
-    pub(super) user_timeout: Duration,
+    /// Whether `keepalive` was set with [`TcpOptions::keepalive`] (not the default).
+    pub(super) keepalive_chosen: bool,
+    /// The user timeout set with [`TcpOptions::user_timeout`], if it was.
+    pub(super) user_timeout: Option<Duration>,
     pub(super) local_addr: Option<SocketAddr>,
 }
 
@@ -122,7 +164,8 @@ impl TcpOptions {
         TcpOptions {
             nodelay: true,
             keepalive: Some(DEFAULT_KEEPALIVE),
-            user_timeout: DEFAULT_USER_TIMEOUT,
+            keepalive_chosen: false,
+            user_timeout: None,
             local_addr: None,
         }
     }
@@ -134,10 +177,39 @@ impl TcpOptions {
         self
     }
 
-    /// TCP keepalive with these settings (default [`DEFAULT_KEEPALIVE`]). Keepalive
-    /// probes only an idle connection; see [`Keepalive`].
+    /// TCP keepalive with these settings (default [`DEFAULT_KEEPALIVE`]), as the kernel
+    /// takes them: times rounded up to whole seconds from 1 to 32,767, probes from 1 to
+    /// 127 (see [`Keepalive`]; [`keepalive_settings`](TcpOptions::keepalive_settings) says
+    /// what the socket gets). Keepalive probes only an idle connection.
+    ///
+    /// **What wins over what.** Linux lets the user timeout override the number of probes:
+    /// with one set, an idle connection is reset once a probe has gone unanswered and the
+    /// peer has been silent for the user timeout (checked at each probe). So that the default user timeout (20 s) does not
+    /// slow a keepalive you chose (1 s / 1 s / 3 probes would give up after 20 s instead
+    /// of 4 s), a keepalive set here without a [`user_timeout`](TcpOptions::user_timeout)
+    /// brings its own: `idle + interval × retries`, at most [`DEFAULT_USER_TIMEOUT`].
+    /// Keepalive then gives up exactly as set when that is 20 s or less, and data in flight
+    /// is given the same time; a longer keepalive (30 s / 10 s / 3) keeps the default 20 s
+    /// for data in flight, and an idle connection is then reset at the first probe time
+    /// after 20 s of silence (at 40 s here, not 60 s). A user timeout
+    /// set with [`user_timeout`](TcpOptions::user_timeout), before or after, always wins.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use persistent_connection::{Keepalive, TcpOptions};
+    ///
+    /// let secs = Duration::from_secs;
+    /// let fast = TcpOptions::new().keepalive(Keepalive::new(secs(1), secs(1), 3));
+    /// assert_eq!(fast.user_timeout_value(), secs(4));
+    /// let mine = fast.user_timeout(secs(9));
+    /// assert_eq!(mine.user_timeout_value(), secs(9));
+    /// let rounded = TcpOptions::new()
+    ///     .keepalive(Keepalive::new(Duration::from_millis(500), Duration::from_millis(1500), 3));
+    /// assert_eq!(rounded.keepalive_settings(), Some(Keepalive::new(secs(1), secs(2), 3)));
+    /// ```
     pub fn keepalive(mut self, keepalive: Keepalive) -> Self {
-        self.keepalive = Some(keepalive);
+        self.keepalive = Some(keepalive.as_taken());
+        self.keepalive_chosen = true;
         self
     }
 
@@ -145,27 +217,36 @@ impl TcpOptions {
     /// something is sent to it (and the user timeout runs out).
     pub fn no_keepalive(mut self) -> Self {
         self.keepalive = None;
+        self.keepalive_chosen = false;
         self
     }
 
-    /// `TCP_USER_TIMEOUT` (default [`DEFAULT_USER_TIMEOUT`], 20 s): how long sent data may
-    /// stay unacknowledged (and, with keepalive, probes unanswered) before the kernel
-    /// gives up and resets the connection, which the connection then notices like any
-    /// reset. [`TcpConnection::connect_with`](super::TcpConnection::connect_with) sets it
-    /// before connecting, so it bounds an
-    /// unanswered connect too (the builder's connect timeout still applies on top). This is what notices a peer host that vanished, or a black hole, while a
-    /// request is in flight; keepalive cannot (it sends no probe while data is
-    /// unacknowledged). `Duration::ZERO` leaves the kernel's own limit (about 15 minutes
-    /// with `tcp_retries2 = 15`). Shorter is faster failover but cuts connections on a
-    /// path that loses everything for that long and then recovers; keep it above a few
-    /// round trips plus the longest stall you want to ride out. Sub-millisecond parts are
-    /// dropped; values above `u32::MAX` ms are clamped.
+    /// `TCP_USER_TIMEOUT` (default [`DEFAULT_USER_TIMEOUT`], 20 s, or less with a
+    /// [`keepalive`](TcpOptions::keepalive) of your own, which says how): how long sent
+    /// data may stay unacknowledged (and, with keepalive, probes unanswered) before the
+    /// kernel gives up and resets the connection, which the connection then notices like
+    /// any reset. [`TcpConnection::connect_with`](super::TcpConnection::connect_with) sets
+    /// it before connecting, so it bounds an unanswered connect too (the builder's connect
+    /// timeout still applies on top). This is what notices a peer host that vanished, or a
+    /// black hole, while a request is in flight; keepalive cannot (it sends no probe while
+    /// data is unacknowledged). `Duration::ZERO` leaves the kernel's own limit (about 15
+    /// minutes with `tcp_retries2 = 15`). Shorter is faster failover but cuts connections
+    /// on a path that loses everything for that long and then recovers; keep it above a
+    /// few round trips plus the longest stall you want to ride out. Sub-millisecond parts
+    /// are dropped (a non-zero timeout is at least 1 ms); values above `i32::MAX` ms (24.8
+    /// days: Linux reads an int) are clamped to it, rather than fail every connect.
+    /// [`user_timeout_value`](TcpOptions::user_timeout_value) says what the socket gets.
     ///
     /// Linux (and Android) only: elsewhere the option is not set and the OS's own
     /// retransmission limit applies (on macOS and Windows, tens of seconds to minutes, with
     /// no per-socket setting through this type).
     pub fn user_timeout(mut self, timeout: Duration) -> Self {
-        self.user_timeout = timeout;
+        self.user_timeout = Some(if timeout.is_zero() {
+            Duration::ZERO
+        } else {
+            let millis = timeout.as_millis().clamp(1, MAX_USER_TIMEOUT.as_millis());
+            Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
+        });
         self
     }
 
@@ -185,9 +266,18 @@ impl TcpOptions {
         self.keepalive
     }
 
-    /// The user timeout (`Duration::ZERO`: the kernel's own limit).
+    /// The user timeout the socket gets (`Duration::ZERO`: the kernel's own limit): the one
+    /// set with [`user_timeout`](TcpOptions::user_timeout); else, with a
+    /// [`keepalive`](TcpOptions::keepalive) of your own, `idle + interval × retries` at
+    /// most [`DEFAULT_USER_TIMEOUT`]; else [`DEFAULT_USER_TIMEOUT`].
     pub fn user_timeout_value(&self) -> Duration {
-        self.user_timeout
+        match (self.user_timeout, self.keepalive) {
+            (Some(chosen), _) => chosen,
+            (None, Some(k)) if self.keepalive_chosen => {
+                k.gives_up_after().min(DEFAULT_USER_TIMEOUT)
+            }
+            (None, _) => DEFAULT_USER_TIMEOUT,
+        }
     }
 
     /// The local address to bind, if any.
@@ -238,11 +328,10 @@ impl TcpOptions {
         }
         #[cfg(any(target_os = "linux", target_os = "android"))]
         socket
-            .set_tcp_user_timeout(if self.user_timeout.is_zero() {
-                None
-            } else {
-                // At least 1 ms: socket2 truncates to whole milliseconds, and 0 means "off".
-                Some(self.user_timeout.max(Duration::from_millis(1)))
+            .set_tcp_user_timeout(match self.user_timeout_value() {
+                zero if zero.is_zero() => None,
+                // Whole milliseconds from 1 to i32::MAX (see `user_timeout`).
+                timeout => Some(timeout),
             })
             .map_err(|e| ("TCP_USER_TIMEOUT", e))?;
         Ok(())

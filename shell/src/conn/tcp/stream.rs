@@ -454,6 +454,7 @@ mod tests {
         user_timeout: Option<Duration>,
         idle: Duration,
         interval: Duration,
+        retries: u32,
     }
 
     fn on_socket(conn: &TcpConnection) -> OnSocket {
@@ -466,6 +467,7 @@ mod tests {
             user_timeout: socket.tcp_user_timeout().unwrap(),
             idle: socket.tcp_keepalive_time().unwrap(),
             interval: socket.tcp_keepalive_interval().unwrap(),
+            retries: socket.tcp_keepalive_retries().unwrap(),
         }
     }
 
@@ -511,5 +513,129 @@ mod tests {
         TcpOptions::new().apply(&stream).unwrap();
         let s = on_socket(&TcpConnection::from_stream(stream).unwrap());
         assert_eq!(s.user_timeout, Some(DEFAULT_USER_TIMEOUT));
+    }
+
+    /// Issue 28 item 3: Linux reads `TCP_USER_TIMEOUT` as an int of milliseconds, so a
+    /// longer user timeout (`Duration::MAX`, 30 days) failed every connect with EINVAL
+    /// though the docs said it was clamped. It is clamped to `i32::MAX` ms (24.8 days).
+    #[tokio::test]
+    async fn a_user_timeout_longer_than_linux_takes_is_clamped() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let most = Duration::from_millis(i32::MAX as u64);
+        for asked in [Duration::MAX, Duration::from_secs(30 * 86_400), most] {
+            let options = TcpOptions::new().user_timeout(asked);
+            assert_eq!(options.user_timeout_value(), most, "{asked:?}");
+            let conn = TcpConnection::connect_with(addr, &options)
+                .await
+                .unwrap_or_else(|e| panic!("user timeout {asked:?}: {e}"));
+            assert_eq!(on_socket(&conn).user_timeout, Some(most), "{asked:?}");
+        }
+        // Sub-millisecond parts are dropped, but a non-zero timeout is never 0 ("off").
+        let options = TcpOptions::new().user_timeout(Duration::from_micros(1500));
+        let conn = TcpConnection::connect_with(addr, &options).await.unwrap();
+        assert_eq!(
+            on_socket(&conn).user_timeout,
+            Some(Duration::from_millis(1))
+        );
+        let options = TcpOptions::new().user_timeout(Duration::from_nanos(1));
+        assert_eq!(options.user_timeout_value(), Duration::from_millis(1));
+    }
+
+    /// Issue 28 item 3: Linux takes keepalive times in whole seconds from 1 to 32767 and
+    /// 1 to 127 probes: a keepalive under 1 s failed every connect with EINVAL and 1.5 s
+    /// silently became 1 s. Times are rounded up to whole seconds within those bounds
+    /// when the option is set (so `keepalive_settings` says what the socket gets).
+    #[tokio::test]
+    async fn keepalive_is_rounded_up_to_what_linux_takes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let secs = Duration::from_secs;
+        for (asked, taken) in [
+            (
+                Keepalive::new(Duration::from_millis(500), Duration::from_millis(1500), 3),
+                Keepalive::new(secs(1), secs(2), 3),
+            ),
+            (
+                Keepalive::new(Duration::ZERO, Duration::ZERO, 0),
+                Keepalive::new(secs(1), secs(1), 1),
+            ),
+            (
+                Keepalive::new(secs(40_000), Duration::MAX, 1_000),
+                Keepalive::new(secs(32_767), secs(32_767), 127),
+            ),
+            (
+                Keepalive::new(secs(7), secs(2), 4),
+                Keepalive::new(secs(7), secs(2), 4),
+            ),
+        ] {
+            let options = TcpOptions::new().keepalive(asked);
+            assert_eq!(options.keepalive_settings(), Some(taken), "{asked:?}");
+            let conn = TcpConnection::connect_with(addr, &options)
+                .await
+                .unwrap_or_else(|e| panic!("keepalive {asked:?}: {e}"));
+            let s = on_socket(&conn);
+            assert!(s.keepalive, "{asked:?}");
+            assert_eq!(
+                Keepalive::new(s.idle, s.interval, s.retries),
+                taken,
+                "{asked:?}"
+            );
+        }
+    }
+
+    /// Issue 27 point 4: Linux lets `TCP_USER_TIMEOUT` override keepalive's probe count,
+    /// so an explicit keepalive of 1 s / 1 s / 3 probes (gives up after 4 s) was slowed to
+    /// the default user timeout's 20 s. Set without a user timeout, keepalive now brings
+    /// its own: idle + interval × retries, at most the default; an explicit user timeout
+    /// still wins.
+    #[tokio::test]
+    async fn an_explicit_keepalive_is_not_slowed_by_the_default_user_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let secs = Duration::from_secs;
+        let fast = Keepalive::new(secs(1), secs(1), 3);
+        let slow = Keepalive::new(secs(30), secs(10), 3);
+        for (options, user_timeout, keepalive) in [
+            (TcpOptions::new().keepalive(fast), secs(4), fast),
+            // Longer than the default: the default still bounds data in flight.
+            (
+                TcpOptions::new().keepalive(slow),
+                DEFAULT_USER_TIMEOUT,
+                slow,
+            ),
+            // An explicit user timeout wins, whichever is set first.
+            (
+                TcpOptions::new().keepalive(fast).user_timeout(secs(9)),
+                secs(9),
+                fast,
+            ),
+            (
+                TcpOptions::new().user_timeout(secs(9)).keepalive(fast),
+                secs(9),
+                fast,
+            ),
+            (
+                TcpOptions::new()
+                    .keepalive(fast)
+                    .user_timeout(Duration::ZERO),
+                Duration::ZERO,
+                fast,
+            ),
+            (TcpOptions::new(), DEFAULT_USER_TIMEOUT, DEFAULT_KEEPALIVE),
+        ] {
+            assert_eq!(options.user_timeout_value(), user_timeout, "{options:?}");
+            let s = on_socket(&TcpConnection::connect_with(addr, &options).await.unwrap());
+            let expected = (!user_timeout.is_zero()).then_some(user_timeout);
+            assert_eq!(s.user_timeout, expected, "{options:?}");
+            assert_eq!(
+                Keepalive::new(s.idle, s.interval, s.retries),
+                keepalive,
+                "{options:?}"
+            );
+        }
+        // Keepalive turned off again: the default user timeout.
+        let options = TcpOptions::new().keepalive(fast).no_keepalive();
+        assert_eq!(options.user_timeout_value(), DEFAULT_USER_TIMEOUT);
     }
 }
