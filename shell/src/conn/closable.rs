@@ -390,3 +390,59 @@ impl<T: Sync> Closable for WithCloseSignal<T> {
         self.signal.poll_close_finished(cx)
     }
 }
+
+#[cfg(all(test, not(pc_loom)))]
+mod tests {
+    use std::future::poll_fn;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Waits for `signal`'s close through `poll_close_finished`, as the driver does.
+    fn polled(signal: &CloseSignal) -> tokio::task::JoinHandle<()> {
+        let signal = signal.clone();
+        tokio::spawn(async move {
+            poll_fn(|cx| signal.poll_close_finished(cx).expect("pollable")).await;
+        })
+    }
+
+    /// Every task that polls a close is woken when it finishes (issue 25: the driver
+    /// watches the current connection so), not only the first or the last to poll.
+    #[tokio::test(start_paused = true)]
+    async fn every_task_polling_a_close_is_woken_once_it_finishes() {
+        let signal = CloseSignal::owned();
+        let (a, b) = (polled(&signal), polled(&signal));
+        tokio::task::yield_now().await;
+        signal.begin_close();
+        tokio::task::yield_now().await;
+        assert!(
+            !a.is_finished() && !b.is_finished(),
+            "closing has not finished"
+        );
+        signal.mark_closed();
+        for task in [a, b] {
+            tokio::time::timeout(Duration::from_secs(1), task)
+                .await
+                .expect("woken")
+                .unwrap();
+        }
+        // Already finished: ready at once, nothing kept.
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(signal.poll_close_finished(&mut cx), Some(Poll::Ready(())));
+    }
+
+    /// A type that does not implement it says so, and the driver falls back to its future.
+    #[test]
+    fn the_default_is_none() {
+        struct Plain;
+        impl Closable for Plain {
+            async fn close(&self) {}
+            fn is_closed(&self) -> bool {
+                false
+            }
+            async fn close_finished(&self) {}
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(Plain.poll_close_finished(&mut cx), None);
+    }
+}

@@ -230,7 +230,7 @@ where
     }
 
     /// Feeds `input` at `now` (the driver's clock). Used by the model tests.
-    #[cfg(pc_loom)]
+    #[cfg(all(test, pc_loom))]
     pub(crate) fn feed(&self, now: Instant, input: CoreInput<A, C, E>) {
         let mut inner = lock(&self.inner);
         if inner.ended {
