@@ -15,14 +15,16 @@
 //! 2. graceful shutdown (tonic's `serve_with_shutdown`, a `GOAWAY`): the call in flight
 //!    finishes on the old connection, new calls wait for the next one, none fails;
 //! 3. SIGSTOP: the copy hangs with its sockets open; the HTTP/2 PING keepalive (200 ms +
-//!    300 ms) closes the connection.
+//!    300 ms) closes the connection (the `grpc.health.v1` check, 2 × (100 ms + 200 ms),
+//!    would too; it also catches a server that answers PINGs but not calls).
 //!
 //! For each it prints the gap from the fault to the first answer from the other copy and the
 //! calls that failed. It ends by itself in about 5 seconds.
 //!
 //! The client is what to copy: `connect` below (a `TcpConnection`, HTTP/2 on it with PING
-//! keepalive) and `call` (tonic's generated client over the current connection; a call that
-//! the connection did not send, because it had just started draining, is made again).
+//! keepalive, the gRPC health check around it) and `call` (tonic's generated client over
+//! the current connection; a call that the connection did not send, because it had just
+//! started draining, is made again).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -31,30 +33,36 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use persistent_connection::catalog::{Catalog, Pick, StaticList};
+use persistent_connection::conn::grpc_health;
 use persistent_connection::conn::http2::{
     Http2Connection, Http2Options, PingKeepalive, call_was_not_sent,
 };
-use persistent_connection::{Event, IoError, PersistentConnection, TcpConnection};
+use persistent_connection::{
+    Event, HealthCheck, HealthChecked, IoError, PersistentConnection, TcpConnection,
+};
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-type Conn = Http2Connection<Body>;
+type Conn = HealthChecked<Http2Connection<Body>>;
 type Pc = PersistentConnection<SocketAddr, Conn, IoError>;
 
 /// One connection to one copy: TCP with the library's defaults (`TCP_USER_TIMEOUT` and
-/// keepalive), HTTP/2 on it with a PING every 200 ms that must come back within 300 ms.
+/// keepalive), HTTP/2 on it with a PING every 200 ms that must come back within 300 ms, and
+/// a `grpc.health.v1` check of the server every 100 ms (200 ms each; closed after 2 failed).
 async fn connect(addr: SocketAddr) -> Result<Conn, IoError> {
     let tcp = TcpConnection::connect(addr).await?;
     let keepalive = PingKeepalive::new(Duration::from_millis(200), Duration::from_millis(300));
-    Http2Connection::handshake(tcp, &Http2Options::new().keepalive(keepalive)).await
+    let conn = Http2Connection::handshake(tcp, &Http2Options::new().keepalive(keepalive)).await?;
+    let check = HealthCheck::new(Duration::from_millis(100), Duration::from_millis(200), 2);
+    Ok(grpc_health::health_checked(conn, check, ""))
 }
 
 /// One `Health/Check` over the current connection.
 async fn call(pc: &Pc) -> Result<(), tonic::Status> {
     loop {
-        let mut client = HealthClient::new(pc.connected().await);
+        let mut client = HealthClient::new(pc.connected().await.get().clone());
         match client.check(HealthCheckRequest::default()).await {
             // The connection had just begun draining (GOAWAY) and did not send it: make the
             // same call on the next connection.
@@ -103,7 +111,8 @@ async fn main() {
     })
     .build();
 
-    // The client: a call every 20 ms, each with a 500 ms deadline.
+    // The client: a call every 20 ms, each with a 500 ms deadline; when each was answered
+    // (by the copy current then) or failed.
     let answered = Arc::new(Mutex::new(Vec::<(Instant, Option<SocketAddr>)>::new()));
     let failed = Arc::new(Mutex::new(Vec::<Instant>::new()));
     let client = tokio::spawn({
@@ -120,8 +129,16 @@ async fn main() {
                     Ok(Ok(())) => answered
                         .lock()
                         .unwrap()
-                        .push((sent, *current.lock().unwrap())),
-                    _ => failed.lock().unwrap().push(sent),
+                        .push((Instant::now(), *current.lock().unwrap())),
+                    failure => {
+                        let why = match failure {
+                            Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
+                            _ => "no answer within 500 ms".to_owned(),
+                        };
+                        let at = sent.duration_since(start).as_secs_f64() * 1e3;
+                        println!("[{at:7.1} ms] call failed: {why}");
+                        failed.lock().unwrap().push(Instant::now());
+                    }
                 }
                 tokio::time::sleep_until(sent + Duration::from_millis(20)).await;
             }

@@ -231,6 +231,7 @@ impl fmt::Display for Http2End {
 /// A call's failure on an [`Http2Connection`]: the connection took no new call (nothing was
 /// sent, so the call may go to another connection as it is), or hyper's error (its
 /// [`source`](std::error::Error::source), so tonic's own mapping to a gRPC status applies).
+/// [`is_not_sent`](Http2Error::is_not_sent) tells the calls that may be made again.
 #[derive(Debug)]
 pub struct Http2Error {
     repr: Repr,
@@ -243,14 +244,18 @@ enum Repr {
 }
 
 impl Http2Error {
-    /// True when the call was not sent because the connection takes no new calls
-    /// (draining after a `GOAWAY`, failed or closed): safe to make again elsewhere.
+    /// True when the call was not sent, so it is safe to make again on another connection:
+    /// the connection took no new calls any more (draining after a `GOAWAY`, failed,
+    /// closed), or it ended before hyper had sent the request (hyper's "canceled" errors,
+    /// which its HTTP/2 client returns only for requests it never sent).
     pub fn is_not_sent(&self) -> bool {
-        matches!(self.repr, Repr::NotSent(_))
+        match &self.repr {
+            Repr::NotSent(_) => true,
+            Repr::Hyper(e) => e.is_canceled(),
+        }
     }
 
-    /// Why the connection took no new call, for an error of
-    /// [`is_not_sent`](Http2Error::is_not_sent).
+    /// Why the connection took no new call, when it refused the call itself.
     pub fn end(&self) -> Option<&Http2End> {
         match &self.repr {
             Repr::NotSent(end) => Some(end),

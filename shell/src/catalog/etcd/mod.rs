@@ -8,7 +8,8 @@
 //!   starts before etcd, or while etcd is down), logging what happens. A copy that stops
 //!   cleanly ([`EtcdPublisher::withdraw`] or drop) revokes its lease and disappears from the
 //!   catalog at once; a copy that dies (`kill -9`, a crash, a lost network) stops renewing
-//!   and disappears after its TTL.
+//!   and disappears after its TTL. [`EtcdPublisher::drain_until`] withdraws and then waits
+//!   for the clients to move (see [rolling deploys](#rolling-deploys-drain-then-stop)).
 //! - [`EtcdCatalog`] (client side): a [`Catalog`](crate::catalog::Catalog) listing the values under the prefix.
 //!   Every lookup is one range read with a timeout (or, with
 //!   [`watch_cache`](EtcdCatalog::watch_cache), a read of a watch-fed copy). While etcd
@@ -70,6 +71,58 @@
 //! answers). Set [`max_staleness`](EtcdCatalog::max_staleness) to [`Duration::ZERO`] for
 //! the old behaviour (every lookup during an outage fails), or to [`Duration::MAX`] to
 //! serve the last list for as long as the outage lasts.
+//!
+//! # Rolling deploys: drain, then stop
+//!
+//! To replace the copies of a service one at a time without failing a request, for each
+//! copy in turn:
+//!
+//! 1. **Withdraw and drain**: [`EtcdPublisher::drain_until`]`(grace, idle)` revokes the
+//!    copy's lease — its key is gone at once, and every client watching the prefix learns
+//!    it within the watch's latency ([`EtcdCatalog::changed`], about 2–6 ms on one host) —
+//!    then waits until `idle` resolves (the server's own signal that its clients have
+//!    moved, e.g. its count of open connections reaching 0) or `grace` has passed.
+//! 2. **The clients hand over**: a persistent connection whose copy was withdrawn connects
+//!    to another listed copy and only then leaves this one (make-before-break, issue 26;
+//!    being built), so requests keep flowing on the old connection until the new one is
+//!    up. Until then, a client moves when the server closes its connection (step 3).
+//! 3. **Stop the server** gracefully: finish the requests in flight, close the connections
+//!    left.
+//! 4. **Start the new version** (on a new port if you like) and
+//!    [`publish`](EtcdPublisher::publish) it; wait until it is published (and ready)
+//!    before draining the next copy, so that a listed copy is always there to move to.
+//!
+//! Choose `grace` above the time your clients take to move (one request period plus a
+//! connect) and below what the deploy can afford per copy: 1–10 s is usual.
+//!
+//! ```no_run
+//! # use std::net::SocketAddr;
+//! # use std::time::Duration;
+//! # use persistent_connection::catalog::etcd::{EtcdOptions, EtcdPublisher};
+//! # async fn demo(
+//! #     publisher: EtcdPublisher,
+//! #     mut open_connections: tokio::sync::watch::Receiver<usize>,
+//! #     new_address: SocketAddr,
+//! # ) -> Result<(), Box<dyn std::error::Error>> {
+//! let etcd = EtcdOptions::new(["http://10.0.0.1:2379"]);
+//! // 1–2. Withdraw; wait until no client is connected any more, at most 5 s.
+//! let idle = async move {
+//!     let _ = open_connections.wait_for(|n| *n == 0).await;
+//! };
+//! publisher.drain_until(Duration::from_secs(5), idle).await?;
+//! // 3. Stop the old server here (gracefully), then
+//! // 4. start the new one and publish it before going on to the next copy.
+//! let next = EtcdPublisher::publish_with(
+//!     etcd,
+//!     "/services/echo/copy-1",
+//!     new_address,
+//!     Duration::from_secs(15),
+//! )
+//! .await?;
+//! # drop(next);
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Choosing the TTL
 //!
@@ -194,7 +247,7 @@ pub use etcd_client;
 
 pub use catalog::{DEFAULT_MAX_STALENESS, EtcdCatalog};
 pub use options::{DEFAULT_TIMEOUT, EtcdOptions};
-pub use publisher::{EtcdPublisher, PublishError, PublishOperation};
+pub use publisher::{Drained, EtcdPublisher, PublishError, PublishOperation};
 #[cfg(feature = "etcd-tls")]
 pub use tls::EtcdTls;
 

@@ -110,6 +110,18 @@ impl fmt::Display for PublishError {
 
 impl std::error::Error for PublishError {}
 
+/// How [`EtcdPublisher::drain_until`] (or [`drain`](EtcdPublisher::drain)) ended, after the
+/// key was withdrawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Drained {
+    /// The idle condition came true first: the clients have moved.
+    Idle,
+    /// The grace period ran out first: the server stops with clients still connected
+    /// (they reconnect to another copy as after any loss of their connection).
+    GraceEnded,
+}
+
 /// Runs one publisher operation under the request timeout of `options`.
 pub(super) async fn bounded<T>(
     operation: PublishOperation,
@@ -346,6 +358,66 @@ impl EtcdPublisher {
         .await?;
         tracing::info!(key = %self.key, "withdrawn from etcd");
         Ok(())
+    }
+}
+
+impl EtcdPublisher {
+    /// [`drain_until`](EtcdPublisher::drain_until) with no idle condition: withdraws, then
+    /// waits the whole `grace`.
+    pub async fn drain(self, grace: Duration) -> Result<Drained, PublishError> {
+        self.drain_until(grace, std::future::pending()).await
+    }
+
+    /// The first step of stopping a copy without failing a request: withdraws the key
+    /// (revokes the lease: the key is deleted at once, and every client watching the prefix
+    /// — [`EtcdCatalog::changed`] — learns it within the watch's latency), then waits until
+    /// `idle` resolves (the server says its clients have moved: e.g. no connection left)
+    /// or `grace` has passed since the withdrawal, whichever comes first. The server may
+    /// stop when it returns; see the [rolling-deploy recipe](super#rolling-deploys-drain-then-stop).
+    ///
+    /// The publisher cannot see the server's connections, hence `idle`: a future of the
+    /// server's own (`std::future::pending()` for none, which is
+    /// [`drain`](EtcdPublisher::drain)). It is polled only after the withdrawal.
+    ///
+    /// Fails at once, without waiting, if the withdrawal fails (etcd unreachable within the
+    /// request timeout): renewals have stopped, so the key disappears when its TTL runs
+    /// out; it is then the caller's choice to wait the TTL and the grace before stopping.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use persistent_connection::catalog::etcd::{Drained, EtcdPublisher};
+    /// # async fn demo(publisher: EtcdPublisher) -> Result<(), Box<dyn std::error::Error>> {
+    /// // The server counts its open connections in a watch channel.
+    /// let (connections, mut open) = tokio::sync::watch::channel(0usize);
+    /// # let _ = connections;
+    /// let idle = async move {
+    ///     let _ = open.wait_for(|n| *n == 0).await;
+    /// };
+    /// match publisher.drain_until(Duration::from_secs(10), idle).await? {
+    ///     Drained::Idle => println!("every client moved"),
+    ///     Drained::GraceEnded => println!("stopping with clients still connected"),
+    ///     _ => {}
+    /// }
+    /// // Now stop the server.
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn drain_until(
+        self,
+        grace: Duration,
+        idle: impl Future<Output = ()>,
+    ) -> Result<Drained, PublishError> {
+        let key = self.key.clone();
+        self.withdraw().await?;
+        let withdrawn = tokio::time::Instant::now();
+        tracing::info!(key = %key, ?grace, "draining: withdrawn from etcd; waiting for the clients to move");
+        let drained = tokio::select! {
+            biased;
+            () = idle => Drained::Idle,
+            () = tokio::time::sleep(grace) => Drained::GraceEnded,
+        };
+        tracing::info!(key = %key, after = ?withdrawn.elapsed(), ?drained, "drained");
+        Ok(drained)
     }
 }
 
