@@ -1,6 +1,6 @@
 //! The sans-IO heart of `persistent-connection`: a pure state machine that keeps a
 //! connection to a service alive, following Jane Street's OCaml
-//! `Persistent_connection_kernel` and the project's behaviour document, docs/behaviour.md (rules R1–R14).
+//! `Persistent_connection_kernel` and the project's behaviour document, docs/behaviour.md (rules R1–R17).
 //!
 //! The machine performs no I/O, reads no clock and draws no OS randomness: inputs go in
 //! with the time they happened at, effect commands come out, and jitter comes from a
@@ -107,6 +107,22 @@
 //!   the attempt in flight runs to its end and its failure is still reported.
 //! - **R13, R14** are the driver's: report a panicking callback as a failed attempt or a
 //!   handled event; close when the last handle is dropped.
+//! - **R15** [`Input::Handover`]: make before break. While connected, an attempt runs
+//!   beside the current connection (its [`Effect::GetAddress`] comes while a connection is
+//!   current; [`Machine::handover`] says so); its connection replaces the current one in
+//!   one step ([`Effect::BecameCurrent`] while the old one is still current), then
+//!   [`Event::HandedOver`] is emitted. The old connection is retired: closed
+//!   ([`Effect::CloseConnection`]) when its grace ends, never a `Disconnected`. A failed
+//!   handover attempt is silent and retried on the retry timer; [`Input::CancelHandover`]
+//!   ends it. If the current connection dies meanwhile, the attempt in flight carries on as
+//!   the new round's first.
+//! - **R16, R17** [`Input::RetryNow`] ends a wait between attempts at once (kept until the
+//!   next wait if none is under way), at most once in a row (I10); with
+//!   [`RetryNowReason::AnotherCopy`] it lets a connection that died young be replaced by
+//!   another listed copy without waiting out R6's delay.
+//!
+//! Without [`Input::Handover`], [`Input::CancelHandover`] and [`Input::RetryNow`], every
+//! trace is the one the rules R1–R14 give, effect for effect.
 
 #![no_std]
 #![forbid(unsafe_code)]
@@ -118,6 +134,7 @@ extern crate alloc;
 #[cfg(feature = "arbitrary")]
 extern crate std;
 
+mod display;
 mod machine;
 mod retry;
 mod time;
@@ -128,8 +145,8 @@ mod time;
 pub mod behaviour {}
 
 pub use machine::{
-    AttemptError, AttemptId, Config, ConnId, Effect, Event, EventId, EventKind, Input, Machine,
-    State,
+    AttemptError, AttemptId, Config, ConnId, Counters, Effect, Event, EventId, EventKind,
+    HandoverReason, HandoverStatus, Input, Machine, RetryNowReason, State,
 };
 pub use retry::{Jitter, RetryDelay, RetryPolicy};
 pub use time::Instant;

@@ -1,5 +1,5 @@
 //! One or more named tests per rule of docs/behaviour.md §2 (R1–R12), driving the machine by hand with
-//! explicit times.
+//! explicit times. R15–R17 (handover, retry now) are in `handover.rs`.
 
 mod common;
 
@@ -1051,6 +1051,40 @@ fn r12_abort_during_the_lookup_waits_for_it() {
         effects,
         vec![Effect::CloseFinished],
         "no connect after abort"
+    );
+}
+
+/// Issue 28 item 9, R12 and §7: an abort through a connect context kept from an earlier
+/// attempt, arriving while an `ObtainedAddress` handler runs. The original would connect to
+/// that address after the handler and report what the connect gives; this library stops
+/// when the handler returns, without connecting (the attempt under way did not call
+/// `abort`, and nothing of it is in flight: stopping is prompt and loses nothing).
+#[test]
+fn r12_abort_while_the_obtained_address_handler_runs_stops_when_it_returns_without_connecting() {
+    let mut h = H::constant(1.0);
+    h.handled();
+    h.address(Ok("a"));
+    assert_eq!(events(&h.last), vec![Event::ObtainedAddress("a")]);
+    let effects = h.feed(Input::Abort { error: "stop" });
+    assert_eq!(
+        outcomes(&effects),
+        vec![
+            Err(AttemptError::Aborted("stop")),
+            Err(AttemptError::Closed)
+        ]
+    );
+    assert!(h.m.is_closed());
+    assert!(
+        !effects.contains(&Effect::CloseFinished),
+        "the handler is still running (R8)"
+    );
+    let effects = h.handled();
+    assert_eq!(effects, vec![Effect::CloseFinished], "no Connect, no event");
+    assert_eq!(h.count(|e| matches!(e, Effect::Connect { .. })), 0);
+    assert_eq!(
+        h.m.consecutive_unsuccessful_attempts(),
+        0,
+        "no attempt failed: none is counted"
     );
 }
 

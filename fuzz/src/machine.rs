@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
 use persistent_connection_core::{
-    AttemptError, AttemptId, Config, ConnId, Effect, Event, EventId, Input, Instant, Jitter,
-    Machine, RetryDelay, RetryPolicy, State,
+    AttemptError, AttemptId, Config, ConnId, Effect, Event, EventId, HandoverReason,
+    HandoverStatus, Input, Instant, Jitter, Machine, RetryDelay, RetryNowReason, RetryPolicy,
+    State,
 };
 use persistent_connection_sim::checker::{Checker, CheckerSettings, Violation};
 
@@ -236,6 +237,12 @@ pub enum Op {
     CloseWhenCurrent,
     /// [`Input::Abort`].
     Abort(u8),
+    /// [`Input::Handover`] (R15): a reason (wrapping) and a grace.
+    Handover(u8, Span),
+    /// [`Input::CancelHandover`] (R15).
+    CancelHandover,
+    /// [`Input::RetryNow`] (R16, R17): a reason (wrapping).
+    RetryNow(u8),
     /// Any input at all, ids and all, from the core's own `Arbitrary` derive.
     Raw(In),
 }
@@ -270,6 +277,9 @@ impl<'a> Arbitrary<'a> for Op {
             235..=237 => Op::Close,
             238..=240 => Op::CloseWhenCurrent,
             241..=243 => Op::Abort(u8::arbitrary(u)? & 3),
+            244..=246 => Op::Handover(u8::arbitrary(u)?, Span::arbitrary(u)?),
+            247 => Op::CancelHandover,
+            248..=249 => Op::RetryNow(u8::arbitrary(u)?),
             _ => Op::Raw(In::arbitrary(u)?),
         })
     }
@@ -361,9 +371,22 @@ pub fn run_mutated(
                     attempt,
                     result: *result,
                 },
-                State::Connected => match m.current_conn_id() {
-                    Some(conn) => Input::Closed { conn },
-                    None => Input::TimerFired,
+                // R15: a handover's lookup or connect in flight is answered first.
+                State::Connected => match (
+                    m.handover().and_then(|h| h.attempt),
+                    issued.outstanding,
+                    m.current_conn_id(),
+                ) {
+                    (Some(a), Some((b, false)), _) if a == b => Input::AddressResult {
+                        attempt: a,
+                        result: *result,
+                    },
+                    (Some(a), Some((b, true)), _) if a == b => Input::ConnectResult {
+                        attempt: a,
+                        result: *result,
+                    },
+                    (_, _, Some(conn)) => Input::Closed { conn },
+                    _ => Input::TimerFired,
                 },
                 State::Closing => match m.lingering_connections().first() {
                     Some(conn) => Input::Closed { conn: *conn },
@@ -396,9 +419,30 @@ pub fn run_mutated(
             Op::Close => Input::CloseRequested,
             Op::CloseWhenCurrent => Input::CloseWhenCurrentConnectionIsClosed,
             Op::Abort(e) => Input::Abort { error: *e },
+            Op::Handover(r, grace) => Input::Handover {
+                reason: HANDOVER_REASONS[usize::from(*r) % HANDOVER_REASONS.len()],
+                grace: grace.get(),
+            },
+            Op::CancelHandover => Input::CancelHandover,
+            Op::RetryNow(r) => Input::RetryNow {
+                reason: RETRY_REASONS[usize::from(*r) % RETRY_REASONS.len()],
+            },
             Op::Raw(input) => input.clone(),
         };
         observer.on_input(now, &input, &m);
+        match &input {
+            Input::AddressResult { attempt, .. }
+                if issued.outstanding == Some((*attempt, false)) =>
+            {
+                issued.outstanding = None
+            }
+            Input::ConnectResult { attempt, .. }
+                if issued.outstanding == Some((*attempt, true)) =>
+            {
+                issued.outstanding = None
+            }
+            _ => {}
+        }
         m.handle(now, input);
         drain(&mut m, now, observer, &mut trace, &mut issued, &mut mutate);
         observer.after_step(now, &m);
@@ -406,12 +450,27 @@ pub fn run_mutated(
     trace
 }
 
-/// How many ids of each kind the machine has issued (they are sequential from 0).
+const HANDOVER_REASONS: [HandoverReason; 5] = [
+    HandoverReason::User,
+    HandoverReason::Drain,
+    HandoverReason::MaxAge,
+    HandoverReason::Withdrawn,
+    HandoverReason::FailBack,
+];
+const RETRY_REASONS: [RetryNowReason; 3] = [
+    RetryNowReason::User,
+    RetryNowReason::NewCopy,
+    RetryNowReason::AnotherCopy,
+];
+
+/// How many ids of each kind the machine has issued (they are sequential from 0), and the
+/// lookup or connect it waits for (`true`: a connect).
 #[derive(Default)]
 struct Issued {
     attempts: u64,
     conns: u64,
     events: u64,
+    outstanding: Option<(AttemptId, bool)>,
 }
 
 fn drain(
@@ -426,7 +485,14 @@ fn drain(
         let Some(e) = mutate(e) else { continue };
         match &e {
             Effect::GetAddress { attempt } => {
-                issued.attempts = issued.attempts.max(attempt.raw() + 1)
+                issued.attempts = issued.attempts.max(attempt.raw() + 1);
+                issued.outstanding = Some((*attempt, false));
+            }
+            Effect::Connect { attempt, .. } => issued.outstanding = Some((*attempt, true)),
+            Effect::CancelAttempt { attempt }
+                if issued.outstanding.is_some_and(|(a, _)| a == *attempt) =>
+            {
+                issued.outstanding = None;
             }
             Effect::BecameCurrent { conn, .. } | Effect::CloseConnection { conn, .. } => {
                 issued.conns = issued.conns.max(conn.raw() + 1)
@@ -446,7 +512,7 @@ enum Grammar {
     RoundStart,
     /// In a round: `ObtainedAddress`, `FailedToConnect` or `Connected` may come.
     InRound,
-    /// After `Connected`: only `Disconnected` may come.
+    /// After `Connected`: only `HandedOver` (R15) or `Disconnected` may come.
     Connected,
 }
 
@@ -466,6 +532,11 @@ struct StepInput<A, C, E> {
     /// The failure of the attempt that was in flight when `abort` came (R12): reported
     /// after close as the original does.
     aborted_failure: Option<E>,
+    /// The pending handover before the step (R15).
+    handover: Option<HandoverStatus>,
+    /// The connection handed in was kept by the machine: it answers the attempt carried
+    /// on into a new round while that round's first handlers run (R15).
+    parked_now: bool,
 }
 
 /// What the step being checked produced.
@@ -478,6 +549,8 @@ impl<A, C, E> Default for StepInput<A, C, E> {
             current_closed: false,
             close_requested: false,
             aborted_failure: None,
+            handover: None,
+            parked_now: false,
         }
     }
 }
@@ -487,6 +560,14 @@ struct StepOutput<A, C, E> {
     new_conns: usize,
     emitted: Vec<Event<A, C, E>>,
     no_longer_current: bool,
+    /// A connection kept earlier (R15) was made current or closed in this step.
+    delivered_parked: usize,
+    /// Retired connections asked to close before their grace ended (only close may).
+    early_retired_closes: usize,
+    /// An attempt began: whether before the previous deadline, whether as a handover right
+    /// after the attempt that made the current connection, whether a retry now came since
+    /// the attempt before it (I10).
+    started: Option<(bool, bool, bool)>,
 }
 
 impl<A, C, E> Default for StepOutput<A, C, E> {
@@ -495,6 +576,9 @@ impl<A, C, E> Default for StepOutput<A, C, E> {
             new_conns: 0,
             emitted: Vec::new(),
             no_longer_current: false,
+            delivered_parked: 0,
+            early_retired_closes: 0,
+            started: None,
         }
     }
 }
@@ -528,6 +612,19 @@ pub struct Oracle<A = u8, C = u8, E = u8> {
     close_finished: bool,
     step_in: StepInput<A, C, E>,
     step_out: StepOutput<A, C, E>,
+    /// The lookup or connect the machine waits for (`true`: a connect).
+    outstanding: Option<(AttemptId, bool)>,
+    /// Connections retired by a handover, not yet asked to close, with their grace
+    /// deadline (R15).
+    retired: Vec<(ConnId, Instant)>,
+    /// A connection kept by the machine for the attempt carried on (R15).
+    parked: Option<C>,
+    /// The latest attempt made the current connection (R15, I10 (a)).
+    latest_made_current: bool,
+    /// A retry now came since the latest attempt began (I10 (b)).
+    retry_now_since_start: bool,
+    /// The latest attempt began by retry now (I10 (b)).
+    latest_by_retry_now: bool,
 }
 
 impl<A, C, E> Oracle<A, C, E>
@@ -558,6 +655,12 @@ where
             close_finished: false,
             step_in: StepInput::default(),
             step_out: StepOutput::default(),
+            outstanding: None,
+            retired: Vec::new(),
+            parked: None,
+            latest_made_current: false,
+            retry_now_since_start: false,
+            latest_by_retry_now: false,
         }
     }
 
@@ -617,6 +720,12 @@ where
                 self.grammar = Grammar::Connected;
             }
             (Grammar::Connected, Event::Disconnected) => self.grammar = Grammar::RoundStart,
+            // R15: the new current connection, made beside the old one.
+            (Grammar::Connected, Event::HandedOver { connection, .. }) => assert_eq!(
+                self.current.as_ref().map(|(_, c)| c),
+                Some(connection),
+                "R15: HandedOver(c) before c became current"
+            ),
             (g, e) => panic!("I1: {e:?} out of grammar at {g:?}"),
         }
     }
@@ -662,13 +771,20 @@ where
                 );
             }
         }
-        // I4: an attempt starts no earlier than the previous attempt's deadline.
+        // I4, I10: an attempt starts no earlier than the previous attempt's deadline, but
+        // for a handover right after the attempt that made the current connection (R15)
+        // and for retry now (R16, not twice in a row: checked once the step is done).
+        let early = self.last_timer.is_some_and(|(_, deadline)| now < deadline);
+        let handover_after_success = self.current.is_some() && self.latest_made_current;
         if let Some((start, deadline)) = self.last_timer {
             assert!(
-                now >= deadline,
-                "I4: attempt at {now:?} before the previous deadline {deadline:?} (started {start:?})"
+                !early || handover_after_success || self.retry_now_since_start,
+                "I4/I10: attempt at {now:?} before the previous deadline {deadline:?} (started {start:?}), neither a handover right after a connection nor retry now"
             );
         }
+        self.step_out.started = Some((early, handover_after_success, self.retry_now_since_start));
+        self.latest_made_current = false;
+        self.retry_now_since_start = false;
         self.last_timer = Some((now, now.saturating_add(delay)));
     }
 }
@@ -682,14 +798,24 @@ where
     fn on_input(&mut self, _now: Instant, input: &Input<A, C, E>, m: &Machine<A, C, E>) {
         self.step_in = StepInput::default();
         self.step_out = StepOutput::default();
+        self.step_in.handover = m.handover();
+        let handover_attempt = self.step_in.handover.and_then(|h| h.attempt);
         let state = m.state();
         match input {
             Input::AddressResult { attempt, result } => {
-                if state == State::Resolving(*attempt) && !self.was_closed {
-                    self.step_in.accepted_address = Some(result.clone());
+                // The first answer to the lookup the machine waits for is the one it takes
+                // (an ordinary attempt's, a handover's, or the carried attempt's, R15).
+                if self.outstanding == Some((*attempt, false)) {
+                    self.outstanding = None;
                     if let Ok(a) = result {
                         self.address_for = Some((*attempt, a.clone()));
+                    } else if handover_attempt == Some(*attempt) {
+                        // R15: a failed handover attempt counts, silently (R12).
+                        self.failures = self.failures.saturating_add(1);
                     }
+                }
+                if state == State::Resolving(*attempt) && !self.was_closed {
+                    self.step_in.accepted_address = Some(result.clone());
                 } else if state == State::Resolving(*attempt)
                     && let Err(e) = result
                 {
@@ -699,22 +825,40 @@ where
                     self.step_in.accepted_address = Some(Err(e.clone()));
                 }
             }
-            Input::ConnectResult { attempt, result } => match result {
-                Ok(c) => self.step_in.connection = Some(c.clone()),
-                Err(e) => {
-                    if state == State::Connecting(*attempt) {
-                        if self.was_closed {
-                            self.on_aborted_failure(e);
+            Input::ConnectResult { attempt, result } => {
+                let awaited = self.outstanding == Some((*attempt, true));
+                if awaited {
+                    self.outstanding = None;
+                }
+                match result {
+                    Ok(c) => {
+                        self.step_in.connection = Some(c.clone());
+                        // R15: the carried attempt's connection, kept while its round's
+                        // first handlers run (no ordinary connect is awaited during one).
+                        if awaited && matches!(state, State::HandlingEvent(_)) {
+                            self.parked = Some(c.clone());
+                            self.step_in.parked_now = true;
                         }
-                        self.step_in.accepted_connect_error = Some(e.clone());
+                    }
+                    Err(e) => {
+                        if awaited && handover_attempt == Some(*attempt) {
+                            self.failures = self.failures.saturating_add(1);
+                        }
+                        if state == State::Connecting(*attempt) {
+                            if self.was_closed {
+                                self.on_aborted_failure(e);
+                            }
+                            self.step_in.accepted_connect_error = Some(e.clone());
+                        }
                     }
                 }
-            },
+            }
             Input::Closed { conn } => {
                 if self.current.as_ref().is_some_and(|(id, _)| id == conn) {
                     self.step_in.current_closed = true;
                 }
                 self.open.remove(conn);
+                self.retired.retain(|(c, _)| c != conn);
             }
             Input::EventHandled { event } => {
                 if self.unhandled == Some(*event) {
@@ -722,8 +866,12 @@ where
                 }
             }
             Input::CloseRequested => self.step_in.close_requested = true,
-            Input::TimerFired | Input::CloseWhenCurrentConnectionIsClosed | Input::Abort { .. } => {
-            }
+            Input::RetryNow { .. } => self.retry_now_since_start = true,
+            Input::TimerFired
+            | Input::CloseWhenCurrentConnectionIsClosed
+            | Input::Abort { .. }
+            | Input::Handover { .. }
+            | Input::CancelHandover => {}
         }
     }
 
@@ -769,6 +917,7 @@ where
                     "R2: lookup after its timer"
                 );
                 self.next_attempt += 1;
+                self.outstanding = Some((*attempt, false));
             }
             Effect::Connect {
                 attempt,
@@ -785,23 +934,46 @@ where
                     *consecutive_unsuccessful_attempts, self.failures,
                     "R12: consecutive_unsuccessful_attempts"
                 );
+                self.outstanding = Some((*attempt, true));
             }
             Effect::CancelAttempt { attempt } => {
                 assert!(
                     attempt.raw() < self.next_attempt,
                     "cancel of an unknown attempt"
-                )
+                );
+                if self.outstanding.is_some_and(|(a, _)| a == *attempt) {
+                    self.outstanding = None;
+                }
             }
             Effect::BecameCurrent { conn, connection } => {
-                assert!(self.current.is_none(), "R5: two current connections");
+                if let Some((old, _)) = &self.current {
+                    // R15, I11: only a handover's connection replaces a current one, in
+                    // one step; the old one is retired until its grace ends.
+                    let h = self
+                        .step_in
+                        .handover
+                        .expect("I11: two current connections, and no handover pending");
+                    assert!(h.attempt.is_some(), "I11: handover without its attempt");
+                    assert_eq!(h.from, *old, "I11: a handover replaces the current one");
+                    self.retired.push((*old, now.saturating_add(h.grace)));
+                }
                 assert_eq!(conn.raw(), self.next_conn, "connection ids are sequential");
-                assert_eq!(
-                    self.step_in.connection.as_ref(),
-                    Some(connection),
+                let handed = !self.step_in.parked_now
+                    && self.step_in.connection.as_ref() == Some(connection);
+                let from_parked = !handed && self.parked.as_ref() == Some(connection);
+                assert!(
+                    handed || from_parked,
                     "R5: current connection not the one handed in"
                 );
+                if from_parked {
+                    self.parked = None;
+                    self.step_out.delivered_parked += 1;
+                } else {
+                    self.step_out.new_conns += 1;
+                }
+                self.failures = 0;
+                self.latest_made_current = true;
                 self.next_conn += 1;
-                self.step_out.new_conns += 1;
                 self.current = Some((*conn, connection.clone()));
                 self.open.insert(*conn);
             }
@@ -820,14 +992,26 @@ where
             }
             Effect::CloseConnection { conn, .. } => {
                 if conn.raw() == self.next_conn {
-                    // A stray connection, closed at once (R8, docs/behaviour.md §3).
-                    assert!(
-                        self.step_in.connection.is_some(),
-                        "stray close without a connection"
-                    );
+                    // A stray connection, closed at once (R8, docs/behaviour.md §3), or the
+                    // connection kept for a carried attempt that close cancelled (R15).
+                    if self.step_in.connection.is_some() && !self.step_in.parked_now {
+                        self.step_out.new_conns += 1;
+                    } else {
+                        assert!(
+                            self.parked.take().is_some(),
+                            "stray close without a connection"
+                        );
+                        self.step_out.delivered_parked += 1;
+                    }
                     self.next_conn += 1;
-                    self.step_out.new_conns += 1;
                     self.open.insert(*conn);
+                } else if let Some(i) = self.retired.iter().position(|(c, _)| c == conn) {
+                    // R15: a retired connection, asked to close when its grace ends (or at
+                    // close, checked once the step is done).
+                    let (_, deadline) = self.retired.remove(i);
+                    if now < deadline {
+                        self.step_out.early_retired_closes += 1;
+                    }
                 } else {
                     assert!(
                         self.current.as_ref().is_some_and(|(id, _)| id == conn),
@@ -860,8 +1044,9 @@ where
     fn after_step(&mut self, now: Instant, m: &Machine<A, C, E>) {
         let inp = std::mem::take(&mut self.step_in);
         let out = std::mem::take(&mut self.step_out);
-        // I6: every connection handed in is either current or asked to close, at once.
-        let expected_new = usize::from(inp.connection.is_some());
+        // I6: every connection handed in is either current or asked to close, at once
+        // (but one kept for the carried attempt, R15, which is when its handlers return).
+        let expected_new = usize::from(inp.connection.is_some() && !inp.parked_now);
         assert_eq!(
             out.new_conns, expected_new,
             "I6: connection neither current nor closed"
@@ -928,15 +1113,61 @@ where
             "state {state:?} vs unhandled event {:?}",
             self.unhandled
         );
+        // R15, I11: a retired connection is asked to close by its grace deadline, before
+        // only by close.
+        if out.early_retired_closes > 0 {
+            assert!(
+                m.is_closed(),
+                "I11: a retired connection closed before its grace"
+            );
+        }
+        if let Some((conn, deadline)) = self.retired.iter().min_by_key(|r| r.1) {
+            assert!(
+                now < *deadline,
+                "I11: retired {conn} not closed at its grace deadline {deadline:?}"
+            );
+            assert!(
+                m.poll_timeout().is_some_and(|t| t <= *deadline),
+                "I11: poll_timeout() {:?} would wake the driver after {conn}'s grace",
+                m.poll_timeout()
+            );
+        }
+        // I10: an attempt begun early by retry now never follows another.
+        if let Some((early, handover_after_success, retry_now)) = out.started {
+            let by_retry_now = m.attempt_began_by_retry_now().is_some();
+            assert!(
+                !by_retry_now || (early && retry_now),
+                "I10: attempt_began_by_retry_now() without an early start asked by retry now"
+            );
+            assert!(
+                !early || handover_after_success || by_retry_now,
+                "I10: an early start that is neither a handover after a success nor retry now"
+            );
+            assert!(
+                !(by_retry_now && self.latest_by_retry_now),
+                "I10: two attempts in a row began early by retry now"
+            );
+            self.latest_by_retry_now = by_retry_now;
+        }
         // I5: nothing waits on a deadline that has already passed.
+        let handover_waiting =
+            state == State::Connected && m.handover().is_some_and(|h| h.attempt.is_none());
         if let Some(t) = m.poll_timeout() {
             assert!(
                 t > now,
                 "I5: timeout {t:?} not after now {now:?} in {state:?}"
             );
             assert!(
-                matches!(state, State::WaitingToRetry | State::WaitingToReconnect),
+                matches!(state, State::WaitingToRetry | State::WaitingToReconnect)
+                    || handover_waiting
+                    || !self.retired.is_empty(),
                 "poll_timeout in {state:?}"
+            );
+        }
+        if handover_waiting {
+            assert!(
+                m.poll_timeout().is_some(),
+                "R15: a pending handover without a timer"
             );
         }
         match state {

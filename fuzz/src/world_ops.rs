@@ -16,7 +16,10 @@
 //! random generator: handlers finish, lookups and connects answer or fail, servers go down
 //! (dropping their connections) and up, the catalog moves, connections drop and finish
 //! closing, cancelled attempts answer late, inputs are duplicated, time moves on, the
-//! timer fires, the user closes, calls R11 or aborts.
+//! timer fires, the user closes, calls R11 or aborts; and the planned changes of R15–R17:
+//! servers withdrawn, listed again, restarted on a new address, added, the user's handover,
+//! its cancellation and retry now. The first planned change turns the world's planned mode
+//! on (`World::set_planned`), so a case without one runs exactly as before.
 //!
 //! Unlike `machine_inputs`, every input here is one a real world could produce: each
 //! request is answered at most once, each connection is closed once, time only moves to
@@ -26,6 +29,8 @@
 //! close must finish (R8, I7) and every connection the machine received must have been
 //! closed (I6). The simulator's seeded runs drive the same world, so a bug of the world is
 //! found once, by either.
+
+use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
 use persistent_connection_core::{Instant, Machine};
@@ -75,7 +80,20 @@ impl<'a> Arbitrary<'a> for FuzzOp {
             240..=247 => WorldOp::Duplicate { back: which(u)? },
             248..=250 => WorldOp::Close,
             251..=252 => WorldOp::CloseWhenCurrent,
-            _ => WorldOp::Abort,
+            253 => WorldOp::Abort,
+            // Planned changes (R15–R17).
+            _ => match u8::arbitrary(u)? % 8 {
+                0 => WorldOp::Withdraw { server: which(u)? },
+                1 => WorldOp::List { server: which(u)? },
+                2 => WorldOp::RestartElsewhere { server: which(u)? },
+                3 => WorldOp::ScaleOut,
+                4 | 5 => WorldOp::Handover {
+                    reason: which(u)?,
+                    grace_ms: u16::arbitrary(u)? % 2000,
+                },
+                6 => WorldOp::CancelHandover,
+                _ => WorldOp::RetryNow,
+            },
         }))
     }
 }
@@ -149,7 +167,14 @@ pub fn run_world<O: Observer<Addr, Conn, SimError>>(
         Watched(obs),
     );
     let mut w = world.unwrap_or_else(|v| panic!("checker: {v}"));
+    let mut planned = false;
     for op in &case.ops {
+        if !planned && is_planned(op) {
+            planned = true;
+            // The handovers the world's driver asks for get a grace from the seed, so
+            // the case's bytes before this op decode as they always did.
+            w.set_planned(Duration::from_millis(case.config.seed % 1000));
+        }
         if let Err(v) = w.apply(*op) {
             panic!("checker: {v}");
         }
@@ -158,6 +183,20 @@ pub fn run_world<O: Observer<Addr, Conn, SimError>>(
         panic!("checker: {v}");
     }
     w
+}
+
+/// Whether `op` is one of the planned changes (R15–R17).
+fn is_planned(op: &WorldOp) -> bool {
+    matches!(
+        op,
+        WorldOp::Withdraw { .. }
+            | WorldOp::List { .. }
+            | WorldOp::RestartElsewhere { .. }
+            | WorldOp::ScaleOut
+            | WorldOp::Handover { .. }
+            | WorldOp::CancelHandover
+            | WorldOp::RetryNow
+    )
 }
 
 /// Runs `case` under the simulator's checker and the harness's oracle, then once more with

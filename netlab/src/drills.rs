@@ -205,6 +205,12 @@ pub fn client(
                     Event::FailedToConnect(e) => format!("failed: {e}"),
                     Event::Connected(c) => format!("connected {}", c.handle().peer_addr()),
                     Event::Disconnected => "disconnected".to_string(),
+                    Event::HandedOver { connection, reason } => {
+                        format!(
+                            "handed over to {} ({reason})",
+                            connection.handle().peer_addr()
+                        )
+                    }
                 };
                 log.lock().unwrap().events.push((at, text));
                 if let Event::Connected(c) = e {

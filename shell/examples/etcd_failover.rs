@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use persistent_connection::catalog::etcd::{EtcdCatalog, EtcdPublisher};
 use persistent_connection::catalog::{Catalog, CatalogError, Pick, Picker};
-use persistent_connection::{Closable, Error, Event, IoError, PersistentConnection, TcpConnection};
+use persistent_connection::{Closable, IoError, PersistentConnection, TcpConnection};
 use persistent_connection_testkit::etcd::EtcdServer;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -173,17 +173,6 @@ async fn request(conn: &TcpConnection, n: u64) -> Option<String> {
     (rest == format!("req {n}")).then(|| server.to_owned())
 }
 
-fn describe(event: &Event<SocketAddr, TcpConnection, IoError>) -> String {
-    match event {
-        Event::AttemptingToConnect => "AttemptingToConnect".to_owned(),
-        Event::ObtainedAddress(a) => format!("ObtainedAddress({a})"),
-        Event::FailedToConnect(Error::User(e)) => format!("FailedToConnect({e})"),
-        Event::FailedToConnect(e) => format!("FailedToConnect({e})"),
-        Event::Connected(c) => format!("Connected({})", c.peer_addr()),
-        Event::Disconnected => "Disconnected".to_owned(),
-    }
-}
-
 /// The persistent connection of the demo and of the trials.
 fn connect<G, GF>(get_address: G, seed: u64, verbose: Option<Instant>) -> Pc
 where
@@ -201,7 +190,7 @@ where
             println!(
                 "{:>7.3}s  {}",
                 start.elapsed().as_secs_f64(),
-                describe(&event)
+                event.to_string()
             );
         }
         async {}

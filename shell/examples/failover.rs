@@ -12,6 +12,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use persistent_connection::core::EventKind;
 use persistent_connection::{Closable, Error, Event, IoError, PersistentConnection, TcpConnection};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
@@ -243,16 +244,20 @@ fn describe(
         Event::FailedToConnect(e) => format!("FailedToConnect({e})"),
         Event::Connected(c) => format!("Connected(to {})", name(&c.peer_addr())),
         Event::Disconnected => "Disconnected".to_owned(),
+        Event::HandedOver { connection, reason } => {
+            format!("HandedOver(to {}: {reason})", name(&connection.peer_addr()))
+        }
     }
 }
 
 fn kind_name(event: &Event<SocketAddr, TcpConnection, String>) -> &'static str {
-    match event {
-        Event::AttemptingToConnect => "AttemptingToConnect",
-        Event::ObtainedAddress(_) => "ObtainedAddress",
-        Event::FailedToConnect(_) => "FailedToConnect",
-        Event::Connected(_) => "Connected",
-        Event::Disconnected => "Disconnected",
+    match event.kind() {
+        EventKind::AttemptingToConnect => "AttemptingToConnect",
+        EventKind::ObtainedAddress => "ObtainedAddress",
+        EventKind::FailedToConnect => "FailedToConnect",
+        EventKind::Connected => "Connected",
+        EventKind::Disconnected => "Disconnected",
+        EventKind::HandedOver => "HandedOver",
     }
 }
 

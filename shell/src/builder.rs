@@ -16,6 +16,7 @@ use crate::guard;
 use crate::handle::PersistentConnection;
 use crate::runtime::callbacks::{Callbacks, ConnectContext};
 use crate::runtime::driver::{Driver, Task};
+use crate::runtime::follow::{self, Plan};
 use crate::runtime::shared::Shared;
 
 /// How long `get_address` may take before the attempt fails with
@@ -33,6 +34,10 @@ pub const DEFAULT_EVENT_CAPACITY: usize = 64;
 
 /// The largest [`Builder::event_capacity`].
 pub const MAX_EVENT_CAPACITY: usize = 1 << 16;
+
+/// How long a connection replaced by a handover stays open by default, so that calls in
+/// flight on it may finish (R15): 10 s.
+pub const DEFAULT_HANDOVER_GRACE: Duration = Duration::from_secs(10);
 
 /// Sets up a [`PersistentConnection`]; made by [`PersistentConnection::builder`].
 ///
@@ -74,6 +79,8 @@ pub struct Builder<A, C, E> {
     event_capacity: usize,
     /// Observers set up before the driver starts (S4).
     events: Option<broadcast::Sender<Event<A, C, E>>>,
+    /// What the follower watches (R15–R17): a catalog, the maximum age.
+    follow: Plan<A>,
 }
 
 impl<A, C, E> fmt::Debug for Builder<A, C, E> {
@@ -114,7 +121,54 @@ where
             seed: None,
             event_capacity: DEFAULT_EVENT_CAPACITY,
             events: None,
+            follow: Plan {
+                catalog: None,
+                max_age: None,
+                grace: DEFAULT_HANDOVER_GRACE,
+            },
         }
+    }
+
+    /// Follow `catalog` (the one `get_address` looks up, with the same `pick`): when the
+    /// copy the current connection goes to is withdrawn from it, hand over to another copy
+    /// (R15, make-before-break: the old connection serves until the new one is up); with
+    /// [`Pick::InOrder`](crate::catalog::Pick::InOrder), fail back when a copy listed
+    /// before the current one is listed again; while waiting between attempts, try a newly
+    /// listed copy at once (R16); and when a connection that died young leaves another
+    /// listed copy, try it without waiting out the retry delay (R17). A catalog that
+    /// cannot watch ([`Catalog::changed`](crate::catalog::Catalog::changed) never
+    /// resolves) still gives R17.
+    ///
+    /// [`PersistentConnection::with_catalog`] sets this up for you; call it yourself when
+    /// you build `get_address` from the catalog your own way.
+    pub fn follow<K>(mut self, catalog: K, pick: crate::catalog::Pick) -> Self
+    where
+        K: crate::catalog::Catalog<Address = A>,
+    {
+        self.follow.catalog = Some((Box::new(Arc::new(catalog)), pick));
+        self
+    }
+
+    /// Stop following the catalog that [`PersistentConnection::with_catalog`] follows by
+    /// default: the connection then moves only when it breaks, as in the original.
+    pub fn unfollow(mut self) -> Self {
+        self.follow.catalog = None;
+        self
+    }
+
+    /// Replace every connection once it is about `age` old (jittered ±20%), by a handover
+    /// (R15, reason `MaxAge`): so that load spreads again over the copies after a deploy
+    /// or a scale-out. Off by default.
+    pub fn max_connection_age(mut self, age: Duration) -> Self {
+        self.follow.max_age = Some(age);
+        self
+    }
+
+    /// How long a connection replaced by a handover stays open, so that calls in flight on
+    /// it may finish (R15): default [`DEFAULT_HANDOVER_GRACE`].
+    pub fn handover_grace(mut self, grace: Duration) -> Self {
+        self.follow.grace = grace;
+        self
     }
 
     /// The seed's `on_event`: called with every event and awaited before the next step.
@@ -268,8 +322,13 @@ where
             retry,
             seed,
             event_capacity,
-            events,
+            mut events,
+            follow,
         } = self;
+        let follower_events = (!follow.is_empty()).then(|| {
+            let sender = events.get_or_insert_with(|| broadcast::Sender::new(event_capacity));
+            EventStream::new(sender.subscribe(), event_capacity)
+        });
         let seed = seed.unwrap_or_else(os_seed);
         let retry = RetryPolicy {
             delay: guard_retry_delay(retry.delay, server_name.clone()),
@@ -277,9 +336,14 @@ where
         };
         let machine = Machine::new(Config { seed, retry });
         let shared = Arc::new(Shared::new(server_name, machine, events, event_capacity));
+        shared.set_handover_grace(follow.grace);
         let task = Task::new(shared.clone(), Driver::new(callbacks, seed));
         // `Instant::now()` is read inside the task, so the base is on the runtime's clock.
         runtime.spawn(task);
+        if let Some(events) = follower_events {
+            // Ends with the events, once close has finished (S4).
+            runtime.spawn(follow::run(shared.clone(), events, follow, seed));
+        }
         PersistentConnection { shared }
     }
 }
@@ -310,6 +374,60 @@ where
         KF: Future<Output = Result<C, E>> + Send + 'static,
     {
         Builder::new(server_name.into(), get_address, connect)
+    }
+
+    /// A builder whose addresses come from `catalog`, picked with `pick`, and which
+    /// *follows* the catalog ([`Builder::follow`]): a copy withdrawn from the catalog is
+    /// left by a make-before-break handover (R15), a newly listed copy ends a wait between
+    /// attempts (R16), and a connection that died young is replaced from another listed
+    /// copy at once (R17). This is the way to use a catalog; `catalog.get_address(pick)`
+    /// with [`builder`](PersistentConnection::builder) gives the lookup alone.
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use persistent_connection::catalog::{Pick, StaticList};
+    /// use persistent_connection::{IoError, PersistentConnection, TcpConnection};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let a = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// let b = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// let (addr_a, addr_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+    /// let catalog = StaticList::new([addr_a, addr_b]);
+    /// let pc = PersistentConnection::<SocketAddr, TcpConnection, IoError>::with_catalog(
+    ///     "echo",
+    ///     catalog.clone(),
+    ///     Pick::InOrder,
+    ///     |addr: SocketAddr, _cx| TcpConnection::connect(addr),
+    /// )
+    /// .build();
+    /// assert_eq!(pc.connected().await.peer_addr(), addr_a);
+    ///
+    /// // `a` is withdrawn (a deploy drains it): the connection moves to `b` before the
+    /// // one to `a` is closed, with no instant without a current connection.
+    /// catalog.replace([addr_b]);
+    /// while pc.current_connection().map(|c| c.peer_addr()) != Some(addr_b) {
+    ///     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    /// }
+    /// assert_eq!(pc.stats().handovers, 1);
+    /// assert_eq!(pc.stats().disconnections, 0);
+    /// pc.close().await;
+    /// # }
+    /// ```
+    pub fn with_catalog<K, KC, KF>(
+        server_name: impl Into<Arc<str>>,
+        catalog: KC,
+        pick: crate::catalog::Pick,
+        connect: K,
+    ) -> Builder<A, C, E>
+    where
+        KC: crate::catalog::Catalog<Address = A> + Clone,
+        E: From<crate::catalog::CatalogError> + 'static,
+        K: Fn(A, ConnectContext<E>) -> KF + Send + Sync + 'static,
+        KF: Future<Output = Result<C, E>> + Send + 'static,
+    {
+        let get_address = crate::catalog::Catalog::get_address::<E>(catalog.clone(), pick);
+        Builder::new(server_name.into(), get_address, connect).follow(catalog, pick)
     }
 }
 

@@ -15,7 +15,8 @@
 //!   `Result<T, Panic>`: the caller decides what a panic means (a failed attempt, a failed
 //!   check, an ended driver) and reports it. A panic in a drop after the future finished,
 //!   or in the drop of a pending future, has no caller left to tell: it is logged at warn
-//!   with the guard's label.
+//!   with the guard's label and, in a persistent connection's driver task, its server name
+//!   (the `server` field; see [`ServerScope`]).
 //! - [`call`] runs a synchronous user call (a callback that builds a future) the same way.
 //! - [`drop_guarded`] drops any user value, logging a panic instead of unwinding.
 //!
@@ -34,10 +35,12 @@
 //! A [`Guarded`] needs an `Unpin` future (the crate's futures are boxed already;
 //! [`Guarded::boxed`] boxes one that is not), so it needs no pin projection.
 
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crate::error::panic_message;
@@ -66,6 +69,59 @@ impl Panic {
     }
 }
 
+thread_local! {
+    /// The server name of the persistent connection whose driver runs on this thread now,
+    /// if any: what the guard's log lines name besides the task.
+    static SERVER: Cell<Option<Arc<str>>> = const { Cell::new(None) };
+}
+
+/// While it lives, the guard's log lines on this thread name `server`: the driver holds
+/// one for each poll (and for its drop), so that a panic in the drop of user code it runs
+/// is logged with the persistent connection it belongs to. Restores the previous name when
+/// dropped (scopes nest).
+#[must_use = "the name applies while the scope lives"]
+pub(crate) struct ServerScope {
+    previous: Option<Arc<str>>,
+}
+
+impl ServerScope {
+    /// Names `server` in the guard's log lines until the scope drops.
+    pub(crate) fn enter(server: Arc<str>) -> ServerScope {
+        ServerScope {
+            previous: SERVER.with(|s| s.replace(Some(server))),
+        }
+    }
+}
+
+impl Drop for ServerScope {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        SERVER.with(|s| s.set(previous));
+    }
+}
+
+/// The server named by the current [`ServerScope`], if any.
+fn current_server() -> Option<Arc<str>> {
+    SERVER.with(|s| {
+        let server = s.take();
+        s.set(server.clone());
+        server
+    })
+}
+
+/// Logs a panic in the drop of user code, which has no caller left to tell.
+fn warn_drop_panicked(what: &'static str, panic: &Panic) {
+    match current_server() {
+        Some(server) => tracing::warn!(
+            server = %server,
+            what,
+            panic = %panic.message,
+            "dropping {what} panicked; ignored"
+        ),
+        None => tracing::warn!(what, panic = %panic.message, "dropping {what} panicked; ignored"),
+    }
+}
+
 /// Runs `f` (user code) and turns a panic into `Err(Panic)`.
 pub(crate) fn call<T>(what: &'static str, f: impl FnOnce() -> T) -> Result<T, Panic> {
     std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| Panic::new(what, &*p))
@@ -77,7 +133,7 @@ pub(crate) fn drop_guarded<T>(what: &'static str, value: T) -> Option<Panic> {
     match call(what, move || drop(value)) {
         Ok(()) => None,
         Err(panic) => {
-            tracing::warn!(what, panic = %panic.message, "dropping {what} panicked; ignored");
+            warn_drop_panicked(what, &panic);
             Some(panic)
         }
     }
@@ -118,7 +174,7 @@ fn drop_in_slot<F>(what: &'static str, mut slot: Pin<&mut Option<F>>) {
     if slot.is_some()
         && let Err(panic) = call(what, || slot.set(None))
     {
-        tracing::warn!(what, panic = %panic.message, "dropping {what} panicked; ignored");
+        warn_drop_panicked(what, &panic);
     }
 }
 

@@ -187,6 +187,38 @@ where
         }
     }
 
+    /// Replace the current connection by a new one made beside it (R15, make before
+    /// break): the catalog is looked up for another copy, a connection made to it, and only
+    /// then does it become current, in place of the old one, which stays open for the
+    /// builder's [`handover_grace`](crate::Builder::handover_grace) so that calls in flight
+    /// may finish. `reason` is carried by the `HandedOver` event, the logs and the
+    /// metrics; use [`HandoverReason::Drain`](crate::core::HandoverReason::Drain) when the
+    /// server said it is draining (HTTP/2's GOAWAY, a lame-duck notice), `User` otherwise.
+    /// A failed attempt leaves the current connection serving and is retried on the retry
+    /// policy until it succeeds or [`cancel_handover`](Self::cancel_handover). Nothing when
+    /// not connected or closed.
+    pub fn handover(&self, reason: crate::core::HandoverReason) {
+        let grace = self.shared.handover_grace();
+        self.shared
+            .feed_now_from_handle(Input::Handover { reason, grace });
+    }
+
+    /// Ends a pending handover whose cause no longer holds (R15); its attempt in flight is
+    /// cancelled. Nothing when none is pending.
+    pub fn cancel_handover(&self) {
+        self.shared.feed_now_from_handle(Input::CancelHandover);
+    }
+
+    /// Ends a wait between attempts now (R16): "reconnect now", e.g. when you know the
+    /// service is back. Bounded (I10): an attempt that began this way is followed by a full
+    /// retry delay, so calling it in a loop cannot make the loop busy. Nothing while
+    /// connected or after close.
+    pub fn retry_now(&self) {
+        self.shared.feed_now_from_handle(Input::RetryNow {
+            reason: crate::core::RetryNowReason::User,
+        });
+    }
+
     /// R11: stop reconnecting. If connected, the current connection stays up and no new
     /// round starts after it closes; if not, this closes now. Either way the persistent
     /// connection counts as closed before this returns: [`is_closed`](Self::is_closed) is

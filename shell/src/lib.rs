@@ -130,8 +130,8 @@ pub use persistent_connection_core as core;
 pub use persistent_connection_core::{AttemptError, EventKind, Jitter, RetryDelay, RetryPolicy};
 
 pub use builder::{
-    Builder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_CAPACITY, DEFAULT_LOOKUP_TIMEOUT,
-    MAX_EVENT_CAPACITY,
+    Builder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_CAPACITY, DEFAULT_HANDOVER_GRACE,
+    DEFAULT_LOOKUP_TIMEOUT, MAX_EVENT_CAPACITY,
 };
 #[cfg(feature = "connector")]
 pub use catalog::connector;

@@ -55,6 +55,7 @@ use tokio::time::Instant;
 
 use crate::conn::closable::Closable;
 use crate::handle::PersistentConnection;
+use crate::runtime::shared::HANDOVER_REASONS;
 use crate::runtime::shared::Shared;
 use crate::status::{State, Stats};
 use persistent_connection_core::Event;
@@ -67,6 +68,13 @@ pub const FAILURES: &str = "persistent_connection_failures_total";
 pub const CONNECTIONS: &str = "persistent_connection_connections_total";
 /// Counter: disconnections.
 pub const DISCONNECTIONS: &str = "persistent_connection_disconnections_total";
+/// Counter: successful handovers (make-before-break replacements, R15), label `reason`
+/// (`user`, `drain`, `max_age`, `withdrawn`, `fail_back`).
+pub const HANDOVERS: &str = "persistent_connection_handovers_total";
+/// Counter: handover attempts that failed (the current connection kept serving).
+pub const HANDOVER_FAILURES: &str = "persistent_connection_handover_failures_total";
+/// Counter: waits between attempts ended early by retry now (R16, R17).
+pub const RETRIES_NOW: &str = "persistent_connection_retries_now_total";
 /// Gauge: 1 for the current state, 0 for the others, label `state`.
 pub const STATE: &str = "persistent_connection_state";
 /// Gauge: unsuccessful attempts since the last connection.
@@ -100,6 +108,9 @@ struct Handles {
     deduplicated: Counter,
     connections: Counter,
     disconnections: Counter,
+    handovers: [Counter; 5],
+    handover_failures: Counter,
+    retries_now: Counter,
     states: [Gauge; 5],
     consecutive: Gauge,
     gap: Histogram,
@@ -114,6 +125,11 @@ impl Handles {
             deduplicated: counter!(FAILURES, "server_name" => name.clone(), "reported" => "false"),
             connections: counter!(CONNECTIONS, "server_name" => name.clone()),
             disconnections: counter!(DISCONNECTIONS, "server_name" => name.clone()),
+            handovers: HANDOVER_REASONS.map(
+                |r| counter!(HANDOVERS, "server_name" => name.clone(), "reason" => r.as_str()),
+            ),
+            handover_failures: counter!(HANDOVER_FAILURES, "server_name" => name.clone()),
+            retries_now: counter!(RETRIES_NOW, "server_name" => name.clone()),
             states: STATE_LABELS
                 .map(|s| gauge!(STATE, "server_name" => name.clone(), "state" => s)),
             consecutive: gauge!(CONSECUTIVE_FAILURES, "server_name" => name.clone()),
@@ -136,6 +152,18 @@ fn describe() {
     );
     describe_counter!(CONNECTIONS, "Connections that became current.");
     describe_counter!(DISCONNECTIONS, "Current connections lost or closed.");
+    describe_counter!(
+        HANDOVERS,
+        "Connections replaced make-before-break (no disconnection), by reason."
+    );
+    describe_counter!(
+        HANDOVER_FAILURES,
+        "Handover attempts that failed; the current connection kept serving."
+    );
+    describe_counter!(
+        RETRIES_NOW,
+        "Waits between attempts ended early by retry now."
+    );
     describe_gauge!(STATE, "1 for the persistent connection's current state.");
     describe_gauge!(
         CONSECUTIVE_FAILURES,
@@ -151,6 +179,7 @@ fn describe() {
 /// What the exporter has already added to the counters.
 struct Exported {
     seen: Stats,
+    handovers_by: [u64; 5],
 }
 
 impl Exported {
@@ -172,12 +201,21 @@ impl Exported {
         );
         up(&h.connections, now.connections, seen.connections);
         up(&h.disconnections, now.disconnections, seen.disconnections);
+        up(
+            &h.handover_failures,
+            now.handover_failures,
+            seen.handover_failures,
+        );
+        up(&h.retries_now, now.retries_now, seen.retries_now);
         self.seen = Stats {
             attempts: now.attempts.max(seen.attempts),
             failures: now.failures.max(seen.failures),
             deduplicated_failures: now.deduplicated_failures.max(seen.deduplicated_failures),
             connections: now.connections.max(seen.connections),
             disconnections: now.disconnections.max(seen.disconnections),
+            handovers: now.handovers.max(seen.handovers),
+            handover_failures: now.handover_failures.max(seen.handover_failures),
+            retries_now: now.retries_now.max(seen.retries_now),
         };
     }
 }
@@ -186,6 +224,13 @@ impl Exported {
 /// state and the consecutive failures.
 fn refresh<A, C, E>(shared: &Shared<A, C, E>, handles: &Handles, exported: &mut Exported) {
     exported.update(handles, shared.stats());
+    let by_reason = shared.handovers_by_reason();
+    for (i, n) in by_reason.into_iter().enumerate() {
+        if n > exported.handovers_by[i] {
+            handles.handovers[i].increment(n - exported.handovers_by[i]);
+            exported.handovers_by[i] = n;
+        }
+    }
     handles.set_state(state_index(shared.state()));
     handles
         .consecutive
@@ -222,6 +267,7 @@ where
     let mut events = pc.events();
     let mut exported = Exported {
         seen: Stats::default(),
+        handovers_by: [0; 5],
     };
     refresh(&shared, &handles, &mut exported);
     let mut disconnected_at: Option<Instant> = match pc.state() {

@@ -42,4 +42,11 @@ pub struct Stats {
     pub connections: u64,
     /// `Disconnected` events (R6).
     pub disconnections: u64,
+    /// Successful handovers (R15): `HandedOver` events. A replaced connection is not a
+    /// disconnection.
+    pub handovers: u64,
+    /// Handover attempts that failed (R15); the current connection kept serving.
+    pub handover_failures: u64,
+    /// Waits between attempts ended early by retry now (R16, R17).
+    pub retries_now: u64,
 }

@@ -4,7 +4,8 @@
 //! connection with a function of yours. [`poll_ready`](Service::poll_ready) waits until
 //! there is a connection (so tower's `buffer`, `limit` and load balancers hold requests
 //! back while reconnecting, instead of failing them), and fails with [`ServiceClosed`]
-//! once the persistent connection is closed: a closed service is an error, never a hang.
+//! once the persistent connection is closed and no connection is current (after R11 the
+//! connection still up keeps serving): a closed service is an error, never a hang.
 //! It composes with tower's layers: `timeout` bounds a request (placed as said below),
 //! `retry` sends it again (the service is `Clone`), `limit` and `buffer` share it.
 //!
@@ -107,8 +108,9 @@ impl std::error::Error for ServiceClosed {}
 /// current connection; see the [module docs](self).
 ///
 /// - `poll_ready` is ready when a connection is current (the connection is kept for the
-///   next `call`); otherwise it waits for the next one, across failed attempts; once the
-///   persistent connection is closed it returns [`ServiceClosed`].
+///   next `call`), also after R11 while that connection stays up; otherwise it waits for
+///   the next one, across failed attempts; once the persistent connection is closed and
+///   no connection is current, it returns [`ServiceClosed`].
 /// - `call` runs `request` with that connection. Its error is whatever `request` returns,
 ///   boxed. `call` without a successful `poll_ready` first panics, as tower's contract
 ///   allows.
@@ -206,13 +208,10 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         loop {
-            if self.pc.is_closed() {
-                self.ready = None;
-                self.waiting = None;
-                return Poll::Ready(Err(self.closed()));
-            }
+            // A current connection serves, also after R11, which counts the persistent
+            // connection as closed at once while its connection stays up and current.
             if let Some(c) = &self.ready {
-                if !c.is_closed() {
+                if !c.is_closed() && !self.pc.is_closed() {
                     return Poll::Ready(Ok(()));
                 }
                 self.ready = None;
@@ -221,6 +220,10 @@ where
                 self.waiting = None;
                 self.ready = Some(c);
                 return Poll::Ready(Ok(()));
+            }
+            if self.pc.is_closed() {
+                self.waiting = None;
+                return Poll::Ready(Err(self.closed()));
             }
             if self.waiting.is_none() {
                 self.waiting = Some(Box::pin(next_connection(self.pc.clone())));

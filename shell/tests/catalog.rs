@@ -45,6 +45,13 @@ fn describe(e: &Event<SocketAddr, TcpConnection, IoError>) -> String {
         Event::FailedToConnect(e) => format!("Failed({e})"),
         Event::Connected(c) => format!("Connected({})", c.peer_addr().port()),
         Event::Disconnected => "Disconnected".into(),
+        Event::HandedOver { connection, reason } => {
+            format!(
+                "HandedOver({}, {})",
+                connection.peer_addr().port(),
+                reason.as_str()
+            )
+        }
     }
 }
 

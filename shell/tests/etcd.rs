@@ -209,6 +209,7 @@ fn describe(e: &Event<SocketAddr, TcpConnection, IoError>) -> String {
         Event::FailedToConnect(e) => format!("FailedToConnect({e:?})"),
         Event::Connected(c) => format!("Connected({})", c.peer_addr()),
         Event::Disconnected => "Disconnected".into(),
+        Event::HandedOver { connection, .. } => format!("HandedOver({})", connection.peer_addr()),
     }
 }
 
@@ -765,8 +766,9 @@ async fn a_watch_cache_serves_its_last_list_while_etcd_is_down_for_at_most_max_s
     while catalog.staleness().is_some_and(|s| s < bound / 2) {
         let started = tokio::time::Instant::now();
         assert_eq!(catalog.lookup().await.unwrap(), [a.addr]);
+        // Not after waiting for etcd, which takes the 300 ms request timeout.
         assert!(
-            started.elapsed() < Duration::from_millis(100),
+            started.elapsed() < Duration::from_millis(300),
             "a stale answer is local: {:?}",
             started.elapsed()
         );

@@ -455,11 +455,8 @@ async fn a_frozen_etcd_still_lists_the_last_known_copies_from_range_reads() {
     for _ in 0..5 {
         let started = Instant::now();
         assert_eq!(catalog.lookup().await.unwrap(), [a.addr, b.addr]);
-        assert!(
-            started.elapsed() < ETCD_TIMEOUT / 2,
-            "{:?}",
-            started.elapsed()
-        );
+        // Not after waiting for etcd, which takes the request timeout.
+        assert!(started.elapsed() < ETCD_TIMEOUT, "{:?}", started.elapsed());
         tokio::time::sleep(ETCD_TIMEOUT).await;
     }
     etcd.resume();

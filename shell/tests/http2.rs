@@ -346,12 +346,75 @@ async fn a_reset_is_noticed() {
     peer.await.unwrap();
 }
 
+/// A server that reads the request and resets the connection, after sending its
+/// `SETTINGS` (`speaks`) or before sending anything (a server shutting down resets the
+/// connections it has not begun HTTP/2 on).
+async fn resetting_server(speaks: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        if speaks {
+            // An empty SETTINGS frame: the server's preface.
+            s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        }
+        // The client's preface (24 bytes), its SETTINGS and the request's HEADERS: wait
+        // for a HEADERS frame (type 1) to arrive.
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the client closed first");
+            seen.extend_from_slice(&buf[..n]);
+            let mut at = 24;
+            let mut headers = false;
+            while seen.len() >= at + 9 {
+                let len = (usize::from(seen[at]) << 16)
+                    | (usize::from(seen[at + 1]) << 8)
+                    | usize::from(seen[at + 2]);
+                headers |= seen[at + 3] == 1;
+                at += 9 + len;
+            }
+            if headers {
+                break;
+            }
+        }
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s);
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_call_on_a_connection_the_server_never_spoke_on_counts_as_not_sent() {
+    let (conn, _tcp) = connect(resetting_server(false).await, &Http2Options::new()).await;
+    let failed = within("the call", health_check(conn.clone()))
+        .await
+        .unwrap_err();
+    assert!(call_was_not_sent(&failed), "{failed:?}");
+    assert!(
+        failed.message().contains("the server sent nothing"),
+        "{failed:?}"
+    );
+    within("close_finished", conn.close_finished()).await;
+
+    // The same after the server's preface: the server may have begun the call.
+    let (conn, _tcp) = connect(resetting_server(true).await, &Http2Options::new()).await;
+    let failed = within("the call", health_check(conn.clone()))
+        .await
+        .unwrap_err();
+    assert!(!call_was_not_sent(&failed), "{failed:?}");
+    within("close_finished", conn.close_finished()).await;
+}
+
 #[tokio::test]
 async fn a_failed_handshake_closes_the_stream_and_names_the_step() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let tcp = TcpConnection::connect(addr).await.unwrap();
-    tcp.close().await; // writes now fail: the preface cannot go out
+    tcp.close().await; // nothing can go out on it any more
     let err = Http2Connection::<GrpcBody>::handshake(tcp.clone(), &Http2Options::new())
         .await
         .unwrap_err();
@@ -500,7 +563,7 @@ async fn a_persistent_connection_over_it_fails_over_between_tonic_servers() {
             Http2Connection::<GrpcBody>::handshake(tcp, &Http2Options::new()).await
         },
     )
-    .retry_delay(Duration::from_millis(20))
+    .retry_policy(Duration::from_millis(20))
     .build();
     let first = within("connected", pc.connected()).await;
     assert_eq!(
@@ -531,10 +594,10 @@ async fn it_runs_over_tls_with_alpn_h2() {
 
     use hyper::server::conn::http2;
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    use persistent_connection::tls::rustls::pki_types::pem::PemObject;
-    use persistent_connection::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    use persistent_connection::tls::rustls::{RootCertStore, ServerConfig, crypto};
-    use persistent_connection::tls::{TlsConnector, client_config, tokio_rustls};
+    use persistent_connection::conn::tls::rustls::pki_types::pem::PemObject;
+    use persistent_connection::conn::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use persistent_connection::conn::tls::rustls::{RootCertStore, ServerConfig, crypto};
+    use persistent_connection::conn::tls::{TlsConnector, client_config, tokio_rustls};
 
     // A hyper HTTP/2 server behind rustls, offering ALPN h2, with certificates made now.
     let (ca, cert, key) = persistent_connection_testkit::certs::make(&["localhost"]);

@@ -269,6 +269,9 @@ fn describe(event: &Event<u16, Conn, String>) -> String {
         Event::FailedToConnect(e) => format!("Failed({})", error(e)),
         Event::Connected(c) => format!("Connected({})", **c),
         Event::Disconnected => "Disconnected".into(),
+        Event::HandedOver { connection, reason } => {
+            format!("HandedOver({}, {})", **connection, reason.as_str())
+        }
     }
 }
 

@@ -180,6 +180,7 @@ fn persistent(catalog: &Catalog, retry: Duration, log: Arc<Mutex<Vec<String>>>) 
                 Event::FailedToConnect(e) => format!("Failed({e})"),
                 Event::Connected(c) => format!("Connected({})", c.peer_addr().port()),
                 Event::Disconnected => "Disconnected".into(),
+                Event::HandedOver { .. } => "HandedOver".into(),
             })
         }
     })

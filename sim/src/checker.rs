@@ -1,4 +1,5 @@
-//! The invariant checker: docs/behaviour.md §5's I1–I8 judged from the trace alone.
+//! The invariant checker: docs/behaviour.md §5's I1–I8, I10 and I11 judged from the trace
+//! alone.
 //!
 //! [`Checker`] watches what a driver feeds a machine ([`Checker::on_input`]) and what the
 //! machine answers ([`Checker::on_effect`]), then looks at the machine's queries once the
@@ -46,8 +47,8 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use persistent_connection_core::{
-    AttemptError, AttemptId, ConnId, Effect, Event, EventId, EventKind, Input, Instant, Jitter,
-    Machine, RetryDelay, RetryPolicy, State,
+    AttemptError, AttemptId, ConnId, Effect, Event, EventId, EventKind, HandoverReason, Input,
+    Instant, Jitter, Machine, RetryDelay, RetryPolicy, State,
 };
 
 /// The invariants of docs/behaviour.md §5.
@@ -72,6 +73,12 @@ pub enum Invariant {
     /// Determinism: a replayed seed reproduces its trace. Also used for liveness failures
     /// of the simulated world (a step cap breached, a close that never finishes).
     I9,
+    /// Early starts are bounded: before the previous attempt's deadline only a handover
+    /// right after a connection was made (R15) or retry now, never twice in a row (R16).
+    I10,
+    /// Handover: one current connection at a time, swapped in one step, the retired one
+    /// closed within its grace (R15).
+    I11,
 }
 
 impl Invariant {
@@ -87,6 +94,8 @@ impl Invariant {
             Invariant::I7 => "close",
             Invariant::I8 => "waiters",
             Invariant::I9 => "determinism and liveness",
+            Invariant::I10 => "early starts bounded",
+            Invariant::I11 => "handover",
         }
     }
 }
@@ -154,6 +163,12 @@ pub trait MachineView {
     fn current_connection_hash(&self) -> Option<Option<u64>> {
         None
     }
+    /// [`Machine::handover`]: `Some(None)` when no handover is pending, `Some(Some((from,
+    /// attempt)))` with the connection it replaces and its attempt in flight. `None`, the
+    /// default, skips the check.
+    fn handover_state(&self) -> Option<Option<(ConnId, Option<AttemptId>)>> {
+        None
+    }
 }
 
 impl<A, C: fmt::Debug, E> MachineView for Machine<A, C, E> {
@@ -180,6 +195,9 @@ impl<A, C: fmt::Debug, E> MachineView for Machine<A, C, E> {
     }
     fn current_connection_hash(&self) -> Option<Option<u64>> {
         Some(Machine::current_connection(self).map(debug_hash))
+    }
+    fn handover_state(&self) -> Option<Option<(ConnId, Option<AttemptId>)>> {
+        Some(Machine::handover(self).map(|h| (h.from, h.attempt)))
     }
 }
 
@@ -255,6 +273,14 @@ enum Expect<A, E> {
     OutcomeFailed(E),
     OutcomeAborted(E),
     OutcomeClosed,
+    /// R15: the handover's lookup, right after its timer.
+    GetAddressHandover(AttemptId),
+    /// R15: the handover's connection becomes current in place of this one.
+    BecameCurrentReplacing(ConnId),
+    /// R15: the handover's event.
+    EmitHandedOver(HandoverReason),
+    /// R15: a retired connection's grace ended (or close came): it is asked to close.
+    CloseRetired(ConnId),
 }
 
 impl<A, E> Expect<A, E> {
@@ -264,7 +290,11 @@ impl<A, E> Expect<A, E> {
             Expect::EmitAttempting
             | Expect::StartTimer
             | Expect::GetAddress(_)
+            | Expect::GetAddressHandover(_)
             | Expect::Connect(..) => Invariant::I5,
+            Expect::BecameCurrentReplacing(_)
+            | Expect::EmitHandedOver(_)
+            | Expect::CloseRetired(_) => Invariant::I11,
             Expect::EmitObtained(_) | Expect::EmitFailed(_) => Invariant::I2,
             Expect::EmitConnected | Expect::EmitDisconnected => Invariant::I1,
             Expect::Cancel(_) | Expect::CloseCurrent(_) => Invariant::I7,
@@ -297,6 +327,16 @@ impl<A, E> Expect<A, E> {
             Expect::OutcomeFailed(_) => "R10 waiters get the failure",
             Expect::OutcomeAborted(_) => "R10 waiters get the abort error (R12)",
             Expect::OutcomeClosed => "R10 waiters get Closed once closed",
+            Expect::GetAddressHandover(_) => {
+                "a handover's attempt asks for the address right after its timer (R2, R15)"
+            }
+            Expect::BecameCurrentReplacing(_) => {
+                "a handover's connection replaces the current one at once, in one step (R15)"
+            }
+            Expect::EmitHandedOver(_) => "a successful handover is reported (R15)",
+            Expect::CloseRetired(_) => {
+                "a retired connection is closed when its grace ends, or at close (R15)"
+            }
         }
     }
 }
@@ -317,6 +357,40 @@ enum Wait {
 struct AttemptInfo {
     id: AttemptId,
     deadline: Instant,
+}
+
+/// A pending handover (R15), as the trace shows it.
+#[derive(Debug)]
+struct ShadowHandover<A> {
+    reason: HandoverReason,
+    grace: Duration,
+    from: ConnId,
+    /// Its attempt in flight and what it waits for.
+    attempt: Option<(AttemptId, Op)>,
+    /// The address its lookup gave.
+    address: Option<A>,
+}
+
+/// A handover attempt that carries on as the new round's first (R15), while the round's
+/// first events are handled.
+#[derive(Debug)]
+struct ShadowCarried<A, E> {
+    attempt: AttemptId,
+    address: Option<A>,
+    /// `AttemptingToConnect` was called for.
+    round_begun: bool,
+    /// `ObtainedAddress(address)` was called for.
+    announced: bool,
+    parked: Option<ShadowParked<A, E>>,
+}
+
+/// The carried attempt's result, kept while a handler runs.
+#[derive(Debug)]
+enum ShadowParked<A, E> {
+    Address(Result<A, E>),
+    /// A connection, by the `Debug` hash of what was handed in.
+    ConnectOk(u64),
+    ConnectErr(E),
 }
 
 #[derive(Debug)]
@@ -358,6 +432,25 @@ pub struct Coverage {
     pub late_connections: u64,
     /// Inputs answering nothing outstanding (stale, duplicate, never issued).
     pub stale_inputs: u64,
+    /// Successful handovers (R15).
+    pub handovers: u64,
+    /// Handovers that began at once after the attempt that made the connection, before
+    /// its retry deadline (R15, I10 (a)).
+    pub early_handovers: u64,
+    /// Failed handover attempts, the current connection still serving (R15).
+    pub handover_failures: u64,
+    /// Handovers cancelled: `CancelHandover`, R11, `abort` or close (R15).
+    pub handovers_cancelled: u64,
+    /// Handover attempts carried on as a new round after the current connection died (R15).
+    pub carried_attempts: u64,
+    /// Retired connections closed by the machine when their grace ended or at close (R15).
+    pub retired_closed: u64,
+    /// Retired connections that closed by themselves during their grace (R15).
+    pub retired_closed_early: u64,
+    /// Waits ended by retry now (R16, R17).
+    pub retries_now: u64,
+    /// Retries now refused by the bound (I10).
+    pub retries_now_refused: u64,
 }
 
 impl Coverage {
@@ -376,6 +469,34 @@ impl Coverage {
         self.aborted_attempt_failures += o.aborted_attempt_failures;
         self.late_connections += o.late_connections;
         self.stale_inputs += o.stale_inputs;
+        self.handovers += o.handovers;
+        self.early_handovers += o.early_handovers;
+        self.handover_failures += o.handover_failures;
+        self.handovers_cancelled += o.handovers_cancelled;
+        self.carried_attempts += o.carried_attempts;
+        self.retired_closed += o.retired_closed;
+        self.retired_closed_early += o.retired_closed_early;
+        self.retries_now += o.retries_now;
+        self.retries_now_refused += o.retries_now_refused;
+    }
+
+    /// The situations of handover and retry now (R15–R17, I10, I11), each with its name:
+    /// reached by worlds with planned changes, zero in the others.
+    pub fn planned_counters(&self) -> [(&'static str, u64); 9] {
+        [
+            ("handovers (R15)", self.handovers),
+            ("early handovers (R15, I10)", self.early_handovers),
+            ("failed handover attempts", self.handover_failures),
+            ("handovers cancelled", self.handovers_cancelled),
+            ("handover attempts carried on", self.carried_attempts),
+            ("retired connections closed", self.retired_closed),
+            (
+                "retired connections closed early",
+                self.retired_closed_early,
+            ),
+            ("retries now (R16)", self.retries_now),
+            ("retries now refused (I10)", self.retries_now_refused),
+        ]
     }
 
     /// Each counter with its name.
@@ -451,6 +572,25 @@ pub struct Checker<A, C, E> {
     step_conn: Option<u64>,
     /// The `Debug` hash of the connection that became current in this step.
     became_current: Option<u64>,
+    /// The pending handover (R15).
+    handover: Option<ShadowHandover<A>>,
+    /// Its attempt's `StartTimer` is owed or was seen; its `GetAddress` not yet.
+    handover_starting: bool,
+    /// The handover attempt carried on into a new round (R15).
+    carried: Option<ShadowCarried<A, E>>,
+    /// Retired connections not yet asked to close, with their grace deadline and whether
+    /// their close is owed by this step (R15).
+    retired: Vec<(ConnId, Instant, bool)>,
+    /// The latest attempt made the current connection (R15, I10 (a)).
+    latest_made_current: bool,
+    /// The latest attempt began before its predecessor's deadline by retry now (I10 (b)).
+    latest_by_retry_now: bool,
+    /// A retry now kept for the next wait (R16).
+    retry_now_kept: bool,
+    /// A retry now ended the wait: the next start may be early (R16).
+    retry_now_armed: bool,
+    /// A retry now came since the latest attempt began (to name I10 in a failure).
+    retry_now_seen: bool,
     _conn: PhantomData<fn() -> C>,
 }
 
@@ -511,6 +651,15 @@ where
             just_waiting: false,
             step_conn: None,
             became_current: None,
+            handover: None,
+            handover_starting: false,
+            carried: None,
+            retired: Vec::new(),
+            latest_made_current: false,
+            latest_by_retry_now: false,
+            retry_now_kept: false,
+            retry_now_armed: false,
+            retry_now_seen: false,
             _conn: PhantomData,
         }
     }
@@ -538,7 +687,7 @@ where
     /// Connections the machine has been asked to close (or that are current) and whose
     /// `Closed` input has not arrived: what a world still owes the machine.
     pub fn open_connections(&self) -> usize {
-        self.strays.len() + usize::from(self.current.is_some())
+        self.strays.len() + usize::from(self.current.is_some()) + self.retired.len()
     }
 
     fn fail(&self, invariant: Invariant, message: String) -> Result<(), Violation> {
@@ -570,26 +719,30 @@ where
             Input::ConnectResult { result: Ok(c), .. } => Some(debug_hash(c)),
             _ => None,
         };
-        let stale = &mut self.coverage.stale_inputs;
-        match input {
-            Input::AddressResult { attempt, .. }
-                if self.inflight != Some((*attempt, Op::Lookup)) =>
-            {
-                *stale += 1
+        let stale = match input {
+            Input::AddressResult { attempt, .. } => {
+                self.inflight != Some((*attempt, Op::Lookup))
+                    && self.handover_attempt() != Some((*attempt, Op::Lookup))
+                    && !self.carried_awaits(*attempt, Op::Lookup)
             }
             Input::ConnectResult {
                 attempt,
                 result: Err(_),
-            } if self.inflight != Some((*attempt, Op::Connect)) => *stale += 1,
-            Input::Closed { conn }
-                if self.current != Some(*conn) && !self.strays.contains(conn) =>
-            {
-                *stale += 1
+            } => {
+                self.inflight != Some((*attempt, Op::Connect))
+                    && self.handover_attempt() != Some((*attempt, Op::Connect))
+                    && !self.carried_awaits(*attempt, Op::Connect)
             }
-            Input::EventHandled { event } if self.handler.map(|h| h.0) != Some(*event) => {
-                *stale += 1
+            Input::Closed { conn } => {
+                self.current != Some(*conn)
+                    && !self.strays.contains(conn)
+                    && !self.retired.iter().any(|r| r.0 == *conn)
             }
-            _ => {}
+            Input::EventHandled { event } => self.handler.map(|h| h.0) != Some(*event),
+            _ => false,
+        };
+        if stale {
+            self.coverage.stale_inputs += 1;
         }
         match input {
             Input::AddressResult { attempt, result } => {
@@ -605,24 +758,48 @@ where
                         return self.settled(now);
                     }
                     match result {
-                        Ok(address) => {
-                            let repeat = self.round.as_ref().and_then(|r| r.last_address.as_ref())
-                                == Some(address);
-                            if repeat {
-                                self.coverage.deduplicated_addresses += 1;
-                                self.expects
-                                    .push(Expect::Connect(*attempt, address.clone()));
-                            } else {
-                                self.pending_connect = Some((*attempt, address.clone()));
-                                self.expects.push(Expect::EmitObtained(address.clone()));
-                            }
-                        }
+                        Ok(address) => self.on_address(*attempt, address),
                         Err(e) => self.on_failure(e),
                     }
+                } else if self.handover_attempt() == Some((*attempt, Op::Lookup)) {
+                    // R15: the handover's lookup: no event; its address is connected to.
+                    match result {
+                        Ok(address) => {
+                            self.expects
+                                .push(Expect::Connect(*attempt, address.clone()));
+                            if let Some(h) = &mut self.handover {
+                                h.attempt = Some((*attempt, Op::Connect));
+                                h.address = Some(address.clone());
+                            }
+                        }
+                        Err(_) => self.on_handover_failure(),
+                    }
+                } else if self.carried_awaits(*attempt, Op::Lookup)
+                    && let Some(c) = &mut self.carried
+                {
+                    // R15: kept until the new round's first handlers return.
+                    c.parked = Some(ShadowParked::Address(result.clone()));
                 }
             }
             Input::ConnectResult { attempt, result } => {
                 let ours = self.inflight == Some((*attempt, Op::Connect));
+                if !ours && self.handover_attempt() == Some((*attempt, Op::Connect)) {
+                    match result {
+                        Ok(_) => self.on_handed_over(now),
+                        Err(_) => self.on_handover_failure(),
+                    }
+                    return self.settled(now);
+                }
+                if !ours
+                    && self.carried_awaits(*attempt, Op::Connect)
+                    && let Some(c) = &mut self.carried
+                {
+                    c.parked = Some(match result {
+                        Ok(conn) => ShadowParked::ConnectOk(debug_hash(conn)),
+                        Err(e) => ShadowParked::ConnectErr(e.clone()),
+                    });
+                    return self.settled(now);
+                }
                 match result {
                     // The attempt that aborted (R12) ended; a connection it made is a stray
                     // to close before close finishes (I6).
@@ -638,10 +815,7 @@ where
                     }
                     Ok(_) if ours => {
                         self.inflight = None;
-                        self.failures = 0;
-                        self.expects.push(Expect::BecameCurrent);
-                        self.expects.push(Expect::OutcomeOk);
-                        self.expects.push(Expect::EmitConnected);
+                        self.on_connected();
                     }
                     Ok(_) => {
                         self.coverage.late_connections += 1;
@@ -659,13 +833,25 @@ where
                     self.current = None;
                     self.expects.push(Expect::NoLongerCurrent(*conn));
                     if self.stop_after_current && !self.closed {
-                        self.closed = true;
-                        self.expects.push(Expect::OutcomeClosed);
+                        self.mark_closed();
                     }
+                    // R15: a handover waiting for its timer ends with the connection it was
+                    // to replace; one whose attempt is in flight carries on.
+                    let handover = self.handover.take();
+                    self.handover_starting = false;
+                    let in_flight = handover
+                        .and_then(|h| h.attempt.map(|(attempt, op)| (attempt, op, h.address)));
                     match self.handler {
-                        Some((_, EventKind::Connected)) => {
-                            self.coverage.closed_during_connected_handler += 1;
-                            self.disconnect_pending = true
+                        Some((_, EventKind::Connected | EventKind::HandedOver)) => {
+                            if matches!(self.handler, Some((_, EventKind::Connected))) {
+                                self.coverage.closed_during_connected_handler += 1;
+                            }
+                            self.disconnect_pending = true;
+                            // No handover attempt begins while that handler runs; should
+                            // one be in flight, it is cancelled rather than lost.
+                            if let Some((attempt, _, _)) = in_flight {
+                                self.expects.push(Expect::Cancel(attempt));
+                            }
                         }
                         Some((_, kind)) => {
                             // No other handler runs while a connection is current; the
@@ -675,11 +861,27 @@ where
                                 format!("{kind:?} handler running while {conn} was current"),
                             );
                         }
-                        None => self.expects.push(Expect::EmitDisconnected),
+                        None => {
+                            self.expects.push(Expect::EmitDisconnected);
+                            if let Some((attempt, op, address)) = in_flight {
+                                self.coverage.carried_attempts += 1;
+                                self.carried = Some(ShadowCarried {
+                                    attempt,
+                                    address: if op == Op::Connect { address } else { None },
+                                    round_begun: false,
+                                    announced: false,
+                                    parked: None,
+                                });
+                            }
+                        }
                     }
                 } else if self.strays.remove(conn) {
                     set_bit(&mut self.stray_bits, *conn, false);
                     // One of ours finished closing; close may now finish (checked later).
+                } else if let Some(i) = self.retired.iter().position(|r| r.0 == *conn) {
+                    // R15: a retired connection closed during its grace: nothing to report.
+                    self.retired.remove(i);
+                    self.coverage.retired_closed_early += 1;
                 }
             }
             Input::TimerFired => {}
@@ -692,8 +894,7 @@ where
                     if self.current.is_none() && self.inflight.is_some() {
                         // R12: `abort` comes from inside the attempt, which is awaited,
                         // not cancelled; the persistent connection is closed at once.
-                        self.closed = true;
-                        self.expects.push(Expect::OutcomeClosed);
+                        self.mark_closed();
                         self.waiting = None;
                     } else {
                         self.close_when_current_closed();
@@ -708,8 +909,170 @@ where
                     self.after_handler(kind);
                 }
             }
+            Input::Handover { reason, grace } => {
+                // R15: only while connected and not stopping.
+                if !self.closed
+                    && !self.stop_after_current
+                    && let Some(from) = self.current
+                {
+                    match &mut self.handover {
+                        Some(h) => {
+                            h.reason = *reason;
+                            h.grace = *grace;
+                        }
+                        None => {
+                            self.handover = Some(ShadowHandover {
+                                reason: *reason,
+                                grace: *grace,
+                                from,
+                                attempt: None,
+                                address: None,
+                            })
+                        }
+                    }
+                }
+            }
+            Input::CancelHandover => {
+                if self.cancel_handover() {
+                    self.retry_now_kept = false;
+                }
+            }
+            Input::RetryNow { .. } => {
+                // R16: kept for the wait under way (taken in `settle`) or the next one.
+                if !self.closed && (self.current.is_none() || self.handover.is_some()) {
+                    self.retry_now_kept = true;
+                    self.retry_now_seen = true;
+                }
+            }
         }
         self.settled(now)
+    }
+
+    /// The handover's attempt in flight and what it waits for (R15).
+    fn handover_attempt(&self) -> Option<(AttemptId, Op)> {
+        self.handover.as_ref().and_then(|h| h.attempt)
+    }
+
+    /// Whether the carried attempt (R15) waits for this kind of result and has none yet.
+    fn carried_awaits(&self, attempt: AttemptId, op: Op) -> bool {
+        self.carried.as_ref().is_some_and(|c| {
+            c.attempt == attempt && c.parked.is_none() && c.address.is_some() == (op == Op::Connect)
+        })
+    }
+
+    /// R3: an address for the attempt in flight (or the carried one, R15).
+    fn on_address(&mut self, attempt: AttemptId, address: &A) {
+        let repeat = self.round.as_ref().and_then(|r| r.last_address.as_ref()) == Some(address);
+        if repeat {
+            self.coverage.deduplicated_addresses += 1;
+            self.expects.push(Expect::Connect(attempt, address.clone()));
+        } else {
+            self.pending_connect = Some((attempt, address.clone()));
+            self.expects.push(Expect::EmitObtained(address.clone()));
+        }
+    }
+
+    /// R5: the attempt in flight made a connection.
+    fn on_connected(&mut self) {
+        self.failures = 0;
+        self.latest_made_current = true;
+        self.retry_now_kept = false;
+        self.expects.push(Expect::BecameCurrent);
+        self.expects.push(Expect::OutcomeOk);
+        self.expects.push(Expect::EmitConnected);
+    }
+
+    /// R15: the handover's connection replaces the current one; the old one is retired.
+    fn on_handed_over(&mut self, now: Instant) {
+        let Some(h) = self.handover.take() else {
+            return;
+        };
+        self.coverage.handovers += 1;
+        self.failures = 0;
+        self.latest_made_current = true;
+        self.retry_now_kept = false;
+        if let Some(old) = self.current {
+            self.expects.push(Expect::BecameCurrentReplacing(old));
+            self.retired.push((old, now.saturating_add(h.grace), false));
+        }
+        self.expects.push(Expect::EmitHandedOver(h.reason));
+    }
+
+    /// R15: a failed handover attempt: counted (R12), silent, retried on its timer.
+    fn on_handover_failure(&mut self) {
+        self.coverage.handover_failures += 1;
+        self.failures = self.failures.saturating_add(1);
+        if let Some(h) = &mut self.handover {
+            h.attempt = None;
+            h.address = None;
+        }
+    }
+
+    /// R15: the pending handover ends without success; its attempt in flight is cancelled.
+    fn cancel_handover(&mut self) -> bool {
+        let Some(h) = self.handover.take() else {
+            return false;
+        };
+        self.handover_starting = false;
+        self.coverage.handovers_cancelled += 1;
+        if let Some((attempt, _)) = h.attempt {
+            self.expects.push(Expect::Cancel(attempt));
+        }
+        true
+    }
+
+    /// The persistent connection counts as closed (R8, R11, R12): R10 waiters are told,
+    /// retired connections are closed at once (R15), a kept retry now is dropped.
+    fn mark_closed(&mut self) {
+        self.closed = true;
+        self.expects.push(Expect::OutcomeClosed);
+        self.retry_now_kept = false;
+        self.retry_now_armed = false;
+        for i in 0..self.retired.len() {
+            if !self.retired[i].2 {
+                self.retired[i].2 = true;
+                self.expects.push(Expect::CloseRetired(self.retired[i].0));
+            }
+        }
+    }
+
+    /// R15: the carried attempt's next step, once the handler before it returned.
+    fn carry_on(&mut self) {
+        let Some(mut c) = self.carried.take() else {
+            return;
+        };
+        if !c.round_begun {
+            c.round_begun = true;
+            self.expects.push(Expect::EmitAttempting);
+            self.carried = Some(c);
+            return;
+        }
+        if !c.announced
+            && let Some(address) = &c.address
+        {
+            c.announced = true;
+            self.expects.push(Expect::EmitObtained(address.clone()));
+            self.carried = Some(c);
+            return;
+        }
+        match c.parked {
+            Some(ShadowParked::Address(Ok(address))) => self.on_address(c.attempt, &address),
+            Some(ShadowParked::Address(Err(e)) | ShadowParked::ConnectErr(e)) => {
+                self.on_failure(&e)
+            }
+            Some(ShadowParked::ConnectOk(hash)) => {
+                self.step_conn = Some(hash);
+                self.on_connected();
+            }
+            None => {
+                let op = if c.address.is_some() {
+                    Op::Connect
+                } else {
+                    Op::Lookup
+                };
+                self.inflight = Some((c.attempt, op));
+            }
+        }
     }
 
     fn settled(&mut self, now: Instant) -> Result<(), Violation> {
@@ -746,13 +1109,16 @@ where
 
     fn after_handler(&mut self, kind: EventKind) {
         match kind {
-            EventKind::Connected => {
+            // R6 (and R15: a handover asked meanwhile may begin, in `settle`).
+            EventKind::Connected | EventKind::HandedOver => {
                 if self.disconnect_pending {
                     self.disconnect_pending = false;
                     self.expects.push(Expect::EmitDisconnected);
                 }
             }
             _ if self.closed => {}
+            // R15: the carried attempt's round goes on without waiting.
+            _ if self.carried.is_some() => self.carry_on(),
             EventKind::AttemptingToConnect => self.expects.push(Expect::StartTimer),
             EventKind::ObtainedAddress => {
                 if let Some((attempt, address)) = self.pending_connect.take() {
@@ -770,8 +1136,26 @@ where
         }
     }
 
-    /// R4, R6, I5: once waiting and the timer has fired, the next step is due now.
+    /// R15: a pending handover waits for its timer (connected, no handler running, no
+    /// attempt of it in flight or starting).
+    fn handover_waiting(&self) -> bool {
+        !self.closed
+            && !self.handover_starting
+            && self.handler.is_none()
+            && self.current.is_some()
+            && self.handover.as_ref().is_some_and(|h| h.attempt.is_none())
+    }
+
+    /// R4, R6, I5: once waiting and the timer has fired, the next step is due now; R16:
+    /// so is it when retry now ends the wait; R15: a retired connection whose grace ended
+    /// is owed its close.
     fn settle(&mut self, now: Instant) {
+        for i in 0..self.retired.len() {
+            if !self.retired[i].2 && self.retired[i].1 <= now {
+                self.retired[i].2 = true;
+                self.expects.push(Expect::CloseRetired(self.retired[i].0));
+            }
+        }
         if self.closed {
             self.waiting = None;
             return;
@@ -784,14 +1168,30 @@ where
                 self.coverage.immediate_retries += 1;
             }
         }
+        let handover_waiting = self.handover_waiting();
+        if (self.waiting.is_some() || handover_waiting) && now < deadline && self.retry_now_kept {
+            self.retry_now_kept = false;
+            // I10 (b): never two attempts in a row by retry now.
+            if self.latest_by_retry_now {
+                self.coverage.retries_now_refused += 1;
+            } else {
+                self.coverage.retries_now += 1;
+                self.retry_now_armed = true;
+            }
+        }
+        let due = now >= deadline || self.retry_now_armed;
         if let Some(wait) = self.waiting
-            && now >= deadline
+            && due
         {
             self.waiting = None;
             self.expects.push(match wait {
                 Wait::Retry => Expect::StartTimer,
                 Wait::Reconnect => Expect::EmitAttempting,
             });
+        } else if handover_waiting && (due || self.latest_made_current) {
+            // R15: at once after the attempt that made the connection, else on its timer.
+            self.handover_starting = true;
+            self.expects.push(Expect::StartTimer);
         }
     }
 
@@ -816,8 +1216,7 @@ where
             }
             return;
         }
-        self.closed = true;
-        self.expects.push(Expect::OutcomeClosed);
+        self.mark_closed();
         if self.handler.is_some() {
             self.coverage.closes_during_a_handler += 1;
         }
@@ -829,6 +1228,18 @@ where
             self.expects.push(Expect::Cancel(attempt));
         }
         self.waiting = None;
+        // R15: a carried attempt is cancelled like any attempt in progress, and a
+        // connection it already gave is closed; a pending handover ends.
+        if let Some(c) = self.carried.take() {
+            self.coverage.closes_cancelling_an_attempt += 1;
+            self.expects.push(Expect::Cancel(c.attempt));
+            if let Some(ShadowParked::ConnectOk(hash)) = c.parked {
+                self.step_conn = Some(hash);
+                self.coverage.late_connections += 1;
+                self.expects.push(Expect::CloseStray);
+            }
+        }
+        self.cancel_handover();
         if let Some(conn) = self.current
             && !self.close_requested.contains(&conn)
         {
@@ -846,6 +1257,8 @@ where
                 self.coverage.stops_after_current += 1;
             }
             self.stop_after_current = true;
+            // R15: no new connection after R11.
+            self.cancel_handover();
         } else {
             self.close();
         }
@@ -865,6 +1278,14 @@ where
             Effect::GetAddress { attempt } => {
                 if self.take_expect(|x| matches!(x, Expect::GetAddress(a) if a == attempt)) {
                     self.inflight = Some((*attempt, Op::Lookup));
+                    Ok(())
+                } else if self
+                    .take_expect(|x| matches!(x, Expect::GetAddressHandover(a) if a == attempt))
+                {
+                    self.handover_starting = false;
+                    if let Some(h) = &mut self.handover {
+                        h.attempt = Some((*attempt, Op::Lookup));
+                    }
                     Ok(())
                 } else {
                     self.fail(
@@ -907,12 +1328,20 @@ where
                         ),
                     );
                 }
-                self.inflight = Some((*attempt, Op::Connect));
+                // R15: the handover's connect is not the round's attempt in flight.
+                if self.handover_attempt() != Some((*attempt, Op::Connect)) {
+                    self.inflight = Some((*attempt, Op::Connect));
+                }
                 Ok(())
             }
             Effect::CancelAttempt { attempt } => {
                 if self.take_expect(|x| matches!(x, Expect::Cancel(a) if a == attempt)) {
                     Ok(())
+                } else if self.carried.as_ref().is_some_and(|c| c.attempt == *attempt) {
+                    self.fail(
+                        Invariant::I11,
+                        format!("CancelAttempt for {attempt}: a handover attempt in flight when the current connection went away carries on as the new round's first (R15)"),
+                    )
                 } else {
                     self.fail(
                         Invariant::I7,
@@ -923,11 +1352,25 @@ where
                 }
             }
             Effect::BecameCurrent { conn, connection } => {
-                if !self.take_expect(|x| matches!(x, Expect::BecameCurrent)) {
-                    return self.fail(
-                        Invariant::I8,
-                        format!("{conn} became current without a successful connect for the attempt in flight (R5)"),
-                    );
+                let replacing = self.current.and_then(|old| {
+                    self.take_expect(
+                        |x| matches!(x, Expect::BecameCurrentReplacing(c) if *c == old),
+                    )
+                    .then_some(old)
+                });
+                if replacing.is_none() {
+                    if let Some(old) = self.current {
+                        return self.fail(
+                            Invariant::I11,
+                            format!("{conn} became current while {old} still is, outside a successful handover (R15): two current connections"),
+                        );
+                    }
+                    if !self.take_expect(|x| matches!(x, Expect::BecameCurrent)) {
+                        return self.fail(
+                            Invariant::I8,
+                            format!("{conn} became current without a successful connect for the attempt in flight (R5)"),
+                        );
+                    }
                 }
                 if !self.conns_issued.insert(*conn) {
                     return self.fail(Invariant::I6, format!("{conn} issued twice"));
@@ -940,6 +1383,15 @@ where
             Effect::NoLongerCurrent { conn } => {
                 if self.take_expect(|x| matches!(x, Expect::NoLongerCurrent(c) if c == conn)) {
                     Ok(())
+                } else if self
+                    .expects
+                    .iter()
+                    .any(|x| matches!(x, Expect::BecameCurrentReplacing(c) if c == conn))
+                {
+                    self.fail(
+                        Invariant::I11,
+                        format!("NoLongerCurrent for {conn} during a successful handover: an instant without a current connection, or a retired connection reported as ended (R15)"),
+                    )
                 } else {
                     self.fail(
                         Invariant::I8,
@@ -954,6 +1406,14 @@ where
                 if self.take_expect(|x| matches!(x, Expect::CloseCurrent(c) if c == conn)) {
                     self.close_requested.insert(*conn);
                     Ok(())
+                } else if self.take_expect(|x| matches!(x, Expect::CloseRetired(c) if c == conn)) {
+                    // R15: the retired connection's grace ended (or close came).
+                    self.retired.retain(|r| r.0 != *conn);
+                    self.coverage.retired_closed += 1;
+                    self.close_requested.insert(*conn);
+                    self.strays.insert(*conn);
+                    set_bit(&mut self.stray_bits, *conn, true);
+                    Ok(())
                 } else if self.take_expect(|x| matches!(x, Expect::CloseStray)) {
                     self.check_conn(connection, "the late connection's CloseConnection (R8)")?;
                     if !self.conns_issued.insert(*conn) {
@@ -966,6 +1426,13 @@ where
                     self.strays.insert(*conn);
                     set_bit(&mut self.stray_bits, *conn, true);
                     Ok(())
+                } else if self.retired.iter().any(|r| r.0 == *conn) {
+                    self.fail(
+                        Invariant::I11,
+                        format!(
+                            "CloseConnection for the retired {conn} before its grace ended (R15)"
+                        ),
+                    )
                 } else {
                     self.fail(
                         Invariant::I6,
@@ -1027,12 +1494,14 @@ where
             (Some(r), EventKind::AttemptingToConnect) => !r.connected || r.disconnected,
             (Some(r), EventKind::ObtainedAddress | EventKind::FailedToConnect) => !r.connected,
             (Some(r), EventKind::Connected) => !r.connected,
-            (Some(r), EventKind::Disconnected) => r.connected && !r.disconnected,
+            (Some(r), EventKind::Disconnected | EventKind::HandedOver) => {
+                r.connected && !r.disconnected
+            }
         };
         if !grammatical {
             return self.fail(
                 Invariant::I1,
-                format!("{event:?} breaks the grammar AttemptingToConnect (ObtainedAddress | FailedToConnect)* [Connected Disconnected]"),
+                format!("{event:?} breaks the grammar AttemptingToConnect (ObtainedAddress | FailedToConnect)* [Connected HandedOver* Disconnected]"),
             );
         }
         // Was it called for?
@@ -1049,6 +1518,10 @@ where
                 self.take_expect(|x| matches!(x, Expect::EmitConnected))
             }
             Event::Disconnected => self.take_expect(|x| matches!(x, Expect::EmitDisconnected)),
+            Event::HandedOver { connection, reason } => {
+                self.check_conn(connection, "HandedOver (R15)")?;
+                self.take_expect(|x| matches!(x, Expect::EmitHandedOver(r) if r == reason))
+            }
         };
         if !expected {
             let round = self.round.as_ref();
@@ -1074,6 +1547,10 @@ where
                     Invariant::I1,
                     "Disconnected without the current connection having finished closing, or before its Connected handler finished (R6)",
                 ),
+                Event::HandedOver { .. } => (
+                    Invariant::I11,
+                    "without a handover's connect having just succeeded, or with another reason (R15)",
+                ),
                 _ => (
                     Invariant::I1,
                     "not called for by this step's input (R3, R4, R5)",
@@ -1081,7 +1558,7 @@ where
             };
             return self.fail(invariant, format!("{event:?} {why}"));
         }
-        if kind == EventKind::Connected && self.current.is_none() {
+        if matches!(kind, EventKind::Connected | EventKind::HandedOver) && self.current.is_none() {
             return self.fail(
                 Invariant::I8,
                 "Connected emitted before the connection became current (R5)".to_string(),
@@ -1116,6 +1593,7 @@ where
                     r.disconnected = true;
                 }
             }
+            Event::HandedOver { .. } => {}
         }
         self.handler = Some((id, kind));
         Ok(())
@@ -1135,13 +1613,24 @@ where
                 format!("attempt {attempt} began after close (R8)"),
             );
         }
+        let handover = self.handover_starting;
+        let early = self.last_attempt.is_some_and(|prev| now < prev.deadline);
         if let Some(prev) = self.last_attempt
-            && now < prev.deadline
+            && early
+            && !self.retry_now_armed
+            && !(handover && self.latest_made_current)
         {
+            // I10: only a handover right after a connection was made (R15), or retry now
+            // not twice in a row (R16), begins before the previous deadline.
+            let invariant = if self.retry_now_seen || handover {
+                Invariant::I10
+            } else {
+                Invariant::I4
+            };
             return self.fail(
-                Invariant::I4,
+                invariant,
                 format!(
-                    "attempt {attempt} began at {:?}, before the previous attempt {}'s retry timer fires at {:?} (R2, R4)",
+                    "attempt {attempt} began at {:?}, before the previous attempt {}'s retry timer fires at {:?} (R2, R4; R15, R16: I10)",
                     now.since_origin(),
                     prev.id,
                     prev.deadline.since_origin()
@@ -1202,7 +1691,19 @@ where
             id: attempt,
             deadline,
         });
-        self.expects.push(Expect::GetAddress(attempt));
+        if early && handover && !self.retry_now_armed {
+            self.coverage.early_handovers += 1;
+        }
+        self.latest_by_retry_now = early && self.retry_now_armed;
+        self.retry_now_armed = false;
+        self.retry_now_kept = false;
+        self.retry_now_seen = false;
+        self.latest_made_current = false;
+        self.expects.push(if handover {
+            Expect::GetAddressHandover(attempt)
+        } else {
+            Expect::GetAddress(attempt)
+        });
         Ok(())
     }
 
@@ -1220,6 +1721,13 @@ where
             Some(format!("{conn} is current and open (R8)"))
         } else if let Some(conn) = self.strays.iter().next() {
             Some(format!("{conn} has not finished closing (R8)"))
+        } else if let Some((conn, ..)) = self.retired.first() {
+            Some(format!("the retired {conn} is still open (R8, R15)"))
+        } else if let Some(c) = &self.carried {
+            Some(format!(
+                "the carried attempt {} is in flight (R8, R15)",
+                c.attempt
+            ))
         } else if self.expects.iter().any(|x| {
             matches!(
                 x,
@@ -1251,7 +1759,15 @@ where
         self.now = now;
         if let Some(missing) = self.expects.first() {
             let message = format!("missing effect: {}: {missing:?}", missing.why());
-            return self.fail(missing.invariant_if_missing(), message);
+            // I10: a retry now that ended the wait must make the next step begin now.
+            let invariant = if self.retry_now_armed
+                && matches!(missing, Expect::StartTimer | Expect::EmitAttempting)
+            {
+                Invariant::I10
+            } else {
+                missing.invariant_if_missing()
+            };
+            return self.fail(invariant, message);
         }
         if self.closed
             && !self.finished
@@ -1342,7 +1858,33 @@ where
                 format!("close finished but poll_timeout() still asks for a timer at {t:?}"),
             );
         }
-        if self.waiting.is_some() {
+        if let Some(state) = view.handover_state() {
+            let shadow = self
+                .handover
+                .as_ref()
+                .map(|h| (h.from, h.attempt.map(|(a, _)| a)));
+            if state != shadow {
+                return self.fail(
+                    Invariant::I11,
+                    format!("handover() is {state:?}, the trace says {shadow:?} (R15)"),
+                );
+            }
+        }
+        if let Some(grace) = self.retired.iter().map(|r| r.1).min() {
+            match view.poll_timeout() {
+                Some(t) if t <= grace => {}
+                other => {
+                    return self.fail(
+                        Invariant::I11,
+                        format!(
+                            "a retired connection's grace ends at {:?} but poll_timeout() is {other:?}: a driver sleeping on it would close it late (R15)",
+                            grace.since_origin()
+                        ),
+                    );
+                }
+            }
+        }
+        if self.waiting.is_some() || self.handover_waiting() {
             let deadline = self.last_attempt.map_or(Instant::ZERO, |a| a.deadline);
             match view.poll_timeout() {
                 Some(t) if t <= deadline => {}

@@ -2,11 +2,14 @@
 //! behaviour document, [`persistent_connection_core::behaviour`]), in the spirit of
 //! TigerBeetle's VOPR and FoundationDB's simulation.
 //!
-//! - [`checker`]: the invariant checker (I1–I8), a library type working from the trace
-//!   alone, shared with the fuzz targets.
+//! - [`checker`]: the invariant checker (I1–I8, I10, I11), a library type working from the
+//!   trace alone, shared with the fuzz targets.
 //! - [`model`]: the world's vocabulary (addresses, connections, errors, the machine's
 //!   inputs and effects over them) and [`model::SimMachine`], what the world drives.
-//! - [`world`]: a world on a virtual clock, all of it derived from one `u64` seed.
+//! - [`world`]: a world on a virtual clock, all of it derived from one `u64` seed; with
+//!   `RunOptions::planned` (`--planned`), also the planned changes of a service's life
+//!   (withdrawals, drains, restarts on a new address, scale-outs, flapping catalog entries,
+//!   the user's handover and retry now: R15–R17).
 //! - [`trace`]: the trace and its FNV-1a hash (I9: a seed replayed gives the same hash).
 //! - [`mutants`]: deliberately wrong machines that the checker must catch.
 //! - [`report`]: failure reports with the seed, the shrunk inputs and the command.

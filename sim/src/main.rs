@@ -1,8 +1,8 @@
 //! The simulator's command line.
 //!
 //! ```text
-//! persistent-connection-sim [--seeds N] [--first-seed F] [--mutant NAME]
-//! persistent-connection-sim --seed S [--trace] [--timeline FILE.svg] [--mutant NAME]
+//! persistent-connection-sim [--seeds N] [--first-seed F] [--mutant NAME] [--planned]
+//! persistent-connection-sim --seed S [--trace] [--timeline FILE.svg] [--mutant NAME] [--planned]
 //! persistent-connection-sim storm [--clients N] [--outage D] [--accept-rate R] [--backlog B]
 //!     [--rtt D] [--kill-time D] [--delay D] [--policies a,b,..] [--seed S] [--check]
 //!     [--out FILE.svg] [--threads T]
@@ -24,6 +24,12 @@
 //! the library's `timeline` module), passing or failing. Wall-clock figures go to stderr.
 //! On a failure: the seed, the violation, the trace's tail, the shrunk input sequence and
 //! the command that reproduces it; exit code 1.
+//!
+//! `--planned` adds the planned changes of a service's life to every world (copies
+//! withdrawn, drained and restarted on a new address, added, catalog entries that flap, the
+//! user's handover and retry now: docs/behaviour.md R15–R17, I10, I11); without it a seed's
+//! world and trace are what they always were. A mutant that bends handover or retry now
+//! turns it on.
 
 #![forbid(unsafe_code)]
 
@@ -38,8 +44,8 @@ use persistent_connection_sim::storm::{
 use persistent_connection_sim::timeline::record_seed;
 use persistent_connection_sim::world::{DEFAULT_SEEDS, RunOptions, Totals, run_seed};
 
-const USAGE: &str = "usage: persistent-connection-sim [--seeds N] [--first-seed F] [--mutant NAME]
-       persistent-connection-sim --seed S [--trace] [--timeline FILE.svg] [--mutant NAME]
+const USAGE: &str = "usage: persistent-connection-sim [--seeds N] [--first-seed F] [--mutant NAME] [--planned]
+       persistent-connection-sim --seed S [--trace] [--timeline FILE.svg] [--mutant NAME] [--planned]
        persistent-connection-sim storm [--clients N] [--outage D] [--accept-rate R]
            [--backlog B] [--rtt D] [--kill-time D] [--delay D] [--policies a,b,..]
            [--seed S] [--check] [--out FILE.svg] [--threads T]
@@ -47,7 +53,8 @@ policies: constant, exponential, grpc, loop, stubborn (default: all)
 durations: seconds (5, 0.5) or with a unit (500ms, 100us, 2s)
 mutants: skip-dedup, delay-from-failure, early-disconnected, forget-late-close,
          suppress-failure, early-retry, late-close-finished, drop-failure-outcome,
-         drop-aborted-failure, busy-timer";
+         drop-aborted-failure, busy-timer, retry-now-twice, gap-in-handover,
+         late-retired-close (these three turn --planned on)";
 
 /// Every this many seeds is run twice to compare trace hashes (I9).
 const DETERMINISM_EVERY: u64 = 64;
@@ -61,6 +68,18 @@ struct Args {
     trace: bool,
     timeline: Option<String>,
     mutant: Option<Mutant>,
+    planned: bool,
+}
+
+impl Args {
+    /// The run options of every seed.
+    fn options(&self, keep_trace: bool) -> RunOptions {
+        RunOptions {
+            keep_trace,
+            mutant: self.mutant,
+            planned: self.planned || self.mutant.is_some_and(Mutant::needs_planned_world),
+        }
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -72,6 +91,7 @@ fn parse_args() -> Result<Args, String> {
         trace: false,
         timeline: None,
         mutant: None,
+        planned: false,
     };
     let mut it = std::env::args().skip(1);
     let number = |name: &str, v: Option<String>| -> Result<u64, String> {
@@ -91,6 +111,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--seed" => args.seed = Some(number("--seed", it.next())?),
             "--trace" => args.trace = true,
+            "--planned" => args.planned = true,
             "--timeline" => {
                 args.timeline = Some(it.next().ok_or("--timeline needs a file name")?);
             }
@@ -173,6 +194,15 @@ fn print_totals(t: &Totals) {
         .map(|(name, n)| format!("{name} {n}"))
         .collect();
     println!("coverage: {}", coverage.join(", "));
+    if t.coverage.handovers + t.coverage.retries_now + t.coverage.handover_failures > 0 {
+        let planned: Vec<String> = t
+            .coverage
+            .planned_counters()
+            .iter()
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        println!("planned changes: {}", planned.join(", "));
+    }
 }
 
 /// Draws seed `seed`'s run into `path` (the run is repeated: a seed fixes everything).
@@ -192,15 +222,9 @@ fn write_timeline(seed: u64, options: &RunOptions, path: &str) -> Result<(), Str
 }
 
 fn one_seed(seed: u64, args: &Args) -> ExitCode {
-    let options = RunOptions {
-        keep_trace: args.trace,
-        mutant: args.mutant,
-    };
+    let options = args.options(args.trace);
     if let Some(path) = &args.timeline {
-        let draw = RunOptions {
-            keep_trace: false,
-            mutant: args.mutant,
-        };
+        let draw = args.options(false);
         if let Err(e) = write_timeline(seed, &draw, path) {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
@@ -255,13 +279,15 @@ fn one_seed(seed: u64, args: &Args) -> ExitCode {
 }
 
 fn many_seeds(args: &Args) -> ExitCode {
-    let options = RunOptions {
-        keep_trace: false,
-        mutant: args.mutant,
-    };
+    let options = args.options(false);
     let mutant = args
         .mutant
         .map_or(String::new(), |m| format!(", mutant {m}"));
+    let mutant = if options.planned {
+        format!("{mutant}, planned changes")
+    } else {
+        mutant
+    };
     // The range was checked when parsing: every seed of it is at most u64::MAX, though
     // its end (one past the last) may not be.
     println!(
@@ -283,7 +309,10 @@ fn many_seeds(args: &Args) -> ExitCode {
                             println!(
                                 "FAILED seed={seed}: I9 (determinism): a replay's trace differs"
                             );
-                            println!("reproduce: {}", reproduce_command(seed, args.mutant));
+                            println!(
+                                "reproduce: {}",
+                                reproduce_command(seed, args.mutant, options.planned)
+                            );
                             return ExitCode::FAILURE;
                         }
                     }

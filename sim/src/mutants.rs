@@ -42,11 +42,20 @@ pub enum Mutant {
     /// Asks for a timer that is always due, so time never advances: no checker rule sees
     /// it, the simulator's liveness cap must.
     BusyTimer,
+    /// Honours a retry now right after an attempt that itself began by retry now: no
+    /// bound, so a flapping catalog makes a busy loop (breaks R16, I10).
+    RetryNowTwice,
+    /// Reports the old connection as no longer current just before a handover's new one
+    /// becomes current: an instant without a current connection (breaks R15, I11).
+    GapInHandover,
+    /// Asks to close a retired connection one input after its grace ended (breaks R15,
+    /// I11).
+    LateRetiredClose,
 }
 
 impl Mutant {
     /// Every mutant.
-    pub const ALL: [Mutant; 10] = [
+    pub const ALL: [Mutant; 13] = [
         Mutant::SkipDedup,
         Mutant::DelayFromFailure,
         Mutant::EarlyDisconnected,
@@ -57,6 +66,9 @@ impl Mutant {
         Mutant::DropFailureOutcome,
         Mutant::DropAbortedFailure,
         Mutant::BusyTimer,
+        Mutant::RetryNowTwice,
+        Mutant::GapInHandover,
+        Mutant::LateRetiredClose,
     ];
 
     /// Its command-line name.
@@ -72,7 +84,19 @@ impl Mutant {
             Mutant::DropFailureOutcome => "drop-failure-outcome",
             Mutant::DropAbortedFailure => "drop-aborted-failure",
             Mutant::BusyTimer => "busy-timer",
+            Mutant::RetryNowTwice => "retry-now-twice",
+            Mutant::GapInHandover => "gap-in-handover",
+            Mutant::LateRetiredClose => "late-retired-close",
         }
+    }
+
+    /// Whether it bends handover or retry now (R15–R17), which only a world with planned
+    /// changes exercises ([`crate::world::RunOptions::planned`]).
+    pub fn needs_planned_world(self) -> bool {
+        matches!(
+            self,
+            Mutant::RetryNowTwice | Mutant::GapInHandover | Mutant::LateRetiredClose
+        )
     }
 }
 
@@ -121,6 +145,12 @@ pub struct MutantMachine {
     lead: Duration,
     /// LateCloseFinished: a `CloseFinished` held back until the next input.
     held_finish: bool,
+    /// GapInHandover: the current connection before the step.
+    prev_current: Option<ConnId>,
+    /// LateRetiredClose: connections retired by a handover, and closes held back until
+    /// the next input.
+    retired: Vec<ConnId>,
+    held_closes: Vec<SimEffect>,
 }
 
 impl fmt::Debug for MutantMachine {
@@ -149,6 +179,9 @@ impl MutantMachine {
             attempt_start: Instant::ZERO,
             lead: Duration::ZERO,
             held_finish: false,
+            prev_current: None,
+            retired: Vec::new(),
+            held_closes: Vec::new(),
         };
         m.pump(Instant::ZERO, None);
         m
@@ -321,6 +354,59 @@ impl MutantMachine {
                 }
             }
             Mutant::BusyTimer => self.out.extend(effects.iter().cloned()),
+            Mutant::RetryNowTwice => {
+                for e in &effects {
+                    // The inner clock runs ahead after a forced retry now: its deadlines,
+                    // shown on the outer clock.
+                    if let Effect::StartTimer {
+                        attempt,
+                        base,
+                        delay,
+                        deadline,
+                    } = e
+                    {
+                        self.out.push_back(Effect::StartTimer {
+                            attempt: *attempt,
+                            base: *base,
+                            delay: *delay,
+                            deadline: self.outer(*deadline),
+                        });
+                        continue;
+                    }
+                    self.out.push_back(e.clone());
+                }
+            }
+            Mutant::GapInHandover => {
+                for e in &effects {
+                    if let Effect::BecameCurrent { conn, .. } = e
+                        && let Some(old) = self.prev_current
+                        && old != *conn
+                    {
+                        self.out.push_back(Effect::NoLongerCurrent { conn: old });
+                    }
+                    self.out.push_back(e.clone());
+                }
+            }
+            Mutant::LateRetiredClose => {
+                for e in &effects {
+                    match e {
+                        Effect::BecameCurrent { conn, .. } => {
+                            if let Some(old) = self.prev_current
+                                && old != *conn
+                            {
+                                self.retired.push(old);
+                            }
+                        }
+                        Effect::CloseConnection { conn, .. } if self.retired.contains(conn) => {
+                            self.retired.retain(|c| c != conn);
+                            self.held_closes.push(e.clone());
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    self.out.push_back(e.clone());
+                }
+            }
         }
         self.scratch = effects;
     }
@@ -389,6 +475,11 @@ impl MachineView for MutantMachine {
     fn current_connection_hash(&self) -> Option<Option<u64>> {
         self.inner.current_connection_hash()
     }
+    fn handover_state(
+        &self,
+    ) -> Option<Option<(ConnId, Option<persistent_connection_core::AttemptId>)>> {
+        self.inner.handover_state()
+    }
     fn state(&self) -> State {
         match self.fake {
             Some(_) => State::HandlingEvent(EventKind::FailedToConnect),
@@ -402,6 +493,24 @@ impl SimMachine<Addr, Conn, SimError> for MutantMachine {
         if self.held_finish {
             self.held_finish = false;
             self.out.push_back(Effect::CloseFinished);
+        }
+        let held = std::mem::take(&mut self.held_closes);
+        self.out.extend(held);
+        self.prev_current = self.inner.current_conn_id();
+        if self.mutant == Mutant::RetryNowTwice
+            && matches!(input, Input::RetryNow { .. })
+            && self.inner.attempt_began_by_retry_now().is_some()
+            && let Some(deadline) = self.inner.retry_deadline()
+            && (matches!(
+                self.inner.state(),
+                State::WaitingToRetry | State::WaitingToReconnect
+            ) || (self.inner.state() == State::Connected
+                && self.inner.handover().is_some_and(|h| h.attempt.is_none())))
+        {
+            // The bound would refuse it: move the inner clock to the deadline instead, so
+            // the wait ends now.
+            let inner = self.inner_now(now);
+            self.lead += deadline.saturating_duration_since(inner);
         }
         if let Input::EventHandled { event } = &input
             && Some(*event) == self.fake

@@ -5,10 +5,12 @@ use std::fmt::Write;
 use crate::mutants::Mutant;
 use crate::world::{Failure, RunOptions, Settings, replay, run_seed, shrink};
 
-/// The command that replays `seed` (with `mutant`, if any).
-pub fn reproduce_command(seed: u64, mutant: Option<Mutant>) -> String {
+/// The command that replays `seed` (with `mutant`, if any, and the planned changes if
+/// `planned`).
+pub fn reproduce_command(seed: u64, mutant: Option<Mutant>, planned: bool) -> String {
     let m = mutant.map_or(String::new(), |m| format!(" --mutant {m}"));
-    format!("cargo run --release -p persistent-connection-sim -- --seed {seed}{m}")
+    let p = if planned { " --planned" } else { "" };
+    format!("cargo run --release -p persistent-connection-sim -- --seed {seed}{m}{p}")
 }
 
 /// The world settings, a few lines.
@@ -51,14 +53,19 @@ pub fn settings_text(s: &Settings) -> String {
 pub fn failure_report(seed: u64, mutant: Option<Mutant>, failure: &Failure) -> String {
     let mut out = String::new();
     let v = &failure.violation;
+    let planned = failure.planned.is_some();
     let _ = writeln!(out, "FAILED seed={seed}: {v}");
     out.push_str(&settings_text(&failure.settings));
+    if let Some(p) = &failure.planned {
+        let _ = writeln!(out, "  planned changes: {p:?}");
+    }
     // Replay with the trace kept (same seed, same trace) to show its tail.
     let rerun = run_seed(
         seed,
         &RunOptions {
             keep_trace: true,
             mutant,
+            planned,
         },
     );
     if let Err(f) = rerun
@@ -108,11 +115,15 @@ pub fn failure_report(seed: u64, mutant: Option<Mutant>, failure: &Failure) -> S
             failure.inputs.len()
         );
     }
-    let _ = writeln!(out, "reproduce: {}", reproduce_command(seed, mutant));
+    let _ = writeln!(
+        out,
+        "reproduce: {}",
+        reproduce_command(seed, mutant, planned)
+    );
     let _ = writeln!(
         out,
         "full trace: {} --trace",
-        reproduce_command(seed, mutant)
+        reproduce_command(seed, mutant, planned)
     );
     out
 }

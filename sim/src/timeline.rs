@@ -179,6 +179,9 @@ impl<M> Watch<M> for Timeline {
                 self.marks.push((now, Mark::CloseWhenCurrent));
             }
             Input::Abort { .. } => self.marks.push((now, Mark::Abort)),
+            // Handover and retry now (R15, R16) show through the attempts and connections
+            // they make.
+            Input::Handover { .. } | Input::CancelHandover | Input::RetryNow { .. } => {}
         }
     }
 
@@ -296,6 +299,7 @@ fn kind_style(kind: EventKind) -> (&'static str, &'static str) {
         EventKind::FailedToConnect => ("F", "#d62728"),
         EventKind::Connected => ("C", "#2ca02c"),
         EventKind::Disconnected => ("D", "#ff7f0e"),
+        EventKind::HandedOver => ("H", "#9467bd"),
     }
 }
 

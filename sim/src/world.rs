@@ -25,8 +25,8 @@ use std::time::Duration;
 use persistent_connection_core::rand_chacha::ChaCha8Rng;
 use persistent_connection_core::rand_chacha::rand_core::{Rng, SeedableRng};
 use persistent_connection_core::{
-    AttemptId, Config, ConnId, Effect, EventId, Input, Instant, Jitter, Machine, RetryDelay,
-    RetryPolicy,
+    AttemptId, Config, ConnId, Effect, EventId, HandoverReason, Input, Instant, Jitter, Machine,
+    RetryDelay, RetryNowReason, RetryPolicy,
 };
 
 use crate::checker::{Checker, CheckerSettings, Coverage, Invariant, Violation};
@@ -319,6 +319,60 @@ pub struct RunOptions {
     pub keep_trace: bool,
     /// Drive a deliberately wrong machine instead of the real one.
     pub mutant: Option<Mutant>,
+    /// Add the planned changes of a service's life ([`Planned`]): copies withdrawn,
+    /// drained, restarted on a new address, added, catalog entries that flap, the user's
+    /// handover and retry now (docs/behaviour.md R15–R17). Off, the seed's world is the
+    /// one it always was, trace for trace.
+    pub planned: bool,
+}
+
+/// The planned changes a seed's world goes through when [`RunOptions::planned`] is set,
+/// drawn from a stream of their own so that the seed's [`Settings`] stay as they are.
+/// Each is what a driver of the persistent connection does when the catalog or the user
+/// says so (R15–R17).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Planned {
+    /// The grace period of every handover.
+    pub grace: Duration,
+    /// Mean time between rolling restarts of a copy: withdrawn (the driver asks for a
+    /// handover if the current connection goes there), then after `drain` stopped and
+    /// started again on a new address.
+    pub restart_every: Option<Duration>,
+    /// How long a withdrawn copy keeps serving before it stops.
+    pub drain: Duration,
+    /// Mean time between flaps of a catalog entry: withdrawn, then listed again soon
+    /// (the driver cancels the handover it asked for, or retries now).
+    pub flap_every: Option<Duration>,
+    /// Mean time between new copies being added (the driver retries now if waiting).
+    pub scale_out_every: Option<Duration>,
+    /// A maximum connection age: a handover when the current connection reaches it.
+    pub max_age: Option<Duration>,
+    /// Mean time between the user's `handover()` calls.
+    pub user_handover_every: Option<Duration>,
+    /// Mean time between the user's `retry_now()` calls.
+    pub user_retry_now_every: Option<Duration>,
+    /// The driver tells the machine when a lost connection's copy is not the only one
+    /// listed (R17).
+    pub another_copy: bool,
+}
+
+impl Planned {
+    /// The planned changes of seed `seed` (a stream of its own).
+    pub fn from_seed(seed: u64) -> Planned {
+        let mut r = ChaCha8Rng::seed_from_u64(seed ^ 0x504c_414e_4e45_4421);
+        let r = &mut r;
+        Planned {
+            grace: one_of(r, &[Duration::ZERO, ms(1), ms(50), ms(2000)]),
+            restart_every: chance(r, 70).then(|| one_of(r, &[ms(200), ms(3000), ms(30_000)])),
+            drain: one_of(r, &[Duration::ZERO, ms(20), ms(1000)]),
+            flap_every: chance(r, 40).then(|| one_of(r, &[ms(20), ms(500), ms(10_000)])),
+            scale_out_every: chance(r, 40).then(|| one_of(r, &[ms(500), ms(20_000)])),
+            max_age: chance(r, 40).then(|| one_of(r, &[ms(5), ms(300), ms(10_000)])),
+            user_handover_every: chance(r, 40).then(|| one_of(r, &[ms(100), ms(5000)])),
+            user_retry_now_every: chance(r, 40).then(|| one_of(r, &[ms(30), ms(2000)])),
+            another_copy: chance(r, 70),
+        }
+    }
 }
 
 /// A run that passed.
@@ -345,6 +399,8 @@ pub struct Failure {
     pub inputs: Vec<(Instant, SimInput)>,
     /// The trace, if kept.
     pub trace: Option<String>,
+    /// The planned changes, if the run had them ([`RunOptions::planned`]).
+    pub planned: Option<Planned>,
 }
 
 /// Seeds the binary runs by default; every mutant must be caught within them.
@@ -474,6 +530,38 @@ pub enum WorldOp {
     CloseWhenCurrent,
     /// The user calls `abort(Aborted)` through the connect context (R12).
     Abort,
+    /// The catalog stops listing a server (wrapping); if the current connection goes
+    /// there, the driver asks for a handover (R15, reason `Withdrawn`).
+    Withdraw {
+        /// Which server.
+        server: u8,
+    },
+    /// The catalog lists a server again (wrapping): the driver cancels the handover it
+    /// asked for when that server was withdrawn, retries now if not connected (R16), or
+    /// fails back to server 0 (R15).
+    List {
+        /// Which server.
+        server: u8,
+    },
+    /// A server (wrapping) is withdrawn, stops (its connections drop) and starts again on
+    /// a new address, which is listed (a rolling restart).
+    RestartElsewhere {
+        /// Which server.
+        server: u8,
+    },
+    /// A new server is added and listed (a scale-out).
+    ScaleOut,
+    /// The user (or the connection's maximum age) asks for a handover (R15).
+    Handover {
+        /// Which reason (wrapping over the reasons).
+        reason: u8,
+        /// Its grace, in milliseconds.
+        grace_ms: u16,
+    },
+    /// The cause of the pending handover no longer holds (R15).
+    CancelHandover,
+    /// The user asks to retry now (R16).
+    RetryNow,
 }
 
 #[derive(Debug)]
@@ -522,6 +610,21 @@ pub struct World<M, W = ()> {
     now: Instant,
     up: Vec<bool>,
     catalog: Addr,
+    /// Which servers the catalog lists (R15–R17; all, unless planned changes withdrew some).
+    listed: Vec<bool>,
+    /// Planned changes: a handover's lookup avoids the current connection's server, and
+    /// the driver reacts to the catalog (R15–R17).
+    planned: bool,
+    /// The grace of the handovers the driver asks for.
+    grace: Duration,
+    /// The driver sends retry now when a lost connection's copy is not the only one
+    /// listed (R17).
+    another_copy: bool,
+    /// The server whose withdrawal made the driver ask for the pending handover.
+    withdrawn: Option<Addr>,
+    /// The server the lookup in flight must avoid: the current connection's, for a
+    /// handover's lookup (R15).
+    avoid: Option<Addr>,
     handler: Option<EventId>,
     lookup: Option<AttemptId>,
     connect: Option<(AttemptId, Addr)>,
@@ -567,6 +670,9 @@ impl fmt::Display for Time {
 /// answered everything it owes.
 pub const WIND_DOWN_CAP: usize = 10_000;
 
+/// The most servers a world grows to by restarts on new addresses and scale-outs.
+pub const MAX_SERVERS: usize = 16;
+
 fn nth<T>(items: impl Iterator<Item = T> + Clone, which: u8) -> Option<T> {
     let n = items.clone().count();
     if n == 0 {
@@ -595,6 +701,12 @@ impl<M: SimMachine<Addr, Conn, SimError>, W: Watch<M>> World<M, W> {
             now: Instant::ZERO,
             up: vec![true; usize::from(servers.max(1))],
             catalog: Addr(0),
+            listed: vec![true; usize::from(servers.max(1))],
+            planned: false,
+            grace: Duration::ZERO,
+            another_copy: false,
+            withdrawn: None,
+            avoid: None,
             handler: None,
             lookup: None,
             connect: None,
@@ -613,6 +725,20 @@ impl<M: SimMachine<Addr, Conn, SimError>, W: Watch<M>> World<M, W> {
         w.trace.line(format_args!("{:>6} {} new", 0, Time(w.now)));
         w.drain()?;
         Ok(w)
+    }
+
+    /// Turns on the planned changes of a service's life (R15–R17): a handover's lookup
+    /// (one made while a connection is current) answers a listed server other than the
+    /// current connection's, or fails with [`SimError::NoSuchHost`]; an ordinary lookup
+    /// answers the catalog's server if listed, else the next listed one; and the world's
+    /// driver tells the machine what its catalog sees: a withdrawn current copy (a handover
+    /// with `grace`), a copy listed again (cancel that handover, retry now, fail back),
+    /// another copy listed when a connection is lost (R17). Without any withdrawal or
+    /// handover, the world answers as it always did.
+    pub fn set_planned(&mut self, grace: Duration) {
+        self.planned = true;
+        self.grace = grace;
+        self.another_copy = true;
     }
 
     /// The virtual clock.
@@ -750,6 +876,13 @@ impl<M: SimMachine<Addr, Conn, SimError>, W: Watch<M>> World<M, W> {
             }
             Effect::GetAddress { attempt } => {
                 self.lookup = Some(attempt);
+                // R15: a lookup while a connection is current is a handover's: the driver
+                // asks the catalog for another copy.
+                self.avoid = if self.planned {
+                    self.current_server()
+                } else {
+                    None
+                };
                 self.owed.push(Owed::Lookup(attempt));
             }
             Effect::Connect {
@@ -830,9 +963,111 @@ impl<M: SimMachine<Addr, Conn, SimError>, W: Watch<M>> World<M, W> {
         }
         let result = match fail {
             Some(e) => Err(e),
+            None if self.planned => self.pick(self.avoid),
             None => Ok(self.catalog),
         };
         self.feed(Input::AddressResult { attempt, result })
+    }
+
+    /// The planned world's catalog: the catalog's server if it is listed and not `avoid`,
+    /// else the next listed server that is not `avoid`, else none.
+    fn pick(&self, avoid: Option<Addr>) -> Result<Addr, SimError> {
+        let n = self.listed.len();
+        (0..n)
+            .map(|i| Addr(((usize::from(self.catalog.0) + i) % n) as u8))
+            .find(|a| self.listed[usize::from(a.0)] && Some(*a) != avoid)
+            .ok_or(SimError::NoSuchHost)
+    }
+
+    /// The server of the machine's current connection.
+    fn current_server(&self) -> Option<Addr> {
+        let id = self.machine.current_conn_id()?;
+        self.conns
+            .values()
+            .find(|c| c.machine_id == Some(id))
+            .map(|c| c.server)
+    }
+
+    fn is_listed(&self, server: Addr) -> bool {
+        self.listed
+            .get(usize::from(server.0))
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// The catalog stops listing `server` (wrapping). If the current connection goes there,
+    /// the driver asks for a handover (R15).
+    pub fn withdraw(&mut self, server: u8) -> Result<(), Violation> {
+        let s = Addr(server % self.listed.len() as u8);
+        if !self.is_listed(s) {
+            return Ok(());
+        }
+        self.listed[usize::from(s.0)] = false;
+        if self.current_server() == Some(s) {
+            self.withdrawn = Some(s);
+            return self.feed(Input::Handover {
+                reason: HandoverReason::Withdrawn,
+                grace: self.grace,
+            });
+        }
+        Ok(())
+    }
+
+    /// The catalog lists `server` (wrapping) again: the driver cancels the handover the
+    /// withdrawal asked for (its cause ended), retries now when not connected (R16), or
+    /// fails back to server 0, the preferred one (R15).
+    pub fn list(&mut self, server: u8) -> Result<(), Violation> {
+        let s = Addr(server % self.listed.len() as u8);
+        if self.is_listed(s) {
+            return Ok(());
+        }
+        self.listed[usize::from(s.0)] = true;
+        self.on_listed(s)
+    }
+
+    fn on_listed(&mut self, s: Addr) -> Result<(), Violation> {
+        let pending = matches!(self.machine.handover_state(), Some(Some(_)));
+        if self.withdrawn == Some(s) && pending {
+            self.withdrawn = None;
+            return self.feed(Input::CancelHandover);
+        }
+        match self.current_server() {
+            None => self.feed(Input::RetryNow {
+                reason: RetryNowReason::NewCopy,
+            }),
+            Some(current) if s == Addr(0) && current != s => self.feed(Input::Handover {
+                reason: HandoverReason::FailBack,
+                grace: self.grace,
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// A rolling restart of `server` (wrapping): withdrawn if it still is listed, stopped
+    /// (its connections drop), and started again on a new address, which is listed.
+    pub fn restart_elsewhere(&mut self, server: u8) -> Result<(), Violation> {
+        let i = usize::from(server) % self.up.len();
+        self.withdraw(i as u8)?;
+        if self.up[i] {
+            self.server_flip(i as u8);
+        }
+        self.scale_out()
+    }
+
+    /// A new server is added and listed, up to [`MAX_SERVERS`].
+    pub fn scale_out(&mut self) -> Result<(), Violation> {
+        if self.up.len() >= MAX_SERVERS {
+            return Ok(());
+        }
+        self.up.push(true);
+        self.listed.push(true);
+        let s = Addr((self.up.len() - 1) as u8);
+        self.on_listed(s)
+    }
+
+    /// The user (or the connection's age) asks for a handover (R15).
+    pub fn handover(&mut self, reason: HandoverReason, grace: Duration) -> Result<(), Violation> {
+        self.feed(Input::Handover { reason, grace })
     }
 
     /// The connect of `attempt` answers, in flight or late (cancelled): refused if its
@@ -895,9 +1130,22 @@ impl<M: SimMachine<Addr, Conn, SimError>, W: Watch<M>> World<M, W> {
         let (true, Some(id)) = (c.closing, c.machine_id) else {
             return Ok(());
         };
+        let server = c.server;
+        let was_current = self.machine.current_conn_id() == Some(id);
         self.conns.remove(&conn);
         self.totals.conn_closes += 1;
-        self.feed(Input::Closed { conn: id })
+        self.feed(Input::Closed { conn: id })?;
+        // R17: the connection was lost; the catalog lists another copy.
+        if self.planned
+            && self.another_copy
+            && was_current
+            && (0..self.listed.len()).any(|i| self.listed[i] && i != usize::from(server.0))
+        {
+            self.feed(Input::RetryNow {
+                reason: RetryNowReason::AnotherCopy,
+            })?;
+        }
+        Ok(())
     }
 
     /// Server `server` (wrapping) goes down, dropping its connections, or comes back up.
@@ -1016,6 +1264,27 @@ impl<M: SimMachine<Addr, Conn, SimError>, W: Watch<M>> World<M, W> {
             WorldOp::CloseWhenCurrent => self.feed(Input::CloseWhenCurrentConnectionIsClosed),
             WorldOp::Abort => self.feed(Input::Abort {
                 error: SimError::Aborted,
+            }),
+            WorldOp::Withdraw { server } => self.withdraw(server),
+            WorldOp::List { server } => self.list(server),
+            WorldOp::RestartElsewhere { server } => self.restart_elsewhere(server),
+            WorldOp::ScaleOut => self.scale_out(),
+            WorldOp::Handover { reason, grace_ms } => {
+                const REASONS: [HandoverReason; 5] = [
+                    HandoverReason::User,
+                    HandoverReason::Drain,
+                    HandoverReason::MaxAge,
+                    HandoverReason::Withdrawn,
+                    HandoverReason::FailBack,
+                ];
+                self.handover(
+                    REASONS[usize::from(reason) % REASONS.len()],
+                    Duration::from_millis(u64::from(grace_ms)),
+                )
+            }
+            WorldOp::CancelHandover => self.feed(Input::CancelHandover),
+            WorldOp::RetryNow => self.feed(Input::RetryNow {
+                reason: RetryNowReason::User,
             }),
         }
     }
@@ -1152,11 +1421,30 @@ enum Ev {
     UserAbort,
     EndOfActivity,
     Noise,
+    /// Planned changes (R15–R17).
+    Restart,
+    Stop {
+        server: u8,
+    },
+    Flap,
+    Relist {
+        server: u8,
+    },
+    ScaleOut,
+    MaxAge {
+        conn: ConnId,
+    },
+    UserHandover,
+    UserRetryNow,
 }
 
 struct Seeded<M, W = ()> {
     s: Settings,
     rng: ChaCha8Rng,
+    /// The planned changes and their own random stream.
+    planned: Option<(Planned, ChaCha8Rng)>,
+    /// The connection whose maximum age is scheduled.
+    aged: Option<ConnId>,
     world: World<M, W>,
     queue: BTreeMap<(Instant, u64), Ev>,
     seq: u64,
@@ -1203,6 +1491,35 @@ impl<M: SimMachine<Addr, Conn, SimError>, W: Watch<M>> Seeded<M, W> {
             self.after(d, Ev::Noise);
         }
         self.after(s.horizon, Ev::EndOfActivity);
+        if let Some((p, _)) = &self.planned {
+            let p = p.clone();
+            for (every, ev) in [
+                (p.restart_every, Ev::Restart),
+                (p.flap_every, Ev::Flap),
+                (p.scale_out_every, Ev::ScaleOut),
+                (p.user_handover_every, Ev::UserHandover),
+                (p.user_retry_now_every, Ev::UserRetryNow),
+            ] {
+                if let Some(every) = every {
+                    self.planned_after(every, ev);
+                }
+            }
+        }
+    }
+
+    /// Schedules a planned event in about `every`, drawn from the planned changes' own
+    /// stream.
+    fn planned_after(&mut self, every: Duration, ev: Ev) {
+        if let Some((_, r)) = &mut self.planned {
+            let d = upto(r, every * 2);
+            self.after(d, ev);
+        }
+    }
+
+    /// A server drawn from the planned changes' stream.
+    fn planned_server(&mut self) -> u8 {
+        let n = self.world.up.len() as u64;
+        self.planned.as_mut().map_or(0, |(_, r)| below(r, n) as u8)
     }
 
     /// Schedules what the world owes after a step, and re-arms the one timer when the
@@ -1266,6 +1583,16 @@ impl<M: SimMachine<Addr, Conn, SimError>, W: Watch<M>> Seeded<M, W> {
             self.after(d, ev);
         }
         self.plan = plan;
+        // A maximum connection age: a handover once the current connection reaches it.
+        if let Some(max_age) = self.planned.as_ref().and_then(|(p, _)| p.max_age) {
+            let current = self.world.machine.current_conn_id();
+            if current.is_some() && current != self.aged {
+                self.aged = current;
+                if let Some(conn) = current {
+                    self.after(max_age, Ev::MaxAge { conn });
+                }
+            }
+        }
         let timeout = self.world.machine.poll_timeout();
         if timeout != self.timer_at {
             self.timer_at = timeout;
@@ -1417,6 +1744,69 @@ impl<M: SimMachine<Addr, Conn, SimError>, W: Watch<M>> Seeded<M, W> {
                 }
                 Ok(())
             }
+            ev => self.planned_event(ev),
+        }
+    }
+
+    /// A planned change (R15–R17): what the catalog or the user does, and what the driver
+    /// tells the machine about it.
+    fn planned_event(&mut self, ev: Ev) -> Result<(), Violation> {
+        let Some((p, _)) = &self.planned else {
+            return Ok(());
+        };
+        let p = p.clone();
+        if !self.active {
+            return Ok(());
+        }
+        match ev {
+            Ev::Restart => {
+                // A rolling restart: withdraw, drain, stop, start on a new address.
+                let server = self.planned_server();
+                self.world.withdraw(server)?;
+                self.after(p.drain, Ev::Stop { server });
+                if let Some(every) = p.restart_every {
+                    self.planned_after(every, Ev::Restart);
+                }
+                Ok(())
+            }
+            Ev::Stop { server } => self.world.restart_elsewhere(server),
+            Ev::Flap => {
+                let server = self.planned_server();
+                self.world.withdraw(server)?;
+                if let Some(every) = p.flap_every {
+                    self.planned_after(every / 4, Ev::Relist { server });
+                    self.planned_after(every, Ev::Flap);
+                }
+                Ok(())
+            }
+            Ev::Relist { server } => self.world.list(server),
+            Ev::ScaleOut => {
+                if let Some(every) = p.scale_out_every {
+                    self.planned_after(every, Ev::ScaleOut);
+                }
+                self.world.scale_out()
+            }
+            Ev::MaxAge { conn } => {
+                if self.world.machine.current_conn_id() == Some(conn) {
+                    self.world.handover(HandoverReason::MaxAge, p.grace)?;
+                }
+                Ok(())
+            }
+            Ev::UserHandover => {
+                if let Some(every) = p.user_handover_every {
+                    self.planned_after(every, Ev::UserHandover);
+                }
+                self.world.handover(HandoverReason::User, p.grace)
+            }
+            Ev::UserRetryNow => {
+                if let Some(every) = p.user_retry_now_every {
+                    self.planned_after(every, Ev::UserRetryNow);
+                }
+                self.world.feed(Input::RetryNow {
+                    reason: RetryNowReason::User,
+                })
+            }
+            _ => Ok(()),
         }
     }
 
@@ -1507,6 +1897,10 @@ fn run_with<M: SimMachine<Addr, Conn, SimError>, W: Watch<M>>(
     let machine = build(settings.config());
     let mut trace = Trace::new(options.keep_trace);
     trace.line(format_args!("SEED={} {:?}", settings.seed, settings));
+    let planned = options.planned.then(|| Planned::from_seed(settings.seed));
+    if let Some(p) = &planned {
+        trace.line(format_args!("PLANNED {p:?}"));
+    }
     let world = World::new(
         machine,
         settings.checker_settings(),
@@ -1514,7 +1908,7 @@ fn run_with<M: SimMachine<Addr, Conn, SimError>, W: Watch<M>>(
         trace,
         watch,
     );
-    let world = match world {
+    let mut world = match world {
         Ok(w) => w,
         Err(violation) => {
             return Err(Box::new(Failure {
@@ -1522,11 +1916,21 @@ fn run_with<M: SimMachine<Addr, Conn, SimError>, W: Watch<M>>(
                 trace: None,
                 settings,
                 inputs: Vec::new(),
+                planned,
             }));
         }
     };
+    if let Some(p) = &planned {
+        world.set_planned(p.grace);
+        world.another_copy = p.another_copy;
+    }
     let mut seeded = Seeded {
         rng: ChaCha8Rng::seed_from_u64(settings.seed ^ 0x5157_5f57_4f52_4c44),
+        planned: planned.clone().map(|p| {
+            let r = ChaCha8Rng::seed_from_u64(settings.seed ^ 0x504c_414e_4e45_4432);
+            (p, r)
+        }),
+        aged: None,
         world,
         queue: BTreeMap::new(),
         seq: 0,
@@ -1563,6 +1967,7 @@ fn run_with<M: SimMachine<Addr, Conn, SimError>, W: Watch<M>>(
                 trace: w.trace.text().map(str::to_owned),
                 inputs: std::mem::take(&mut w.inputs),
                 settings: seeded.s,
+                planned,
             }))
         }
     }

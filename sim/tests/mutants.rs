@@ -10,6 +10,7 @@ fn first_catch(mutant: Mutant) -> (u64, Box<persistent_connection_sim::world::Fa
     let options = RunOptions {
         keep_trace: false,
         mutant: Some(mutant),
+        planned: mutant.needs_planned_world(),
     };
     for seed in 0..DEFAULT_SEEDS {
         if let Err(failure) = run_seed(seed, &options) {
@@ -94,7 +95,22 @@ fn a_timer_that_stops_time_is_caught_by_the_liveness_cap() {
 }
 
 #[test]
+fn retrying_now_twice_in_a_row_is_caught_by_i10() {
+    caught_by(Mutant::RetryNowTwice, Invariant::I10);
+}
+
+#[test]
+fn a_gap_during_a_handover_is_caught_by_i11() {
+    caught_by(Mutant::GapInHandover, Invariant::I11);
+}
+
+#[test]
+fn closing_a_retired_connection_late_is_caught_by_i11() {
+    caught_by(Mutant::LateRetiredClose, Invariant::I11);
+}
+
+#[test]
 fn every_mutant_has_a_test_above() {
     // Adding a mutant without a test here would let it rot.
-    assert_eq!(Mutant::ALL.len(), 10);
+    assert_eq!(Mutant::ALL.len(), 13);
 }

@@ -27,6 +27,7 @@ fn a_seed_replayed_gives_the_same_trace_and_hash() {
     let keep = RunOptions {
         keep_trace: true,
         mutant: None,
+        planned: false,
     };
     for seed in [0, 1, 17, 12345, u64::MAX] {
         let a = run_seed(seed, &keep).expect("passes");

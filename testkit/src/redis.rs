@@ -406,6 +406,9 @@ fn describe(event: &Event<SocketAddr, Conn, Failure>) -> String {
         Event::FailedToConnect(e) => format!("FailedToConnect({e})"),
         Event::Connected(c) => format!("Connected({})", c.addr),
         Event::Disconnected => "Disconnected".to_owned(),
+        Event::HandedOver { connection, reason } => {
+            format!("HandedOver({}, {reason})", connection.addr)
+        }
     }
 }
 

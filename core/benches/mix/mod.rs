@@ -8,7 +8,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use persistent_connection_core::{Config, Effect, Input, Instant, Machine, RetryPolicy};
+use persistent_connection_core::{
+    Config, Effect, HandoverReason, Input, Instant, Machine, RetryNowReason, RetryPolicy,
+};
 
 /// Address: a port. Connection: a number. Error: a code. All `Copy`, so the clones the
 /// machine makes of them cost nothing and allocate nothing.
@@ -25,6 +27,10 @@ pub struct Driver {
     script: Vec<u8>,
     pos: usize,
     next_conn: u32,
+    /// Replace every other connection by a handover (R15) instead of dropping it, and end
+    /// some waits by retry now (R16).
+    handovers: bool,
+    turn: u64,
     /// Inputs fed so far.
     pub inputs: u64,
 }
@@ -53,9 +59,20 @@ impl Driver {
             script,
             pos: 0,
             next_conn: 0,
+            handovers: false,
+            turn: 0,
             inputs: 0,
         };
         d.drain();
+        d
+    }
+
+    /// The same world, but every other connection is replaced by a handover (R15) with a
+    /// 2 ms grace instead of being dropped, and every third wait is ended by retry now (R16).
+    #[allow(dead_code)] // used by one of the two bench targets that include this file
+    pub fn with_handovers(seed: u64) -> Driver {
+        let mut d = Driver::new(seed);
+        d.handovers = true;
         d
     }
 
@@ -106,8 +123,27 @@ impl Driver {
     #[inline]
     pub fn step(&mut self) {
         self.now = self.now.saturating_add(Duration::from_millis(1));
+        self.turn += 1;
         let input = if let Some(input) = self.pending.pop_front() {
             input
+        } else if self.handovers
+            && self.turn.is_multiple_of(3)
+            && self.m.retired_connections().next().is_none()
+            && self.m.poll_timeout().is_some()
+        {
+            Input::RetryNow {
+                reason: RetryNowReason::NewCopy,
+            }
+        } else if self.handovers
+            && self.turn.is_multiple_of(2)
+            && self.m.poll_timeout().is_none()
+            && self.m.current_conn_id().is_some()
+            && self.m.handover().is_none()
+        {
+            Input::Handover {
+                reason: HandoverReason::MaxAge,
+                grace: Duration::from_millis(2),
+            }
         } else if let Some(deadline) = self.m.poll_timeout() {
             self.now = self.now.max(deadline);
             Input::TimerFired
@@ -126,6 +162,12 @@ impl Driver {
     #[allow(dead_code)] // used by one of the two bench targets that include this file
     pub fn connections(&self) -> u32 {
         self.next_conn
+    }
+
+    /// Handovers that succeeded so far.
+    #[allow(dead_code)] // used by one of the two bench targets that include this file
+    pub fn handovers(&self) -> u32 {
+        self.m.counters().handovers
     }
 
     /// The machine, for checks.

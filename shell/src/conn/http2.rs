@@ -4,7 +4,7 @@
 //!
 //! hyper 1.x runs an HTTP/2 connection in tasks of its own (the socket's reader and writer,
 //! one per request waiting for its response), which outlive the connection future it hands
-//! out: dropping that future, or closing a [`Driven`](crate::Driven) around it, lets calls in
+//! out: dropping that future, or closing a [`Driven`](crate::conn::Driven) around it, lets calls in
 //! flight go on and keeps the socket open until they end. [`Http2Connection`] gives hyper an
 //! executor of its own, so it knows every task hyper starts for the connection, and stops
 //! them all on [`close`](Closable::close): calls in flight fail at once and the socket is
@@ -36,7 +36,7 @@ use crate::error::IoError;
 /// closes the connection (calls in flight fail with hyper's "keep-alive timed out"). A hung
 /// server or a black hole is so noticed within `interval + timeout` of its last sign of
 /// life, on the connection itself, without a call of yours and without a
-/// [`HealthChecked`](crate::HealthChecked) task. With `while_idle` (the default here) the
+/// [`HealthChecked`](crate::conn::HealthChecked) task. With `while_idle` (the default here) the
 /// PINGs go on when no call is open, so an idle connection is checked too; without it, only
 /// while calls are open.
 ///
@@ -240,18 +240,29 @@ pub struct Http2Error {
 #[derive(Debug)]
 enum Repr {
     NotSent(Http2End),
-    Hyper(hyper::Error),
+    Hyper {
+        error: hyper::Error,
+        /// The connection ended before the server sent a single byte: it never began
+        /// HTTP/2 on it, so it processed no call.
+        server_silent: bool,
+    },
 }
 
 impl Http2Error {
-    /// True when the call was not sent, so it is safe to make again on another connection:
-    /// the connection took no new calls any more (draining after a `GOAWAY`, failed,
-    /// closed), or it ended before hyper had sent the request (hyper's "canceled" errors,
-    /// which its HTTP/2 client returns only for requests it never sent).
+    /// True when the call was not sent or not processed, so it is safe to make again on
+    /// another connection: the connection took no new calls any more (draining after a
+    /// `GOAWAY`, failed, closed); it ended before hyper had sent the request (hyper's
+    /// "canceled" errors, which its HTTP/2 client returns only for requests it never
+    /// sent); or it ended before the server had sent anything at all (a server resets the
+    /// connections it has not begun HTTP/2 on when it shuts down: its preface, the first
+    /// thing an HTTP/2 server sends, never came, so it processed nothing).
     pub fn is_not_sent(&self) -> bool {
         match &self.repr {
             Repr::NotSent(_) => true,
-            Repr::Hyper(e) => e.is_canceled(),
+            Repr::Hyper {
+                error,
+                server_silent,
+            } => *server_silent || error.is_canceled(),
         }
     }
 
@@ -259,15 +270,24 @@ impl Http2Error {
     pub fn end(&self) -> Option<&Http2End> {
         match &self.repr {
             Repr::NotSent(end) => Some(end),
-            Repr::Hyper(_) => None,
+            Repr::Hyper { .. } => None,
         }
     }
 
     /// hyper's error, for the others.
     pub fn hyper_error(&self) -> Option<&hyper::Error> {
         match &self.repr {
-            Repr::Hyper(e) => Some(e),
+            Repr::Hyper { error, .. } => Some(error),
             Repr::NotSent(_) => None,
+        }
+    }
+
+    fn hyper(error: hyper::Error, shared: &Shared) -> Http2Error {
+        Http2Error {
+            repr: Repr::Hyper {
+                error,
+                server_silent: !shared.heard.load(Ordering::Acquire),
+            },
         }
     }
 }
@@ -279,7 +299,18 @@ impl fmt::Display for Http2Error {
                 f,
                 "the HTTP/2 connection takes no new calls ({end}); the call was not sent"
             ),
-            Repr::Hyper(e) => f.write_str(&with_causes(e)),
+            Repr::Hyper {
+                error,
+                server_silent,
+            } => {
+                f.write_str(&with_causes(error))?;
+                if *server_silent {
+                    f.write_str(
+                        " (the server sent nothing on this connection: the call was not processed)",
+                    )?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -287,7 +318,7 @@ impl fmt::Display for Http2Error {
 impl StdError for Http2Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match &self.repr {
-            Repr::Hyper(e) => Some(e),
+            Repr::Hyper { error, .. } => Some(error),
             Repr::NotSent(_) => None,
         }
     }
@@ -334,6 +365,8 @@ fn with_causes(e: &(dyn StdError + 'static)) -> String {
 struct Shared {
     /// Takes no new calls: draining or closed, by either side.
     closed: AtomicBool,
+    /// The server has sent something (its preface comes first).
+    heard: AtomicBool,
     /// The same, for waiters.
     draining: watch::Sender<bool>,
     /// Stops every task hyper started for this connection.
@@ -349,6 +382,7 @@ impl Shared {
     fn new() -> Shared {
         Shared {
             closed: AtomicBool::new(false),
+            heard: AtomicBool::new(false),
             draining: watch::Sender::new(false),
             stop: watch::Sender::new(false),
             tasks: watch::Sender::new(0),
@@ -483,6 +517,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Sniffed<T> {
         if let Poll::Ready(Ok(())) = polled {
             let this = &mut *self;
             let shared = &this.shared;
+            if buf.filled().len() > before {
+                shared.heard.store(true, Ordering::Release);
+            }
             this.frames.scan(&buf.filled()[before..], |error_code| {
                 shared.begin_close(Http2End::GoAway { error_code });
             });
@@ -491,33 +528,46 @@ impl<T: AsyncRead + Unpin> AsyncRead for Sniffed<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Sniffed<T> {
+impl<T: Closable> Sniffed<T> {
+    /// A write to a stream that has closed under it (the peer closed: our `TcpConnection`
+    /// releases its write half at end of file) counts as done. h2 flushes before it reads
+    /// on, and a failed flush would end the connection before it reads what the server
+    /// sent last — its answer to a call in flight, which a server that shuts down sends
+    /// just before it closes. What is written then could not reach the peer anyway.
+    fn after_close<R>(
+        &self,
+        polled: Poll<std::io::Result<R>>,
+        done: R,
+    ) -> Poll<std::io::Result<R>> {
+        match polled {
+            Poll::Ready(Err(e))
+                if e.kind() == std::io::ErrorKind::NotConnected && self.io.is_closed() =>
+            {
+                Poll::Ready(Ok(done))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Closable + Unpin> AsyncWrite for Sniffed<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.after_close(polled, buf.len())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.after_close(polled, ())
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let polled = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.after_close(polled, ())
     }
 }
 
@@ -546,7 +596,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Sniffed<T> {
 ///   called, which fails them). A persistent connection does not hand this connection out
 ///   while it drains, and new calls wait in `connected()` for the next one; to make the
 ///   next connection *while* the old one drains (make-before-break), hand over on
-///   [`draining`](Http2Connection::draining).
+///   [`draining`](Http2Connection::draining). A call made in the instant the `GOAWAY`
+///   arrives fails unsent ([`Http2Error::is_not_sent`], [`call_was_not_sent`]): make it
+///   again. One race is hyper's: a request whose stream it opens in the very poll that
+///   processes the `GOAWAY` fails with h2's `GOAWAY` error although the server may have
+///   it.
 ///
 /// Cheap to clone (hyper's `SendRequest` and an `Arc`); all clones are the same connection.
 /// Dropping every clone lets calls in flight end, then releases everything. tonic's
@@ -619,6 +673,13 @@ where
     where
         T: AsyncRead + AsyncWrite + Closable + Clone + Unpin + Send + Sync + 'static,
     {
+        if io.is_closed() {
+            io.close().await;
+            return Err(IoError::new(
+                std::io::ErrorKind::NotConnected,
+                "HTTP/2 handshake: the stream is already closed",
+            ));
+        }
         let shared = Arc::new(Shared::new());
         let mut builder = Builder::new(Tasks(shared.clone()));
         builder.timer(TokioTimer::new());
@@ -843,9 +904,10 @@ where
         if self.shared.end().is_some() {
             return Poll::Ready(Ok(()));
         }
-        self.send.poll_ready(cx).map_err(|e| Http2Error {
-            repr: Repr::Hyper(e),
-        })
+        let shared = &self.shared;
+        self.send
+            .poll_ready(cx)
+            .map_err(|e| Http2Error::hyper(e, shared))
     }
 
     /// Sends the request on this connection (after putting the origin on a URI without
@@ -862,19 +924,54 @@ where
         }
         self.with_origin(&mut req);
         let sent = self.send.send_request(req);
+        let shared = self.shared.clone();
         ResponseFuture {
-            inner: Box::pin(async move {
-                sent.await.map_err(|e| Http2Error {
-                    repr: Repr::Hyper(e),
-                })
-            }),
+            inner: Box::pin(async move { sent.await.map_err(|e| Http2Error::hyper(e, &shared)) }),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::FrameScan;
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::{FrameScan, Shared, Sniffed};
+    use crate::{Closable, TcpConnection};
+
+    #[tokio::test]
+    async fn writes_to_a_stream_the_peer_closed_count_as_done_and_reads_go_on() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tcp = TcpConnection::connect(addr).await.unwrap();
+        let (mut peer, _) = listener.accept().await.unwrap();
+        let mut io = Sniffed {
+            io: tcp.clone(),
+            frames: FrameScan::default(),
+            shared: Arc::new(Shared::new()),
+        };
+        io.write_all(b"open").await.unwrap();
+        let mut got = [0; 4];
+        peer.read_exact(&mut got).await.unwrap();
+        // The peer's last words, then its end of the connection.
+        peer.write_all(b"last").await.unwrap();
+        drop(peer);
+        tcp.close_finished().await;
+        // TcpConnection itself refuses the write; through `Sniffed` it counts as done…
+        assert_eq!(
+            tcp.clone().write(b"x").await.unwrap_err().kind(),
+            std::io::ErrorKind::NotConnected
+        );
+        assert_eq!(io.write(b"more").await.unwrap(), 4);
+        io.flush().await.unwrap();
+        // …and what the peer sent before it closed is still read, then end of file.
+        let mut rest = Vec::new();
+        io.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"last");
+        assert!(io.shared.heard.load(std::sync::atomic::Ordering::Acquire));
+        io.shutdown().await.unwrap();
+    }
 
     fn frame(kind: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let len = payload.len();

@@ -15,14 +15,14 @@
 
 pub(crate) mod closable;
 pub(crate) mod driven;
+#[cfg(feature = "grpc-health")]
+pub mod grpc_health;
 pub(crate) mod health;
+#[cfg(feature = "http2")]
+pub mod http2;
 pub(crate) mod tcp;
 #[cfg(feature = "tls")]
 pub mod tls;
-#[cfg(feature = "http2")]
-pub mod http2;
-#[cfg(feature = "grpc-health")]
-pub mod grpc_health;
 
 pub use closable::{Closable, CloseSignal, CloseWakers, WithCloseSignal};
 pub use driven::Driven;

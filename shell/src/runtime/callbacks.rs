@@ -23,11 +23,15 @@ pub(crate) enum AttemptOutput<A, C, E> {
 /// boxed future that includes the timeout (S5) and the panic guard (R13): the user's
 /// future is not boxed separately.
 pub(crate) trait Attempts<A, C, E>: Send + Sync {
-    /// `server` names the persistent connection in a lookup timeout.
+    /// `server` names the persistent connection in a lookup timeout. A handover's lookup
+    /// (R15) passes the current connection's address as `avoid`: if the lookup gives it,
+    /// `get_address` is asked once more, so that a catalog's picker, which skips the
+    /// address it handed out last, names another copy when one is listed.
     fn get_address(
         self: Arc<Self>,
         timeout: Duration,
         server: Arc<str>,
+        avoid: Option<A>,
     ) -> BoxFuture<AttemptOutput<A, C, E>>;
     fn connect(
         self: Arc<Self>,
@@ -44,7 +48,7 @@ struct UserFns<G, K> {
 
 impl<A, C, E, G, GF, K, KF> Attempts<A, C, E> for UserFns<G, K>
 where
-    A: Send + 'static,
+    A: PartialEq + Send + 'static,
     C: Send + 'static,
     E: Send + 'static,
     G: Fn() -> GF + Send + Sync + 'static,
@@ -56,13 +60,22 @@ where
         self: Arc<Self>,
         timeout: Duration,
         server: Arc<str>,
+        avoid: Option<A>,
     ) -> BoxFuture<AttemptOutput<A, C, E>> {
         guarded_attempt(
             Callback::GetAddress,
             timeout,
             move |after| Error::LookupTimedOut { server, after },
             AttemptOutput::Address,
-            move || (self.get_address)(),
+            move || {
+                let first = (self.get_address)();
+                async move {
+                    match first.await {
+                        Ok(a) if avoid.as_ref() == Some(&a) => (self.get_address)().await,
+                        other => other,
+                    }
+                }
+            },
         )
     }
 
@@ -138,7 +151,7 @@ pub(crate) struct Callbacks<A, C, E> {
 
 impl<A, C, E> Callbacks<A, C, E>
 where
-    A: Send + 'static,
+    A: PartialEq + Send + 'static,
     C: Send + 'static,
     E: Send + 'static,
 {

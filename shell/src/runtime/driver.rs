@@ -57,9 +57,12 @@ where
 {
     /// If the task is dropped before close finished (its runtime shut down, or it
     /// panicked), nothing may hang on it (S3). The driver's state (the user's callbacks
-    /// and futures) goes with the task, not with the last handle.
+    /// and futures) goes with the task, not with the last handle, dropped under its
+    /// server's name, as in a poll: a panic in one of their drops is logged naming the
+    /// connection.
     fn drop(&mut self) {
         self.0.driver_gone();
+        let _server = guard::ServerScope::enter(self.0.server_name.clone());
         let state = self.0.driver_state().take();
         guard::drop_guarded("the driver's state", state);
     }
@@ -307,6 +310,9 @@ where
                             tracing::warn!(server = %server, error = ?e, next_attempt_in = ?Self::next_attempt_in(shared), "failed to connect")
                         }
                     },
+                    CoreEvent::HandedOver { reason, .. } => {
+                        tracing::info!(server = %server, reason = reason.as_str(), address = ?address, "handed over to a new connection")
+                    }
                     CoreEvent::Disconnected => {
                         tracing::warn!(server = %server, next_attempt_in = ?Self::next_attempt_in(shared), "disconnected")
                     }
@@ -322,11 +328,12 @@ where
                 }
             }
             Effect::GetAddress { attempt } => {
-                let fut = self
-                    .callbacks
-                    .attempts
-                    .clone()
-                    .get_address(self.callbacks.lookup_timeout, server.clone());
+                let fut = self.callbacks.attempts.clone().get_address(
+                    self.callbacks.lookup_timeout,
+                    server.clone(),
+                    // R15: a handover's lookup is for another copy than the current.
+                    shared.handover_lookup_avoids(),
+                );
                 let busy = self.busy();
                 busy.address = None;
                 busy.attempt = Some((attempt, fut));
@@ -361,6 +368,7 @@ where
             }
             Effect::BecameCurrent { conn, connection } => {
                 tracing::debug!(server = %server, %conn, "connection is current");
+                shared.set_current_address(self.busy.as_ref().and_then(|b| b.address.clone()));
                 let watch = Watch::Polled { conn, connection };
                 if let Some(old) = self.watch.replace(watch) {
                     // Not expected (the machine has one current connection at a time);
@@ -429,6 +437,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let shared = &self.0;
+        // A panic in the drop of user code is logged naming this connection.
+        let _server = guard::ServerScope::enter(shared.server_name.clone());
         let mut state = shared.driver_state();
         let Some(driver) = state.as_mut() else {
             return Poll::Ready(());

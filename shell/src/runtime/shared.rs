@@ -105,6 +105,11 @@ pub(crate) struct Inner<A, C, E> {
     ended: bool,
     /// The Tokio instant of the machine's time zero, once the driver has started.
     base: Option<tokio::time::Instant>,
+    /// The address the current connection was made to (R15's catalog follower compares it
+    /// with the listing); set by the driver, cleared when no connection is current.
+    current_address: Option<A>,
+    /// R15's grace for handovers asked through a handle.
+    handover_grace: std::time::Duration,
 }
 
 /// What handles wait for, behind the lock that publishes it (S1, S2).
@@ -130,6 +135,12 @@ impl<A, C, E> Inner<A, C, E> {
     }
 }
 
+/// Every handover reason, for counts by reason (metrics labels).
+pub(crate) const HANDOVER_REASONS: [persistent_connection_core::HandoverReason; 5] = {
+    use persistent_connection_core::HandoverReason as R;
+    [R::User, R::Drain, R::MaxAge, R::Withdrawn, R::FailBack]
+};
+
 /// See [`Stats`]. Plain std atomics: they are statistics, not part of the protocol.
 #[derive(Default)]
 struct Counters {
@@ -138,10 +149,23 @@ struct Counters {
     reported_failures: AtomicU64,
     connections: AtomicU64,
     disconnections: AtomicU64,
+    handovers: AtomicU64,
+    /// Handovers by reason, in [`HANDOVER_REASONS`]' order.
+    handovers_by: [AtomicU64; 5],
+    handover_failures: AtomicU64,
+    retries_now: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl<A, C, E> Shared<A, C, E> {
+    /// Handovers so far, by reason in [`HANDOVER_REASONS`]' order.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn handovers_by_reason(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.counters.handovers_by[i].load(Ordering::Relaxed))
+    }
 }
 
 /// Shared by the handles (strong and weak), connect contexts and the driver task.
@@ -198,6 +222,8 @@ where
                 changes: None,
                 ended: false,
                 base: None,
+                current_address: None,
+                handover_grace: std::time::Duration::from_secs(10),
             }),
             driver: std::sync::Mutex::new(None),
         };
@@ -227,6 +253,68 @@ where
         if let Some(waker) = waker {
             waker.wake();
         }
+    }
+
+    /// Feeds `input` at the time it happens: Tokio's clock now, on the machine's time line
+    /// (the driver's latest time before the driver has started). For inputs whose time
+    /// matters to the machine, from outside the driver: a handover or a retry now starts
+    /// an attempt and its retry timer (R15, R16).
+    pub(crate) fn feed_now_from_handle(&self, input: CoreInput<A, C, E>) {
+        let waker = {
+            let mut inner = lock(&self.inner);
+            if inner.ended {
+                return;
+            }
+            let now = match inner.base {
+                Some(base) => Instant::from_since_origin(
+                    tokio::time::Instant::now().saturating_duration_since(base),
+                )
+                .max(inner.now),
+                None => inner.now,
+            };
+            inner.now = now;
+            self.feed_locked(&mut inner, now, input);
+            if inner.io.is_empty() {
+                None
+            } else {
+                inner.driver.take()
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// How long a connection replaced by a handover asked through a handle stays open.
+    pub(crate) fn handover_grace(&self) -> std::time::Duration {
+        lock(&self.inner).handover_grace
+    }
+
+    pub(crate) fn set_handover_grace(&self, grace: std::time::Duration) {
+        lock(&self.inner).handover_grace = grace;
+    }
+
+    /// During a handover (R15), the current connection's address, which its lookup should
+    /// not give again.
+    pub(crate) fn handover_lookup_avoids(&self) -> Option<A> {
+        let inner = lock(&self.inner);
+        inner.machine.handover()?;
+        inner.current_address.clone()
+    }
+
+    /// The address of the current connection, as the driver recorded it.
+    pub(crate) fn current_address(&self) -> Option<A> {
+        lock(&self.inner).current_address.clone()
+    }
+
+    /// Records the address the connection that just became current was made to.
+    pub(crate) fn set_current_address(&self, address: Option<A>) {
+        lock(&self.inner).current_address = address;
+    }
+
+    /// The reason of the pending handover (R15), if one is pending.
+    pub(crate) fn pending_handover(&self) -> Option<persistent_connection_core::HandoverReason> {
+        lock(&self.inner).machine.handover().map(|h| h.reason)
     }
 
     /// Feeds `input` at `now` (the driver's clock). Used by the model tests.
@@ -317,7 +405,10 @@ where
                         .io
                         .push_back(Effect::BecameCurrent { conn, connection });
                 }
-                Effect::NoLongerCurrent { .. } => self.current.store(None),
+                Effect::NoLongerCurrent { .. } => {
+                    inner.current_address = None;
+                    self.current.store(None);
+                }
                 Effect::StartTimer {
                     attempt,
                     base,
@@ -335,6 +426,12 @@ where
                         persistent_connection_core::Event::Disconnected => {
                             bump(&self.counters.disconnections)
                         }
+                        persistent_connection_core::Event::HandedOver { reason, .. } => {
+                            bump(&self.counters.handovers);
+                            if let Some(i) = HANDOVER_REASONS.iter().position(|r| r == reason) {
+                                bump(&self.counters.handovers_by[i]);
+                            }
+                        }
                         _ => {}
                     }
                     inner.io.push_back(Effect::Emit { id, event });
@@ -347,6 +444,13 @@ where
                 other => inner.io.push_back(other),
             }
         }
+        let k = inner.machine.counters();
+        self.counters
+            .handover_failures
+            .store(u64::from(k.handover_failures), Ordering::Relaxed);
+        self.counters
+            .retries_now
+            .store(u64::from(k.retries_now), Ordering::Relaxed);
         let mut flags = self.flags() & !CLOSED;
         if inner.machine.is_closed() || inner.stopped || inner.ended {
             flags |= CLOSED;
@@ -526,6 +630,9 @@ impl<A, C, E> Shared<A, C, E> {
             deduplicated_failures: failures.saturating_sub(reported),
             connections: c.connections.load(Ordering::Relaxed),
             disconnections: c.disconnections.load(Ordering::Relaxed),
+            handovers: c.handovers.load(Ordering::Relaxed),
+            handover_failures: c.handover_failures.load(Ordering::Relaxed),
+            retries_now: c.retries_now.load(Ordering::Relaxed),
         }
     }
 

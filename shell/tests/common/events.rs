@@ -43,6 +43,9 @@ pub fn describe(ev: &Ev) -> String {
         Event::FailedToConnect(e) => format!("FailedToConnect({})", describe_error(e)),
         Event::Connected(c) => format!("Connected(#{})", c.id()),
         Event::Disconnected => "Disconnected".into(),
+        Event::HandedOver { connection, reason } => {
+            format!("HandedOver(#{}, {})", connection.id(), reason.as_str())
+        }
     }
 }
 

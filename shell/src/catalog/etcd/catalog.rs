@@ -891,6 +891,12 @@ where
 {
     type Address = A;
 
+    /// The etcd watch saw a key put or deleted under the prefix, a lease expire, or a
+    /// resync change the listing ([`EtcdCatalog::changed`]).
+    fn changed(&self) -> impl Future<Output = ()> + Send + 'static {
+        EtcdCatalog::changed(self)
+    }
+
     fn lookup(&self) -> impl Future<Output = Result<Vec<A>, CatalogError>> + Send {
         let inner = self.inner.clone();
         async move {
@@ -936,6 +942,75 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shared(max_staleness: Duration) -> Shared {
+        Shared {
+            describe: "etcd prefix \"/p/\"".into(),
+            max_staleness,
+            known: Mutex::new(Known::default()),
+            changes: watch::channel(0).0,
+            cancel_warned: AtomicBool::new(false),
+        }
+    }
+
+    fn one(key: &str, value: &str) -> Kvs {
+        [(key.as_bytes().to_vec(), value.as_bytes().to_vec())].into()
+    }
+
+    /// Fail static, on the paused clock: the last list is served only during an outage,
+    /// only while it is younger than the bound, and never when nothing was known; an older
+    /// range read does not replace a newer list; a new list wakes `changed()`, the same
+    /// list does not.
+    #[tokio::test(start_paused = true)]
+    async fn the_last_list_is_served_during_an_outage_until_max_staleness() {
+        let s = shared(Duration::from_secs(10));
+        s.failed("down");
+        assert_eq!(s.stale(), None, "nothing known");
+        assert_eq!(s.staleness(), None);
+        let mut changes = s.changes.subscribe();
+        s.vouched(Some((5, one("/p/a", "1"))));
+        assert!(changes.has_changed().unwrap(), "a new list is a change");
+        changes.mark_unchanged();
+        assert_eq!(s.stale(), None, "etcd answers: nothing stale");
+        s.vouched(Some((6, one("/p/a", "1"))));
+        assert!(!changes.has_changed().unwrap(), "the same list is not");
+        s.vouched(Some((4, Kvs::new())));
+        assert_eq!(
+            s.known().kvs,
+            one("/p/a", "1"),
+            "an older read is not stored"
+        );
+
+        tokio::time::advance(Duration::from_secs(3)).await;
+        s.failed("down");
+        s.failed("still down");
+        assert_eq!(s.known().outage.as_ref().unwrap().failures, 2);
+        assert_eq!(s.stale(), Some(one("/p/a", "1")));
+        assert_eq!(s.staleness(), Some(Duration::from_secs(3)));
+        tokio::time::advance(Duration::from_millis(6999)).await;
+        assert!(s.stale().is_some(), "younger than the bound");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(s.stale(), None, "as old as the bound");
+        assert!(s.known().outage.as_ref().unwrap().expired);
+        assert_eq!(s.staleness(), Some(Duration::from_secs(10)));
+        s.vouched(None);
+        assert_eq!(s.staleness(), None, "etcd answers again");
+        assert!(s.known().outage.is_none());
+    }
+
+    /// `max_staleness(ZERO)` never serves a list etcd has not just vouched for; an empty
+    /// last list is nothing to serve.
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_bound_or_an_empty_list_serves_nothing() {
+        let s = shared(Duration::ZERO);
+        s.vouched(Some((1, one("/p/a", "1"))));
+        s.failed("down");
+        assert_eq!(s.stale(), None);
+        let s = shared(Duration::MAX);
+        s.vouched(Some((1, Kvs::new())));
+        s.failed("down");
+        assert_eq!(s.stale(), None);
+    }
 
     #[test]
     pub(super) fn a_prefix_is_a_directory() {
