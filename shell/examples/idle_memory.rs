@@ -9,7 +9,7 @@
 //! own here): run it under DHAT and itemise the blocks live at the peak, which is when the
 //! 10,000 connections idle: `valgrind --tool=dhat --dhat-out-file=dhat.json
 //! target/release/examples/idle_memory && python3 scripts/dhat_sizes.py dhat.json`. At
-//! issue 25: the shared state with the machine and the driver's state (656 B), the driver
+//! issue 25: the shared state with the machine and the driver's state (784 B), the driver
 //! task's cell (128 B), the current connection's `Arc` for lock-free reads (32 B), the
 //! callbacks (24 B) and the server name (24 B).
 #![forbid(unsafe_code)]
