@@ -23,7 +23,7 @@ pub fn build_with(setup: &Setup, event_capacity: Option<usize>) -> Pc {
     macro_rules! build {
         ($get_address:expr) => {{
             let builder = PersistentConnection::builder("bench", $get_address, connect)
-                .retry_delay(setup.delay)
+                .retry_policy(setup.delay)
                 .seed(setup.seed);
             match event_capacity {
                 Some(n) => builder.event_capacity(n).build(),

@@ -20,10 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use persistent_connection::catalog::{Catalog, Pick, StaticList};
-use persistent_connection::{
-    Closable, Error, Event, HealthCheck, HealthChecked, IoError, PersistentConnection,
-    TcpConnection, TcpOptions,
-};
+use persistent_connection::conn::{HealthCheck, HealthChecked, TcpOptions};
+use persistent_connection::{Closable, Error, Event, IoError, PersistentConnection, TcpConnection};
 use persistent_connection_testkit::echo::{self, Be9};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -236,7 +234,7 @@ pub fn client(
         let builder = match settings {
             Settings::Defaults => builder,
             Settings::Recommended => builder
-                .retry_delay(Duration::from_millis(500))
+                .retry_policy(Duration::from_millis(500))
                 .connect_timeout(Duration::from_secs(1)),
         };
         builder.build()

@@ -327,7 +327,7 @@ fn start_client(rt: &HostRuntime, endpoints: Vec<String>) -> Client {
                 catalog.get_address::<IoError>(Pick::InOrder),
                 |addr: SocketAddr, _cx| TcpConnection::connect(addr),
             )
-            .retry_delay(Duration::from_millis(100))
+            .retry_policy(Duration::from_millis(100))
             .on_event(move |e| {
                 events.lock().unwrap().push(match &e {
                     Event::Connected(c) => format!("Connected({})", c.peer_addr()),
@@ -359,7 +359,7 @@ fn start_client(rt: &HostRuntime, endpoints: Vec<String>) -> Client {
                 ))
             },
         )
-        .retry_delay(Duration::from_millis(100))
+        .retry_policy(Duration::from_millis(100))
         .on_event(move |e| {
             if let Event::FailedToConnect(e) = &e {
                 let text = match e {

@@ -3,7 +3,8 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use persistent_connection::{TcpConnection, TcpOptions};
+use persistent_connection::TcpConnection;
+use persistent_connection::conn::TcpOptions;
 use persistent_connection_netlab::Lab;
 
 /// The user timeout also bounds the connect itself: its options are on the socket before

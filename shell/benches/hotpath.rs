@@ -26,7 +26,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use persistent_connection::{Closable, CloseSignal, PersistentConnection};
+use persistent_connection::conn::CloseSignal;
+use persistent_connection::{Closable, PersistentConnection};
 
 type Pc = PersistentConnection<u8, CloseSignal, String>;
 

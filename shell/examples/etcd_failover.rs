@@ -182,7 +182,7 @@ where
     PersistentConnection::builder("echo", get_address, |addr: SocketAddr, _cx| {
         TcpConnection::connect(addr)
     })
-    .retry_delay(RETRY_DELAY)
+    .retry_policy(RETRY_DELAY)
     .seed(seed)
     .connect_timeout(Duration::from_secs(1))
     .on_event(move |event| {

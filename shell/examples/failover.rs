@@ -299,7 +299,7 @@ async fn main() {
                 .map_err(|e: IoError| e.to_string())
         },
     )
-    .retry_delay(RETRY_DELAY)
+    .retry_policy(RETRY_DELAY)
     .connect_timeout(Duration::from_secs(1))
     .on_event(move |event| {
         let (names, stats) = (ev_names.clone(), ev_stats.clone());

@@ -17,7 +17,8 @@
 use std::alloc::System;
 use std::time::Duration;
 
-use persistent_connection::{CloseSignal, PersistentConnection, WithCloseSignal};
+use persistent_connection::PersistentConnection;
+use persistent_connection::conn::{CloseSignal, WithCloseSignal};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 #[global_allocator]

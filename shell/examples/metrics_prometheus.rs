@@ -103,7 +103,7 @@ async fn main() {
         },
         |addr: SocketAddr, _cx| TcpConnection::connect(addr),
     )
-    .retry_delay(Duration::from_millis(20))
+    .retry_policy(Duration::from_millis(20))
     .on_event(|event| async move { println!("{event:?}") })
     .build();
     let exporter = persistent_connection::metrics::export(&pc);

@@ -21,7 +21,7 @@
 //!
 //! With `--tls` the same drill runs over TLS: the servers listen on their TLS port only
 //! with a certificate made at start for `localhost` by a certificate authority made at
-//! start too, and the client connects with `persistent_connection::tls::TlsConnection`,
+//! start too, and the client connects with `persistent_connection::conn::tls::TlsConnection`,
 //! which notices a server dying as `TcpConnection` does.
 //!
 //! The client, the servers and the drill are the test kit's

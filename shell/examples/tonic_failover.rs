@@ -12,14 +12,15 @@
 //! whatever connection is current, and the drill hits the copy in use three times:
 //!
 //! 1. kill -9: the kernel closes its sockets; the connection notices at once;
-//! 2. graceful shutdown (tonic's `serve_with_shutdown`, a `GOAWAY`): the call in flight
-//!    finishes on the old connection, new calls wait for the next one, none fails;
+//! 2. graceful shutdown (tonic's `serve_with_shutdown`, a `GOAWAY`): the client hands over
+//!    (`handover(Drain)`, make before break): the next connection is made while the call in
+//!    flight finishes on the old one; new calls wait for the next one; none fails;
 //! 3. SIGSTOP: the copy hangs with its sockets open; the HTTP/2 PING keepalive (200 ms +
 //!    300 ms) closes the connection (the `grpc.health.v1` check, 2 × (100 ms + 200 ms),
 //!    would too; it also catches a server that answers PINGs but not calls).
 //!
 //! For each it prints the gap from the fault to the first answer from the other copy and the
-//! calls that failed. It ends by itself in about 5 seconds.
+//! calls that failed. It ends by itself in about 6 seconds.
 //!
 //! The client is what to copy: `connect` below (a `TcpConnection`, HTTP/2 on it with PING
 //! keepalive, the gRPC health check around it) and `call` (tonic's generated client over
@@ -29,7 +30,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use persistent_connection::catalog::{Catalog, Pick, StaticList};
@@ -37,8 +38,10 @@ use persistent_connection::conn::grpc_health;
 use persistent_connection::conn::http2::{
     Http2Connection, Http2Options, PingKeepalive, call_was_not_sent,
 };
+use persistent_connection::conn::{HealthCheck, HealthChecked};
+use persistent_connection::core::HandoverReason;
 use persistent_connection::{
-    Event, HealthCheck, HealthChecked, IoError, PersistentConnection, TcpConnection,
+    Event, IoError, PersistentConnection, TcpConnection, WeakPersistentConnection,
 };
 use tokio::time::Instant;
 use tonic::body::Body;
@@ -47,6 +50,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 type Conn = HealthChecked<Http2Connection<Body>>;
 type Pc = PersistentConnection<SocketAddr, Conn, IoError>;
+type Weak = WeakPersistentConnection<SocketAddr, Conn, IoError>;
 
 /// One connection to one copy: TCP with the library's defaults (`TCP_USER_TIMEOUT` and
 /// keepalive), HTTP/2 on it with a PING every 200 ms that must come back within 300 ms, and
@@ -85,6 +89,8 @@ async fn main() {
     // Which copy the current connection goes to, from the events.
     let current = Arc::new(Mutex::new(None::<SocketAddr>));
     let names = [(a.addr, "A"), (b.addr, "B")];
+    // The persistent connection itself, for the GOAWAY watchers started by `on_event`.
+    let handle = Arc::new(OnceLock::<Weak>::new());
     let name = move |addr: SocketAddr| names.iter().find(|(a, _)| *a == addr).map_or("?", |n| n.1);
 
     let pc: Pc = PersistentConnection::builder(
@@ -92,10 +98,10 @@ async fn main() {
         StaticList::new([a.addr, b.addr]).get_address::<IoError>(Pick::InOrder),
         |addr: SocketAddr, _cx| connect(addr),
     )
-    .retry_delay(Duration::from_millis(500))
+    .retry_policy(Duration::from_millis(500))
     .connect_timeout(Duration::from_secs(1))
     .on_event({
-        let current = current.clone();
+        let (current, handle) = (current.clone(), handle.clone());
         move |e: Event<SocketAddr, Conn, IoError>| {
             let at = start.elapsed().as_secs_f64() * 1e3;
             match &e {
@@ -103,13 +109,26 @@ async fn main() {
                     *current.lock().unwrap() = Some(*addr);
                     println!("[{at:7.1} ms] ObtainedAddress({})", name(*addr));
                 }
-                Event::Connected(_) => println!("[{at:7.1} ms] Connected"),
+                Event::Connected(conn) => {
+                    println!("[{at:7.1} ms] Connected");
+                    // Make before break: on the server's GOAWAY, make the next connection
+                    // while the calls in flight finish on this one.
+                    let (goaway, handle) = (conn.goaway(), handle.clone());
+                    tokio::spawn(async move {
+                        if goaway.await
+                            && let Some(pc) = handle.get().and_then(|weak: &Weak| weak.upgrade())
+                        {
+                            pc.handover(HandoverReason::Drain);
+                        }
+                    });
+                }
                 other => println!("[{at:7.1} ms] {other:?}"),
             }
             async {}
         }
     })
     .build();
+    let _ = handle.set(pc.downgrade());
 
     // The client: a call every 20 ms, each with a 500 ms deadline; when each was answered
     // (by the copy current then) or failed.
@@ -145,7 +164,9 @@ async fn main() {
         }
     });
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Faults hit connections older than the retry delay (500 ms ± 30 %), which are replaced
+    // at once (R6); a younger one waits for the rest of its attempt's delay.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let mut results = Vec::new();
     for fault in ["kill -9", "graceful shutdown (GOAWAY)", "SIGSTOP"] {
         // The copy in use, and the other one.

@@ -6,7 +6,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use persistent_connection_core::{Config, Jitter, Machine, RetryDelay, RetryPolicy};
+use persistent_connection_core::{Config, Machine, RetryDelay, RetryPolicy};
 use tokio::sync::broadcast;
 
 use crate::conn::closable::Closable;
@@ -43,7 +43,8 @@ pub const DEFAULT_HANDOVER_GRACE: Duration = Duration::from_secs(10);
 ///
 /// ```
 /// use std::time::Duration;
-/// use persistent_connection::{CloseSignal, Jitter, PersistentConnection, RetryPolicy};
+/// use persistent_connection::conn::CloseSignal;
+/// use persistent_connection::{PersistentConnection, RetryPolicy};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
@@ -52,8 +53,7 @@ pub const DEFAULT_HANDOVER_GRACE: Duration = Duration::from_secs(10);
 ///     || async { Ok::<_, String>(1u16) },
 ///     |_port, _cx| async { Ok(CloseSignal::new()) },
 /// )
-/// .retry_delay(Duration::from_millis(500)) // the seed's `retry_delay`, constant
-/// .jitter(Jitter::NonRandom)               // or keep the default ±30%
+/// .retry_policy(RetryPolicy::constant(Duration::from_millis(500)).non_random())
 /// .seed(42)                                // reproducible jitter
 /// .connect_timeout(Duration::from_secs(5)) // a hung connect is a failed attempt
 /// .build();
@@ -80,7 +80,7 @@ pub struct Builder<A, C, E> {
     /// Observers set up before the driver starts (S4).
     events: Option<broadcast::Sender<Event<A, C, E>>>,
     /// What the follower watches (R15–R17): a catalog, the maximum age.
-    follow: Plan<A>,
+    follow: Plan<A, C>,
 }
 
 impl<A, C, E> fmt::Debug for Builder<A, C, E> {
@@ -125,6 +125,7 @@ where
                 catalog: None,
                 max_age: None,
                 grace: DEFAULT_HANDOVER_GRACE,
+                drain: None,
             },
         }
     }
@@ -164,6 +165,39 @@ where
         self
     }
 
+    /// Hand over (R15, reason `Drain`) when `draining(&connection)` resolves for the
+    /// current connection: the server said it drains (HTTP/2's `GOAWAY`, a lame-duck
+    /// notice), so the next connection is made now while calls in flight finish on this
+    /// one. For the HTTP/2 connection type:
+    /// `.handover_on(|c: &Http2Connection<_>| c.draining())` (feature `http2`).
+    ///
+    /// ```
+    /// use persistent_connection::conn::CloseSignal;
+    /// use persistent_connection::PersistentConnection;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let pc = PersistentConnection::builder(
+    ///     "service",
+    ///     || async { Ok::<_, String>(1u16) },
+    ///     |_port, _cx| async { Ok(CloseSignal::new()) },
+    /// )
+    /// // Here: when closing begins, which is what an HTTP/2 GOAWAY does to `Http2Connection`.
+    /// .handover_on(|c: &CloseSignal| c.closing())
+    /// .build();
+    /// pc.connected().await;
+    /// pc.close().await;
+    /// # }
+    /// ```
+    pub fn handover_on<F, Fut>(mut self, draining: F) -> Self
+    where
+        F: Fn(&C) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.follow.drain = Some(Box::new(move |c: &C| Box::pin(draining(c))));
+        self
+    }
+
     /// How long a connection replaced by a handover stays open, so that calls in flight on
     /// it may finish (R15): default [`DEFAULT_HANDOVER_GRACE`].
     pub fn handover_grace(mut self, grace: Duration) -> Self {
@@ -192,41 +226,26 @@ where
         self
     }
 
-    /// A constant base retry delay (the default is 10 s), keeping the jitter setting.
+    /// The retry policy (R2, R7): base delay and jitter, the original's constant 10 s ±30%
+    /// by default. Takes a [`RetryPolicy`] (e.g. [`RetryPolicy::grpc`], or
+    /// `RetryPolicy::constant(d).non_random()`), a `Duration` (constant, ±30%) or a
+    /// [`RetryDelay`] (with ±30%). With [`retry_delay_fn`](Builder::retry_delay_fn), one of
+    /// the two ways to set it.
     ///
     /// The delay separates the *starts* of attempts: a connection that dies younger than
-    /// the delay waits for the rest of it before the next attempt (R6). See the crate
-    /// docs' "Defaults and what they mean" and the presets of [`RetryPolicy`].
-    pub fn retry_delay(mut self, delay: Duration) -> Self {
-        self.retry.delay = RetryDelay::Constant(delay);
+    /// the delay waits for the rest of it before the next attempt (R6), unless another
+    /// listed copy can be tried at once (R17). See the [guide](crate::guide).
+    pub fn retry_policy(mut self, policy: impl Into<RetryPolicy>) -> Self {
+        self.retry = policy.into();
         self
     }
 
-    /// The seed's `retry_delay: unit -> span`: called once per attempt (R2). A panic in it
-    /// is caught and logged, and the default 10 s is used for that attempt.
+    /// The seed's `retry_delay: unit -> span`: called once per attempt (R2), keeping the
+    /// jitter of the policy set before (±30% by default). A panic in it is caught and
+    /// logged, and the default 10 s is used for that attempt.
     pub fn retry_delay_fn(mut self, f: impl FnMut() -> Duration + Send + 'static) -> Self {
         let mut f = f;
         self.retry.delay = RetryDelay::from_fn(move |_| f());
-        self
-    }
-
-    /// Any base delay policy of the core: constant, exponential or a function of the
-    /// number of consecutive unsuccessful attempts.
-    pub fn retry_delay_policy(mut self, delay: RetryDelay) -> Self {
-        self.retry.delay = delay;
-        self
-    }
-
-    /// How the base delay is jittered (default ±30%, R7); [`Jitter::NonRandom`] uses it
-    /// unchanged.
-    pub fn jitter(mut self, jitter: Jitter) -> Self {
-        self.retry.jitter = jitter;
-        self
-    }
-
-    /// Base delay and jitter at once, e.g. [`RetryPolicy::grpc`].
-    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
-        self.retry = policy;
         self
     }
 
@@ -259,7 +278,9 @@ where
     ///
     /// ```
     /// use futures_util::StreamExt;
-    /// use persistent_connection::{CloseSignal, EventKind, PersistentConnection};
+    /// use persistent_connection::core::EventKind;
+    /// use persistent_connection::conn::CloseSignal;
+    /// use persistent_connection::PersistentConnection;
     ///
     /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
     /// # async fn main() {

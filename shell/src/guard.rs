@@ -2,7 +2,7 @@
 //!
 //! Every task this crate spawns runs user code: the driver runs `get_address`, `connect`,
 //! `on_event` and the connections' `Closable` futures; the health check task runs the
-//! user's check; [`Driven`](crate::Driven) runs the client's driver future; the etcd
+//! user's check; [`Driven`](crate::conn::Driven) runs the client's driver future; the etcd
 //! publisher and watch run the etcd client. The rule for all of them: **user code that
 //! panics, in a poll or in a drop, is a failure that is reported, never a hang and never
 //! a silent stop of the task.** This module is the one place that implements it; a task

@@ -31,7 +31,8 @@ use crate::status::{State, Stats};
 ///
 /// ```
 /// use std::time::Duration;
-/// use persistent_connection::{CloseSignal, Event, PersistentConnection};
+/// use persistent_connection::conn::CloseSignal;
+/// use persistent_connection::{Event, PersistentConnection};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
@@ -41,7 +42,7 @@ use crate::status::{State, Stats};
 ///     |_addr, _cx| async { Ok(CloseSignal::new()) },
 /// )
 /// .on_event(|event| async move { println!("{event:?}") })
-/// .retry_delay(Duration::from_secs(1))
+/// .retry_policy(Duration::from_secs(1))
 /// .build();
 /// let conn = pc.connected().await;
 /// assert!(pc.current_connection().is_some());
@@ -102,7 +103,8 @@ where
     /// connection it sees stays alive until `f` returns, even if it is replaced meanwhile.
     ///
     /// ```
-    /// use persistent_connection::{Closable, CloseSignal, PersistentConnection};
+    /// use persistent_connection::conn::CloseSignal;
+    /// use persistent_connection::{Closable, PersistentConnection};
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {
@@ -240,7 +242,8 @@ where
     /// first, subscribe on the builder with [`Builder::events`](crate::Builder::events).
     ///
     /// ```
-    /// use persistent_connection::{CloseSignal, Event, PersistentConnection};
+    /// use persistent_connection::conn::CloseSignal;
+    /// use persistent_connection::{Event, PersistentConnection};
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {
@@ -272,7 +275,8 @@ where
     ///
     /// ```
     /// use std::time::Duration;
-    /// use persistent_connection::{CloseSignal, PersistentConnection, State};
+    /// use persistent_connection::conn::CloseSignal;
+    /// use persistent_connection::{PersistentConnection, State};
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {
@@ -281,8 +285,7 @@ where
     ///     || async { Err::<u16, _>("catalog down".to_owned()) },
     ///     |_port, _cx| async { Ok(CloseSignal::new()) },
     /// )
-    /// .retry_delay(Duration::from_secs(2))
-    /// .jitter(persistent_connection::Jitter::NonRandom)
+    /// .retry_policy(persistent_connection::RetryPolicy::constant(Duration::from_secs(2)).non_random())
     /// .build();
     /// let start = tokio::time::Instant::now();
     /// let _ = pc.connected_or_failed_to_connect().await;

@@ -3,7 +3,7 @@
 //! tells you what happens through events it *awaits*, retries on a jittered schedule
 //! counted from each attempt's start, and closes promptly. It follows Jane Street's OCaml
 //! `Persistent_connection_kernel`; the contract is the project's behaviour document (rules
-//! R1–R14, guarantees S1–S7), shipped as [`core::behaviour`] (`docs/behaviour.md` in the
+//! R1–R17, guarantees S1–S8), shipped as [`core::behaviour`] (`docs/behaviour.md` in the
 //! repository).
 //!
 //! This crate is the thin Tokio driver and public API; every decision lives in the sans-IO
@@ -75,7 +75,7 @@
 //!     },
 //!     |addr: SocketAddr, _cx| TcpConnection::connect(addr),
 //! )
-//! .retry_delay(Duration::from_millis(20))
+//! .retry_policy(Duration::from_millis(20))
 //! .on_event(|event| async move {
 //!     if let Event::Connected(c) = &event {
 //!         println!("connected to {}", c.peer_addr());
@@ -127,20 +127,13 @@ pub mod metrics;
 pub mod tower;
 
 pub use persistent_connection_core as core;
-pub use persistent_connection_core::{AttemptError, EventKind, Jitter, RetryDelay, RetryPolicy};
+pub use persistent_connection_core::{AttemptError, RetryPolicy};
 
 pub use builder::{
     Builder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_CAPACITY, DEFAULT_HANDOVER_GRACE,
     DEFAULT_LOOKUP_TIMEOUT, MAX_EVENT_CAPACITY,
 };
-#[cfg(feature = "connector")]
-pub use catalog::connector;
-#[cfg(feature = "tls")]
-pub use conn::tls;
-pub use conn::{
-    Closable, CloseSignal, DEFAULT_KEEPALIVE, DEFAULT_USER_TIMEOUT, Driven, HealthCheck,
-    HealthChecked, Keepalive, TcpConnection, TcpOptions, WithCloseSignal,
-};
+pub use conn::{Closable, TcpConnection};
 pub use error::{AttemptOutcome, Callback, Error, IoError, Keyed};
 pub use events::{Event, EventStream, Lagged};
 pub use handle::{PersistentConnection, WeakPersistentConnection};

@@ -27,7 +27,8 @@
 //! state gauge at `closed`.
 //!
 //! ```
-//! use persistent_connection::{CloseSignal, PersistentConnection};
+//! use persistent_connection::conn::CloseSignal;
+//! use persistent_connection::PersistentConnection;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {

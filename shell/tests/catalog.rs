@@ -7,9 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use persistent_connection::catalog::{Catalog, CatalogError, Dns, IpFamily, Pick, StaticList};
-use persistent_connection::{
-    Closable, Error, Event, IoError, Jitter, PersistentConnection, TcpConnection,
-};
+use persistent_connection::core::Jitter;
+use persistent_connection::{Closable, Error, Event, IoError, PersistentConnection, TcpConnection};
 use tokio::net::TcpListener;
 
 /// Hang guard (paused clock: it only fires if nothing else can happen).
@@ -69,8 +68,10 @@ fn build<K: Catalog<Address = SocketAddr>>(
         catalog.get_address::<IoError>(pick),
         |addr: SocketAddr, _cx| TcpConnection::connect(addr),
     )
-    .retry_delay(Duration::from_millis(100))
-    .jitter(Jitter::NonRandom)
+    .retry_policy(
+        persistent_connection::RetryPolicy::from(Duration::from_millis(100))
+            .with_jitter(Jitter::NonRandom),
+    )
     .seed(5)
     .on_event(move |e| {
         l.lock().unwrap().push(describe(&e));

@@ -6,8 +6,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use persistent_connection::catalog::connector::CatalogConnector;
 use persistent_connection::catalog::{Pick, StaticList};
-use persistent_connection::connector::CatalogConnector;
 use persistent_connection_testkit::http as drill;
 use tower::ServiceExt;
 

@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::servers::FullBacklog;
+use persistent_connection::catalog::connector::CatalogConnector;
 use persistent_connection::catalog::{Pick, StaticList};
-use persistent_connection::connector::CatalogConnector;
 
 /// Issue 28 item 7: two calls 50 ms apart (hyper opens one connection per concurrent
 /// request) over a silent copy and a live one, listed in that order. The second call goes
@@ -96,7 +96,7 @@ fn read_back(stream: &tokio::net::TcpStream) -> ReadBack {
 }
 
 /// What `TcpOptions::apply` sets, read back from a plain connected stream.
-async fn applied(addr: SocketAddr, options: &persistent_connection::TcpOptions) -> ReadBack {
+async fn applied(addr: SocketAddr, options: &persistent_connection::conn::TcpOptions) -> ReadBack {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     options.apply(&stream).unwrap();
     read_back(&stream)
@@ -106,7 +106,7 @@ async fn applied(addr: SocketAddr, options: &persistent_connection::TcpOptions) 
 /// `TCP_USER_TIMEOUT`, which notice a black-holed copy), not `TCP_NODELAY` alone.
 #[tokio::test]
 async fn the_connector_sets_the_crates_tcp_defaults() {
-    use persistent_connection::{DEFAULT_KEEPALIVE, TcpOptions};
+    use persistent_connection::conn::{DEFAULT_KEEPALIVE, TcpOptions};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connector = CatalogConnector::new(StaticList::new([addr]), Pick::InOrder);
@@ -123,7 +123,7 @@ async fn the_connector_sets_the_crates_tcp_defaults() {
 /// Options given with `tcp_options` are the ones set, local address included.
 #[tokio::test]
 async fn the_connector_sets_the_options_it_is_given() {
-    use persistent_connection::{Keepalive, TcpOptions};
+    use persistent_connection::conn::{Keepalive, TcpOptions};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connector = CatalogConnector::new(StaticList::new([addr]), Pick::InOrder);

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use persistent_connection::{Closable, CloseSignal, PersistentConnection, State, WithCloseSignal};
+use persistent_connection::conn::{CloseSignal, WithCloseSignal};
+use persistent_connection::{Closable, PersistentConnection, State};
 
 /// R7: a `Duration::MAX` delay must not overflow. The deadline does not fit in Tokio's
 /// clock, so it is placed about 30 years ahead — far enough that no real delay is cut
@@ -18,7 +19,7 @@ async fn a_max_retry_delay_after_a_long_uptime_waits_about_thirty_years() {
         || async { Err::<u16, _>("down".to_owned()) },
         |_addr, _cx| async { Ok(WithCloseSignal::new(0u8, CloseSignal::new())) },
     )
-    .retry_delay(Duration::MAX)
+    .retry_policy(Duration::MAX)
     .build();
     let _ = pc.connected_or_failed_to_connect().await;
     tokio::task::yield_now().await;
@@ -191,7 +192,7 @@ async fn keyed_failures_are_the_same_when_their_keys_are() {
             }
             async {}
         })
-        .retry_delay(Duration::from_millis(10))
+        .retry_policy(Duration::from_millis(10))
         .build();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(pc.stats().attempts, 5);
@@ -208,7 +209,8 @@ async fn keyed_failures_are_the_same_when_their_keys_are() {
 #[tokio::test(start_paused = true)]
 async fn an_observer_lags_by_exactly_what_exceeds_the_event_capacity() {
     use futures_util::FutureExt;
-    use persistent_connection::{Event, Jitter, Lagged};
+    use persistent_connection::core::Jitter;
+    use persistent_connection::{Event, Lagged};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -230,8 +232,9 @@ async fn an_observer_lags_by_exactly_what_exceeds_the_event_capacity() {
             },
             |_addr, _cx| async { Ok(WithCloseSignal::new(0u8, CloseSignal::new())) },
         )
-        .retry_delay(Duration::ZERO)
-        .jitter(Jitter::NonRandom)
+        .retry_policy(
+            persistent_connection::RetryPolicy::from(Duration::ZERO).with_jitter(Jitter::NonRandom),
+        )
         .event_capacity(capacity);
         let mut events = builder.events();
         let pc = builder.build();

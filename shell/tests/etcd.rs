@@ -17,9 +17,8 @@ use std::time::Duration;
 
 use persistent_connection::catalog::etcd::{EtcdCatalog, EtcdOptions, EtcdPublisher};
 use persistent_connection::catalog::{Catalog, CatalogError, Pick};
-use persistent_connection::{
-    Closable, Error, Event, IoError, Jitter, PersistentConnection, TcpConnection,
-};
+use persistent_connection::core::Jitter;
+use persistent_connection::{Closable, Error, Event, IoError, PersistentConnection, TcpConnection};
 use persistent_connection_testkit::etcd::{EtcdServer, free_ports};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -221,8 +220,10 @@ fn connect_through(catalog: EtcdCatalog, pick: Pick) -> (Pc, Log) {
         catalog.get_address::<IoError>(pick),
         |addr: SocketAddr, _cx| TcpConnection::connect(addr),
     )
-    .retry_delay(Duration::from_millis(50))
-    .jitter(Jitter::NonRandom)
+    .retry_policy(
+        persistent_connection::RetryPolicy::from(Duration::from_millis(50))
+            .with_jitter(Jitter::NonRandom),
+    )
     .seed(12)
     .on_event(move |e| {
         l.0.lock().unwrap().push(describe(&e));
@@ -1143,7 +1144,7 @@ async fn a_builder_timeout_below_the_catalogs_is_named_in_the_log() {
         |addr: SocketAddr, _cx| TcpConnection::connect(addr),
     )
     .lookup_timeout(Duration::from_millis(300))
-    .retry_delay(Duration::from_millis(50))
+    .retry_policy(Duration::from_millis(50))
     .build();
     let failure = guard("the builder's timeout", pc.connected_or_failed_to_connect())
         .await
@@ -1212,8 +1213,10 @@ async fn the_recommended_keyed_error_takes_catalog_failures_directly() {
             })
         },
     )
-    .retry_delay(Duration::from_millis(20))
-    .jitter(Jitter::NonRandom)
+    .retry_policy(
+        persistent_connection::RetryPolicy::from(Duration::from_millis(20))
+            .with_jitter(Jitter::NonRandom),
+    )
     .on_event(move |e| {
         if let Event::FailedToConnect(e) = &e {
             f.lock().unwrap().push(e.to_string());

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use persistent_connection::catalog::etcd::{Drained, EtcdCatalog, EtcdPublisher, PublishOperation};
 use persistent_connection::catalog::{Catalog, Pick};
-use persistent_connection::{Closable, IoError, Jitter, PersistentConnection, TcpConnection};
+use persistent_connection::core::Jitter;
+use persistent_connection::{Closable, IoError, PersistentConnection, TcpConnection};
 use persistent_connection_testkit::etcd::EtcdServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -113,8 +114,10 @@ async fn a_drain_withdraws_at_once_and_ends_when_the_clients_have_moved() {
         catalog.clone().get_address::<IoError>(Pick::InOrder),
         |addr: SocketAddr, _cx| TcpConnection::connect(addr),
     )
-    .retry_delay(Duration::from_millis(10))
-    .jitter(Jitter::NonRandom)
+    .retry_policy(
+        persistent_connection::RetryPolicy::from(Duration::from_millis(10))
+            .with_jitter(Jitter::NonRandom),
+    )
     .build();
     let conn = guard("connected", pc.connected()).await;
     assert_eq!(conn.peer_addr(), a.addr);

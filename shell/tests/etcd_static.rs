@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use persistent_connection::catalog::etcd::{EtcdCatalog, EtcdOptions, EtcdPublisher};
 use persistent_connection::catalog::{Catalog, Pick};
-use persistent_connection::{Closable, IoError, Jitter, PersistentConnection, TcpConnection};
+use persistent_connection::core::Jitter;
+use persistent_connection::{Closable, IoError, PersistentConnection, TcpConnection};
 use persistent_connection_testkit::etcd::EtcdServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -289,8 +290,10 @@ fn connect_through(catalog: EtcdCatalog) -> Pc {
         |addr: SocketAddr, _cx| TcpConnection::connect(addr),
     )
     // Short, so that what the gap measures is the catalog, not the retry delay.
-    .retry_delay(Duration::from_millis(10))
-    .jitter(Jitter::NonRandom)
+    .retry_policy(
+        persistent_connection::RetryPolicy::from(Duration::from_millis(10))
+            .with_jitter(Jitter::NonRandom),
+    )
     .build()
 }
 

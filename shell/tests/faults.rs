@@ -26,7 +26,8 @@ use common::conn::{Catalog, Conn, Connector, Counter, Fail, Handshake, Lookup};
 use common::events::{Pc, Recorder, builder, describe};
 use common::leaks::{Clock, open_fds, run, settle};
 use common::servers::{Behaviour, FullBacklog, ThreadServer, refused_addr};
-use persistent_connection::{AttemptError, Callback, Error, Event, Jitter, PersistentConnection};
+use persistent_connection::core::Jitter;
+use persistent_connection::{AttemptError, Callback, Error, Event, PersistentConnection};
 use tokio::sync::Notify;
 
 /// Not a test: the body of the child server process (see `common::child`). Returns at once
@@ -189,7 +190,7 @@ fn server_killed_while_connected_disconnects_then_reconnects_after_restart() {
         let connector = Connector::new(Handshake::Hello, GUARD);
         let rec = Recorder::new();
         let pc = builder(&catalog, &connector)
-            .retry_delay(ms(20))
+            .retry_policy(persistent_connection::RetryPolicy::constant(ms(20)).non_random())
             .on_event(rec.handler())
             .build();
         let c0 = within("first connection", pc.connected()).await;
@@ -246,7 +247,7 @@ fn server_killed_while_connecting_is_a_failed_attempt_then_restart_connects() {
         let connector = Connector::new(Handshake::Hello, GUARD);
         let rec = Recorder::new();
         let pc = builder(&catalog, &connector)
-            .retry_delay(ms(20))
+            .retry_policy(persistent_connection::RetryPolicy::constant(ms(20)).non_random())
             .on_event(rec.handler())
             .build();
         // R10: the waiter registered now gets the outcome of the attempt in flight.
@@ -291,7 +292,7 @@ fn server_killed_and_restarted_while_the_client_backs_off() {
         let connector = Connector::new(Handshake::Hello, GUARD);
         let rec = Recorder::new();
         let pc = builder(&catalog, &connector)
-            .retry_delay(ms(150))
+            .retry_policy(persistent_connection::RetryPolicy::constant(ms(150)).non_random())
             .on_event(rec.handler())
             .build();
         rec.wait_count("FailedToConnect(Rejected(\"NO\"))", 1, GUARD)
@@ -338,7 +339,7 @@ fn server_that_accepts_and_closes_fails_each_attempt_and_the_failure_is_reported
         let connector = Connector::new(Handshake::Hello, GUARD);
         let rec = Recorder::new();
         let pc = builder(&catalog, &connector)
-            .retry_delay(ms(2))
+            .retry_policy(persistent_connection::RetryPolicy::constant(ms(2)).non_random())
             .on_event(rec.handler())
             .build();
         let outcome = within("outcome", pc.connected_or_failed_to_connect()).await;
@@ -379,7 +380,7 @@ fn server_that_resets_fails_with_connection_reset_or_disconnects_at_once() {
         let greeting = Connector::new(Handshake::Hello, GUARD);
         let rec = Recorder::new();
         let pc = builder(&catalog, &greeting)
-            .retry_delay(ms(2))
+            .retry_policy(persistent_connection::RetryPolicy::constant(ms(2)).non_random())
             .on_event(rec.handler())
             .build();
         catalog.wait_lookups(6, GUARD).await;
@@ -399,7 +400,7 @@ fn server_that_resets_fails_with_connection_reset_or_disconnects_at_once() {
         let plain = Connector::new(Handshake::None, GUARD);
         let rec = Recorder::new();
         let pc = builder(&catalog, &plain)
-            .retry_delay(ms(2))
+            .retry_policy(persistent_connection::RetryPolicy::constant(ms(2)).non_random())
             .on_event(rec.handler())
             .build();
         rec.wait_count("Disconnected", 3, GUARD).await;
@@ -428,7 +429,10 @@ fn peer_closing_during_the_connected_handler_is_reported_after_it() {
         let handler_rec = rec.clone();
         let pc = builder(&catalog, &connector)
             // Long: after `Disconnected` the next round waits for it (R6).
-            .retry_delay(Duration::from_secs(3600))
+            .retry_policy(
+                persistent_connection::RetryPolicy::constant(Duration::from_secs(3600))
+                    .non_random(),
+            )
             .on_event(move |ev| {
                 let rec = handler_rec.clone();
                 async move {
@@ -475,7 +479,7 @@ fn full_accept_queue_makes_connect_hang_until_the_connect_timeout_and_close_canc
         // With the shell's connect timeout, a hung connect is a failed attempt.
         let rec = Recorder::new();
         let pc = builder(&catalog, &connector)
-            .retry_delay(ms(10))
+            .retry_policy(persistent_connection::RetryPolicy::constant(ms(10)).non_random())
             .connect_timeout(ms(100))
             .on_event(rec.handler())
             .build();
@@ -530,7 +534,7 @@ fn catalog_lookup_that_hangs_is_cancelled_by_close_at_once() {
         let connector = Connector::new(Handshake::None, GUARD);
         let rec = Recorder::new();
         let pc = builder(&catalog, &connector)
-            .retry_delay(ms(10))
+            .retry_policy(persistent_connection::RetryPolicy::constant(ms(10)).non_random())
             .on_event(rec.handler())
             .build();
         catalog.wait_lookups(1, GUARD).await;
@@ -557,7 +561,9 @@ fn catalog_lookup_that_fails_is_retried_and_each_new_error_reported_once() {
         let connector = Connector::new(Handshake::None, GUARD);
         let rec = Recorder::new();
         let pc = builder(&catalog, &connector)
-            .retry_delay(Duration::from_secs(1))
+            .retry_policy(
+                persistent_connection::RetryPolicy::constant(Duration::from_secs(1)).non_random(),
+            )
             .on_event(rec.handler())
             .build();
         let t0 = tokio::time::Instant::now();
@@ -662,7 +668,10 @@ fn close_at_every_phase_is_prompt_and_final() {
         let closer = ThreadServer::start(Behaviour::AcceptAndClose);
         let rec = Recorder::new();
         let pc = builder(&Catalog::new(Lookup::Addr(closer.addr())), &connector)
-            .retry_delay(Duration::from_secs(3600))
+            .retry_policy(
+                persistent_connection::RetryPolicy::constant(Duration::from_secs(3600))
+                    .non_random(),
+            )
             .on_event(rec.handler())
             .build();
         rec.wait_count("FailedToConnect(Eof)", 1, GUARD).await;
@@ -844,7 +853,7 @@ fn get_address_that_panics_is_a_failed_attempt_and_the_loop_goes_on() {
         let connector = Connector::new(Handshake::Hello, GUARD);
         let rec = Recorder::new();
         let pc = builder(&catalog, &connector)
-            .retry_delay(ms(5))
+            .retry_policy(persistent_connection::RetryPolicy::constant(ms(5)).non_random())
             .on_event(rec.handler())
             .build();
         let outcome = within("outcome", pc.connected_or_failed_to_connect()).await;
@@ -896,8 +905,7 @@ fn connect_that_panics_is_a_failed_attempt_and_the_loop_goes_on() {
                 }
             },
         )
-        .jitter(Jitter::NonRandom)
-        .retry_delay(ms(5))
+        .retry_policy(persistent_connection::RetryPolicy::constant(ms(5)).non_random())
         .on_event(rec.handler())
         .build();
         let outcome = within("outcome", pc.connected_or_failed_to_connect()).await;
@@ -935,7 +943,7 @@ fn on_event_that_panics_counts_as_handled() {
         let rec = Recorder::new();
         let handler_rec = rec.clone();
         let pc = builder(&catalog, &connector)
-            .retry_delay(ms(5))
+            .retry_policy(persistent_connection::RetryPolicy::constant(ms(5)).non_random())
             .on_event(move |ev| {
                 let rec = handler_rec.clone();
                 async move {
@@ -977,7 +985,9 @@ fn on_event_that_takes_an_hour_delays_close_by_exactly_that_much() {
                 async move { Ok(Conn::socketless(&l)) }
             },
         )
-        .jitter(Jitter::NonRandom)
+        .retry_policy(
+            persistent_connection::RetryPolicy::constant(Duration::from_secs(10)).non_random(),
+        )
         .on_event(move |ev| {
             let rec = handler_rec.clone();
             async move {
@@ -1020,7 +1030,7 @@ fn zero_retry_delay_lets_other_tasks_on_the_same_thread_progress() {
         let connector = Connector::new(Handshake::None, GUARD);
         let rec = Recorder::new();
         let pc = builder(&catalog, &connector)
-            .retry_delay(Duration::ZERO)
+            .retry_policy(persistent_connection::RetryPolicy::constant(Duration::ZERO).non_random())
             .on_event(rec.handler())
             .build();
         let ticks = Counter::default();
@@ -1063,8 +1073,9 @@ fn retry_delay_of_duration_max_neither_panics_nor_delays_close() {
             let connector = Connector::new(Handshake::None, GUARD);
             let rec = Recorder::new();
             let pc = builder(&catalog, &connector)
-                .retry_delay(Duration::MAX)
-                .jitter(jitter)
+                .retry_policy(
+                    persistent_connection::RetryPolicy::from(Duration::MAX).with_jitter(jitter),
+                )
                 .on_event(rec.handler())
                 .build();
             rec.wait_count("FailedToConnect(Lookup(\"down\"))", 1, GUARD)
@@ -1099,7 +1110,7 @@ fn close_when_current_connection_is_closed_stops_after_the_server_dies() {
         let connector = Connector::new(Handshake::Hello, GUARD);
         let rec = Recorder::new();
         let pc = builder(&catalog, &connector)
-            .retry_delay(ms(1))
+            .retry_policy(persistent_connection::RetryPolicy::constant(ms(1)).non_random())
             .on_event(rec.handler())
             .build();
         let c = within("connected", pc.connected()).await;
@@ -1158,8 +1169,7 @@ fn abort_from_connect_after_repeated_rejections_stops_for_good() {
                 }
             },
         )
-        .jitter(Jitter::NonRandom)
-        .retry_delay(ms(2))
+        .retry_policy(persistent_connection::RetryPolicy::constant(ms(2)).non_random())
         .on_event(rec.handler())
         .build();
         let mut outcomes = Vec::new();
@@ -1216,7 +1226,7 @@ fn six_persistent_connections_on_two_threads_survive_kills_and_racing_closes() {
             .iter()
             .map(|rec| {
                 builder(&catalog, &connector)
-                    .retry_delay(ms(5))
+                    .retry_policy(persistent_connection::RetryPolicy::constant(ms(5)).non_random())
                     .on_event(rec.handler())
                     .build()
             })
@@ -1306,7 +1316,7 @@ fn many_connect_close_cycles_leak_no_descriptor_task_or_connection() {
         // then killed from the server's side 3 times: it reconnects every time (R6).
         let rec = Recorder::new();
         let pc = builder(&catalog, &connector)
-            .retry_delay(ms(1))
+            .retry_policy(persistent_connection::RetryPolicy::constant(ms(1)).non_random())
             .on_event(rec.handler())
             .build();
         for i in 0..20 {

@@ -11,9 +11,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use persistent_connection::conn::HealthCheck;
 use persistent_connection::conn::grpc_health::{self, GrpcHealthError};
 use persistent_connection::conn::http2::{Http2Connection, Http2Options};
-use persistent_connection::{Closable, HealthCheck, TcpConnection};
+use persistent_connection::{Closable, TcpConnection};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::body::Body as GrpcBody;
@@ -167,7 +168,7 @@ async fn check_fn_works_with_health_checked_new() {
     let (addr, _reporter, server) = health_server().await;
     let settings = HealthCheck::new(Duration::from_millis(50), Duration::from_secs(2), 1);
     // A service the server does not know fails every check: closed after the first.
-    let checked = persistent_connection::HealthChecked::new(
+    let checked = persistent_connection::conn::HealthChecked::new(
         connect(addr).await,
         settings,
         grpc_health::check_fn("unknown"),

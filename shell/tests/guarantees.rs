@@ -8,10 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
-use persistent_connection::{
-    AttemptError, Closable, CloseSignal, Error, Event, EventKind, PersistentConnection,
-    WithCloseSignal,
-};
+use persistent_connection::conn::{CloseSignal, WithCloseSignal};
+use persistent_connection::core::EventKind;
+use persistent_connection::{AttemptError, Closable, Error, Event, PersistentConnection};
 
 type Conn = WithCloseSignal<u32>;
 type Pc = PersistentConnection<u16, Conn, String>;
@@ -45,7 +44,7 @@ fn numbered(retry: Duration, successes_from: u32) -> (Pc, Arc<Mutex<Vec<Conn>>>)
             }
         },
     )
-    .retry_delay(retry)
+    .retry_policy(retry)
     .seed(1)
     .build();
     (pc, made)
@@ -458,10 +457,10 @@ async fn s4_a_lagging_observer_is_told_how_many_it_missed() {
             },
             |_addr, _cx| async { Ok(WithCloseSignal::new(0u32, CloseSignal::new())) },
         )
-        .retry_delay(Duration::from_millis(10))
-        // Exactly one attempt every 10 ms, so 105 ms hold exactly 11 attempts (with the
-        // default ±30% jitter the count varied and the test failed at random).
-        .jitter(persistent_connection::Jitter::NonRandom)
+        .retry_policy(
+            persistent_connection::RetryPolicy::from(Duration::from_millis(10))
+                .with_jitter(persistent_connection::core::Jitter::NonRandom),
+        )
         .event_capacity(4);
     let mut events = builder.events();
     let pc = builder.build();
@@ -567,7 +566,7 @@ async fn s5_a_hung_lookup_times_out_and_the_next_attempt_goes_on() {
         },
         |_addr, _cx| async { Ok(WithCloseSignal::new(3u32, CloseSignal::new())) },
     )
-    .retry_delay(Duration::from_millis(100))
+    .retry_policy(Duration::from_millis(100))
     .build();
     let start = tokio::time::Instant::now();
     let first = pc.connected_or_failed_to_connect();

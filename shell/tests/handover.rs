@@ -345,3 +345,33 @@ async fn close_during_a_handover_closes_both_and_finishes() {
     pc.close().await; // the retired one too, without waiting out its grace
     assert!(w.made.lock().unwrap().iter().all(|c| c.is_closed()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn r15_a_server_that_says_it_drains_is_handed_over_from() {
+    let w = World::new([1, 2]);
+    let list = StaticList::new([1u16, 2]);
+    // The server's drain notice (a GOAWAY, say), per copy.
+    let (notice, _) = tokio::sync::broadcast::channel::<u16>(4);
+    let rx_source = notice.clone();
+    let pc = w
+        .follow(&list, Duration::from_secs(1))
+        .unfollow()
+        .handover_on(move |c: &Conn| {
+            let copy = *c.get();
+            let mut rx = rx_source.subscribe();
+            async move { while rx.recv().await.is_ok_and(|n| n != copy) {} }
+        })
+        .build();
+    assert_eq!(*pc.connected().await.get(), 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    notice.send(1).unwrap();
+    settle().await;
+    assert_eq!(current_copy(&pc).await, Some(2));
+    assert!(w.events().contains(&"HandedOver(2, drain)".to_owned()));
+    assert!(
+        !w.made_to(1)[0].is_closed(),
+        "calls in flight finish during the grace"
+    );
+    assert_eq!(pc.stats().disconnections, 0);
+    pc.close().await;
+}

@@ -10,10 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use persistent_connection::{
-    Closable, CloseSignal, Driven, Event, HealthCheck, HealthChecked, Jitter, PersistentConnection,
-    TcpConnection,
-};
+use persistent_connection::conn::{CloseSignal, Driven, HealthCheck, HealthChecked};
+use persistent_connection::core::Jitter;
+use persistent_connection::{Closable, Event, PersistentConnection, TcpConnection};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -229,8 +228,10 @@ async fn a_connection_closed_by_its_check_reconnects_after_the_rest_of_the_retry
                     }
                 },
             )
-            .retry_delay(Duration::from_secs(retry))
-            .jitter(Jitter::NonRandom)
+            .retry_policy(
+                persistent_connection::RetryPolicy::from(Duration::from_secs(retry))
+                    .with_jitter(Jitter::NonRandom),
+            )
             .on_event(move |e| {
                 let events = events.clone();
                 async move {
@@ -356,7 +357,7 @@ async fn a_server_that_stops_answering_is_caught_by_the_health_check_and_failed_
                 }
             },
         )
-        .retry_delay(ms(20))
+        .retry_policy(ms(20))
         .build()
     };
     let first = guard("connected to a", pc.connected()).await;
@@ -647,7 +648,9 @@ async fn a_driven_driver_whose_drop_panics_still_lets_close_finish() {
             }))
         },
     )
-    .jitter(Jitter::NonRandom)
+    .retry_policy(
+        persistent_connection::RetryPolicy::constant(Duration::from_secs(10)).non_random(),
+    )
     .build();
     let c = guard("connected", pc.connected()).await;
     guard("close of the persistent connection", pc.close()).await;

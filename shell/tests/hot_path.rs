@@ -8,7 +8,8 @@ use std::alloc::System;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use persistent_connection::{CloseSignal, PersistentConnection, WithCloseSignal};
+use persistent_connection::PersistentConnection;
+use persistent_connection::conn::{CloseSignal, WithCloseSignal};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 #[global_allocator]
@@ -57,7 +58,7 @@ fn current_connection_and_ready_waiters_do_not_allocate_when_connected() {
                 || async { Ok(1u16) },
                 |_addr, _cx| async { Ok(WithCloseSignal::new(7u32, CloseSignal::new())) },
             )
-            .retry_delay(Duration::from_secs(1))
+            .retry_policy(Duration::from_secs(1))
             .build();
         let conn = pc.connected().await;
         assert_eq!(*conn, 7);
@@ -102,7 +103,7 @@ fn abandoned_waiters_keep_bounded_memory() {
                 || async { Err::<u16, _>("down".to_owned()) },
                 |_addr, _cx| async { Ok(WithCloseSignal::new(7u32, CloseSignal::new())) },
             )
-            .retry_delay(Duration::from_secs(3600))
+            .retry_policy(Duration::from_secs(3600))
             .build();
         let _ = pc.connected_or_failed_to_connect().await; // now waiting to retry
         for _ in 0..100 {
@@ -139,7 +140,7 @@ fn a_burst_of_waiters_leaves_no_buffer_behind() {
                     }
                 },
             )
-            .retry_delay(Duration::from_secs(1))
+            .retry_policy(Duration::from_secs(1))
             .build();
         let _ = pc.connected_or_failed_to_connect().await; // the first attempt failed
         let region = Region::new(GLOBAL);

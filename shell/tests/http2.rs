@@ -207,6 +207,8 @@ async fn close_fails_the_call_in_flight_at_once_and_releases_the_socket() {
     assert!(!call.is_finished());
 
     within("close", conn.close()).await;
+    // Closing is no GOAWAY.
+    assert!(!within("the GOAWAY signal", conn.goaway()).await);
     // The call failed because of the close (the server never answered).
     let failed = within("the call in flight", call)
         .await
@@ -250,6 +252,7 @@ async fn goaway_lets_the_call_in_flight_finish_then_the_connection_closes() {
     // Graceful shutdown: GOAWAY. The connection stops taking calls at once…
     server.shut_down();
     within("draining", conn.draining()).await;
+    assert!(within("the GOAWAY signal", conn.goaway()).await);
     assert!(conn.is_closed() && conn.is_draining());
     assert_eq!(conn.end(), Some(Http2End::GoAway { error_code: 0 }));
     let err = conn
@@ -303,6 +306,10 @@ async fn the_server_killed_with_a_call_in_flight_fails_it_and_is_noticed() {
     server.arrived(1).await;
     // Every socket closes at once, as when the server process is killed.
     proxy.kill.send_replace(true);
+    assert!(
+        !within("the GOAWAY signal", conn.goaway()).await,
+        "a kill is no GOAWAY"
+    );
     let failed = within("the call in flight", call)
         .await
         .unwrap()

@@ -5,7 +5,8 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use persistent_connection::{CloseSignal, PersistentConnection, WithCloseSignal};
+use persistent_connection::PersistentConnection;
+use persistent_connection::conn::{CloseSignal, WithCloseSignal};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
@@ -91,7 +92,7 @@ async fn state_changes_are_traced_and_failures_are_warnings() {
             panic!("handler bug");
         }
     })
-    .retry_delay(Duration::from_millis(10))
+    .retry_policy(Duration::from_millis(10))
     .build();
     pc.connected().await;
     signal.mark_closed(); // the peer goes away
@@ -153,8 +154,10 @@ async fn failure_lines_name_the_address_and_the_next_attempt() {
             }
         },
     )
-    .retry_delay(Duration::from_secs(3))
-    .jitter(persistent_connection::Jitter::NonRandom)
+    .retry_policy(
+        persistent_connection::RetryPolicy::from(Duration::from_secs(3))
+            .with_jitter(persistent_connection::core::Jitter::NonRandom),
+    )
     .build();
     pc.connected().await;
     tokio::time::sleep(Duration::from_secs(1)).await;

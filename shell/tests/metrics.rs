@@ -174,7 +174,7 @@ async fn counters_state_and_failover_gap_reach_the_recorder() {
         },
         |addr: SocketAddr, _cx| TcpConnection::connect(addr),
     )
-    .retry_delay(Duration::from_millis(10))
+    .retry_policy(Duration::from_millis(10))
     .build();
     let exporter = export(&pc);
 
@@ -315,7 +315,7 @@ async fn the_state_gauge_follows_every_state_and_every_metric_is_described() {
         }
     })
     // Long enough to be seen waiting, short enough for the test.
-    .retry_delay(Duration::from_secs(2))
+    .retry_policy(Duration::from_secs(2))
     .on_event({
         let hold_close = hold_close.clone();
         move |e| {
@@ -392,7 +392,7 @@ async fn exported_after_a_disconnection_the_next_connection_records_a_gap() {
         },
         |addr: SocketAddr, _cx| TcpConnection::connect(addr),
     )
-    .retry_delay(Duration::from_millis(10))
+    .retry_policy(Duration::from_millis(10))
     .build();
     guard("connected to A", pc.connected()).await;
     *catalog.lock().unwrap() = refused_addr();
@@ -453,8 +453,10 @@ async fn the_counters_follow_a_deduplicated_outage_and_end_exact_after_the_close
             )))
         },
     )
-    .retry_delay(Duration::from_secs(1))
-    .jitter(persistent_connection::Jitter::NonRandom)
+    .retry_policy(
+        persistent_connection::RetryPolicy::from(Duration::from_secs(1))
+            .with_jitter(persistent_connection::core::Jitter::NonRandom),
+    )
     .build();
     let exporter = export(&pc);
     while pc.stats().attempts < 25 {

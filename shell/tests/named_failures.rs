@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use persistent_connection::{AttemptError, CloseSignal, Error, PersistentConnection};
+use persistent_connection::conn::CloseSignal;
+use persistent_connection::{AttemptError, Error, PersistentConnection};
 
 /// A `get_address` that hangs fails the attempt with `Error::LookupTimedOut`, which says
 /// whose lookup timed out and after how long.

@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use persistent_connection::{
-    CloseSignal, EventKind, Jitter, PersistentConnection, State, WithCloseSignal,
-};
+use persistent_connection::conn::{CloseSignal, WithCloseSignal};
+use persistent_connection::core::{EventKind, Jitter};
+use persistent_connection::{PersistentConnection, State};
 use tokio::time::Instant;
 
 type Conn = WithCloseSignal<u32>;
@@ -51,8 +51,10 @@ async fn state_follows_the_machine_through_failures_a_connection_and_close() {
             }
         }
     })
-    .retry_delay(Duration::from_secs(1))
-    .jitter(Jitter::NonRandom)
+    .retry_policy(
+        persistent_connection::RetryPolicy::from(Duration::from_secs(1))
+            .with_jitter(Jitter::NonRandom),
+    )
     .build();
     let start = Instant::now();
     assert_eq!(pc.state(), State::Connecting);

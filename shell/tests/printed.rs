@@ -7,9 +7,11 @@ use std::io;
 use std::time::Duration;
 
 use persistent_connection::catalog::{CatalogError, StaticList};
+use persistent_connection::conn::{
+    CloseSignal, Driven, HealthCheck, HealthChecked, WithCloseSignal,
+};
 use persistent_connection::{
-    Callback, Closable, CloseSignal, Driven, Error, HealthCheck, HealthChecked, IoError, Keyed,
-    Lagged, PersistentConnection, TcpConnection, WithCloseSignal,
+    Callback, Closable, Error, IoError, Keyed, Lagged, PersistentConnection, TcpConnection,
 };
 
 type Pc = PersistentConnection<u16, WithCloseSignal<u8>, String>;

@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use persistent_connection::{Closable, Event, HealthCheck, PersistentConnection};
+use persistent_connection::conn::HealthCheck;
+use persistent_connection::{Closable, Event, PersistentConnection};
 use persistent_connection_testkit::redis::{RedisServer, Settings, connect, drill, failure, ping};
 
 const GUARD: Duration = Duration::from_secs(60);
@@ -93,13 +94,13 @@ async fn redis_connect_failures_are_deduplicated_by_key_not_by_their_own_eq() {
                         let stream = persistent_connection::TcpConnection::connect(addr)
                             .await
                             .map_err(|e| wrap(std::io::Error::from(e).into()))?;
-                        Ok(persistent_connection::Driven::spawn((), async move {
+                        Ok(persistent_connection::conn::Driven::spawn((), async move {
                             drop(stream)
                         }))
                     }
                 },
             )
-            .retry_delay(ms(2))
+            .retry_policy(ms(2))
             .on_event(move |e| {
                 if let Event::FailedToConnect(_) = e {
                     *failed.lock().unwrap() += 1;

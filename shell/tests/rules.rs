@@ -13,9 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
+use persistent_connection::conn::{CloseSignal, WithCloseSignal};
+use persistent_connection::core::{EventKind, Jitter, RetryDelay};
 use persistent_connection::{
-    AttemptError, Builder, Callback, Closable, CloseSignal, ConnectContext, Error, Event,
-    EventKind, Jitter, Lagged, PersistentConnection, RetryDelay, State, WithCloseSignal,
+    AttemptError, Builder, Callback, Closable, ConnectContext, Error, Event, Lagged,
+    PersistentConnection, State,
 };
 use tokio::time::Instant;
 
@@ -252,8 +254,10 @@ impl World {
                 }
             }
         })
-        .retry_delay(Duration::from_millis(retry_ms))
-        .jitter(Jitter::NonRandom)
+        .retry_policy(
+            persistent_connection::RetryPolicy::from(Duration::from_millis(retry_ms))
+                .with_jitter(Jitter::NonRandom),
+        )
         .seed(1)
     }
 
@@ -555,7 +559,10 @@ async fn schedule(seed: u64, jitter: Jitter) -> Vec<u64> {
     w.lookups([], Act::Err("down"));
     let pc = w
         .builder(10_000)
-        .jitter(jitter)
+        .retry_policy(
+            persistent_connection::RetryPolicy::constant(Duration::from_secs(10))
+                .with_jitter(jitter),
+        )
         .seed(seed)
         .event_capacity(1)
         .build();
@@ -596,7 +603,7 @@ async fn r7_non_random_uses_the_base_delay_unchanged() {
 async fn r7_duration_max_retry_delay_neither_overflows_nor_blocks_close() {
     let w = World::new();
     w.lookups([], Act::Err("down"));
-    let pc = w.builder(1).retry_delay(Duration::MAX).build();
+    let pc = w.builder(1).retry_policy(Duration::MAX).build();
     until(&w, 1000).await;
     assert_eq!(w.lookup_times(), vec![0]);
     within(pc.close()).await;
@@ -609,11 +616,14 @@ async fn retry_policies_of_the_core_are_accepted() {
     w.lookups([], Act::Err("down"));
     let pc = w
         .builder(1)
-        .retry_delay_policy(RetryDelay::exponential(
-            Duration::from_millis(100),
-            2.0,
-            Duration::from_millis(400),
-        ))
+        .retry_policy(
+            persistent_connection::RetryPolicy::from(RetryDelay::exponential(
+                Duration::from_millis(100),
+                2.0,
+                Duration::from_millis(400),
+            ))
+            .non_random(),
+        )
         .build();
     until(&w, 1550).await;
     assert_eq!(w.lookup_times(), vec![0, 100, 300, 700, 1100, 1500]);
@@ -1081,8 +1091,10 @@ async fn r12_the_aborting_attempts_failure_is_counted_in_stats() {
                 }
             },
         )
-        .retry_delay(Duration::from_millis(100))
-        .jitter(Jitter::NonRandom)
+        .retry_policy(
+            persistent_connection::RetryPolicy::from(Duration::from_millis(100))
+                .with_jitter(Jitter::NonRandom),
+        )
         .build()
     };
 
@@ -1417,7 +1429,6 @@ async fn retry_policy_sets_base_delay_and_jitter_at_once() {
     w.lookups([], Act::Err("down"));
     let pc = w
         .builder(1)
-        .jitter(Jitter::default())
         .retry_policy(
             persistent_connection::RetryPolicy::constant(Duration::from_millis(250)).non_random(),
         )
@@ -1575,7 +1586,9 @@ async fn default_schedule(jitter: Option<Jitter>) -> Vec<u64> {
         |_addr, _cx| async { Ok(WithCloseSignal::new(0u32, CloseSignal::new())) },
     );
     if let Some(j) = jitter {
-        b = b.jitter(j);
+        b = b.retry_policy(
+            persistent_connection::RetryPolicy::constant(Duration::from_secs(10)).with_jitter(j),
+        );
     }
     let pc = b.build();
     tokio::time::sleep(Duration::from_secs(65)).await;
@@ -1612,7 +1625,7 @@ async fn extreme_settings_are_accepted_without_panic() {
         .builder(1)
         .connect_timeout(Duration::MAX) // never fires; must not overflow
         .event_capacity(usize::MAX) // clamped
-        .retry_delay(Duration::ZERO)
+        .retry_policy(Duration::ZERO)
         .build();
     let mut rx = pc.events();
     until(&w, 5000).await;
@@ -1657,7 +1670,7 @@ async fn r13_a_callback_that_panics_before_returning_its_future_is_caught_too() 
             async { Ok(WithCloseSignal::new(5, CloseSignal::new())) }
         },
     )
-    .retry_delay(Duration::from_millis(100))
+    .retry_policy(Duration::from_millis(100))
     .build();
     assert_eq!(
         within(pc.connected_or_failed_to_connect())

@@ -13,10 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use persistent_connection::{
-    AttemptError, AttemptOutcome, Closable, CloseSignal, Error, PersistentConnection,
-    WithCloseSignal,
-};
+use persistent_connection::conn::{CloseSignal, WithCloseSignal};
+use persistent_connection::{AttemptError, AttemptOutcome, Closable, Error, PersistentConnection};
 
 type Conn = WithCloseSignal<u32>;
 type Pc = PersistentConnection<u16, Conn, String>;
@@ -100,7 +98,7 @@ fn build(history: Arc<History>, seed: u64) -> Pc {
             }
         },
     )
-    .retry_delay(Duration::ZERO)
+    .retry_policy(Duration::ZERO)
     .seed(seed)
     .build()
 }

@@ -169,7 +169,7 @@ fn persistent(catalog: &Catalog, retry: Duration, log: Arc<Mutex<Vec<String>>>) 
                 .map_err(|e: IoError| e.kind().to_string())
         },
     )
-    .retry_delay(retry)
+    .retry_policy(retry)
     .seed(3)
     .on_event(move |e| {
         let log = log.clone();
@@ -733,7 +733,9 @@ async fn shutdown_half_closes_and_the_peer_can_still_answer() {
 
 #[tokio::test]
 async fn tcp_options_hold_what_they_are_given() {
-    use persistent_connection::{DEFAULT_KEEPALIVE, DEFAULT_USER_TIMEOUT, Keepalive, TcpOptions};
+    use persistent_connection::conn::{
+        DEFAULT_KEEPALIVE, DEFAULT_USER_TIMEOUT, Keepalive, TcpOptions,
+    };
     let default = TcpOptions::default();
     assert_eq!(default, TcpOptions::new());
     assert!(default.nodelay_enabled(), "TCP_NODELAY is on by default");
@@ -762,7 +764,7 @@ async fn tcp_options_hold_what_they_are_given() {
 
 #[tokio::test]
 async fn options_bind_the_local_address_and_a_bad_one_is_a_clear_error() {
-    use persistent_connection::{Keepalive, TcpOptions};
+    use persistent_connection::conn::{Keepalive, TcpOptions};
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     // A free local port: taken, then released.

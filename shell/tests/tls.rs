@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use persistent_connection::tls::rustls::ServerConfig;
-use persistent_connection::tls::rustls::pki_types::pem::PemObject;
-use persistent_connection::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use persistent_connection::tls::{TlsConnection, TlsConnector, rustls, tokio_rustls};
+use persistent_connection::conn::tls::rustls::ServerConfig;
+use persistent_connection::conn::tls::rustls::pki_types::pem::PemObject;
+use persistent_connection::conn::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use persistent_connection::conn::tls::{TlsConnection, TlsConnector, rustls, tokio_rustls};
 use persistent_connection::{Closable, Event, IoError, PersistentConnection};
 use persistent_connection_testkit::certs;
 use persistent_connection_testkit::redis::{RedisServer, Settings, drill};
@@ -140,7 +140,7 @@ async fn the_peer_closing_or_resetting_is_noticed_without_reading() {
                 async move { connector.connect(addr).await }
             },
         )
-        .retry_delay(Duration::from_millis(10))
+        .retry_policy(Duration::from_millis(10))
         .build();
         let first = guard("first", pc.connected()).await;
         guard("first closes", first.close_finished()).await;
@@ -205,7 +205,7 @@ async fn a_certificate_that_does_not_verify_is_a_clear_prompt_deduplicated_failu
             async move { connector.connect(addr).await }
         },
     )
-    .retry_delay(Duration::from_millis(10))
+    .retry_policy(Duration::from_millis(10))
     .connect_timeout(Duration::from_secs(60))
     .on_event(move |event| {
         if let Event::FailedToConnect(e) = &event {
@@ -335,7 +335,7 @@ async fn the_redis_drill_runs_over_tls_against_redis_server() {
         hold: ms(200),
         catalog_lag: ms(100),
         ping_timeout: ms(300),
-        health: persistent_connection::HealthCheck::new(ms(100), ms(300), 2),
+        health: persistent_connection::conn::HealthCheck::new(ms(100), ms(300), 2),
         verbose: false,
         tls: true,
         ..Settings::example()
@@ -414,7 +414,7 @@ fn connector_with_alpn(ca: &str, alpn: &[&[u8]]) -> TlsConnector {
     roots
         .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
         .unwrap();
-    let mut config = (*persistent_connection::tls::client_config(roots)).clone();
+    let mut config = (*persistent_connection::conn::tls::client_config(roots)).clone();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     TlsConnector::new(Arc::new(config), "localhost").unwrap()
 }
@@ -434,7 +434,7 @@ async fn the_connector_and_a_connection_print_what_they_are() {
         format!(
             "TlsConnector {{ server_name: DnsName(\"localhost\"), tcp: {:?}, \
              handshake_timeout: 1.5s, .. }}",
-            persistent_connection::TcpOptions::new()
+            persistent_connection::conn::TcpOptions::new()
         )
     );
 

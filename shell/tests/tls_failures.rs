@@ -17,13 +17,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use persistent_connection::tls::rustls::pki_types::pem::PemObject;
-use persistent_connection::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use persistent_connection::tls::rustls::time_provider::TimeProvider;
-use persistent_connection::tls::rustls::{
+use persistent_connection::conn::tls::rustls::pki_types::pem::PemObject;
+use persistent_connection::conn::tls::rustls::pki_types::{
+    CertificateDer, PrivateKeyDer, UnixTime,
+};
+use persistent_connection::conn::tls::rustls::time_provider::TimeProvider;
+use persistent_connection::conn::tls::rustls::{
     self, ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion,
 };
-use persistent_connection::tls::{TlsConnector, tokio_rustls};
+use persistent_connection::conn::tls::{TlsConnector, tokio_rustls};
 use persistent_connection::{Closable, Event, IoError, PersistentConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -214,7 +216,7 @@ async fn announced_failures(
             async move { connector.connect(addr).await }
         },
     )
-    .retry_delay(Duration::from_millis(5))
+    .retry_policy(Duration::from_millis(5))
     .on_event(move |event| {
         if let Event::FailedToConnect(e) = &event {
             seen.lock().unwrap().push(e.to_string());
@@ -462,7 +464,7 @@ mod etcd {
                 catalog.get_address::<IoError>(Pick::InOrder),
                 |addr: SocketAddr, _cx| TcpConnection::connect(addr),
             )
-            .retry_delay(Duration::from_millis(1100))
+            .retry_policy(Duration::from_millis(1100))
             .on_event(move |event| {
                 if let Event::FailedToConnect(e) = &event {
                     seen.lock().unwrap().push(e.to_string());

@@ -53,7 +53,7 @@ fn persistent(catalog: Arc<Mutex<SocketAddr>>) -> Pc {
         },
         |addr: SocketAddr, _cx| TcpConnection::connect(addr),
     )
-    .retry_delay(Duration::from_millis(20))
+    .retry_policy(Duration::from_millis(20))
     .build()
 }
 

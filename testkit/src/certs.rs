@@ -121,7 +121,10 @@ pub fn files() -> &'static Pki {
 
 /// A TLS connector that trusts [`files`]' authority and verifies the name `localhost`.
 #[cfg(feature = "tls")]
-pub fn connector() -> persistent_connection::tls::TlsConnector {
-    persistent_connection::tls::TlsConnector::from_pem_roots(files().ca_pem.as_bytes(), "localhost")
-        .expect("the authority's certificate parses")
+pub fn connector() -> persistent_connection::conn::tls::TlsConnector {
+    persistent_connection::conn::tls::TlsConnector::from_pem_roots(
+        files().ca_pem.as_bytes(),
+        "localhost",
+    )
+    .expect("the authority's certificate parses")
 }

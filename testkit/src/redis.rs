@@ -7,7 +7,7 @@
 //!
 //! - [`TcpConnection`] is the stream given to `redis::aio::MultiplexedConnection` (with TCP
 //!   keepalive, and a connect error that names the address); over TLS (feature `tls`),
-//!   `persistent_connection::tls::TlsConnection`, which notices a server dying as
+//!   `persistent_connection::conn::tls::TlsConnection`, which notices a server dying as
 //!   `TcpConnection` does;
 //! - [`Driven`] runs the driver future that the client's constructor returns in a task of
 //!   its own: when the socket closes or resets, the driver ends and the connection counts
@@ -36,10 +36,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use persistent_connection::{
-    Closable, Driven, Event, HealthCheck, HealthChecked, Keepalive, Keyed, PersistentConnection,
-    TcpConnection, TcpOptions,
-};
+use persistent_connection::conn::{Driven, HealthCheck, HealthChecked, Keepalive, TcpOptions};
+use persistent_connection::{Closable, Event, Keyed, PersistentConnection, TcpConnection};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisConnectionInfo, RedisError};
 use tokio::time::Instant;
@@ -454,7 +452,7 @@ pub async fn drill(settings: &Settings) -> io::Result<Report> {
             },
             move |addr, _cx| connect_to(addr, health, tls),
         )
-        .retry_delay(settings.retry_delay)
+        .retry_policy(settings.retry_delay)
         .connect_timeout(settings.connect_timeout)
         .on_event(move |event| {
             let line = format!(

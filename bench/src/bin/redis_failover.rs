@@ -22,7 +22,8 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use persistent_connection::{Closable, HealthCheck, PersistentConnection};
+use persistent_connection::conn::HealthCheck;
+use persistent_connection::{Closable, PersistentConnection};
 use persistent_connection_testkit::redis::{self as kit, RedisServer};
 use persistent_connection_testkit::stubborn::{self, LookupStream, SharedAddr};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -106,7 +107,7 @@ async fn client(
                 },
                 move |addr, _cx| kit::connect(addr, health),
             )
-            .retry_delay(RETRY)
+            .retry_policy(RETRY)
             .connect_timeout(Duration::from_millis(500))
             .build();
             loop {

@@ -47,7 +47,7 @@
 //! ```
 //! use std::net::SocketAddr;
 //! use persistent_connection::catalog::{Pick, StaticList};
-//! use persistent_connection::connector::CatalogConnector;
+//! use persistent_connection::catalog::connector::CatalogConnector;
 //! use tower::ServiceExt;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -165,9 +165,9 @@ impl<K: Catalog<Address = SocketAddr>> CatalogConnector<K> {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use persistent_connection::TcpOptions;
+    /// use persistent_connection::conn::TcpOptions;
     /// use persistent_connection::catalog::{Pick, StaticList};
-    /// use persistent_connection::connector::CatalogConnector;
+    /// use persistent_connection::catalog::connector::CatalogConnector;
     ///
     /// let copies = StaticList::new(["10.0.0.1:50051".parse().unwrap()]);
     /// let connector = CatalogConnector::new(copies, Pick::InOrder)

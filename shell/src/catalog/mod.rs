@@ -68,7 +68,7 @@
 //!     catalog.get_address::<IoError>(Pick::InOrder),
 //!     |addr: SocketAddr, _cx| TcpConnection::connect(addr),
 //! )
-//! .retry_delay(std::time::Duration::from_millis(10))
+//! .retry_policy(std::time::Duration::from_millis(10))
 //! .build();
 //! // The first attempt is refused; the second goes to the other listed copy.
 //! let conn = pc.connected().await;

@@ -186,7 +186,8 @@ struct SignalInner {
 ///   `mark_closed`. `close` resolves then.
 ///
 /// ```
-/// use persistent_connection::{Closable, CloseSignal};
+/// use persistent_connection::conn::CloseSignal;
+/// use persistent_connection::Closable;
 ///
 /// # tokio_test::block_on(async {
 /// let signal = CloseSignal::owned();
@@ -331,7 +332,8 @@ impl Closable for CloseSignal {
 /// dereferences to `T`.
 ///
 /// ```
-/// use persistent_connection::{Closable, CloseSignal, WithCloseSignal};
+/// use persistent_connection::conn::{CloseSignal, WithCloseSignal};
+/// use persistent_connection::Closable;
 ///
 /// # tokio_test::block_on(async {
 /// let signal = CloseSignal::new();

@@ -39,12 +39,13 @@ struct StopOnDrop {
 /// wrapper stops the driver too, so no task outlives it.
 ///
 /// A driver only ends when its socket does, which a hung server never makes happen: add a
-/// [health check](crate::HealthChecked) around it (`HealthChecked<Driven<C>>`).
+/// [health check](crate::conn::HealthChecked) around it (`HealthChecked<Driven<C>>`).
 ///
 /// Cheap to clone when `C` is; dereferences to `C`. Must be created within a Tokio runtime.
 ///
 /// ```
-/// use persistent_connection::{Closable, Driven};
+/// use persistent_connection::conn::Driven;
+/// use persistent_connection::Closable;
 /// use tokio::sync::mpsc;
 ///
 /// # #[tokio::main(flavor = "current_thread")]

@@ -13,7 +13,8 @@
 //! use std::time::Duration;
 //! use persistent_connection::conn::grpc_health;
 //! use persistent_connection::conn::http2::{Http2Connection, Http2Options};
-//! use persistent_connection::{HealthCheck, IoError, TcpConnection};
+//! use persistent_connection::conn::HealthCheck;
+//! use persistent_connection::{IoError, TcpConnection};
 //!
 //! # async fn connect(addr: std::net::SocketAddr) -> Result<(), IoError> {
 //! let tcp = TcpConnection::connect(addr).await?;
@@ -139,13 +140,13 @@ pub type CheckFuture = Pin<Box<dyn Future<Output = Result<(), GrpcHealthError>> 
 
 /// A check for [`HealthChecked::new`]: `grpc.health.v1.Health/Check` of `service_name` on
 /// the connection checked. For a connection that wraps an [`Http2Connection`] (say in
-/// [`Driven`](crate::Driven) or your own type), call [`check`] from your own closure
+/// [`Driven`](crate::conn::Driven) or your own type), call [`check`] from your own closure
 /// instead.
 ///
 /// ```no_run
 /// # use std::time::Duration;
 /// # use persistent_connection::conn::{grpc_health, http2::Http2Connection};
-/// # use persistent_connection::{HealthCheck, HealthChecked};
+/// # use persistent_connection::conn::{HealthCheck, HealthChecked};
 /// # fn f(conn: Http2Connection<tonic::body::Body>) {
 /// let checked = HealthChecked::new(
 ///     conn,

@@ -23,7 +23,7 @@ use crate::guard::{self, Guarded};
 ///
 /// ```
 /// use std::time::Duration;
-/// use persistent_connection::HealthCheck;
+/// use persistent_connection::conn::HealthCheck;
 ///
 /// let h = HealthCheck::new(Duration::from_millis(100), Duration::from_millis(200), 2);
 /// assert_eq!(h.worst_case_detection(), Duration::from_millis(600));
@@ -80,7 +80,7 @@ struct StopOnDrop {
 /// of the attempt that made this connection. A connection closed by its health check soon
 /// after it was made (say the server hung at once) therefore waits for the rest of that
 /// retry delay, exactly like a connection that the peer closed young; one that lived longer
-/// than the retry delay is replaced at once. Choose `retry_delay` with that in mind: with
+/// than the retry delay is replaced at once. Choose the retry policy with that in mind: with
 /// the default 10 s and a check that detects within 1 s, a server that hangs right after
 /// accepting costs about 10 s, not 1 s.
 ///
@@ -100,7 +100,8 @@ struct StopOnDrop {
 ///
 /// ```
 /// use std::time::Duration;
-/// use persistent_connection::{Closable, CloseSignal, HealthCheck, HealthChecked};
+/// use persistent_connection::conn::{CloseSignal, HealthCheck, HealthChecked};
+/// use persistent_connection::Closable;
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {

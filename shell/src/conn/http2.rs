@@ -369,6 +369,8 @@ struct Shared {
     heard: AtomicBool,
     /// The same, for waiters.
     draining: watch::Sender<bool>,
+    /// The server sent a `GOAWAY`.
+    goaway: watch::Sender<bool>,
     /// Stops every task hyper started for this connection.
     stop: watch::Sender<bool>,
     /// How many of hyper's tasks for this connection are alive.
@@ -384,6 +386,7 @@ impl Shared {
             closed: AtomicBool::new(false),
             heard: AtomicBool::new(false),
             draining: watch::Sender::new(false),
+            goaway: watch::Sender::new(false),
             stop: watch::Sender::new(false),
             tasks: watch::Sender::new(0),
             finished: watch::Sender::new(false),
@@ -522,6 +525,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Sniffed<T> {
             }
             this.frames.scan(&buf.filled()[before..], |error_code| {
                 shared.begin_close(Http2End::GoAway { error_code });
+                shared.goaway.send_replace(true);
             });
         }
         polled
@@ -729,6 +733,25 @@ impl<B> Http2Connection<B> {
             // The sender lives in `Shared`, which `rx` does not keep alive; an error means
             // every handle and task is gone, and the connection with them.
             let _ = rx.wait_for(|d| *d).await;
+        }
+    }
+
+    /// Resolves with `true` when the server sends a `GOAWAY` (it drains the connection: a
+    /// graceful shutdown, a maximum connection age), or with `false` once the connection
+    /// has ended without one (failed, closed, every handle dropped). The signal for a
+    /// make-before-break handover: on `true`, hand over to a new connection
+    /// (`PersistentConnection::handover` with the `Drain` reason) while the calls in flight
+    /// finish on this one. A task that waits on it ends with the connection.
+    pub fn goaway(&self) -> impl Future<Output = bool> + Send + 'static + use<B> {
+        let mut goaway = self.shared.goaway.subscribe();
+        let mut finished = self.shared.finished.subscribe();
+        async move {
+            let sent = tokio::select! {
+                biased;
+                sent = goaway.wait_for(|g| *g) => sent.is_ok(),
+                _ = finished.wait_for(|f| *f) => false,
+            };
+            sent || *goaway.borrow()
         }
     }
 

@@ -14,7 +14,7 @@
 //! ```
 //! use std::net::SocketAddr;
 //! use std::time::Duration;
-//! use persistent_connection::tls::{TlsConnection, TlsConnector, client_config};
+//! use persistent_connection::conn::tls::{TlsConnection, TlsConnector, client_config};
 //! use persistent_connection::{IoError, PersistentConnection};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -31,7 +31,7 @@
 //!         async move { connector.connect(addr).await }
 //!     },
 //! )
-//! .retry_delay(Duration::from_millis(100))
+//! .retry_policy(Duration::from_millis(100))
 //! .build();
 //! # pc.close().await;
 //! # }
@@ -71,7 +71,7 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// build enable (rustls' `ClientConfig::builder()` panics when it cannot choose one).
 ///
 /// ```
-/// use persistent_connection::tls::{client_config, rustls::RootCertStore};
+/// use persistent_connection::conn::tls::{client_config, rustls::RootCertStore};
 ///
 /// let config = client_config(RootCertStore::empty());
 /// assert!(config.alpn_protocols.is_empty());
@@ -150,7 +150,7 @@ impl TlsConnector {
     /// `CERTIFICATE` blocks: your certificate authority), for `server_name`.
     ///
     /// ```
-    /// use persistent_connection::tls::TlsConnector;
+    /// use persistent_connection::conn::tls::TlsConnector;
     ///
     /// let err = TlsConnector::from_pem_roots(b"not PEM", "localhost").unwrap_err();
     /// assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);

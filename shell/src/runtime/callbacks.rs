@@ -183,7 +183,8 @@ where
 /// What `connect` is told about its attempt (R12).
 ///
 /// ```
-/// use persistent_connection::{AttemptError, CloseSignal, Error, PersistentConnection};
+/// use persistent_connection::conn::CloseSignal;
+/// use persistent_connection::{AttemptError, Error, PersistentConnection};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
@@ -197,7 +198,7 @@ where
 ///         Err::<CloseSignal, _>("refused".to_owned())
 ///     },
 /// )
-/// .retry_delay(std::time::Duration::from_millis(10))
+/// .retry_policy(std::time::Duration::from_millis(10))
 /// .build();
 /// let mut outcomes = Vec::new();
 /// loop {
@@ -261,7 +262,8 @@ impl<E> ConnectContext<E> {
     /// after that.
     ///
     /// ```
-    /// use persistent_connection::{AttemptError, CloseSignal, Error, Event, PersistentConnection};
+    /// use persistent_connection::conn::CloseSignal;
+    /// use persistent_connection::{AttemptError, Error, Event, PersistentConnection};
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {

@@ -44,8 +44,11 @@ impl<K: Catalog> Listing<K::Address> for Arc<K> {
     }
 }
 
+/// A connection's own drain signal (`Builder::handover_on`).
+pub(crate) type DrainSignal<C> = Box<dyn Fn(&C) -> BoxFuture<()> + Send + Sync + 'static>;
+
 /// What the follower watches, set on the builder.
-pub(crate) struct Plan<A> {
+pub(crate) struct Plan<A, C> {
     /// The catalog followed, with the pick of its `get_address` (fail back is for
     /// [`Pick::InOrder`] only).
     pub(crate) catalog: Option<(Box<dyn Listing<A>>, Pick)>,
@@ -53,11 +56,14 @@ pub(crate) struct Plan<A> {
     pub(crate) max_age: Option<Duration>,
     /// How long a replaced connection stays open (R15).
     pub(crate) grace: Duration,
+    /// [`Builder::handover_on`](crate::Builder::handover_on): resolves when the server
+    /// says the connection drains (HTTP/2's GOAWAY, a lame-duck notice).
+    pub(crate) drain: Option<DrainSignal<C>>,
 }
 
-impl<A> Plan<A> {
+impl<A, C> Plan<A, C> {
     pub(crate) fn is_empty(&self) -> bool {
-        self.catalog.is_none() && self.max_age.is_none()
+        self.catalog.is_none() && self.max_age.is_none() && self.drain.is_none()
     }
 }
 
@@ -65,7 +71,7 @@ impl<A> Plan<A> {
 pub(crate) async fn run<A, C, E>(
     shared: Arc<Shared<A, C, E>>,
     mut events: EventStream<A, C, E>,
-    plan: Plan<A>,
+    plan: Plan<A, C>,
     seed: u64,
 ) where
     A: Clone + PartialEq + std::fmt::Debug + Send + Sync + 'static,
@@ -76,10 +82,13 @@ pub(crate) async fn run<A, C, E>(
         catalog,
         max_age,
         grace,
+        drain,
     } = plan;
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x666f_6c6c_6f77_6572); // "follower"
     let never = || -> BoxFuture<()> { Box::pin(std::future::pending()) };
     let mut changed = catalog.as_ref().map_or_else(never, |(c, _)| c.changed());
+    // The current connection's drain signal, re-armed for each new current connection.
+    let mut draining: BoxFuture<()> = never();
     // The listing as last seen, to tell a copy that is new (or back) from one that was
     // there all along.
     let mut previous: Option<Vec<A>> = match &catalog {
@@ -108,7 +117,10 @@ pub(crate) async fn run<A, C, E>(
             event = events.next() => match event {
                 None => return,
                 Some(Err(_lagged)) => current = shared.current_address(),
-                Some(Ok(Event::Connected(_) | Event::HandedOver { .. })) => {
+                Some(Ok(Event::Connected(c) | Event::HandedOver { connection: c, .. })) => {
+                    if let Some(drain) = &drain {
+                        draining = drain(&c);
+                    }
                     current = shared.current_address();
                     old_at = max_age.map(|age| {
                         tokio::time::Instant::now() + AGE_JITTER.apply(age, &mut rng)
@@ -116,6 +128,7 @@ pub(crate) async fn run<A, C, E>(
                 }
                 Some(Ok(Event::Disconnected)) => {
                     old_at = None;
+                    draining = never();
                     let lost = current.take();
                     // R17: another listed copy need not wait out the lost one's delay.
                     if let Some((catalog, _)) = &catalog
@@ -146,14 +159,14 @@ pub(crate) async fn run<A, C, E>(
                                 // Listed again: the cause of the handover is gone.
                                 shared.feed_now_from_handle(Input::CancelHandover);
                             }
-                            Some(at) => {
+                            Some(at)
                                 if *pick == Pick::InOrder
                                     && pending.is_none()
-                                    && listed[..at].iter().any(is_new)
-                                {
-                                    handover(HandoverReason::FailBack);
-                                }
+                                    && listed[..at].iter().any(is_new) =>
+                            {
+                                handover(HandoverReason::FailBack);
                             }
+                            Some(_) => {}
                         }
                     }
                     None => {
@@ -162,6 +175,10 @@ pub(crate) async fn run<A, C, E>(
                         }
                     }
                 }
+            },
+            () = &mut draining => {
+                draining = never();
+                handover(HandoverReason::Drain);
             },
             () = age => {
                 old_at = None;

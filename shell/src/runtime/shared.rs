@@ -603,7 +603,9 @@ impl<A, C, E> Shared<A, C, E> {
         match machine.state() {
             M::Closed => State::Closed,
             _ if machine.is_closed() => State::Closing,
-            M::Connected | M::HandlingEvent(EventKind::Connected) => State::Connected,
+            M::Connected | M::HandlingEvent(EventKind::Connected | EventKind::HandedOver) => {
+                State::Connected
+            }
             M::WaitingToRetry
             | M::WaitingToReconnect
             | M::HandlingEvent(EventKind::FailedToConnect | EventKind::Disconnected) => waiting(),

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use persistent_connection::{Builder, Error, Event, Jitter, PersistentConnection};
+use persistent_connection::{Builder, Error, Event, PersistentConnection};
 use tokio::sync::Notify;
 
 use super::conn::{Catalog, Conn, Connector, Fail};
@@ -30,7 +30,9 @@ pub fn builder(catalog: &Catalog, connector: &Connector) -> Builder<SocketAddr, 
             async move { connector.connect(addr).await }
         },
     )
-    .jitter(Jitter::NonRandom)
+    .retry_policy(
+        persistent_connection::RetryPolicy::constant(Duration::from_secs(10)).non_random(),
+    )
     .seed(7)
 }
 

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 /// [user timeout](TcpOptions::user_timeout) instead (measured in the network lab, issue 19:
 /// with keepalive 1 s / 1 s / 3 probes and no user timeout, a black-holed connection that
 /// kept sending was still up after 90 s). It does not catch a hung process either (its
-/// kernel still answers the probes): use a [health check](crate::HealthChecked) for that.
+/// kernel still answers the probes): use a [health check](crate::conn::HealthChecked) for that.
 /// With a user timeout set, Linux also uses it for keepalive: the connection is reset once
 /// probes have gone unanswered for the user timeout, whatever `retries` says; see
 /// [`TcpOptions::keepalive`] for the user timeout an explicit keepalive brings.
@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 ///
 /// ```
 /// use std::time::Duration;
-/// use persistent_connection::Keepalive;
+/// use persistent_connection::conn::Keepalive;
 ///
 /// let k = Keepalive::new(Duration::from_secs(10), Duration::from_secs(2), 3);
 /// assert_eq!(k.retries, 3);
@@ -122,14 +122,14 @@ pub const DEFAULT_KEEPALIVE: Keepalive = Keepalive {
 /// | peer closes or resets, process killed | the connection's reader (end of file, reset) | at once |
 /// | peer host vanished / black hole, **request in flight** | the user timeout (unacknowledged data) | ~20 s |
 /// | peer host vanished / black hole, **connection idle** | keepalive probes (bounded by the user timeout) | 20–25 s |
-/// | server up but hung (its kernel still acknowledges) | neither: a [health check](crate::HealthChecked) | never without one |
+/// | server up but hung (its kernel still acknowledges) | neither: a [health check](crate::conn::HealthChecked) | never without one |
 ///
 /// The recommended settings for fast failover (the crate documentation's "Noticing
 /// failures" section) shorten the user timeout and add a health check.
 ///
 /// ```
 /// use std::time::Duration;
-/// use persistent_connection::{Keepalive, TcpOptions, DEFAULT_USER_TIMEOUT};
+/// use persistent_connection::conn::{Keepalive, TcpOptions, DEFAULT_USER_TIMEOUT};
 ///
 /// let options = TcpOptions::new()
 ///     .nodelay(true)
@@ -196,7 +196,7 @@ impl TcpOptions {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use persistent_connection::{Keepalive, TcpOptions};
+    /// use persistent_connection::conn::{Keepalive, TcpOptions};
     ///
     /// let secs = Duration::from_secs;
     /// let fast = TcpOptions::new().keepalive(Keepalive::new(secs(1), secs(1), 3));
@@ -290,7 +290,8 @@ impl TcpOptions {
     /// [`TcpConnection::from_stream`](super::TcpConnection::from_stream), which sets only `TCP_NODELAY`.
     ///
     /// ```
-    /// use persistent_connection::{TcpConnection, TcpOptions};
+    /// use persistent_connection::conn::TcpOptions;
+    /// use persistent_connection::TcpConnection;
     ///
     /// # tokio_test::block_on(async {
     /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -149,7 +149,8 @@ impl TcpConnection {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use persistent_connection::{Keepalive, TcpConnection, TcpOptions};
+    /// use persistent_connection::conn::{Keepalive, TcpOptions};
+    /// use persistent_connection::TcpConnection;
     ///
     /// # tokio_test::block_on(async {
     /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
