@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Scenarios: `baseline`, `failover` (includes `baseline`), `storm`, `drop`, `memory`,
-//! `all`. Flags (defaults in parentheses):
+//! `all`; planned change against a real etcd (issue 26, `bench/src/deploy.rs`; `--trials N`
+//! gives the runs): `deploy`, `deploy-2s`, `retry-now`, `failback`, `scaleout`. Flags (defaults in parentheses):
 //! `--libs ours,stubborn,tower,ours-tower,hand,hand-jitter`,
 //! `--trials N` (100), `--delay-ms` (100), `--stale-ms` (1000), `--variants
 //! removed,stale,two-copies` (all: the failover variants), `--failover-runs N` (1: above 1,
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 mod client;
 mod common;
+mod deploy;
 mod ours;
 mod peers;
 mod scenarios;
@@ -42,7 +44,7 @@ use scenarios::{Holder, Opts};
 fn usage() -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
-        "usage: persistent-connection-bench <all|baseline|failover|storm|drop|memory> [flags] \
+        "usage: persistent-connection-bench <all|baseline|failover|storm|drop|memory|deploy|deploy-2s|retry-now|failback|scaleout> [flags] \
          (see the crate docs in bench/src/main.rs)",
     )
 }
@@ -171,6 +173,18 @@ fn main() -> io::Result<()> {
                 scenarios::failover(&opts, base).await
             }
             "storm" => scenarios::storm(&opts).await,
+            // Planned change (issue 26), against a real etcd: `--runs N` (10).
+            "deploy" => {
+                let runs = opts.trials.clamp(1, 100);
+                let intervals = [Duration::from_secs(2), Duration::from_secs(8)];
+                deploy::deploy(runs, &intervals).await
+            }
+            "deploy-2s" => {
+                deploy::deploy(opts.trials.clamp(1, 100), &[Duration::from_secs(2)]).await
+            }
+            "retry-now" => deploy::retry_now(opts.trials.clamp(1, 100)).await,
+            "failback" => deploy::failback(opts.trials.clamp(1, 100)).await,
+            "scaleout" => deploy::scaleout(opts.trials.clamp(1, 100), 100).await,
             "drop" => scenarios::accept_drop(&opts).await,
             "memory" => scenarios::memory(&opts).await,
             "all" => {

@@ -86,7 +86,9 @@ async fn main() {
     let mut a = Copy::start("A", "127.0.0.1:0".parse().unwrap());
     let mut b = Copy::start("B", "127.0.0.1:0".parse().unwrap());
     let start = Instant::now();
-    // Which copy the current connection goes to, from the events.
+    // Which copy the last connection made goes to, and the current one (set on the events
+    // `Connected` and `HandedOver`).
+    let made = Arc::new(Mutex::new(None::<SocketAddr>));
     let current = Arc::new(Mutex::new(None::<SocketAddr>));
     let names = [(a.addr, "A"), (b.addr, "B")];
     // The persistent connection itself, for the GOAWAY watchers started by `on_event`.
@@ -96,21 +98,39 @@ async fn main() {
     let pc: Pc = PersistentConnection::builder(
         "health",
         StaticList::new([a.addr, b.addr]).get_address::<IoError>(Pick::InOrder),
-        |addr: SocketAddr, _cx| connect(addr),
+        {
+            let made = made.clone();
+            move |addr: SocketAddr, _cx| {
+                let made = made.clone();
+                async move {
+                    let conn = connect(addr).await?;
+                    *made.lock().unwrap() = Some(addr);
+                    Ok(conn)
+                }
+            }
+        },
     )
     .retry_policy(Duration::from_millis(500))
     .connect_timeout(Duration::from_secs(1))
     .on_event({
-        let (current, handle) = (current.clone(), handle.clone());
+        let (made, current, handle) = (made.clone(), current.clone(), handle.clone());
         move |e: Event<SocketAddr, Conn, IoError>| {
             let at = start.elapsed().as_secs_f64() * 1e3;
             match &e {
                 Event::ObtainedAddress(addr) => {
-                    *current.lock().unwrap() = Some(*addr);
-                    println!("[{at:7.1} ms] ObtainedAddress({})", name(*addr));
+                    println!("[{at:7.1} ms] ObtainedAddress({})", name(*addr))
                 }
-                Event::Connected(conn) => {
-                    println!("[{at:7.1} ms] Connected");
+                Event::Connected(conn)
+                | Event::HandedOver {
+                    connection: conn, ..
+                } => {
+                    let addr = made.lock().unwrap().expect("made");
+                    *current.lock().unwrap() = Some(addr);
+                    let how = match &e {
+                        Event::HandedOver { reason, .. } => format!("HandedOver({reason:?})"),
+                        _ => "Connected".to_owned(),
+                    };
+                    println!("[{at:7.1} ms] {how} to {}", name(addr));
                     // Make before break: on the server's GOAWAY, make the next connection
                     // while the calls in flight finish on this one.
                     let (goaway, handle) = (conn.goaway(), handle.clone());

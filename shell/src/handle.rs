@@ -366,3 +366,40 @@ impl<A, C, E> WeakPersistentConnection<A, C, E> {
         }
     }
 }
+
+/// Loom model of the handle count (R14) under every interleaving; see `runtime/loom.rs`.
+#[cfg(all(test, pc_loom))]
+mod loom_tests {
+    use loom::thread;
+
+    use super::PersistentConnection;
+    use crate::runtime::loom::{play_driver, shared};
+
+    /// Issue 28 item 6: a weak handle's `upgrade` racing the last strong handle's drop either
+    /// gets a handle (whose own drop is then the last) or not, and never takes a count that is
+    /// not there: once both are done no upgrade succeeds, however often it is asked, and the
+    /// close of R14 is requested. (With `then_some` in `upgrade`, a refused upgrade gave back
+    /// a count it never took, and the next one revived the closed connection.)
+    #[test]
+    fn loom_upgrade_racing_the_last_drop_never_revives_it() {
+        loom::model(|| {
+            let s = shared();
+            let pc = PersistentConnection { shared: s.clone() };
+            let weak = pc.downgrade();
+            let dropping = thread::spawn(move || drop(pc));
+            let first = weak.upgrade();
+            let second = weak.upgrade();
+            assert!(
+                first.is_some() || second.is_none(),
+                "revived after the last drop"
+            );
+            drop((first, second));
+            dropping.join().unwrap();
+            for _ in 0..2 {
+                assert!(weak.upgrade().is_none(), "revived after the last drop");
+            }
+            play_driver(&s);
+            assert!(s.is_closed(), "R14: the last drop closes");
+        });
+    }
+}

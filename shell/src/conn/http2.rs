@@ -599,8 +599,9 @@ impl<T: AsyncWrite + Closable + Unpin> AsyncWrite for Sniffed<T> {
 ///   `close_finished` resolves after the last one (or when [`close`](Closable::close) is
 ///   called, which fails them). A persistent connection does not hand this connection out
 ///   while it drains, and new calls wait in `connected()` for the next one; to make the
-///   next connection *while* the old one drains (make-before-break), hand over on
-///   [`draining`](Http2Connection::draining). A call made in the instant the `GOAWAY`
+///   next connection *while* the old one drains (make-before-break), hand over when
+///   [`goaway`](Http2Connection::goaway) says so (`PersistentConnection::handover` with
+///   the `Drain` reason). A call made in the instant the `GOAWAY`
 ///   arrives fails unsent ([`Http2Error::is_not_sent`], [`call_was_not_sent`]): make it
 ///   again. One race is hyper's: a request whose stream it opens in the very poll that
 ///   processes the `GOAWAY` fails with h2's `GOAWAY` error although the server may have
@@ -725,8 +726,9 @@ impl<B> Http2Connection<B> {
     /// Resolves once the connection takes no new calls (`GOAWAY`, the peer closing, a
     /// failure, [`close`](Closable::close)), the moment [`is_closed`](Closable::is_closed)
     /// turns true. Calls in flight may still finish after it (on a `GOAWAY`);
-    /// [`close_finished`](Closable::close_finished) says when all is over. The trigger for a
-    /// make-before-break handover: make the next connection now, let this one drain.
+    /// [`close_finished`](Closable::close_finished) says when all is over. For a
+    /// make-before-break handover, [`goaway`](Http2Connection::goaway) tells a drain from a
+    /// failure.
     pub fn draining(&self) -> impl Future<Output = ()> + Send + 'static + use<B> {
         let mut rx = self.shared.draining.subscribe();
         async move {

@@ -10,7 +10,7 @@ pub(crate) mod callbacks;
 pub(crate) mod driver;
 pub(crate) mod follow;
 #[cfg(all(test, pc_loom))]
-mod loom;
+pub(crate) mod loom;
 pub(crate) mod shared;
 pub(crate) mod sync;
 pub(crate) mod waiters;

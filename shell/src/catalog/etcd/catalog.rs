@@ -2,21 +2,22 @@
 //! reads or from a watch-fed cache, and keeps serving the last list etcd vouched for while
 //! etcd cannot answer (fail static).
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions};
+use etcd_client::{Client, GetOptions};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::state::*;
+use super::watch::*;
 use super::*;
 use crate::catalog::{Catalog, CatalogError, with_timeout};
 
@@ -66,15 +67,6 @@ pub struct EtcdCatalog<A = SocketAddr> {
     _address: PhantomData<fn() -> A>,
 }
 
-#[derive(Clone, Debug)]
-pub(super) struct Settings {
-    options: EtcdOptions,
-    prefix: String,
-    describe: String,
-    watch_cache: bool,
-    max_staleness: Duration,
-}
-
 pub(super) struct CatalogInner {
     settings: Settings,
     /// One client per member (made on first use, dropped when it fails).
@@ -96,184 +88,6 @@ impl Drop for CatalogInner {
         if let Some(task) = self.watch_task.get() {
             task.abort();
         }
-    }
-}
-
-/// What the catalog's lookups and its watch task share: the last list etcd vouched for and
-/// whether etcd answers now.
-pub(super) struct Shared {
-    describe: String,
-    max_staleness: Duration,
-    known: Mutex<Known>,
-    /// Bumped whenever the known list changes: what `changed()` waits on.
-    changes: watch::Sender<u64>,
-    /// A lookup cut short by its caller has been logged at warn since etcd last answered.
-    cancel_warned: AtomicBool,
-}
-
-/// Key → value under the prefix.
-pub(super) type Kvs = BTreeMap<Vec<u8>, Vec<u8>>;
-
-/// The last list etcd vouched for.
-#[derive(Debug, Default)]
-pub(super) struct Known {
-    /// Key → value under the prefix.
-    kvs: Kvs,
-    /// The etcd revision of `kvs`: a range read older than what the watch applied is not
-    /// stored over it.
-    revision: i64,
-    /// When etcd last vouched for `kvs`; `None` until the first answer.
-    vouched: Option<Instant>,
-    /// The watch is running and in sync: `kvs` is current.
-    synced: bool,
-    /// etcd cannot answer (since when), while that lasts.
-    outage: Option<Outage>,
-}
-
-/// An outage: from the first failure until etcd answers again.
-#[derive(Debug)]
-pub(super) struct Outage {
-    since: Instant,
-    /// Failures seen in it (the first logged at warn, the others at debug).
-    failures: u64,
-    /// The last list has outlived `max_staleness` and that was logged.
-    expired: bool,
-}
-
-impl Shared {
-    fn known(&self) -> MutexGuard<'_, Known> {
-        self.known.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// etcd answered: `kvs` at `revision` (a range read or the watch's sync), or, with
-    /// `None`, it vouched for the list held (the watch's check). Ends an outage; wakes
-    /// `changed()` if the list changed.
-    fn vouched(&self, listing: Option<(i64, Kvs)>) {
-        let mut known = self.known();
-        let mut changed = false;
-        if let Some((revision, kvs)) = listing
-            && revision >= known.revision
-        {
-            changed = known.kvs != kvs;
-            known.kvs = kvs;
-            known.revision = revision;
-        }
-        known.vouched = Some(Instant::now());
-        if let Some(outage) = known.outage.take() {
-            tracing::info!(
-                catalog = %self.describe,
-                after = ?outage.since.elapsed(),
-                failures = outage.failures,
-                copies = known.kvs.len(),
-                "etcd answers again: the catalog's list is fresh"
-            );
-        }
-        drop(known);
-        self.cancel_warned.store(false, Ordering::Relaxed);
-        if changed {
-            self.changes.send_modify(|n| *n = n.wrapping_add(1));
-        }
-    }
-
-    /// The watch applied `events`; wakes `changed()` if the list changed. An event a range
-    /// read already reflected (at or below the kept revision) is skipped.
-    fn apply(&self, events: &[etcd_client::Event]) {
-        let mut known = self.known();
-        let floor = known.revision;
-        let mut changed = false;
-        for event in events {
-            let Some(kv) = event.kv() else { continue };
-            if kv.mod_revision() <= floor {
-                continue;
-            }
-            known.revision = known.revision.max(kv.mod_revision());
-            changed |= match event.event_type() {
-                EventType::Put => {
-                    known.kvs.insert(kv.key().to_vec(), kv.value().to_vec())
-                        != Some(kv.value().to_vec())
-                }
-                EventType::Delete => known.kvs.remove(kv.key()).is_some(),
-            };
-        }
-        known.vouched = Some(Instant::now());
-        drop(known);
-        if changed {
-            self.changes.send_modify(|n| *n = n.wrapping_add(1));
-        }
-    }
-
-    /// etcd could not answer (`why`): starts an outage, said once at warn (what the catalog
-    /// serves meanwhile); a failure within the same outage goes to debug.
-    fn failed(&self, why: &str) {
-        let mut known = self.known();
-        let known = &mut *known;
-        if let Some(outage) = &mut known.outage {
-            outage.failures += 1;
-            tracing::debug!(catalog = %self.describe, error = %why, "etcd still cannot answer");
-            return;
-        }
-        let serving = !known.kvs.is_empty()
-            && known
-                .vouched
-                .is_some_and(|v| v.elapsed() < self.max_staleness);
-        known.outage = Some(Outage {
-            since: Instant::now(),
-            failures: 1,
-            expired: !serving,
-        });
-        match known.vouched {
-            Some(vouched) if serving => {
-                tracing::warn!(
-                    catalog = %self.describe,
-                    error = %why,
-                    copies = known.kvs.len(),
-                    vouched_ago = ?vouched.elapsed(),
-                    max_staleness = ?self.max_staleness,
-                    "etcd cannot answer: serving the last list it vouched for until it answers \
-                     again or the list is older than max_staleness (said once per outage)"
-                );
-            }
-            _ => tracing::warn!(
-                catalog = %self.describe,
-                error = %why,
-                max_staleness = ?self.max_staleness,
-                "etcd cannot answer and no list younger than max_staleness is known: \
-                 lookups fail until it answers (said once per outage)"
-            ),
-        }
-    }
-
-    /// The last list, if etcd cannot answer now and the list is younger than
-    /// `max_staleness` (said once at warn when it outlives it).
-    fn stale(&self) -> Option<Kvs> {
-        let mut known = self.known();
-        let known = &mut *known;
-        let outage = known.outage.as_mut()?;
-        let age = known.vouched?.elapsed();
-        if known.kvs.is_empty() {
-            return None;
-        }
-        if age < self.max_staleness {
-            return Some(known.kvs.clone());
-        }
-        if !outage.expired {
-            outage.expired = true;
-            tracing::warn!(
-                catalog = %self.describe,
-                age = ?age,
-                max_staleness = ?self.max_staleness,
-                "the last list etcd vouched for is older than max_staleness: lookups fail \
-                 until etcd answers again"
-            );
-        }
-        None
-    }
-
-    /// How long ago etcd last vouched for the list, while the catalog cannot confirm it.
-    fn staleness(&self) -> Option<Duration> {
-        let known = self.known();
-        known.outage.as_ref()?;
-        known.vouched.map(|v| v.elapsed())
     }
 }
 
@@ -517,9 +331,6 @@ impl<A> EtcdCatalog<A> {
     }
 }
 
-/// One range read's answer: the revision it was read at, and the keys and values.
-pub(super) type Listing = (i64, Vec<KeyValue>);
-
 impl CatalogInner {
     /// One range read of the prefix, from one member: the one that answered last, then, if
     /// it fails, each other member in turn (each try bounded by the timeout divided by the
@@ -690,155 +501,6 @@ impl CatalogInner {
             }
         });
     }
-}
-
-/// A range read's answer as the catalog keeps it.
-pub(super) fn listing_map((revision, kvs): Listing) -> (i64, Kvs) {
-    let map = kvs
-        .iter()
-        .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
-        .collect();
-    (revision, map)
-}
-
-/// The kept listing as `(key, value)` pairs, in key order.
-pub(super) fn entries(kvs: &Kvs) -> impl Iterator<Item = (&[u8], &[u8])> {
-    kvs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
-}
-
-/// Why the watch broke, in words that do not call it a lookup.
-fn watch_error(settings: &Settings, e: &etcd_client::Error) -> String {
-    settings.options.describe(&settings.options.endpoints, e)
-}
-
-/// The watch task: range read, then watch from the next revision, applying every change
-/// to the list; on any error, mark the watch out of sync (lookups then serve the last list
-/// as stale, see [`Shared::failed`]) and start over after a pause.
-pub(super) async fn watch_prefix(settings: Settings, shared: Arc<Shared>) {
-    let pause = Duration::from_millis(200);
-    loop {
-        let why = sync_and_watch(&settings, &shared).await;
-        shared.known().synced = false;
-        shared.failed(&format!("the etcd watch broke: {why}"));
-        tokio::time::sleep(pause).await;
-    }
-}
-
-/// Syncs the list (a range read), then applies the watch's changes to it until the watch
-/// breaks; returns why it broke.
-pub(super) async fn sync_and_watch(settings: &Settings, shared: &Shared) -> String {
-    let timeout = settings.options.timeout;
-    let options = match settings.options.connect_options() {
-        Ok(o) => o
-            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
-            .with_keep_alive_while_idle(true),
-        Err(e) => return watch_error(settings, &e),
-    };
-    let read = async {
-        let mut client = Client::connect(&settings.options.endpoints, Some(options)).await?;
-        let mut response = client
-            .get(
-                settings.prefix.as_bytes(),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await?;
-        let revision = response.header().map_or(0, |h| h.revision());
-        let kvs = response.take_kvs();
-        let stream = client
-            .watch(
-                settings.prefix.as_bytes(),
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(revision + 1),
-                ),
-            )
-            .await?;
-        Ok::<_, etcd_client::Error>((client, revision, kvs, stream))
-    };
-    let (mut client, revision, kvs, mut stream) = match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(ready)) => ready,
-        Ok(Err(e)) => return watch_error(settings, &e),
-        Err(_) => return format!("syncing timed out after {timeout:?}"),
-    };
-    shared.vouched(Some(listing_map((revision, kvs))));
-    shared.known().synced = true;
-    // Every half timeout, the cluster must vouch for the copy: a linearizable count of the
-    // prefix, which fails at once without quorum (no leader). A watch stream alone can stay
-    // open for seconds on a member that died or lost its cluster (found by drill 6).
-    let every = (timeout / 2).max(Duration::from_millis(50));
-    let mut vouch = tokio::time::interval_at(Instant::now() + every, every);
-    vouch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let response = tokio::select! {
-            message = stream.message() => match message {
-                Ok(Some(response)) => response,
-                Ok(None) => return "the watch stream ended".to_owned(),
-                Err(e) => return watch_error(settings, &e),
-            },
-            _ = vouch.tick() => {
-                let count = client.get(
-                    settings.prefix.as_bytes(),
-                    Some(GetOptions::new().with_prefix().with_count_only()),
-                );
-                match tokio::time::timeout(every, count).await {
-                    Ok(Ok(_)) => {
-                        shared.vouched(None);
-                        continue;
-                    }
-                    Ok(Err(e)) => return watch_error(settings, &e),
-                    Err(_) => {
-                        return format!("the cluster did not vouch for the list within {every:?}");
-                    }
-                }
-            }
-        };
-        if response.canceled() {
-            return format!("etcd cancelled the watch: {}", response.cancel_reason());
-        }
-        shared.apply(response.events());
-    }
-}
-
-/// Parses a listing of `(key, value)` pairs: the values that parse as `A`, in key order; a
-/// warning for each that does not.
-pub(super) fn parse_listing<'a, A>(
-    describe: &str,
-    entries: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
-) -> Result<Vec<A>, CatalogError>
-where
-    A: FromStr,
-    A::Err: fmt::Display,
-{
-    let mut listed = Vec::new();
-    let mut first_bad = None;
-    for (key, value) in entries {
-        let value = String::from_utf8_lossy(value);
-        match value.trim().parse::<A>() {
-            Ok(a) => listed.push(a),
-            Err(e) => {
-                let key = String::from_utf8_lossy(key).into_owned();
-                tracing::warn!(
-                    catalog = describe,
-                    key = %key,
-                    value = %value,
-                    error = %e,
-                    "skipping a malformed address in the catalog"
-                );
-                first_bad.get_or_insert(CatalogError::Malformed {
-                    key,
-                    value: value.into_owned(),
-                    reason: e.to_string(),
-                });
-            }
-        }
-    }
-    if listed.is_empty() {
-        return Err(first_bad.unwrap_or_else(|| CatalogError::Empty {
-            catalog: describe.to_owned(),
-        }));
-    }
-    Ok(listed)
 }
 
 /// Armed while a lookup runs: a lookup dropped before it finished was cut short by its

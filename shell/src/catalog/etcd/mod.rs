@@ -233,8 +233,10 @@
 mod catalog;
 mod options;
 mod publisher;
+mod state;
 #[cfg(feature = "etcd-tls")]
 mod tls;
+mod watch;
 
 use std::future::Future;
 use std::time::Duration;
