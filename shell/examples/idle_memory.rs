@@ -4,6 +4,14 @@
 //! BENCHMARKS.md itemises the total with `cargo test -p persistent-connection --lib sizes`.
 //!
 //! `cargo run --release -p persistent-connection --example idle_memory`
+//!
+//! Which allocations these are (the crate forbids `unsafe`, so no counting allocator of its
+//! own here): run it under DHAT and itemise the blocks live at the peak, which is when the
+//! 10,000 connections idle: `valgrind --tool=dhat --dhat-out-file=dhat.json
+//! target/release/examples/idle_memory && python3 scripts/dhat_sizes.py dhat.json`. At
+//! issue 25: the shared state with the machine and the driver's state (784 B), the driver
+//! task's cell (128 B), the current connection's `Arc` for lock-free reads (32 B), the
+//! callbacks (24 B) and the server name (24 B).
 #![forbid(unsafe_code)]
 
 use std::alloc::System;

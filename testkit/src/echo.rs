@@ -20,8 +20,10 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use persistent_connection::conn::CloseWakers;
 use persistent_connection::{Closable, TcpConnection};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -208,6 +210,8 @@ struct Inner<S: Transport> {
     writer: tokio::sync::Mutex<Option<S::Writer>>,
     state: Mutex<State>,
     closed: watch::Sender<bool>,
+    /// Tasks polling for `closed` (`Closable::poll_close_finished`).
+    wakers: CloseWakers,
     handle: S::Handle,
 }
 
@@ -268,6 +272,7 @@ impl<S: Transport, W: Wire> EchoConn<S, W> {
                 reader: None,
             }),
             closed: watch::Sender::new(false),
+            wakers: CloseWakers::new(),
             handle,
         });
         // The reader holds only a weak reference, so dropping every handle ends it.
@@ -286,6 +291,7 @@ impl<S: Transport, W: Wire> EchoConn<S, W> {
             }
             if let Some(inner) = weak.upgrade() {
                 inner.closed.send_replace(true);
+                inner.wakers.wake_all();
                 // The requests in flight lost their replies to the close or reset: fail
                 // them now (their senders dropped), so that a client can resend at once
                 // instead of waiting out its reply timeout (issue 21).
@@ -356,6 +362,7 @@ impl<S: Transport, W: Wire> EchoConn<S, W> {
         S::close(&self.inner.handle).await;
         self.inner.writer.lock().await.take();
         self.inner.closed.send_replace(true);
+        self.inner.wakers.wake_all();
         self.inner.state().pending.clear();
     }
 }
@@ -386,6 +393,10 @@ impl<S: Transport, W: Wire> Closable for EchoConn<S, W> {
 
     fn close_finished(&self) -> impl Future<Output = ()> + Send {
         self.closed()
+    }
+
+    fn poll_close_finished(&self, cx: &mut Context<'_>) -> Option<Poll<()>> {
+        Some(self.inner.wakers.poll(cx, || *self.inner.closed.borrow()))
     }
 }
 

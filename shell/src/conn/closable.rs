@@ -3,8 +3,9 @@
 use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::watch;
 
@@ -64,6 +65,96 @@ pub trait Closable {
     fn is_closed(&self) -> bool;
     /// Resolves once closing has finished, without starting it.
     fn close_finished(&self) -> impl Future<Output = ()> + Send;
+
+    /// [`close_finished`](Closable::close_finished) without a future, if the type can:
+    /// `Some(Poll::Ready(()))` once closing has finished; `Some(Poll::Pending)` otherwise,
+    /// after arranging for `cx`'s waker to be woken when it finishes. The default, `None`,
+    /// says the type cannot; the persistent connection then awaits `close_finished` in a
+    /// boxed future, one allocation per current connection, which this method spares an
+    /// idle connection. Implement both or neither consistently: they tell the same thing.
+    ///
+    /// Several tasks may poll one connection; each must be woken. [`CloseSignal`],
+    /// [`WithCloseSignal`] and [`TcpConnection`](crate::TcpConnection) implement it.
+    fn poll_close_finished(&self, cx: &mut Context<'_>) -> Option<Poll<()>> {
+        let _ = cx;
+        None
+    }
+}
+
+/// The tasks polling a close through [`Closable::poll_close_finished`], for implementors:
+/// [`poll`](CloseWakers::poll) in `poll_close_finished`, [`wake_all`](CloseWakers::wake_all)
+/// once closing has finished. One inline slot (the usual single watcher, a persistent
+/// connection's driver, costs no allocation) and a list for more. A waker stays until the
+/// close finishes; a task polling again with the same waker is not added twice.
+///
+/// ```
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::task::{Context, Poll};
+/// use persistent_connection::conn::CloseWakers;
+///
+/// #[derive(Default)]
+/// struct Conn {
+///     finished: AtomicBool,
+///     wakers: CloseWakers,
+/// }
+///
+/// impl Conn {
+///     fn poll_close_finished(&self, cx: &mut Context<'_>) -> Option<Poll<()>> {
+///         Some(self.wakers.poll(cx, || self.finished.load(Ordering::Acquire)))
+///     }
+///     fn peer_went_away(&self) {
+///         self.finished.store(true, Ordering::Release);
+///         self.wakers.wake_all();
+///     }
+/// }
+/// # let conn = Conn::default();
+/// # let mut cx = Context::from_waker(std::task::Waker::noop());
+/// # assert_eq!(conn.poll_close_finished(&mut cx), Some(Poll::Pending));
+/// # conn.peer_went_away();
+/// # assert_eq!(conn.poll_close_finished(&mut cx), Some(Poll::Ready(())));
+/// ```
+#[derive(Default)]
+pub struct CloseWakers(Mutex<(Option<Waker>, Vec<Waker>)>);
+
+impl fmt::Debug for CloseWakers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CloseWakers").finish_non_exhaustive()
+    }
+}
+
+impl CloseWakers {
+    /// No task waiting.
+    pub fn new() -> CloseWakers {
+        CloseWakers::default()
+    }
+
+    /// Ready if `finished()`, read under the lock that [`wake_all`](Self::wake_all) takes,
+    /// so a close finishing meanwhile is not missed; else `cx`'s waker is kept.
+    pub fn poll(&self, cx: &mut Context<'_>, finished: impl Fn() -> bool) -> Poll<()> {
+        let mut wakers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if finished() {
+            return Poll::Ready(());
+        }
+        let (one, more) = &mut *wakers;
+        let waker = cx.waker();
+        match one {
+            Some(w) if w.will_wake(waker) => {}
+            None => *one = Some(waker.clone()),
+            Some(_) if more.iter().any(|w| w.will_wake(waker)) => {}
+            Some(_) => more.push(waker.clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Wakes and forgets every waiting task; call it once the close has finished (after
+    /// what `poll`'s `finished` reads has turned true).
+    pub fn wake_all(&self) {
+        let (one, more) = {
+            let mut wakers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            (wakers.0.take(), std::mem::take(&mut wakers.1))
+        };
+        one.into_iter().chain(more).for_each(Waker::wake);
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +168,8 @@ struct SignalInner {
     closed: AtomicBool,
     state: watch::Sender<SignalState>,
     finish_on_close: bool,
+    /// Tasks polling for the close to finish (`poll_close_finished`).
+    wakers: CloseWakers,
 }
 
 /// A shared close signal: `open → closing → closed`, with waiters for each step. Cheap to
@@ -137,6 +230,7 @@ impl CloseSignal {
                 closed: AtomicBool::new(false),
                 state: watch::Sender::new(SignalState::Open),
                 finish_on_close,
+                wakers: CloseWakers::default(),
             }),
         }
     }
@@ -171,7 +265,7 @@ impl CloseSignal {
     /// released the resource.
     pub fn mark_closed(&self) {
         self.inner.closed.store(true, Ordering::Release);
-        self.inner.state.send_if_modified(|s| {
+        let finished_now = self.inner.state.send_if_modified(|s| {
             if *s == SignalState::Closed {
                 false
             } else {
@@ -179,6 +273,9 @@ impl CloseSignal {
                 true
             }
         });
+        if finished_now {
+            self.inner.wakers.wake_all();
+        }
     }
 
     /// True once closing has finished.
@@ -224,6 +321,10 @@ impl Closable for CloseSignal {
 
     fn close_finished(&self) -> impl Future<Output = ()> + Send {
         self.finished()
+    }
+
+    fn poll_close_finished(&self, cx: &mut Context<'_>) -> Option<Poll<()>> {
+        Some(self.inner.wakers.poll(cx, || self.is_close_finished()))
     }
 }
 
@@ -285,5 +386,65 @@ impl<T: Sync> Closable for WithCloseSignal<T> {
 
     fn close_finished(&self) -> impl Future<Output = ()> + Send {
         self.signal.close_finished()
+    }
+
+    fn poll_close_finished(&self, cx: &mut Context<'_>) -> Option<Poll<()>> {
+        self.signal.poll_close_finished(cx)
+    }
+}
+
+#[cfg(all(test, not(pc_loom)))]
+mod tests {
+    use std::future::poll_fn;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Waits for `signal`'s close through `poll_close_finished`, as the driver does.
+    fn polled(signal: &CloseSignal) -> tokio::task::JoinHandle<()> {
+        let signal = signal.clone();
+        tokio::spawn(async move {
+            poll_fn(|cx| signal.poll_close_finished(cx).expect("pollable")).await;
+        })
+    }
+
+    /// Every task that polls a close is woken when it finishes (issue 25: the driver
+    /// watches the current connection so), not only the first or the last to poll.
+    #[tokio::test(start_paused = true)]
+    async fn every_task_polling_a_close_is_woken_once_it_finishes() {
+        let signal = CloseSignal::owned();
+        let (a, b) = (polled(&signal), polled(&signal));
+        tokio::task::yield_now().await;
+        signal.begin_close();
+        tokio::task::yield_now().await;
+        assert!(
+            !a.is_finished() && !b.is_finished(),
+            "closing has not finished"
+        );
+        signal.mark_closed();
+        for task in [a, b] {
+            tokio::time::timeout(Duration::from_secs(1), task)
+                .await
+                .expect("woken")
+                .unwrap();
+        }
+        // Already finished: ready at once, nothing kept.
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(signal.poll_close_finished(&mut cx), Some(Poll::Ready(())));
+    }
+
+    /// A type that does not implement it says so, and the driver falls back to its future.
+    #[test]
+    fn the_default_is_none() {
+        struct Plain;
+        impl Closable for Plain {
+            async fn close(&self) {}
+            fn is_closed(&self) -> bool {
+                false
+            }
+            async fn close_finished(&self) {}
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(Plain.poll_close_finished(&mut cx), None);
     }
 }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use persistent_connection_core::{
@@ -17,7 +17,7 @@ use crate::conn::closable::Closable;
 use crate::guard;
 use crate::runtime::callbacks::AbortTarget;
 use crate::runtime::callbacks::{AttemptOutput, BoxFuture, Callbacks, ConnectContext};
-use crate::runtime::shared::{CoreEffect, CoreInput, Shared};
+use crate::runtime::shared::{CoreEffect, Shared};
 use futures_util::FutureExt as _;
 
 type Slot<I, T> = Option<(I, BoxFuture<T>)>;
@@ -27,64 +27,104 @@ type Slot<I, T> = Option<(I, BoxFuture<T>)>;
 /// is always a next step, and the task must not starve its neighbours.
 const STEPS_PER_POLL: u32 = 64;
 
-/// The driver task: a hand-written future rather than an `async fn` with `select!`, so an
-/// idle connection's task holds only what it uses (no timer while connected, no buffers,
-/// no space for futures of branches that are not running).
-pub(crate) struct Driver<A, C, E>
+/// The driver task's future: the shared state and nothing else. The driver's own state
+/// ([`Driver`]) lives in the same allocation as the shared state (`Shared::driver`), so an
+/// idle connection's task cell is Tokio's header and one pointer (issue 25).
+pub(crate) struct Task<A, C, E>(Arc<Shared<A, C, E>>)
+where
+    A: Clone + PartialEq,
+    C: Clone,
+    E: Clone + PartialEq;
+
+impl<A, C, E> Task<A, C, E>
 where
     A: Clone + PartialEq,
     C: Clone,
     E: Clone + PartialEq,
 {
-    shared: Arc<Shared<A, C, E>>,
-    /// The origin of the machine's clock: Tokio's clock at the first poll.
-    base: Option<tokio::time::Instant>,
-    callbacks: Callbacks<A, C, E>,
-    /// What connect contexts' `abort` reaches.
-    abort: Weak<dyn AbortTarget<E>>,
-    /// The running `on_event` (at most one, I3). `Err` carries a panic's message.
-    event: Slot<EventId, Result<(), String>>,
-    /// The in-flight `get_address` or `connect` (at most one).
-    attempt: Slot<AttemptId, AttemptOutput<A, C, E>>,
-    /// The address the attempt in flight connects to, for the failure's log line.
-    address: Option<A>,
-    /// The current connection's `close_finished` (R6).
-    watch: Option<BoxFuture<ConnId>>,
-    /// Other connections' closes (R8): a stray, or the current one when close asks.
-    closing: Vec<BoxFuture<ConnId>>,
-    /// The retry timer, allocated only while the machine waits for it.
-    timer: Option<(Instant, Pin<Box<tokio::time::Sleep>>)>,
-    finished: bool,
-    seed: u64,
+    /// The task that drives `shared` with `driver`.
+    pub(crate) fn new(shared: Arc<Shared<A, C, E>>, driver: Driver<A, C, E>) -> Self {
+        *shared.driver_state() = Some(driver);
+        Task(shared)
+    }
 }
 
-// Every future the driver holds is boxed; nothing in it is structurally pinned.
-impl<A, C, E> Unpin for Driver<A, C, E>
-where
-    A: Clone + PartialEq,
-    C: Clone,
-    E: Clone + PartialEq,
-{
-}
-
-impl<A, C, E> Drop for Driver<A, C, E>
+impl<A, C, E> Drop for Task<A, C, E>
 where
     A: Clone + PartialEq,
     C: Clone,
     E: Clone + PartialEq,
 {
     /// If the task is dropped before close finished (its runtime shut down, or it
-    /// panicked), nothing may hang on it (S3). What it still holds, the user's futures
-    /// among them, is dropped under its server's name, as in a poll: a panic in one of
-    /// their drops is logged naming the connection.
+    /// panicked), nothing may hang on it (S3). The driver's state (the user's callbacks
+    /// and futures) goes with the task, not with the last handle, dropped under its
+    /// server's name, as in a poll: a panic in one of their drops is logged naming the
+    /// connection.
     fn drop(&mut self) {
-        self.shared.driver_gone();
-        let _server = guard::ServerScope::enter(self.shared.server_name.clone());
-        self.event = None;
-        self.attempt = None;
-        self.watch = None;
-        self.closing = Vec::new();
+        self.0.driver_gone();
+        let _server = guard::ServerScope::enter(self.0.server_name.clone());
+        let state = self.0.driver_state().take();
+        guard::drop_guarded("the driver's state", state);
     }
+}
+
+/// What the driver keeps, in the shared allocation, locked only by the driver task (never
+/// by a handle, so user code it polls may call any handle method).
+pub(crate) struct Driver<A, C, E> {
+    callbacks: Callbacks<A, C, E>,
+    /// The current connection's close (R6).
+    watch: Option<Watch<C>>,
+    /// What only a connection that is not idle needs; freed while connected and idle.
+    busy: Option<Box<Busy<A, C, E>>>,
+    seed: u64,
+    started: bool,
+}
+
+/// The driver's state while it has something to do besides watching the current
+/// connection: the callbacks in flight, the timer, the connections being closed.
+struct Busy<A, C, E> {
+    /// The running `on_event` (at most one, I3). `Err` carries a panic's message.
+    event: Slot<EventId, Result<(), String>>,
+    /// The in-flight `get_address` or `connect` (at most one).
+    attempt: Slot<AttemptId, AttemptOutput<A, C, E>>,
+    /// The address the attempt in flight connects to, for the failure's log line.
+    address: Option<A>,
+    /// Other connections' closes (R8): a stray, or the current one when close asks.
+    closing: Vec<BoxFuture<ConnId>>,
+    /// The retry timer, kept for the next wait (one allocation per connection cycle, not
+    /// per attempt).
+    timer: Option<(Instant, Pin<Box<tokio::time::Sleep>>)>,
+    /// `CloseFinished` was performed; the task ends once `closing` is empty.
+    finished: bool,
+}
+
+impl<A, C, E> Default for Busy<A, C, E> {
+    fn default() -> Self {
+        Busy {
+            event: None,
+            attempt: None,
+            address: None,
+            closing: Vec::new(),
+            timer: None,
+            finished: false,
+        }
+    }
+}
+
+impl<A, C, E> Busy<A, C, E> {
+    /// Nothing in flight, nothing closing: only the timer and the log's address, which an
+    /// idle connection does without.
+    fn is_idle(&self) -> bool {
+        self.event.is_none() && self.attempt.is_none() && self.closing.is_empty() && !self.finished
+    }
+}
+
+/// How the driver watches the current connection's close (R6).
+enum Watch<C> {
+    /// Through [`Closable::poll_close_finished`]: the connection itself, no future.
+    Polled { conn: ConnId, connection: C },
+    /// Through its `close_finished` future, for a type that cannot be polled without one.
+    Boxed(BoxFuture<ConnId>),
 }
 
 impl<A, C, E> Driver<A, C, E>
@@ -93,137 +133,160 @@ where
     C: Closable + Clone + fmt::Debug + Send + Sync + 'static,
     E: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
 {
-    pub(crate) fn new(
-        shared: Arc<Shared<A, C, E>>,
-        callbacks: Callbacks<A, C, E>,
-        seed: u64,
-    ) -> Self {
-        let abort: Weak<dyn AbortTarget<E>> = Arc::downgrade(&shared) as Weak<dyn AbortTarget<E>>;
+    pub(crate) fn new(callbacks: Callbacks<A, C, E>, seed: u64) -> Self {
         Driver {
-            shared,
-            base: None,
             callbacks,
-            abort,
-            event: None,
-            attempt: None,
-            address: None,
             watch: None,
-            closing: Vec::new(),
-            timer: None,
-            finished: false,
+            // The machine starts by attempting to connect.
+            busy: Some(Box::default()),
             seed,
+            started: false,
         }
     }
 
-    fn base(&self) -> tokio::time::Instant {
-        self.base.unwrap_or_else(tokio::time::Instant::now)
-    }
-
-    fn now(&self) -> Instant {
-        Instant::from_since_origin(
-            tokio::time::Instant::now().saturating_duration_since(self.base()),
-        )
+    fn busy(&mut self) -> &mut Busy<A, C, E> {
+        self.busy.get_or_insert_with(Box::default)
     }
 
     /// How long until the next attempt may begin (R4, R6), for the log lines.
-    fn next_attempt_in(&self) -> Duration {
-        self.shared.next_attempt_at().map_or(Duration::ZERO, |t| {
+    fn next_attempt_in(shared: &Shared<A, C, E>) -> Duration {
+        shared.next_attempt_at().map_or(Duration::ZERO, |t| {
             t.saturating_duration_since(tokio::time::Instant::now())
         })
     }
 
-    fn feed(&mut self, input: CoreInput<A, C, E>) {
-        let now = self.now();
-        self.shared.feed(now, input);
+    /// Polls the current connection's close; its id once closed (or its `Closable` impl
+    /// panicked, which counts as closed, R13).
+    fn poll_watch(&mut self, server: &Arc<str>, cx: &mut Context<'_>) -> Poll<ConnId> {
+        let Some(watch) = &mut self.watch else {
+            return Poll::Pending;
+        };
+        if let Watch::Polled { conn, connection } = watch {
+            match guard::call(CLOSABLE, || connection.poll_close_finished(cx)) {
+                Ok(Some(Poll::Pending)) => return Poll::Pending,
+                Ok(Some(Poll::Ready(()))) => {
+                    let conn = *conn;
+                    let watch = self.watch.take();
+                    guard::drop_guarded(CLOSABLE, watch);
+                    return Poll::Ready(conn);
+                }
+                Err(panic) => {
+                    let conn = *conn;
+                    closable_panicked(server, conn, &panic.message);
+                    let watch = self.watch.take();
+                    guard::drop_guarded(CLOSABLE, watch);
+                    return Poll::Ready(conn);
+                }
+                // The type cannot: await its future instead, from now on.
+                Ok(None) => {
+                    let Some(Watch::Polled { conn, connection }) = self.watch.take() else {
+                        unreachable!()
+                    };
+                    self.watch = Some(Watch::Boxed(watch_future(server, conn, connection)));
+                }
+            }
+        }
+        let Some(Watch::Boxed(fut)) = &mut self.watch else {
+            return Poll::Pending;
+        };
+        let conn = ready!(fut.as_mut().poll(cx));
+        self.watch = None;
+        Poll::Ready(conn)
     }
 
     /// One step: the first completion found (in the order of the old `biased` select:
     /// queued effects, the event handler, the attempt, connection closes, the timer) is fed
     /// to the machine. `Ok(true)` if a step was taken, `Ok(false)` if everything waits,
     /// `Err(())` once the task is done.
-    fn step(&mut self, cx: &mut Context<'_>) -> Result<bool, ()> {
+    fn step(&mut self, shared: &Arc<Shared<A, C, E>>, cx: &mut Context<'_>) -> Result<bool, ()> {
         let mut performed = false;
-        while let Some(effect) = self.shared.pop_io() {
-            self.perform(effect);
+        while let Some(effect) = shared.pop_io() {
+            self.perform(shared, effect);
             performed = true;
         }
         // R8: close finishes once nothing of ours is left. A connection the machine closes
         // after it said so (an attempt's result the driver had taken just before `close()`
         // cancelled the attempt, which the machine closes as a stray) is closed first.
-        if self.finished && self.closing.is_empty() {
-            self.shared.finish_close();
+        if let Some(busy) = &self.busy
+            && busy.finished
+            && busy.closing.is_empty()
+        {
+            shared.finish_close();
             return Err(());
         }
         if performed {
             return Ok(true);
         }
-        if let Some((id, fut)) = &mut self.event
-            && let Poll::Ready(r) = fut.as_mut().poll(cx)
-        {
-            let id = *id;
-            self.event = None;
-            if let Err(message) = r {
-                tracing::warn!(
-                    server = %self.shared.server_name,
-                    panic = %message,
-                    "on_event panicked; the event counts as handled"
-                );
-            }
-            self.feed(Input::EventHandled { event: id });
-            return Ok(true);
-        }
-        if let Some((attempt, fut)) = &mut self.attempt
-            && let Poll::Ready(out) = fut.as_mut().poll(cx)
-        {
-            let attempt = *attempt;
-            self.attempt = None;
-            let input = match out {
-                AttemptOutput::Address(result) => Input::AddressResult { attempt, result },
-                AttemptOutput::Connect(result) => Input::ConnectResult { attempt, result },
-            };
-            self.feed(input);
-            return Ok(true);
-        }
-        if let Some(fut) = &mut self.watch
-            && let Poll::Ready(conn) = fut.as_mut().poll(cx)
-        {
-            self.watch = None;
-            self.feed(Input::Closed { conn });
-            return Ok(true);
-        }
-        for i in 0..self.closing.len() {
-            if let Poll::Ready(conn) = self.closing[i].as_mut().poll(cx) {
-                drop(self.closing.swap_remove(i));
-                if self.closing.is_empty() {
-                    self.closing = Vec::new();
+        if let Some(busy) = &mut self.busy {
+            if let Some((id, fut)) = &mut busy.event
+                && let Poll::Ready(r) = fut.as_mut().poll(cx)
+            {
+                let id = *id;
+                busy.event = None;
+                if let Err(message) = r {
+                    tracing::warn!(
+                        server = %shared.server_name,
+                        panic = %message,
+                        "on_event panicked; the event counts as handled"
+                    );
                 }
-                self.feed(Input::Closed { conn });
+                shared.feed_now(Input::EventHandled { event: id });
+                return Ok(true);
+            }
+            if let Some((attempt, fut)) = &mut busy.attempt
+                && let Poll::Ready(out) = fut.as_mut().poll(cx)
+            {
+                let attempt = *attempt;
+                busy.attempt = None;
+                let input = match out {
+                    AttemptOutput::Address(result) => Input::AddressResult { attempt, result },
+                    AttemptOutput::Connect(result) => Input::ConnectResult { attempt, result },
+                };
+                shared.feed_now(input);
                 return Ok(true);
             }
         }
-        let Some((deadline, connected_idle)) = self.shared.park(cx.waker()) else {
+        if let Poll::Ready(conn) = self.poll_watch(&shared.server_name, cx) {
+            shared.feed_now(Input::Closed { conn });
+            return Ok(true);
+        }
+        if let Some(busy) = &mut self.busy {
+            for i in 0..busy.closing.len() {
+                if let Poll::Ready(conn) = busy.closing[i].as_mut().poll(cx) {
+                    drop(busy.closing.swap_remove(i));
+                    if busy.closing.is_empty() {
+                        busy.closing = Vec::new();
+                    }
+                    shared.feed_now(Input::Closed { conn });
+                    return Ok(true);
+                }
+            }
+        }
+        let Some((deadline, connected_idle)) = shared.park(cx.waker()) else {
             return Ok(true); // an effect was queued meanwhile
         };
         match deadline {
-            // Kept for the next wait (one allocation per connection cycle, not per
-            // attempt); freed while connected, when nothing will wait on it for a while.
-            None if connected_idle => self.timer = None,
+            // Connected and idle: nothing but the connection's close to wait for, so the
+            // busy state (with the timer) goes, unless something is still in flight.
+            None if connected_idle && self.busy.as_ref().is_some_and(|b| b.is_idle()) => {
+                self.busy = None;
+            }
             None => {}
-            Some(d) => {
-                let at = crate::runtime::shared::to_tokio(self.base(), d);
-                match &mut self.timer {
+            Some((d, at)) => {
+                let busy = self.busy();
+                match &mut busy.timer {
                     Some((armed, _)) if *armed == d => {}
                     Some((armed, sleep)) => {
                         *armed = d;
                         sleep.as_mut().reset(at);
                     }
-                    None => self.timer = Some((d, Box::pin(tokio::time::sleep_until(at)))),
+                    None => busy.timer = Some((d, Box::pin(tokio::time::sleep_until(at)))),
                 }
-                if let Some((_, sleep)) = &mut self.timer
+                if let Some((_, sleep)) = &mut busy.timer
                     && sleep.as_mut().poll(cx).is_ready()
                 {
-                    self.timer = None;
-                    self.feed(Input::TimerFired);
+                    busy.timer = None;
+                    shared.feed_now(Input::TimerFired);
                     return Ok(true);
                 }
             }
@@ -231,44 +294,49 @@ where
         Ok(false)
     }
 
-    fn perform(&mut self, effect: CoreEffect<A, C, E>) {
-        let server = &self.shared.server_name;
+    fn perform(&mut self, shared: &Arc<Shared<A, C, E>>, effect: CoreEffect<A, C, E>) {
+        let server = &shared.server_name;
         match effect {
             Effect::Emit { id, event } => {
+                let address = self.busy.as_ref().and_then(|b| b.address.as_ref());
                 match &event {
                     // Field values are evaluated only when the line is enabled: no lock
                     // for `next_attempt_in` when nobody logs.
-                    CoreEvent::FailedToConnect(e) => match &self.address {
+                    CoreEvent::FailedToConnect(e) => match address {
                         Some(a) => {
-                            tracing::warn!(server = %server, address = ?a, error = ?e, next_attempt_in = ?self.next_attempt_in(), "failed to connect")
+                            tracing::warn!(server = %server, address = ?a, error = ?e, next_attempt_in = ?Self::next_attempt_in(shared), "failed to connect")
                         }
                         None => {
-                            tracing::warn!(server = %server, error = ?e, next_attempt_in = ?self.next_attempt_in(), "failed to connect")
+                            tracing::warn!(server = %server, error = ?e, next_attempt_in = ?Self::next_attempt_in(shared), "failed to connect")
                         }
                     },
                     CoreEvent::HandedOver { reason, .. } => {
-                        tracing::info!(server = %server, reason = reason.as_str(), address = ?self.address, "handed over to a new connection")
+                        tracing::info!(server = %server, reason = reason.as_str(), address = ?address, "handed over to a new connection")
                     }
                     CoreEvent::Disconnected => {
-                        tracing::warn!(server = %server, next_attempt_in = ?self.next_attempt_in(), "disconnected")
+                        tracing::warn!(server = %server, next_attempt_in = ?Self::next_attempt_in(shared), "disconnected")
                     }
                     other => tracing::info!(server = %server, event = ?other, "event"),
                 }
                 match &self.callbacks.on_event {
                     // No handler: the event is handled at once, without a future.
-                    None => self.feed(Input::EventHandled { event: id }),
-                    Some(on_event) => self.event = Some((id, on_event(event))),
+                    None => shared.feed_now(Input::EventHandled { event: id }),
+                    Some(on_event) => {
+                        let fut = on_event(event);
+                        self.busy().event = Some((id, fut));
+                    }
                 }
             }
             Effect::GetAddress { attempt } => {
-                self.address = None;
                 let fut = self.callbacks.attempts.clone().get_address(
                     self.callbacks.lookup_timeout,
                     server.clone(),
                     // R15: a handover's lookup is for another copy than the current.
-                    self.shared.handover_lookup_avoids(),
+                    shared.handover_lookup_avoids(),
                 );
-                self.attempt = Some((attempt, fut));
+                let busy = self.busy();
+                busy.address = None;
+                busy.attempt = Some((attempt, fut));
             }
             Effect::Connect {
                 attempt,
@@ -276,82 +344,79 @@ where
                 consecutive_unsuccessful_attempts,
             } => {
                 tracing::debug!(server = %server, %attempt, ?address, "connecting");
-                self.address = Some(address.clone());
                 let cx = ConnectContext {
                     consecutive_unsuccessful_attempts,
-                    abort: self.abort.clone(),
+                    abort: Arc::downgrade(shared) as Weak<dyn AbortTarget<E>>,
                 };
+                self.busy().address = Some(address.clone());
                 let fut = self.callbacks.attempts.clone().connect(
                     address,
                     cx,
                     self.callbacks.connect_timeout,
                 );
-                self.attempt = Some((attempt, fut));
+                self.busy().attempt = Some((attempt, fut));
             }
             Effect::CancelAttempt { attempt } => {
-                if self.attempt.as_ref().is_some_and(|(a, _)| *a == attempt) {
+                if let Some(busy) = &mut self.busy
+                    && busy.attempt.as_ref().is_some_and(|(a, _)| *a == attempt)
+                {
                     tracing::debug!(server = %server, %attempt, "attempt cancelled");
                     // Its user future is dropped under the guard (`guard::run`).
-                    let cancelled = self.attempt.take();
+                    let cancelled = busy.attempt.take();
                     guard::drop_guarded("the cancelled attempt", cancelled);
                 }
             }
             Effect::BecameCurrent { conn, connection } => {
                 tracing::debug!(server = %server, %conn, "connection is current");
-                self.shared.set_current_address(self.address.clone());
-                let watch = guarded(server.clone(), conn, async move {
-                    connection.close_finished().await
-                });
+                shared.set_current_address(self.busy.as_ref().and_then(|b| b.address.clone()));
+                let watch = Watch::Polled { conn, connection };
                 if let Some(old) = self.watch.replace(watch) {
                     // Not expected (the machine has one current connection at a time);
                     // keep watching the old one as a close.
-                    self.closing.push(old);
+                    let old = match old {
+                        Watch::Polled { conn, connection } => {
+                            watch_future(server, conn, connection)
+                        }
+                        Watch::Boxed(fut) => fut,
+                    };
+                    self.busy().closing.push(old);
                 }
             }
             Effect::CloseConnection { conn, connection } => {
                 tracing::debug!(server = %server, %conn, "closing connection");
-                self.closing.push(guarded(server.clone(), conn, async move {
-                    connection.close().await
-                }));
+                let fut = guarded(
+                    server.clone(),
+                    conn,
+                    async move { connection.close().await },
+                );
+                self.busy().closing.push(fut);
             }
             // Finished in `step` once nothing is left to close.
-            Effect::CloseFinished => self.finished = true,
+            Effect::CloseFinished => self.busy().finished = true,
             // Performed under the shared lock (see `Shared::absorb`); never queued.
             Effect::StartTimer { .. }
             | Effect::NoLongerCurrent { .. }
             | Effect::AttemptOutcome(_) => {}
         }
     }
-}
 
-impl<A, C, E> Future for Driver<A, C, E>
-where
-    A: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
-    C: Closable + Clone + fmt::Debug + Send + Sync + 'static,
-    E: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
-{
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
-        // A panic in the drop of user code is logged naming this connection.
-        let _server = guard::ServerScope::enter(this.shared.server_name.clone());
-        if this.base.is_none() {
-            let base = tokio::time::Instant::now();
-            this.base = Some(base);
-            this.shared.set_base(base);
-            tracing::debug!(server = %this.shared.server_name, seed = this.seed, "persistent connection started");
+    /// Runs the driver for one poll of its task.
+    fn poll(&mut self, shared: &Arc<Shared<A, C, E>>, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.started {
+            self.started = true;
+            shared.set_base(tokio::time::Instant::now());
+            tracing::debug!(server = %shared.server_name, seed = self.seed, "persistent connection started");
         }
         for _ in 0..STEPS_PER_POLL {
-            match this.step(cx) {
+            match self.step(shared, cx) {
                 Ok(true) => {}
                 Ok(false) => return Poll::Pending,
                 Err(()) => {
-                    tracing::debug!(server = %this.shared.server_name, "driver task ends");
+                    tracing::debug!(server = %shared.server_name, "driver task ends");
                     // Drop what is left (watchers of connections that a sloppy `Closable`
                     // never reports closed) before the task ends.
-                    this.watch = None;
-                    this.closing = Vec::new();
+                    guard::drop_guarded(CLOSABLE, self.watch.take());
+                    guard::drop_guarded(CLOSABLE, self.busy.take());
                     return Poll::Ready(());
                 }
             }
@@ -360,6 +425,51 @@ where
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+}
+
+impl<A, C, E> Future for Task<A, C, E>
+where
+    A: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
+    C: Closable + Clone + fmt::Debug + Send + Sync + 'static,
+    E: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let shared = &self.0;
+        // A panic in the drop of user code is logged naming this connection.
+        let _server = guard::ServerScope::enter(shared.server_name.clone());
+        let mut state = shared.driver_state();
+        let Some(driver) = state.as_mut() else {
+            return Poll::Ready(());
+        };
+        let poll = driver.poll(shared, cx);
+        if poll.is_ready() {
+            // The callbacks go when the task ends, as they did with the task's own state.
+            let driver = state.take();
+            drop(state);
+            guard::drop_guarded("the driver's state", driver);
+        }
+        poll
+    }
+}
+
+/// The guard's label for the user's `Closable` impl.
+const CLOSABLE: &str = "Closable impl";
+
+fn closable_panicked(server: &str, conn: ConnId, message: &str) {
+    tracing::warn!(server = %server, %conn, panic = %message, "Closable impl panicked; the connection counts as closed");
+}
+
+/// `connection`'s `close_finished` as a future yielding `conn`, for a type without
+/// `poll_close_finished` (or one being replaced as current).
+fn watch_future<C>(server: &Arc<str>, conn: ConnId, connection: C) -> BoxFuture<ConnId>
+where
+    C: Closable + Send + Sync + 'static,
+{
+    guarded(server.clone(), conn, async move {
+        connection.close_finished().await
+    })
 }
 
 /// A connection's `close` or `close_finished`, yielding its id. A panic in it (the user's
@@ -372,9 +482,9 @@ fn guarded(
 ) -> BoxFuture<ConnId> {
     // A combinator, not an `async` block: the block would keep `fut` and the guarded
     // future that awaits it, each in its own slot (issue 21: 688 B per idle connection).
-    Box::pin(guard::run("Closable impl", fut).map(move |r| {
+    Box::pin(guard::run(CLOSABLE, fut).map(move |r| {
         if let Err(panic) = r {
-            tracing::warn!(server = %server, %conn, panic = %panic.message, "Closable impl panicked; the connection counts as closed");
+            closable_panicked(&server, conn, &panic.message);
         }
         conn
     }))

@@ -31,6 +31,7 @@ use crate::error::AttemptOutcome;
 use crate::error::Error;
 use crate::events::Event;
 use crate::runtime::callbacks::AbortTarget;
+use crate::runtime::driver::Driver;
 use crate::runtime::sync::{AtomicU8, AtomicUsize, Mutex, MutexGuard, lock};
 use crate::runtime::waiters::{Slot, Wait, fill_all, register};
 use crate::status::{State, Stats};
@@ -82,12 +83,9 @@ pub(crate) struct Inner<A, C, E> {
     io: VecDeque<CoreEffect<A, C, E>>,
     /// The driver task's waker, while it waits.
     driver: Option<Waker>,
-    /// `connected()` waiters (R9).
-    connected: Vec<Arc<Slot<C>>>,
-    /// `connected_or_failed_to_connect()` waiters (R10).
-    outcomes: Vec<Arc<Slot<AttemptOutcome<C, E>>>>,
-    /// `close_finished()` waiters.
-    finish: Vec<Arc<Slot<()>>>,
+    /// The waiters, allocated by the first one; freed while the machine idles connected
+    /// with none.
+    waiters: Option<Box<Waiters<C, E>>>,
     /// The last strong handle is gone; the driver closes (R14) when it sees this.
     orphaned: bool,
     /// R11 or `abort` was fed: the persistent connection counts as closed from then on,
@@ -112,6 +110,29 @@ pub(crate) struct Inner<A, C, E> {
     current_address: Option<A>,
     /// R15's grace for handovers asked through a handle.
     handover_grace: std::time::Duration,
+}
+
+/// What handles wait for, behind the lock that publishes it (S1, S2).
+struct Waiters<C, E> {
+    /// `connected()` waiters (R9).
+    connected: Vec<Arc<Slot<C>>>,
+    /// `connected_or_failed_to_connect()` waiters (R10).
+    outcomes: Vec<Arc<Slot<AttemptOutcome<C, E>>>>,
+    /// `close_finished()` waiters.
+    finish: Vec<Arc<Slot<()>>>,
+}
+
+impl<A, C, E> Inner<A, C, E> {
+    /// The waiters, allocated if there were none.
+    fn waiters(&mut self) -> &mut Waiters<C, E> {
+        self.waiters.get_or_insert_with(|| {
+            Box::new(Waiters {
+                connected: Vec::new(),
+                outcomes: Vec::new(),
+                finish: Vec::new(),
+            })
+        })
+    }
 }
 
 /// Every handover reason, for counts by reason (metrics labels).
@@ -160,6 +181,11 @@ pub(crate) struct Shared<A, C, E> {
     /// Counters since creation, written under the lock, read without it.
     counters: Counters,
     inner: Mutex<Inner<A, C, E>>,
+    /// The driver task's own state, in this allocation so that the task holds only a
+    /// pointer (issue 25). Locked by the driver task alone, never by a handle, so the user
+    /// code the driver polls under it may call any handle method. Not a model lock: loom
+    /// explores the protocol above, which this does not take part in.
+    driver: std::sync::Mutex<Option<Driver<A, C, E>>>,
 }
 
 impl<A, C, E> Shared<A, C, E>
@@ -187,9 +213,7 @@ where
                 now: Instant::ZERO,
                 io: VecDeque::new(),
                 driver: None,
-                connected: Vec::new(),
-                outcomes: Vec::new(),
-                finish: Vec::new(),
+                waiters: None,
                 orphaned: false,
                 stopped: false,
                 events,
@@ -201,6 +225,7 @@ where
                 current_address: None,
                 handover_grace: std::time::Duration::from_secs(10),
             }),
+            driver: std::sync::Mutex::new(None),
         };
         {
             let mut inner = lock(&shared.inner);
@@ -292,12 +317,27 @@ where
         lock(&self.inner).machine.handover().map(|h| h.reason)
     }
 
-    /// Feeds `input` at `now` (the driver's clock). Used by the driver.
+    /// Feeds `input` at `now` (the driver's clock). Used by the model tests.
+    #[cfg(all(test, pc_loom))]
     pub(crate) fn feed(&self, now: Instant, input: CoreInput<A, C, E>) {
         let mut inner = lock(&self.inner);
         if inner.ended {
             return;
         }
+        inner.now = now;
+        self.feed_locked(&mut inner, now, input);
+    }
+
+    /// Feeds `input` at the driver's clock now: Tokio's time since the driver started.
+    /// Used by the driver.
+    pub(crate) fn feed_now(&self, input: CoreInput<A, C, E>) {
+        let mut inner = lock(&self.inner);
+        if inner.ended {
+            return;
+        }
+        let now = inner.base.map_or(Instant::ZERO, |base| {
+            Instant::from_since_origin(tokio::time::Instant::now().saturating_duration_since(base))
+        });
         inner.now = now;
         self.feed_locked(&mut inner, now, input);
     }
@@ -350,12 +390,16 @@ where
                     if matches!(outcome, Err(AttemptError::Failed(_))) {
                         bump(&self.counters.failures);
                     }
-                    fill_all(&mut inner.outcomes, &outcome);
+                    if let Some(w) = &mut inner.waiters {
+                        fill_all(&mut w.outcomes, &outcome);
+                    }
                 }
                 Effect::BecameCurrent { conn, connection } => {
                     bump(&self.counters.connections);
                     self.current.store(Some(Arc::new(connection.clone())));
-                    fill_all(&mut inner.connected, &connection);
+                    if let Some(w) = &mut inner.waiters {
+                        fill_all(&mut w.connected, &connection);
+                    }
                     // The driver watches it for its close (R6).
                     inner
                         .io
@@ -430,9 +474,10 @@ where
     /// observers' streams (S4).
     fn end(&self, inner: &mut Inner<A, C, E>) {
         inner.ended = true;
-        fill_all(&mut inner.outcomes, &Err(AttemptError::Closed));
-        fill_all(&mut inner.finish, &());
-        inner.connected = Vec::new();
+        if let Some(mut w) = inner.waiters.take() {
+            fill_all(&mut w.outcomes, &Err(AttemptError::Closed));
+            fill_all(&mut w.finish, &());
+        }
         inner.events = None;
         #[cfg(feature = "metrics")]
         {
@@ -472,10 +517,14 @@ where
     }
 
     /// The driver has nothing to do: unless an effect was queued meanwhile (`None`), store
-    /// its waker and return the machine's retry deadline, and whether the machine idles
-    /// connected. A connected machine waits for nothing but its connection, so the effect
-    /// buffers are released then: an idle connection keeps none.
-    pub(crate) fn park(&self, waker: &Waker) -> Option<(Option<Instant>, bool)> {
+    /// its waker and return the machine's retry deadline (with its Tokio instant), and
+    /// whether the machine idles connected. A connected machine waits for nothing but its
+    /// connection, so the effect buffers are released then: an idle connection keeps none.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn park(
+        &self,
+        waker: &Waker,
+    ) -> Option<(Option<(Instant, tokio::time::Instant)>, bool)> {
         let mut inner = lock(&self.inner);
         if !inner.io.is_empty() || inner.orphaned {
             return None;
@@ -488,12 +537,30 @@ where
         if idle {
             inner.io = VecDeque::new();
             inner.machine.release_buffers();
+            // Waiters that gave up (their futures dropped) do not keep the lists alive.
+            if let Some(w) = &mut inner.waiters {
+                w.connected.retain(Slot::is_wanted);
+                w.outcomes.retain(Slot::is_wanted);
+                w.finish.retain(Slot::is_wanted);
+                if w.connected.is_empty() && w.outcomes.is_empty() && w.finish.is_empty() {
+                    inner.waiters = None;
+                }
+            }
         }
-        Some((inner.machine.poll_timeout(), idle))
+        let base = inner.base.unwrap_or_else(tokio::time::Instant::now);
+        let deadline = inner.machine.poll_timeout().map(|d| (d, to_tokio(base, d)));
+        Some((deadline, idle))
     }
 }
 
 impl<A, C, E> Shared<A, C, E> {
+    /// The driver's state (see `driver`); for the driver task only.
+    pub(crate) fn driver_state(&self) -> std::sync::MutexGuard<'_, Option<Driver<A, C, E>>> {
+        self.driver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn flags(&self) -> u8 {
         self.flags.load(Ordering::Acquire)
     }
@@ -651,7 +718,7 @@ where
         if inner.ended || self.flags() & TEARING_DOWN != 0 {
             return Err(None);
         }
-        Err(Some(Wait::new(register(&mut inner.connected))))
+        Err(Some(Wait::new(register(&mut inner.waiters().connected))))
     }
 
     /// R10: the outcome now (connected, or closed), or a slot for the next one.
@@ -671,7 +738,7 @@ where
         if let Some(c) = self.live_current() {
             return Wait::ready(Ok(c));
         }
-        Wait::new(register(&mut inner.outcomes))
+        Wait::new(register(&mut inner.waiters().outcomes))
     }
 
     /// `close_finished()`: ready at once if finished, else a slot filled when it is.
@@ -683,7 +750,7 @@ where
         if inner.ended {
             return None;
         }
-        Some(Wait::new(register(&mut inner.finish)))
+        Some(Wait::new(register(&mut inner.waiters().finish)))
     }
 
     /// A receiver woken after every input the machine takes from now on, closed once close

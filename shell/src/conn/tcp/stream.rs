@@ -15,7 +15,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
-use crate::conn::closable::Closable;
+use crate::conn::closable::{Closable, CloseWakers};
 use crate::error::IoError;
 
 use super::options::TcpOptions;
@@ -41,6 +41,8 @@ struct CloseState {
     write_waker: AtomicWaker,
     /// Set by the reader once both halves are released.
     finished: watch::Sender<bool>,
+    /// Tasks polling for `finished` (`poll_close_finished`).
+    finished_wakers: CloseWakers,
 }
 
 /// What the reader task has received and the user has not read yet.
@@ -217,6 +219,7 @@ impl TcpConnection {
             writer: StdMutex::new(Some(write)),
             write_waker: AtomicWaker::new(),
             finished: watch::Sender::new(false),
+            finished_wakers: CloseWakers::default(),
         });
         let (data_tx, data_rx) = mpsc::channel(CHUNKS_BUFFERED);
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -396,6 +399,7 @@ async fn reader(
     // a poll, so this never waits on a blocked write.
     drop(lock_unpoisoned(&shared.writer).take());
     shared.finished.send_replace(true);
+    shared.finished_wakers.wake_all();
 }
 
 impl Closable for TcpConnection {
@@ -424,6 +428,15 @@ impl Closable for TcpConnection {
         async move {
             let _ = finished.wait_for(|f| *f).await;
         }
+    }
+
+    fn poll_close_finished(&self, cx: &mut Context<'_>) -> Option<Poll<()>> {
+        let shared = &self.inner.shared;
+        Some(
+            shared
+                .finished_wakers
+                .poll(cx, || *shared.finished.borrow()),
+        )
     }
 }
 
