@@ -18,17 +18,22 @@
 //!   [`Error`] wraps your error with what the shell adds (a panic, a timeout).
 //! - [`conn`]: [`Closable`], what a connection must offer, and the ready connection types:
 //!   [`TcpConnection`] with its [`conn::TcpOptions`], `conn::tls` (feature `tls`),
-//!   [`conn::HealthChecked`] (closes a connection whose checks keep failing) and
-//!   [`conn::Driven`].
+//!   [`conn::HealthChecked`] (closes a connection whose checks keep failing),
+//!   [`conn::Driven`], and `conn::http2` / `conn::grpc_health` (features `http2`,
+//!   `grpc-health`: an HTTP/2 connection for tonic and hyper, the gRPC health check).
 //! - [`catalog`]: ready `get_address` sources that list redundant copies of a service
 //!   (a static list, DNS, etcd) and pick one per attempt; `catalog::connector` (feature
 //!   `connector`) hands a catalog to hyper's and tonic's own clients.
+//!   [`PersistentConnection::with_catalog`] *follows* the catalog: a copy withdrawn or a
+//!   preferred copy back is handed over to make-before-break (R15), a new copy ends a wait
+//!   (R16), another copy replaces a young connection at once (R17).
 //! - `tower` and `metrics` (features of the same names): a `tower::Service` over a
 //!   persistent connection, and its counters through the `metrics` facade.
 //! - [`guide`]: the defaults and what they mean, what notices which failure and how fast,
 //!   the settings recommended for fast failover, and a failover step by step.
 //!
-//! Inside, `runtime/` carries the machine on one Tokio task and decides nothing.
+//! Inside, `runtime/` carries the machine on one Tokio task (and the catalog follower
+//! beside it) and decides nothing.
 //!
 //! # Example
 //!
