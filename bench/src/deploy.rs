@@ -653,7 +653,10 @@ pub async fn scaleout(runs: usize, clients: usize) -> io::Result<()> {
             let mut stop = stop_rx.clone();
             let p = pc.clone();
             tasks.push(tokio::spawn(async move {
-                let mut failed = 0u64;
+                // Failed requests before the first reply (the start: a first connect through a
+                // fresh etcd client) and after it.
+                let (mut at_start, mut failed) = (0u64, 0u64);
+                let mut replied = false;
                 let mut tick = tokio::time::interval(Duration::from_millis(100));
                 let mut seq = 0;
                 loop {
@@ -666,11 +669,33 @@ pub async fn scaleout(runs: usize, clients: usize) -> io::Result<()> {
                         let c = p.connected().await;
                         c.request(seq, DEADLINE).await
                     };
-                    if !matches!(tokio::time::timeout(DEADLINE, call).await, Ok(Ok(_))) {
-                        failed += 1;
+                    let started = Instant::now();
+                    let outcome = tokio::time::timeout(DEADLINE, call).await;
+                    if matches!(outcome, Ok(Ok(_))) {
+                        replied = true;
+                    } else {
+                        if replied {
+                            failed += 1;
+                        } else {
+                            at_start += 1;
+                        }
+                        // What failed, for the record (stderr).
+                        let what = match outcome {
+                            Err(_) => "deadline".to_owned(),
+                            Ok(Err(e)) => e.to_string(),
+                            Ok(Ok(_)) => unreachable!(),
+                        };
+                        let s = p.stats();
+                        eprintln!(
+                            "scaleout client {k}: request {seq} failed after {} ms: {what} (handovers {}, disconnections {}; load {})",
+                            fmt_ms(started.elapsed()),
+                            s.handovers,
+                            s.disconnections,
+                            loadavg()
+                        );
                     }
                 }
-                failed
+                (at_start, failed)
             }));
             pcs.push(pc);
         }
@@ -707,9 +732,11 @@ pub async fn scaleout(runs: usize, clients: usize) -> io::Result<()> {
             at.push(now);
         }
         let _ = stop_tx.send(true);
-        let mut failed = 0;
+        let (mut at_start, mut failed) = (0, 0);
         for t in tasks {
-            failed += t.await.map_err(io::Error::other)?;
+            let (s, f) = t.await.map_err(io::Error::other)?;
+            at_start += s;
+            failed += f;
         }
         let handovers: u64 = pcs.iter().map(|p| p.stats().handovers).sum();
         let disconnections: u64 = pcs.iter().map(|p| p.stats().disconnections).sum();
@@ -723,27 +750,27 @@ pub async fn scaleout(runs: usize, clients: usize) -> io::Result<()> {
             c.stop().await;
         }
         eprintln!(
-            "scaleout run {run}: before {before:?}, failed {failed}, handovers {handovers}, disconnections {disconnections}"
+            "scaleout run {run}: before {before:?}, failed {failed} (and {at_start} before the first reply), handovers {handovers}, disconnections {disconnections}"
         );
-        rows.push((before, at, failed, handovers, disconnections));
+        rows.push((before, at, failed, at_start, handovers, disconnections));
     }
     println!(
         "\n### Scale-out 2 → 4 copies, {clients} connections, `max_connection_age(30 s)` ({runs} runs; load average {})\n",
         loadavg()
     );
     println!(
-        "| run | before (2 copies) | 15 s after | 30 s after | 45 s after | failed requests | handovers | disconnections |"
+        "| run | before (2 copies) | 15 s after | 30 s after | 45 s after | failed requests | failed before a client's first reply | handovers | disconnections |"
     );
-    println!("| ---: | --- | --- | --- | --- | ---: | ---: | ---: |");
+    println!("| ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: |");
     let j = |v: &Vec<usize>| {
         v.iter()
             .map(|n| n.to_string())
             .collect::<Vec<_>>()
             .join("/")
     };
-    for (run, (before, at, failed, h, d)) in rows.iter().enumerate() {
+    for (run, (before, at, failed, at_start, h, d)) in rows.iter().enumerate() {
         println!(
-            "| {} | {} | {} | {} | {} | {failed} | {h} | {d} |",
+            "| {} | {} | {} | {} | {} | {failed} | {at_start} | {h} | {d} |",
             run + 1,
             j(before),
             j(&at[0]),
