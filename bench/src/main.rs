@@ -9,7 +9,7 @@
 //!
 //! Scenarios: `baseline`, `failover` (includes `baseline`), `storm`, `drop`, `memory`,
 //! `all`; planned change against a real etcd (issue 26, `bench/src/deploy.rs`; `--trials N`
-//! gives the runs): `deploy`, `deploy-2s`, `retry-now`, `failback`, `scaleout`. Flags (defaults in parentheses):
+//! gives the runs: 10, the scale-out 3): `deploy`, `deploy-2s`, `retry-now`, `failback`, `scaleout`. Flags (defaults in parentheses):
 //! `--libs ours,stubborn,tower,ours-tower,hand,hand-jitter`,
 //! `--trials N` (100), `--delay-ms` (100), `--stale-ms` (1000), `--variants
 //! removed,stale,two-copies` (all: the failover variants), `--failover-runs N` (1: above 1,
@@ -141,6 +141,16 @@ fn main() -> io::Result<()> {
             opts.conns = q.conns;
         }
     }
+    // The planned-change scenarios run 10 times unless `--trials` says otherwise (the
+    // scale-out, about a minute a run, 3 times).
+    let runs = |default: usize| {
+        if explicit.contains(&"trials") {
+            opts.trials.clamp(1, 100)
+        } else {
+            default
+        }
+    };
+    let (runs10, runs3) = (runs(10), runs(3));
     let command = command.ok_or_else(usage)?;
     if command == "serve" {
         return server::serve();
@@ -173,18 +183,15 @@ fn main() -> io::Result<()> {
                 scenarios::failover(&opts, base).await
             }
             "storm" => scenarios::storm(&opts).await,
-            // Planned change (issue 26), against a real etcd: `--runs N` (10).
+            // Planned change (issue 26), against a real etcd.
             "deploy" => {
-                let runs = opts.trials.clamp(1, 100);
                 let intervals = [Duration::from_secs(2), Duration::from_secs(8)];
-                deploy::deploy(runs, &intervals).await
+                deploy::deploy(runs10, &intervals).await
             }
-            "deploy-2s" => {
-                deploy::deploy(opts.trials.clamp(1, 100), &[Duration::from_secs(2)]).await
-            }
-            "retry-now" => deploy::retry_now(opts.trials.clamp(1, 100)).await,
-            "failback" => deploy::failback(opts.trials.clamp(1, 100)).await,
-            "scaleout" => deploy::scaleout(opts.trials.clamp(1, 100), 100).await,
+            "deploy-2s" => deploy::deploy(runs10, &[Duration::from_secs(2)]).await,
+            "retry-now" => deploy::retry_now(runs10).await,
+            "failback" => deploy::failback(runs10).await,
+            "scaleout" => deploy::scaleout(runs3, 100).await,
             "drop" => scenarios::accept_drop(&opts).await,
             "memory" => scenarios::memory(&opts).await,
             "all" => {
