@@ -9,7 +9,8 @@
 //!
 //! Scenarios: `baseline`, `failover` (includes `baseline`), `storm`, `drop`, `memory`,
 //! `all`; planned change against a real etcd (issue 26, `bench/src/deploy.rs`; `--trials N`
-//! gives the runs: 10, the scale-out 3): `deploy`, `deploy-2s`, `retry-now`, `failback`, `scaleout`. Flags (defaults in parentheses):
+//! gives the runs: 10, the scale-out 3): `deploy`, `deploy-2s`, `retry-now`, `failback`,
+//! `scaleout`. Flags (defaults in parentheses):
 //! `--libs ours,stubborn,tower,ours-tower,hand,hand-jitter`,
 //! `--trials N` (100), `--delay-ms` (100), `--stale-ms` (1000), `--variants
 //! removed,stale,two-copies` (all: the failover variants), `--failover-runs N` (1: above 1,
