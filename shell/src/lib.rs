@@ -30,7 +30,9 @@
 //! - `tower` and `metrics` (features of the same names): a `tower::Service` over a
 //!   persistent connection, and its counters through the `metrics` facade.
 //! - [`guide`]: the defaults and what they mean, what notices which failure and how fast,
-//!   the settings recommended for fast failover, and a failover step by step.
+//!   the settings recommended for fast failover, a failover step by step, and deploys (a
+//!   rolling deploy through etcd with `with_catalog`'s defaults: 0 failed requests, the
+//!   longest gap that of a hand-rolled loop; how to drain a copy).
 //!
 //! Inside, `runtime/` carries the machine on one Tokio task (and the catalog follower
 //! beside it) and decides nothing.
