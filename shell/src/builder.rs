@@ -15,7 +15,8 @@ use crate::events::EventStream;
 use crate::guard;
 use crate::handle::PersistentConnection;
 use crate::runtime::callbacks::{Callbacks, ConnectContext};
-use crate::runtime::driver::{Driver, Task};
+use crate::runtime::driver::Task;
+use crate::runtime::driver_state::Driver;
 use crate::runtime::follow::{self, Plan};
 use crate::runtime::shared::Shared;
 
@@ -516,7 +517,7 @@ mod sizes {
     use crate::error::IoError;
     use crate::handle::PersistentConnection;
     use crate::runtime::callbacks::{BoxFuture, Callbacks};
-    use crate::runtime::driver::Driver;
+    use crate::runtime::driver_state::Driver;
     use crate::runtime::shared::{CoreEffect, Shared};
 
     type A = SocketAddr;

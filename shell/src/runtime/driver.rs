@@ -9,18 +9,15 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use persistent_connection_core::{
-    AttemptId, ConnId, Effect, Event as CoreEvent, EventId, Input, Instant,
-};
+use persistent_connection_core::{ConnId, Effect, Event as CoreEvent, Input};
 
 use crate::conn::closable::Closable;
 use crate::guard;
 use crate::runtime::callbacks::AbortTarget;
 use crate::runtime::callbacks::{AttemptOutput, BoxFuture, Callbacks, ConnectContext};
+use crate::runtime::driver_state::{Busy, Driver, Watch};
 use crate::runtime::shared::{CoreEffect, Shared};
 use futures_util::FutureExt as _;
-
-type Slot<I, T> = Option<(I, BoxFuture<T>)>;
 
 /// How many steps the driver takes in one poll before it yields to the other tasks of its
 /// thread: with a zero retry delay (R7 allows it) and callbacks that finish at once, there
@@ -66,65 +63,6 @@ where
         let state = self.0.driver_state().take();
         guard::drop_guarded("the driver's state", state);
     }
-}
-
-/// What the driver keeps, in the shared allocation, locked only by the driver task (never
-/// by a handle, so user code it polls may call any handle method).
-pub(crate) struct Driver<A, C, E> {
-    callbacks: Callbacks<A, C, E>,
-    /// The current connection's close (R6).
-    watch: Option<Watch<C>>,
-    /// What only a connection that is not idle needs; freed while connected and idle.
-    busy: Option<Box<Busy<A, C, E>>>,
-    seed: u64,
-    started: bool,
-}
-
-/// The driver's state while it has something to do besides watching the current
-/// connection: the callbacks in flight, the timer, the connections being closed.
-struct Busy<A, C, E> {
-    /// The running `on_event` (at most one, I3). `Err` carries a panic's message.
-    event: Slot<EventId, Result<(), String>>,
-    /// The in-flight `get_address` or `connect` (at most one).
-    attempt: Slot<AttemptId, AttemptOutput<A, C, E>>,
-    /// The address the attempt in flight connects to, for the failure's log line.
-    address: Option<A>,
-    /// Other connections' closes (R8): a stray, or the current one when close asks.
-    closing: Vec<BoxFuture<ConnId>>,
-    /// The retry timer, kept for the next wait (one allocation per connection cycle, not
-    /// per attempt).
-    timer: Option<(Instant, Pin<Box<tokio::time::Sleep>>)>,
-    /// `CloseFinished` was performed; the task ends once `closing` is empty.
-    finished: bool,
-}
-
-impl<A, C, E> Default for Busy<A, C, E> {
-    fn default() -> Self {
-        Busy {
-            event: None,
-            attempt: None,
-            address: None,
-            closing: Vec::new(),
-            timer: None,
-            finished: false,
-        }
-    }
-}
-
-impl<A, C, E> Busy<A, C, E> {
-    /// Nothing in flight, nothing closing: only the timer and the log's address, which an
-    /// idle connection does without.
-    fn is_idle(&self) -> bool {
-        self.event.is_none() && self.attempt.is_none() && self.closing.is_empty() && !self.finished
-    }
-}
-
-/// How the driver watches the current connection's close (R6).
-enum Watch<C> {
-    /// Through [`Closable::poll_close_finished`]: the connection itself, no future.
-    Polled { conn: ConnId, connection: C },
-    /// Through its `close_finished` future, for a type that cannot be polled without one.
-    Boxed(BoxFuture<ConnId>),
 }
 
 impl<A, C, E> Driver<A, C, E>

@@ -8,6 +8,7 @@
 
 pub(crate) mod callbacks;
 pub(crate) mod driver;
+pub(crate) mod driver_state;
 pub(crate) mod follow;
 #[cfg(all(test, pc_loom))]
 pub(crate) mod loom;

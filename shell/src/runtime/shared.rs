@@ -31,7 +31,7 @@ use crate::error::AttemptOutcome;
 use crate::error::Error;
 use crate::events::Event;
 use crate::runtime::callbacks::AbortTarget;
-use crate::runtime::driver::Driver;
+use crate::runtime::driver_state::Driver;
 use crate::runtime::sync::{AtomicU8, AtomicUsize, Mutex, MutexGuard, lock};
 use crate::runtime::waiters::{Slot, Wait, fill_all, register};
 use crate::status::{State, Stats};
