@@ -117,6 +117,11 @@ pub enum Settings {
     /// failures"): a health check every 100 ms with a 200 ms timeout, closing after 2
     /// failures; retry delay 500 ms; connect timeout 1 s; `TCP_USER_TIMEOUT` 5 s.
     Recommended,
+    /// The defaults plus the recommended health check ([`Settings::HEALTH`]), the client
+    /// following its catalog (`Builder::follow` with the `StaticList` it looks up, as
+    /// `PersistentConnection::with_catalog` sets up), so that a connection that died
+    /// young does not wait out the retry delay while another copy is listed (R17).
+    DefaultsHealthFollow,
 }
 
 impl Settings {
@@ -132,6 +137,7 @@ impl Settings {
         match self {
             Settings::Defaults => "defaults",
             Settings::Recommended => "recommended",
+            Settings::DefaultsHealthFollow => "defaults + health check, following the catalog",
         }
     }
 
@@ -139,7 +145,9 @@ impl Settings {
     pub fn silent_peer_mechanism(self) -> &'static str {
         match self {
             Settings::Defaults => "TCP_USER_TIMEOUT (20 s)",
-            Settings::Recommended => "health check (2 x 100 ms + 200 ms)",
+            Settings::Recommended | Settings::DefaultsHealthFollow => {
+                "health check (2 x 100 ms + 200 ms)"
+            }
         }
     }
 }
@@ -167,16 +175,17 @@ pub fn client(
 ) -> Client {
     bed.client_rt.block_on(async move {
         let options = match settings {
-            Settings::Defaults => TcpOptions::new(),
+            Settings::Defaults | Settings::DefaultsHealthFollow => TcpOptions::new(),
             Settings::Recommended => TcpOptions::new().user_timeout(Duration::from_secs(5)),
         };
         let health = match settings {
             Settings::Defaults => None,
-            Settings::Recommended => Some(Settings::HEALTH),
+            Settings::Recommended | Settings::DefaultsHealthFollow => Some(Settings::HEALTH),
         };
+        let catalog = StaticList::new(addrs);
         let builder = PersistentConnection::builder(
             "echo",
-            StaticList::new(addrs).get_address::<IoError>(Pick::InOrder),
+            catalog.clone().get_address::<IoError>(Pick::InOrder),
             move |addr: SocketAddr, _cx| async move {
                 let tcp = TcpConnection::connect_with(addr, &options).await?;
                 let echo = EchoConn::new(tcp);
@@ -236,6 +245,8 @@ pub fn client(
             Settings::Recommended => builder
                 .retry_policy(Duration::from_millis(500))
                 .connect_timeout(Duration::from_secs(1)),
+            // What `PersistentConnection::with_catalog` sets up.
+            Settings::DefaultsHealthFollow => builder.follow(catalog, Pick::InOrder),
         };
         builder.build()
     })

@@ -114,7 +114,9 @@ fn drill2_blackholed_address_in_the_catalog_times_out_and_moves_on() {
             // (connect timeout, retry delay)
             let (timeout, delay) = match settings {
                 Settings::Recommended => (Duration::from_secs(1), Duration::from_millis(500)),
-                Settings::Defaults => (Duration::from_secs(10), Duration::from_secs(10)),
+                Settings::Defaults | Settings::DefaultsHealthFollow => {
+                    (Duration::from_secs(10), Duration::from_secs(10))
+                }
             };
             let failed = run
                 .events

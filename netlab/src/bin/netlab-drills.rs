@@ -59,6 +59,20 @@ fn main() {
                     1,
                     || fault_on_current(Fault::Blackhole, Settings::Recommended, warmup, secs_(10)),
                 ),
+                row(
+                    Settings::DefaultsHealthFollow.name(),
+                    Settings::DefaultsHealthFollow.silent_peer_mechanism(),
+                    reps,
+                    1,
+                    || {
+                        fault_on_current(
+                            Fault::Blackhole,
+                            Settings::DefaultsHealthFollow,
+                            warmup,
+                            secs_(20),
+                        )
+                    },
+                ),
             ],
         );
     }
@@ -108,7 +122,7 @@ fn main() {
                 };
                 let (parallel, limit) = match settings {
                     Settings::Defaults => (5, secs_(40)),
-                    Settings::Recommended => (1, secs_(10)),
+                    Settings::Recommended | Settings::DefaultsHealthFollow => (1, secs_(10)),
                 };
                 rows.push(row(
                     &format!("{}, {}", fault.name(), settings.name()),
