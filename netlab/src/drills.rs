@@ -122,6 +122,9 @@ pub enum Settings {
     /// `PersistentConnection::with_catalog` sets up), so that a connection that died
     /// young does not wait out the retry delay while another copy is listed (R17).
     DefaultsHealthFollow,
+    /// [`Settings::DefaultsHealthFollow`] without following the catalog (the control: a
+    /// connection that died young waits out the rest of its retry delay, R6).
+    DefaultsHealth,
 }
 
 impl Settings {
@@ -138,6 +141,7 @@ impl Settings {
             Settings::Defaults => "defaults",
             Settings::Recommended => "recommended",
             Settings::DefaultsHealthFollow => "defaults + health check, following the catalog",
+            Settings::DefaultsHealth => "defaults + health check, not following the catalog",
         }
     }
 
@@ -145,7 +149,7 @@ impl Settings {
     pub fn silent_peer_mechanism(self) -> &'static str {
         match self {
             Settings::Defaults => "TCP_USER_TIMEOUT (20 s)",
-            Settings::Recommended | Settings::DefaultsHealthFollow => {
+            Settings::Recommended | Settings::DefaultsHealthFollow | Settings::DefaultsHealth => {
                 "health check (2 x 100 ms + 200 ms)"
             }
         }
@@ -175,12 +179,16 @@ pub fn client(
 ) -> Client {
     bed.client_rt.block_on(async move {
         let options = match settings {
-            Settings::Defaults | Settings::DefaultsHealthFollow => TcpOptions::new(),
+            Settings::Defaults | Settings::DefaultsHealthFollow | Settings::DefaultsHealth => {
+                TcpOptions::new()
+            }
             Settings::Recommended => TcpOptions::new().user_timeout(Duration::from_secs(5)),
         };
         let health = match settings {
             Settings::Defaults => None,
-            Settings::Recommended | Settings::DefaultsHealthFollow => Some(Settings::HEALTH),
+            Settings::Recommended | Settings::DefaultsHealthFollow | Settings::DefaultsHealth => {
+                Some(Settings::HEALTH)
+            }
         };
         let catalog = StaticList::new(addrs);
         let builder = PersistentConnection::builder(
@@ -241,7 +249,7 @@ pub fn client(
             },
         );
         let builder = match settings {
-            Settings::Defaults => builder,
+            Settings::Defaults | Settings::DefaultsHealth => builder,
             Settings::Recommended => builder
                 .retry_policy(Duration::from_millis(500))
                 .connect_timeout(Duration::from_secs(1)),

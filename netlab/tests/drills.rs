@@ -114,7 +114,7 @@ fn drill2_blackholed_address_in_the_catalog_times_out_and_moves_on() {
             // (connect timeout, retry delay)
             let (timeout, delay) = match settings {
                 Settings::Recommended => (Duration::from_secs(1), Duration::from_millis(500)),
-                Settings::Defaults | Settings::DefaultsHealthFollow => {
+                Settings::Defaults | Settings::DefaultsHealthFollow | Settings::DefaultsHealth => {
                     (Duration::from_secs(10), Duration::from_secs(10))
                 }
             };

@@ -60,6 +60,20 @@ fn main() {
                     || fault_on_current(Fault::Blackhole, Settings::Recommended, warmup, secs_(10)),
                 ),
                 row(
+                    Settings::DefaultsHealth.name(),
+                    Settings::DefaultsHealth.silent_peer_mechanism(),
+                    reps,
+                    1,
+                    || {
+                        fault_on_current(
+                            Fault::Blackhole,
+                            Settings::DefaultsHealth,
+                            warmup,
+                            secs_(20),
+                        )
+                    },
+                ),
+                row(
                     Settings::DefaultsHealthFollow.name(),
                     Settings::DefaultsHealthFollow.silent_peer_mechanism(),
                     reps,
@@ -123,6 +137,7 @@ fn main() {
                 let (parallel, limit) = match settings {
                     Settings::Defaults => (5, secs_(40)),
                     Settings::Recommended | Settings::DefaultsHealthFollow => (1, secs_(10)),
+                    Settings::DefaultsHealth => (1, secs_(20)),
                 };
                 rows.push(row(
                     &format!("{}, {}", fault.name(), settings.name()),
