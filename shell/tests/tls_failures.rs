@@ -353,12 +353,29 @@ async fn a_server_that_closes_right_after_the_handshake_gives_a_connection() {
                     Err(e) => failed.push(e.to_string()),
                 }
             }
-            assert!(
-                failed.is_empty(),
-                "{version:?} {then:?}: {} of {TRIES} connects failed: {:?}",
-                failed.len(),
-                failed.iter().collect::<BTreeSet<_>>()
-            );
+            let distinct = failed.iter().collect::<BTreeSet<_>>();
+            match then {
+                // A close after the handshake leaves the server's last flight readable: the
+                // handshake completes on the client's side every time.
+                Then::HandshakeThenClose => assert!(
+                    failed.is_empty(),
+                    "{version:?} {then:?}: {} of {TRIES} connects failed: {distinct:?}",
+                    failed.len(),
+                ),
+                // A reset may reach the client before it has read the server's last
+                // handshake message, and Linux discards unread data when a reset arrives:
+                // then the handshake did not complete on the client's side (seen in 1 of 200
+                // TLS 1.2 connects under load). What must hold is that such a failure is
+                // rare and reads one way, so that R4 announces it once.
+                _ => {
+                    assert!(
+                        failed.len() <= TRIES / 10,
+                        "{version:?} {then:?}: {} of {TRIES} connects failed: {distinct:?}",
+                        failed.len(),
+                    );
+                    assert!(distinct.len() <= 1, "{version:?} {then:?}: {distinct:?}");
+                }
+            }
         }
     }
 }
