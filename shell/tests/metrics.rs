@@ -414,18 +414,21 @@ async fn exported_after_a_disconnection_the_next_connection_records_a_gap() {
         }
     })
     .await;
-    let reconnected = exported.elapsed();
     guard("the gap is recorded", async {
         while recorded.histogram(FAILOVER_GAP).is_empty() {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     })
     .await;
+    // Read once the gap is recorded: the exporter takes both of its instants between the
+    // export and now, whenever its task runs (reading it at "connected to B" raced the
+    // exporter's handling of that event: 1 failure in 8 runs under load).
+    let reconnected = exported.elapsed();
     let gaps = recorded.histogram(FAILOVER_GAP);
     assert_eq!(gaps.len(), 1, "{gaps:?}");
     assert!(
         Duration::from_secs_f64(gaps[0]) <= reconnected,
-        "gap {:?} counted from the export, reconnected {reconnected:?} after it",
+        "gap {:?} counted from the export, recorded {reconnected:?} after it",
         gaps[0]
     );
     guard("close", pc.close()).await;
